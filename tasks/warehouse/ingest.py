@@ -1,0 +1,520 @@
+"""Loading one source file into the warehouse, with every row accounted for.
+
+For each file: rows read = loaded + duplicates + rejected (+ quarantined, later, by validation).
+`rows read` is counted independently of DuckDB (a byte scan of the file), so the equation is a
+real check and not a tautology: a row DuckDB dropped silently would break it and fail the load.
+
+The file loads inside one transaction. A crash at any point leaves nothing of it, and because the
+file is only registered (by sha256) in that same transaction, the next run simply loads it again.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+
+from tasks.sources import FIELD_TYPES, TIMESTAMP_READ_TYPES, DatasetSpec, SourceFormat
+from tasks.warehouse.schema import transaction
+
+SCAN_BLOCK_BYTES = 8 << 20
+# Epoch values outside this range (about years 1653..5138) cannot be real event times and would
+# overflow DuckDB's microsecond timestamps: they are rejected as malformed.
+EPOCH_SECONDS_LIMIT = 100_000_000_000
+_BLANK_LINE = re.compile(rb"(?:^|(?<=\n))\r?\n")
+
+
+class IngestFileError(ValueError):
+    """A file that cannot be loaded at all; the message names the file, line and column."""
+
+    def __init__(self, path: Path, message: str, line: int | None = None, column: str | None = None):
+        where = f"{path}" + (f", line {line}" if line is not None else "")
+        where += f", column '{column}'" if column else ""
+        super().__init__(f"{where}: {message}")
+        self.path, self.line, self.column = path, line, column
+
+
+class AccountingError(RuntimeError):
+    """rows read != loaded + duplicates + rejected + quarantined: a row would have been lost."""
+
+
+@dataclass(frozen=True)
+class FileScan:
+    sha256: str
+    size_bytes: int
+    lines: int  # non-blank physical lines, header included
+    blank_lines: tuple[int, ...]  # 1-based numbers of empty lines (DuckDB skips them)
+
+
+@dataclass
+class FileResult:
+    dataset: str
+    path: str
+    status: str  # loaded | skipped (already loaded) | error
+    file_id: int | None = None
+    snapshot_id: int | None = None
+    rows_read: int = 0
+    loaded: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    quarantined: int = 0
+    new_users: int = 0
+    new_items: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def accounting_holds(self) -> bool:
+        return self.rows_read == self.loaded + self.duplicates + self.rejected + self.quarantined
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def scan_file(path: Path) -> FileScan:
+    """sha256, size and line counts in one streaming pass (bounded memory for any file size)."""
+    digest = hashlib.sha256()
+    size = lines = 0
+    blank: list[int] = []
+    carry = b""
+    with path.open("rb") as handle:
+        while block := handle.read(SCAN_BLOCK_BYTES):
+            digest.update(block)
+            size += len(block)
+            block = carry + block
+            cut = block.rfind(b"\n") + 1
+            whole, carry = block[:cut], block[cut:]
+            if b"\n\n" in whole or b"\n\r\n" in whole or whole.startswith((b"\n", b"\r\n")):
+                for match in _BLANK_LINE.finditer(whole):
+                    blank.append(lines + whole.count(b"\n", 0, match.start()) + 1)
+            lines += whole.count(b"\n")
+    if carry.strip(b"\r"):
+        lines += 1  # a last line without a trailing newline still is a line
+    return FileScan(digest.hexdigest(), size, lines - len(blank), tuple(blank))
+
+
+def sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def read_header(path: Path, fmt: SourceFormat) -> list[str]:
+    """The file's column names from its first line, decoded with the format's encoding."""
+    with path.open("r", encoding=fmt.encoding, errors="strict", newline="") as handle:
+        try:
+            first = handle.readline()
+        except UnicodeDecodeError as err:
+            raise IngestFileError(path, f"header is not valid {fmt.encoding}: {err}", 1) from err
+    first = first.lstrip("\ufeff").rstrip("\r\n")
+    if len(fmt.delimiter) == 1:
+        return [name.strip() for name in next(csv.reader([first], delimiter=fmt.delimiter))]
+    return [name.strip() for name in first.split(fmt.delimiter)]
+
+
+def file_columns(path: Path, fmt: SourceFormat) -> list[tuple[str, str]]:
+    """(name, DuckDB type) for every column of the file, in file order.
+
+    Mapped columns are named by their canonical field and typed, so a bad value is a CAST reject;
+    the others are read as VARCHAR and dropped.
+    """
+    names = read_header(path, fmt) if fmt.header else list(fmt.positional_columns)
+    for canonical, source_name in fmt.columns.items():
+        if source_name not in names:
+            raise IngestFileError(
+                path,
+                f"missing column '{source_name}' (for {canonical}); the header has {names}",
+                line=1 if fmt.header else None,
+                column=source_name,
+            )
+    by_source = {source: canonical for canonical, source in fmt.columns.items()}
+    columns = []
+    for position, name in enumerate(names):
+        canonical = by_source.get(name)
+        if canonical is None:
+            columns.append((f"_unused_{position}", "VARCHAR"))
+        elif canonical == "ts":
+            columns.append(("ts_raw", TIMESTAMP_READ_TYPES[fmt.timestamp_unit]))
+        else:
+            columns.append((canonical, FIELD_TYPES[canonical]))
+    return columns
+
+
+def _read_csv_sql(path: Path, fmt: SourceFormat, columns: list[tuple[str, str]]) -> str:
+    column_struct = "{" + ", ".join(f"{sql_str(n)}: {sql_str(t)}" for n, t in columns) + "}"
+    return (
+        f"read_csv({sql_str(str(path))}, columns={column_struct}, header={str(fmt.header).lower()},"
+        f" delim={sql_str(fmt.delimiter)}, quote={sql_str(fmt.quote)},"
+        f" encoding={sql_str(fmt.encoding)}, auto_detect=false, store_rejects=true,"
+        " rejects_table='_rejects', rejects_scan='_rejects_scan')"
+    )
+
+
+def _timestamp_sql(fmt: SourceFormat) -> str:
+    # Out-of-range epochs would overflow make_timestamp; they become rejects just after staging.
+    if fmt.timestamp_unit == "epoch_s":
+        return f"CASE WHEN abs(ts_raw) <= {EPOCH_SECONDS_LIMIT} THEN make_timestamp(ts_raw * 1000000) END"
+    if fmt.timestamp_unit == "epoch_ms":
+        return f"CASE WHEN abs(ts_raw) <= {EPOCH_SECONDS_LIMIT * 1000} THEN make_timestamp(ts_raw * 1000) END"
+    return "ts_raw"
+
+
+def _canonical_select(fmt: SourceFormat) -> str:
+    """SELECT list turning staged columns into the interactions columns (absent ones NULL)."""
+    parts = []
+    for name in ("user_id", "item_id", "rating", "weight", "item_group"):
+        parts.append(name if name in fmt.columns else f"NULL::{FIELD_TYPES[name]} AS {name}")
+    parts.append(f"{_timestamp_sql(fmt)} AS ts" if fmt.has_timestamps else "NULL::TIMESTAMP AS ts")
+    return ", ".join(parts)
+
+
+class _Stage:
+    """Builds the temp table `_staged` (line, canonical columns) and the temp `_file_rejects`."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, fmt: SourceFormat, scan: FileScan):
+        self.con, self.path, self.fmt, self.scan = con, path, fmt, scan
+
+    def build(self) -> None:
+        for table in ("_raw", "_staged", "_file_rejects", "_rejects", "_rejects_scan", "_shift"):
+            self.con.execute(f"DROP TABLE IF EXISTS {table}")
+        if self.fmt.file_type == "parquet":
+            self._stage_parquet()
+        else:
+            self._stage_delimited()
+        self._reject_impossible_epochs()
+
+    def _stage_delimited(self) -> None:
+        columns = file_columns(self.path, self.fmt)
+        wanted = [n for n, _ in columns if not n.startswith("_unused_")]
+        self.con.execute(
+            f"CREATE TEMP TABLE _raw AS SELECT {', '.join(wanted)} "
+            f"FROM {_read_csv_sql(self.path, self.fmt, columns)}"
+        )
+        self.con.execute(
+            f"""CREATE TEMP TABLE _file_rejects AS
+               SELECT line, {self._source_column_sql("column_name")} AS column_name,
+                      CAST(error_type AS VARCHAR) AS error_type, error_message AS reason,
+                      trim(csv_line, chr(10) || chr(13)) AS raw_line
+               FROM _rejects"""
+        )
+        self._number_lines()
+
+    def _number_lines(self) -> None:
+        """Give each accepted row its physical line number.
+
+        DuckDB keeps insertion order, so the k-th row of `_raw` (rowid k) is the k-th data line
+        that was neither rejected nor blank: line = k + header + 1 + (#skipped lines before it).
+        With skipped lines s_1 < s_2 < ..., the j-th one sits before accepted row p_j = s_j -
+        header - j, so an ASOF join on p_j <= k finds how many to add.
+        """
+        header = int(self.fmt.header)
+        blank = ", ".join(f"({n})" for n in self.scan.blank_lines)
+        blank_rows = f" UNION SELECT * FROM (VALUES {blank}) AS b(line)" if blank else ""
+        self.con.execute(
+            f"""CREATE TEMP TABLE _shift AS
+                SELECT CAST(line AS BIGINT) - {header} - j AS p, max(j) AS j FROM (
+                    SELECT line, row_number() OVER (ORDER BY line) AS j
+                    FROM (SELECT DISTINCT line FROM _file_rejects{blank_rows}))
+                GROUP BY p"""
+        )
+        columns = f"{self._ts_raw_expr()} AS ts_raw_value, {_canonical_select(self.fmt)}"
+        # rowids of a table written inside a transaction start at an offset, not at 0.
+        ordinal = "rowid - (SELECT min(rowid) FROM _raw)"
+        if self.con.execute("SELECT count(*) FROM _shift").fetchone()[0] == 0:
+            self.con.execute(
+                f"CREATE TEMP TABLE _staged AS SELECT {ordinal} + {header + 1} AS line, {columns} "
+                "FROM _raw"
+            )
+        else:
+            self.con.execute(
+                f"""CREATE TEMP TABLE _staged AS
+                    SELECT r.k + {header + 1} + coalesce(s.j, 0) AS line, {columns}
+                    FROM (SELECT *, {ordinal} AS k FROM _raw) r
+                    ASOF LEFT JOIN _shift s ON r.k >= s.p"""
+            )
+        self._check_line_numbers()
+
+    def _check_line_numbers(self) -> None:
+        """Line numbers are derived, so check them: unique, inside the file, never a reject's."""
+        count, distinct, top, clash = self.con.execute(
+            """SELECT count(*), count(DISTINCT line), max(line),
+                      (SELECT count(*) FROM _staged s JOIN _file_rejects r USING (line))
+               FROM _staged"""
+        ).fetchone()
+        total = self.scan.lines + len(self.scan.blank_lines)
+        if count != distinct or (top or 0) > total or clash:
+            raise AccountingError(
+                f"{self.path}: could not number the loaded lines ({count} rows, {distinct} distinct"
+                f" lines, last {top} of {total}, {clash} clash with rejects); is a quoted field"
+                " spanning several lines?"
+            )
+
+    def _source_column_sql(self, column: str) -> str:
+        """Name the file's own column in reject reasons (rating, not our internal name)."""
+        cases = " ".join(
+            f"WHEN {sql_str('ts_raw' if c == 'ts' else c)} THEN {sql_str(n)}"
+            for c, n in self.fmt.columns.items()
+        )
+        return f"CASE {column} {cases} ELSE {column} END"
+
+    def _ts_raw_expr(self) -> str:
+        return "ts_raw" if self.fmt.timestamp_unit in ("epoch_s", "epoch_ms") else "NULL::BIGINT"
+
+    def _stage_parquet(self) -> None:
+        """Parquet has no rejects store: cast with TRY_CAST and reject what did not convert."""
+        source = f"read_parquet({sql_str(str(self.path))}, file_row_number=true)"
+        present = {row[0] for row in self.con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+        for canonical, name in self.fmt.columns.items():
+            if name not in present:
+                raise IngestFileError(
+                    self.path, f"missing column '{name}' (for {canonical}); has {sorted(present)}",
+                    column=name,
+                )
+        casts, failures = [], []
+        for canonical, name in self.fmt.columns.items():
+            target = TIMESTAMP_READ_TYPES[self.fmt.timestamp_unit] if canonical == "ts" else FIELD_TYPES[canonical]
+            alias = "ts_raw" if canonical == "ts" else canonical
+            quoted = '"' + name.replace('"', '""') + '"'
+            casts.append(f"TRY_CAST({quoted} AS {target}) AS {alias}")
+            failures.append(
+                f"CASE WHEN {quoted} IS NOT NULL AND TRY_CAST({quoted} AS {target}) IS NULL "
+                f"THEN {sql_str(name)} END"
+            )
+        self.con.execute(
+            f"CREATE TEMP TABLE _raw AS SELECT file_row_number + 1 AS line, "
+            f"coalesce({', '.join(failures)}) AS bad_column, {', '.join(casts)} FROM {source}"
+        )
+        self.con.execute(
+            """CREATE TEMP TABLE _file_rejects AS
+               SELECT line, bad_column AS column_name, 'CAST' AS error_type,
+                      'value of column ' || bad_column || ' cannot be converted' AS reason,
+                      NULL::VARCHAR AS raw_line
+               FROM _raw WHERE bad_column IS NOT NULL"""
+        )
+        self.con.execute(
+            f"CREATE TEMP TABLE _staged AS SELECT line, {self._ts_raw_expr()} AS ts_raw_value, "
+            f"{_canonical_select(self.fmt)} FROM _raw WHERE bad_column IS NULL"
+        )
+
+    def _reject_impossible_epochs(self) -> None:
+        limit = EPOCH_SECONDS_LIMIT * (1000 if self.fmt.timestamp_unit == "epoch_ms" else 1)
+        self.con.execute(
+            f"""INSERT INTO _file_rejects
+                SELECT line, {sql_str(self.fmt.columns.get('ts', 'ts'))}, 'CAST',
+                       'timestamp ' || ts_raw_value || ' is out of range for {self.fmt.timestamp_unit}',
+                       NULL
+                FROM _staged WHERE abs(ts_raw_value) > {limit}"""
+        )
+        self.con.execute(f"DELETE FROM _staged WHERE abs(ts_raw_value) > {limit}")
+
+
+def _natural_key_match(fmt: SourceFormat, left: str, right: str) -> str:
+    return " AND ".join(f"{left}.{c} = {right}.{c}" for c in fmt.natural_key())
+
+
+def _drop_duplicates(con: duckdb.DuckDBPyConnection, dataset: str, fmt: SourceFormat) -> int:
+    """Keep the first line of each natural key, and no key already loaded by a snapshot that did
+    not fail. Rows with a NULL key column are kept: validation quarantines them with a reason."""
+    key = ", ".join(fmt.natural_key())
+    key_present = " AND ".join(f"{c} IS NOT NULL" for c in fmt.natural_key())
+    before = con.execute("SELECT count(*) FROM _staged").fetchone()[0]
+    con.execute(
+        f"""CREATE TEMP TABLE _deduped AS
+            SELECT * FROM _staged WHERE NOT ({key_present})
+            UNION ALL
+            SELECT * FROM (
+                SELECT * FROM _staged WHERE {key_present}
+                QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY line) = 1) s
+            WHERE NOT EXISTS (
+                SELECT 1 FROM interactions i JOIN snapshots sn USING (snapshot_id)
+                WHERE i.dataset = {sql_str(dataset)} AND sn.status <> 'failed'
+                  AND {_natural_key_match(fmt, "i", "s")})"""
+    )
+    con.execute("DROP TABLE _staged")
+    con.execute("ALTER TABLE _deduped RENAME TO _staged")
+    after = con.execute("SELECT count(*) FROM _staged").fetchone()[0]
+    return before - after
+
+
+def _assign_ids(con: duckdb.DuckDBPyConnection, dataset: str, snapshot_id: int) -> tuple[int, int]:
+    """Append unseen external ids to the id maps, in order of first appearance in the file."""
+    added = []
+    for table, column in (("user_ids", "user_id"), ("item_ids", "item_id")):
+        count = con.execute(
+            f"""INSERT INTO {table}
+                SELECT {sql_str(dataset)}, ext,
+                       (SELECT coalesce(max(idx), -1) FROM {table} WHERE dataset = {sql_str(dataset)})
+                         + row_number() OVER (ORDER BY first_line),
+                       {snapshot_id}
+                FROM (SELECT {column} AS ext, min(line) AS first_line FROM _staged
+                      WHERE {column} IS NOT NULL GROUP BY 1) new
+                WHERE NOT EXISTS (SELECT 1 FROM {table} m
+                                  WHERE m.dataset = {sql_str(dataset)} AND m.external_id = new.ext)"""
+        ).fetchone()[0]
+        added.append(count)
+    return added[0], added[1]
+
+
+def _insert_rows(con: duckdb.DuckDBPyConnection, dataset: str, snapshot_id: int, file_id: int) -> int:
+    offset = con.execute("SELECT coalesce(max(row_id), 0) FROM interactions").fetchone()[0]
+    d = sql_str(dataset)
+    return con.execute(
+        f"""INSERT INTO interactions
+            SELECT {offset} + row_number() OVER (ORDER BY s.line), {d}, {snapshot_id}, {file_id},
+                   s.line, s.user_id, s.item_id, u.idx, it.idx, s.rating, s.weight, s.ts,
+                   s.item_group
+            FROM _staged s
+            LEFT JOIN user_ids u ON u.dataset = {d} AND u.external_id = s.user_id
+            LEFT JOIN item_ids it ON it.dataset = {d} AND it.external_id = s.item_id"""
+    ).fetchone()[0]
+
+
+def register_dataset(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> None:
+    """Record the dataset's kind and scale on first sight; refuse a later change of kind."""
+    fmt = spec.format
+    row = con.execute("SELECT kind FROM datasets WHERE name = ?", [spec.name]).fetchone()
+    if row is None:
+        scale = fmt.rating_scale
+        con.execute(
+            "INSERT INTO datasets (name, kind, rating_low, rating_high, rating_step, format_json)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                spec.name,
+                fmt.kind,
+                scale.low if scale else None,
+                scale.high if scale else None,
+                scale.step if scale else None,
+                json.dumps(asdict(fmt), default=str),
+            ],
+        )
+    elif row[0] != fmt.kind:
+        raise IngestFileError(
+            spec.landing, f"dataset '{spec.name}' is {row[0]} in the warehouse, not {fmt.kind}"
+        )
+
+
+def open_snapshot(con: duckdb.DuckDBPyConnection, dataset: str) -> int:
+    return con.execute(
+        "INSERT INTO snapshots (snapshot_id, dataset, status, created_at) "
+        "VALUES (nextval('snapshot_ids'), ?, 'pending', current_timestamp) RETURNING snapshot_id",
+        [dataset],
+    ).fetchone()[0]
+
+
+def already_loaded(con: duckdb.DuckDBPyConnection, dataset: str, sha256: str) -> int | None:
+    row = con.execute(
+        "SELECT file_id FROM source_files WHERE dataset = ? AND sha256 = ? AND status = 'loaded'",
+        [dataset, sha256],
+    ).fetchone()
+    return row[0] if row else None
+
+
+def _check_not_empty(path: Path, fmt: SourceFormat, scan: FileScan) -> None:
+    if scan.size_bytes == 0:
+        raise IngestFileError(path, "file is empty (0 bytes)")
+    if scan.lines <= int(fmt.header):
+        raise IngestFileError(path, "file has a header but no data rows", line=1)
+
+
+def _record_error(con, spec: DatasetSpec, path: Path, scan: FileScan, snapshot_id: int, error: str):
+    con.execute(
+        "INSERT INTO source_files (file_id, dataset, path, sha256, size_bytes, snapshot_id, status,"
+        " error, rows_read, ingested_at) VALUES (nextval('file_ids'), ?, ?, ?, ?, ?, 'error', ?, ?,"
+        " current_timestamp)",
+        [spec.name, str(path), scan.sha256, scan.size_bytes, snapshot_id, error, scan.lines - int(spec.format.header)],
+    )
+
+
+def crash_point(stage: str) -> None:
+    """A seam for fault-injection tests (they replace it to kill the process mid-load)."""
+
+
+def ingest_file(
+    con: duckdb.DuckDBPyConnection, spec: DatasetSpec, path: Path, snapshot_id: int
+) -> FileResult:
+    """Load one file into `interactions` in a single transaction; see the module docstring."""
+    started = time.perf_counter()
+    path = path.resolve()
+    scan = scan_file(path)
+    result = FileResult(spec.name, str(path), "skipped", snapshot_id=snapshot_id)
+    existing = already_loaded(con, spec.name, scan.sha256)
+    if existing is not None:
+        result.file_id = existing
+        result.notes.append(f"same content as file {existing} (sha256 {scan.sha256[:12]}): no-op")
+        return result
+    fmt = spec.format
+    try:
+        _check_not_empty(path, fmt, scan)
+        with transaction(con):
+            result = _load(con, spec, path, scan, snapshot_id, result)
+    except IngestFileError as err:
+        _record_error(con, spec, path, scan, snapshot_id, str(err))
+        raise
+    except duckdb.Error as err:
+        # DuckDB errors that are about the data (not I/O) become a file error with the path.
+        wrapped = IngestFileError(path, str(err))
+        _record_error(con, spec, path, scan, snapshot_id, str(wrapped))
+        raise wrapped from err
+    result.seconds = time.perf_counter() - started
+    con.execute("UPDATE source_files SET seconds = ? WHERE file_id = ?", [result.seconds, result.file_id])
+    return result
+
+
+def _load(con, spec: DatasetSpec, path: Path, scan: FileScan, snapshot_id: int, result: FileResult):
+    fmt = spec.format
+    stage = _Stage(con, path, fmt, scan)
+    stage.build()
+    crash_point("staged")
+    duplicates = _drop_duplicates(con, spec.name, fmt)
+    new_users, new_items = _assign_ids(con, spec.name, snapshot_id)
+    file_id = con.execute("SELECT nextval('file_ids')").fetchone()[0]
+    loaded = _insert_rows(con, spec.name, snapshot_id, file_id)
+    crash_point("inserted")
+    con.execute(
+        f"""INSERT INTO rejects SELECT {sql_str(spec.name)}, {snapshot_id}, {file_id},
+                   {sql_str(str(path))}, line, column_name, error_type, reason, raw_line
+            FROM _file_rejects"""
+    )
+    rejected = con.execute("SELECT count(DISTINCT line) FROM _file_rejects").fetchone()[0]
+    result.status, result.file_id = "loaded", file_id
+    result.rows_read = scan.lines - int(fmt.header)
+    result.loaded, result.duplicates, result.rejected = loaded, duplicates, rejected
+    result.new_users, result.new_items = new_users, new_items
+    if not result.accounting_holds():
+        raise AccountingError(
+            f"{path}: {result.rows_read} rows read but {loaded} loaded + {duplicates} duplicates"
+            f" + {rejected} rejected (a quoted field spanning lines is not supported)"
+        )
+    con.execute(
+        """INSERT INTO source_files (file_id, dataset, path, sha256, size_bytes, snapshot_id,
+               status, rows_read, loaded, duplicates, rejected, ingested_at)
+           VALUES (?, ?, ?, ?, ?, ?, 'loaded', ?, ?, ?, ?, current_timestamp)""",
+        [file_id, spec.name, str(path), scan.sha256, scan.size_bytes, snapshot_id,
+         result.rows_read, loaded, duplicates, rejected],
+    )
+    crash_point("registered")
+    return result
+
+
+def refresh_snapshot_totals(con: duckdb.DuckDBPyConnection, snapshot_id: int) -> None:
+    con.execute(
+        """UPDATE snapshots SET
+               rows_read = t.rows_read, loaded = t.loaded, duplicates = t.duplicates,
+               rejected = t.rejected, quarantined = t.quarantined
+           FROM (SELECT coalesce(sum(rows_read), 0) AS rows_read, coalesce(sum(loaded), 0) AS loaded,
+                        coalesce(sum(duplicates), 0) AS duplicates,
+                        coalesce(sum(rejected), 0) AS rejected,
+                        coalesce(sum(quarantined), 0) AS quarantined
+                 FROM source_files WHERE snapshot_id = ?) t
+           WHERE snapshot_id = ?""",
+        [snapshot_id, snapshot_id],
+    )
+
+
+def now() -> datetime:
+    return datetime.now()
