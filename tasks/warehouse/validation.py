@@ -1,0 +1,436 @@
+"""Validating a snapshot with Great Expectations 1.x, and quarantining the rows that fail.
+
+Two kinds of expectation:
+- row-level (not null, within scale, well-formed ids, sane timestamps): a failing row moves to the
+  `quarantine` table with the expectation it failed; the snapshot can still pass.
+- table-level (duplicates, minimum users/items/interactions, drift against the history, share of
+  quarantined rows, unreadable files): a failure fails the snapshot, so it is never trained on.
+
+Table-level figures that need the whole dataset (cumulative counts, history mean) are computed in
+SQL and checked by GX on a one-row profile, so every verdict comes from the same rule engine and
+lands in the same report, while GX never has to load the whole history into pandas.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from tasks.warehouse.ingest import AccountingError, refresh_snapshot_totals
+
+ROW_LEVEL, TABLE_LEVEL = "row", "table"
+SAMPLE_SIZE = 5
+
+
+@dataclass(frozen=True)
+class ValidationThresholds:
+    """Bounds the suites check; every one is a typed, documented knob."""
+
+    min_users: int = 10
+    min_items: int = 10
+    min_interactions: int = 100
+    # More than this share of tonight's rows quarantined means the delivery itself is broken.
+    max_quarantine_fraction: float = 0.05
+    # Cumulative rows after / before this snapshot: a night that more than doubles the history
+    # is more likely a replayed export than real traffic.
+    max_growth: float = 2.0
+    # |mean rating tonight - mean rating of the history|, as a share of the rating scale's range.
+    max_mean_rating_shift: float = 0.15
+    oldest_timestamp: datetime = datetime(1995, 1, 1)
+    future_tolerance: timedelta = timedelta(hours=24)
+    # Ids: 1-128 characters, no whitespace or control characters.
+    id_pattern: str = r"^[^\s\x00-\x1f]{1,128}$"
+
+
+@dataclass
+class ExpectationOutcome:
+    expectation: str
+    level: str
+    column: str | None
+    success: bool
+    description: str
+    unexpected_count: int = 0
+    observed: Any = None
+    sample: list = field(default_factory=list)
+
+
+@dataclass
+class DatasetInfo:
+    name: str
+    kind: str
+    rating_low: float | None
+    rating_high: float | None
+    rating_step: float | None
+    columns: dict[str, str]
+
+    @property
+    def has_timestamps(self) -> bool:
+        return "ts" in self.columns
+
+    @property
+    def natural_key(self) -> list[str]:
+        return ["user_id", "item_id", "ts"] if self.has_timestamps else ["user_id", "item_id"]
+
+
+def _dataset_info(con: duckdb.DuckDBPyConnection, snapshot_id: int) -> DatasetInfo:
+    row = con.execute(
+        """SELECT d.name, d.kind, d.rating_low, d.rating_high, d.rating_step, d.format_json
+           FROM snapshots s JOIN datasets d ON d.name = s.dataset WHERE s.snapshot_id = ?""",
+        [snapshot_id],
+    ).fetchone()
+    if row is None:
+        raise ValueError(f"snapshot {snapshot_id} does not exist")
+    return DatasetInfo(*row[:5], columns=json.loads(row[5])["columns"])
+
+
+def _row_expectations(info: DatasetInfo, t: ValidationThresholds, now: datetime) -> list:
+    """(GX expectation, column, description) for each row-level rule of this dataset's kind."""
+    import great_expectations as gx
+
+    e = gx.expectations
+    rules = []
+    for column in ("user_id", "item_id"):
+        rules.append((e.ExpectColumnValuesToNotBeNull(column=column), column, f"{column} present"))
+        rules.append(
+            (
+                e.ExpectColumnValuesToMatchRegex(column=column, regex=t.id_pattern),
+                column,
+                f"{column} well-formed (1-128 chars, no whitespace or control characters)",
+            )
+        )
+    if info.kind == "explicit":
+        low, high = info.rating_low, info.rating_high
+        rules.append((e.ExpectColumnValuesToNotBeNull(column="rating"), "rating", "rating present"))
+        rules.append(
+            (
+                e.ExpectColumnValuesToBeBetween(column="rating", min_value=low, max_value=high),
+                "rating",
+                f"rating within the scale [{low:g}, {high:g}]",
+            )
+        )
+        if info.rating_step:
+            steps = round((high - low) / info.rating_step)
+            allowed = [round(low + i * info.rating_step, 6) for i in range(steps + 1)]
+            rules.append(
+                (
+                    e.ExpectColumnValuesToBeInSet(column="rating", value_set=allowed),
+                    "rating",
+                    f"rating on the scale's steps of {info.rating_step:g}",
+                )
+            )
+    if "weight" in info.columns:
+        rules.append(
+            (
+                e.ExpectColumnValuesToBeBetween(column="weight", min_value=0),
+                "weight",
+                "play count / duration not negative",
+            )
+        )
+    if info.has_timestamps:
+        newest = now + t.future_tolerance
+        rules.append((e.ExpectColumnValuesToNotBeNull(column="ts"), "ts", "timestamp present"))
+        rules.append(
+            (
+                e.ExpectColumnValuesToBeBetween(
+                    column="ts", min_value=t.oldest_timestamp, max_value=newest
+                ),
+                "ts",
+                f"timestamp between {t.oldest_timestamp:%Y-%m-%d} and now + {t.future_tolerance}",
+            )
+        )
+    return rules
+
+
+def _run_suite(name: str, frame: pd.DataFrame, rules: list) -> list[tuple[Any, Any]]:
+    """Run GX on a DataFrame; returns (rule, GX result) pairs in rule order."""
+    import great_expectations as gx
+
+    context = gx.get_context(mode="ephemeral")
+    batch = (
+        context.data_sources.add_pandas(f"{name}_source")
+        .add_dataframe_asset(f"{name}_frame")
+        .add_batch_definition_whole_dataframe(f"{name}_batch")
+    )
+    suite = context.suites.add(gx.ExpectationSuite(name=name))
+    for expectation, *_ in rules:
+        suite.add_expectation(expectation)
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{name}_validation", data=batch, suite=suite)
+    )
+    result = definition.run(
+        batch_parameters={"dataframe": frame}, result_format={"result_format": "COMPLETE"}
+    )
+    # GX returns results in suite order; match them back by the expectation's id.
+    by_id = {r.expectation_config.id: r for r in result.results}
+    return [(rule, by_id[expectation.id]) for rule in rules for expectation in [rule[0]]]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    if isinstance(value, datetime | pd.Timestamp):
+        return value.isoformat()
+    if isinstance(value, dict | list | tuple):
+        return json.loads(json.dumps(value, default=str))
+    return value if isinstance(value, str | int | float | bool | type(None)) else str(value)
+
+
+def _outcome(rule, result, level: str) -> ExpectationOutcome:
+    expectation, column, description = rule
+    details = result.result or {}
+    return ExpectationOutcome(
+        expectation=expectation.expectation_type,
+        level=level,
+        column=column,
+        success=bool(result.success),
+        description=description,
+        unexpected_count=int(details.get("unexpected_count") or 0),
+        observed=_jsonable(details.get("observed_value")),
+        sample=[_jsonable(v) for v in (details.get("partial_unexpected_list") or [])[:SAMPLE_SIZE]],
+    )
+
+
+def _quarantine(
+    con: duckdb.DuckDBPyConnection, snapshot_id: int, failures: dict[int, tuple[str, str, str]]
+) -> None:
+    """Move failing rows out of interactions, keeping the first expectation each row failed."""
+    if not failures:
+        return
+    reasons = pd.DataFrame(
+        [(row_id, *why) for row_id, why in failures.items()],
+        columns=["row_id", "expectation", "column_name", "reason"],
+    )
+    con.register("_quarantine_reasons", reasons)
+    con.execute(
+        """INSERT INTO quarantine
+           SELECT i.row_id, i.dataset, i.snapshot_id, i.file_id, i.line, i.user_id, i.item_id,
+                  i.rating, i.weight, i.ts, i.item_group, q.expectation, q.column_name,
+                  q.reason || ' (value: ' || coalesce(CASE q.column_name
+                      WHEN 'user_id' THEN i.user_id WHEN 'item_id' THEN i.item_id
+                      WHEN 'rating' THEN CAST(i.rating AS VARCHAR)
+                      WHEN 'weight' THEN CAST(i.weight AS VARCHAR)
+                      WHEN 'ts' THEN CAST(i.ts AS VARCHAR) END, 'NULL') || ')',
+                  current_timestamp
+           FROM interactions i JOIN _quarantine_reasons q USING (row_id)"""
+    )
+    con.execute(
+        "DELETE FROM interactions WHERE row_id IN (SELECT row_id FROM _quarantine_reasons)"
+    )
+    con.execute(
+        """UPDATE source_files SET quarantined = q.n, loaded = source_files.loaded - q.n
+           FROM (SELECT file_id, count(*) AS n FROM quarantine WHERE snapshot_id = ?
+                 GROUP BY file_id) q
+           WHERE source_files.file_id = q.file_id""",
+        [snapshot_id],
+    )
+    con.unregister("_quarantine_reasons")
+
+
+def _profile(con: duckdb.DuckDBPyConnection, info: DatasetInfo, snapshot_id: int) -> dict:
+    """Dataset-wide figures for the table-level suite: as training would see it after tonight."""
+    history = "i.snapshot_id IN (SELECT snapshot_id FROM snapshots WHERE dataset = ? AND status = 'passed')"
+    tonight = "i.snapshot_id = ?"
+    both = f"({history} OR {tonight})"
+    users, items, rows = con.execute(
+        f"""SELECT count(DISTINCT user_idx), count(DISTINCT item_idx), count(*)
+            FROM interactions i WHERE i.dataset = ? AND {both}""",
+        [info.name, info.name, snapshot_id],
+    ).fetchone()
+    before, history_mean = con.execute(
+        f"SELECT count(*), avg(rating) FROM interactions i WHERE i.dataset = ? AND {history}",
+        [info.name, info.name],
+    ).fetchone()
+    tonight_rows, tonight_mean = con.execute(
+        f"SELECT count(*), avg(rating) FROM interactions i WHERE {tonight}", [snapshot_id]
+    ).fetchone()
+    read, quarantined, errors = con.execute(
+        """SELECT coalesce(sum(rows_read), 0), coalesce(sum(quarantined), 0),
+                  count(*) FILTER (WHERE status = 'error')
+           FROM source_files WHERE snapshot_id = ?""",
+        [snapshot_id],
+    ).fetchone()
+    shift = None
+    if info.kind == "explicit" and before and tonight_rows:
+        span = (info.rating_high - info.rating_low) or 1.0
+        shift = abs(tonight_mean - history_mean) / span
+    return {
+        "n_users": users,
+        "n_items": items,
+        "n_interactions": rows,
+        "new_interactions": tonight_rows,
+        "growth": (rows / before) if before else None,
+        "mean_rating_shift": shift,
+        "quarantine_fraction": (quarantined / read) if read else 0.0,
+        "unreadable_files": errors,
+    }
+
+
+def _table_rules(info: DatasetInfo, t: ValidationThresholds, profile: dict) -> list:
+    import great_expectations as gx
+
+    e = gx.expectations
+
+    def bounded(column: str, low=None, high=None, description: str = ""):
+        return (e.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high),
+                column, description)
+
+    rules = [
+        bounded("n_users", t.min_users, None, f"at least {t.min_users} users"),
+        bounded("n_items", t.min_items, None, f"at least {t.min_items} items"),
+        bounded("n_interactions", t.min_interactions, None,
+                f"at least {t.min_interactions} interactions"),
+        bounded("quarantine_fraction", None, t.max_quarantine_fraction,
+                f"at most {t.max_quarantine_fraction:.0%} of tonight's rows quarantined"),
+        bounded("unreadable_files", None, 0, "every delivered file readable"),
+    ]
+    if profile["growth"] is not None:
+        rules.append(bounded("growth", 1.0, t.max_growth,
+                             f"history grows by at most x{t.max_growth:g} in one snapshot"))
+    if profile["mean_rating_shift"] is not None:
+        rules.append(bounded("mean_rating_shift", None, t.max_mean_rating_shift,
+                             f"mean rating within {t.max_mean_rating_shift:.0%} of the scale "
+                             "of the history's"))
+    return rules
+
+
+def _check_accounting(con: duckdb.DuckDBPyConnection, snapshot_id: int) -> list[dict]:
+    """Recount every file of the snapshot from the tables themselves; any gap is a bug."""
+    rows = con.execute(
+        """SELECT f.file_id, f.path, f.status, f.rows_read,
+                  (SELECT count(*) FROM interactions i WHERE i.file_id = f.file_id),
+                  f.duplicates,
+                  (SELECT count(DISTINCT line) FROM rejects r WHERE r.file_id = f.file_id),
+                  (SELECT count(*) FROM quarantine q WHERE q.file_id = f.file_id)
+           FROM source_files f WHERE f.snapshot_id = ? ORDER BY f.file_id""",
+        [snapshot_id],
+    ).fetchall()
+    accounts = []
+    for file_id, path, status, read, loaded, dups, rejected, quarantined in rows:
+        account = {
+            "file_id": file_id, "path": path, "status": status, "rows_read": read,
+            "loaded": loaded, "duplicates": dups, "rejected": rejected,
+            "quarantined": quarantined,
+        }
+        if status == "loaded" and read != loaded + dups + rejected + quarantined:
+            raise AccountingError(f"{path}: accounting broken: {account}")
+        accounts.append(account)
+    return accounts
+
+
+def validate_snapshot(
+    con: duckdb.DuckDBPyConnection,
+    snapshot_id: int,
+    thresholds: ValidationThresholds | None = None,
+    reports_dir: Path | None = None,
+    now: datetime | None = None,
+) -> dict:
+    """Validate a pending snapshot: quarantine failing rows, pass or fail it, write the report."""
+    thresholds = thresholds or ValidationThresholds()
+    now = now or datetime.now()
+    info = _dataset_info(con, snapshot_id)
+    frame = con.execute(
+        "SELECT row_id, user_id, item_id, rating, weight, ts FROM interactions "
+        "WHERE snapshot_id = ? ORDER BY row_id",
+        [snapshot_id],
+    ).df().set_index("row_id")
+    outcomes, failures = [], {}
+    if len(frame):
+        for rule, result in _run_suite(f"rows_{snapshot_id}", frame, _row_expectations(info, thresholds, now)):
+            outcomes.append(_outcome(rule, result, ROW_LEVEL))
+            # With a named index GX reports each failing row as {column: value, "row_id": id}.
+            for entry in (result.result or {}).get("unexpected_index_list") or []:
+                row_id = int(entry["row_id"] if isinstance(entry, dict) else entry)
+                failures.setdefault(row_id, (rule[0].expectation_type, rule[1], rule[2]))
+    con.execute("BEGIN TRANSACTION")
+    try:
+        _quarantine(con, snapshot_id, failures)
+        kept = frame.drop(index=list(failures)) if failures else frame
+        duplicated = int(kept.duplicated(subset=info.natural_key, keep=False).sum())
+        outcomes.append(ExpectationOutcome(
+            "expect_compound_columns_to_be_unique", TABLE_LEVEL, ",".join(info.natural_key),
+            duplicated == 0, f"no duplicate ({', '.join(info.natural_key)})", duplicated))
+        profile = _profile(con, info, snapshot_id)
+        profile_frame = pd.DataFrame([{k: v for k, v in profile.items() if v is not None}])
+        for rule, result in _run_suite(f"table_{snapshot_id}", profile_frame,
+                                       _table_rules(info, thresholds, profile)):
+            outcome = _outcome(rule, result, TABLE_LEVEL)
+            outcome.observed = _jsonable(profile[rule[1]])
+            outcomes.append(outcome)
+        status = "passed" if all(o.success for o in outcomes if o.level == TABLE_LEVEL) else "failed"
+        refresh_snapshot_totals(con, snapshot_id)
+        report = _report(con, info, snapshot_id, status, outcomes, profile, now)
+        con.execute(
+            "UPDATE snapshots SET status = ?, validated_at = ?, report_json = ? WHERE snapshot_id = ?",
+            [status, now, json.dumps(report), snapshot_id],
+        )
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    if reports_dir is not None:
+        reports_dir.mkdir(parents=True, exist_ok=True)
+        path = reports_dir / f"snapshot_{snapshot_id:05d}_{info.name}.json"
+        path.write_text(json.dumps(report, indent=2))
+        report["report_path"] = str(path)
+    return report
+
+
+def _report(con, info: DatasetInfo, snapshot_id: int, status: str, outcomes, profile, now) -> dict:
+    files = _check_accounting(con, snapshot_id)
+    totals = {k: sum(f[k] for f in files) for k in
+              ("rows_read", "loaded", "duplicates", "rejected", "quarantined")}
+    errors = con.execute(
+        "SELECT path, error FROM source_files WHERE snapshot_id = ? AND status = 'error'",
+        [snapshot_id],
+    ).fetchall()
+    return {
+        "snapshot_id": snapshot_id,
+        "dataset": info.name,
+        "kind": info.kind,
+        "status": status,
+        "validated_at": now.isoformat(timespec="seconds"),
+        "accounting": {"totals": totals, "files": files},
+        "file_errors": [{"path": p, "error": e} for p, e in errors],
+        "profile": {k: _jsonable(v) for k, v in profile.items()},
+        "expectations": [asdict(o) for o in outcomes],
+        "failed": [asdict(o) for o in outcomes if not o.success],
+    }
+
+
+def report_markdown(report: dict) -> str:
+    """The report as markdown: printed by the CLI and published as a Prefect artifact."""
+    t = report["accounting"]["totals"]
+    verdict = "PASSED" if report["status"] == "passed" else "FAILED"
+    lines = [
+        f"## Snapshot {report['snapshot_id']} of `{report['dataset']}` ({report['kind']}): {verdict}",
+        "",
+        f"rows read {t['rows_read']:,} = loaded {t['loaded']:,} + duplicates {t['duplicates']:,}"
+        f" + rejected {t['rejected']:,} + quarantined {t['quarantined']:,}",
+        "",
+        "| file | read | loaded | duplicates | rejected | quarantined |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for f in report["accounting"]["files"]:
+        name = Path(f["path"]).name + (" (unreadable)" if f["status"] == "error" else "")
+        lines.append(f"| {name} | {f['rows_read']:,} | {f['loaded']:,} | {f['duplicates']:,} |"
+                     f" {f['rejected']:,} | {f['quarantined']:,} |")
+    for error in report["file_errors"]:
+        lines += ["", f"- unreadable: {error['error']}"]
+    lines += ["", "| expectation | level | column | result | failing | observed / sample |",
+              "|---|---|---|---|---:|---|"]
+    for o in report["expectations"]:
+        observed = o["observed"]
+        if isinstance(observed, float):
+            observed = f"{observed:.4g}"
+        shown = observed if observed is not None else ", ".join(map(str, o["sample"]))
+        mark = "ok" if o["success"] else "**FAILED**"
+        lines.append(f"| {o['description']} | {o['level']} | {o['column'] or ''} | {mark} |"
+                     f" {o['unexpected_count']:,} | {shown} |")
+    return "\n".join(lines)
