@@ -106,12 +106,12 @@ def sql_str(value: str) -> str:
 
 def read_header(path: Path, fmt: SourceFormat) -> list[str]:
     """The file's column names from its first line, decoded with the format's encoding."""
-    with path.open("r", encoding=fmt.encoding, errors="strict", newline="") as handle:
-        try:
-            first = handle.readline()
-        except UnicodeDecodeError as err:
-            raise IngestFileError(path, f"header is not valid {fmt.encoding}: {err}", 1) from err
-    first = first.lstrip("\ufeff").rstrip("\r\n")
+    with path.open("rb") as handle:
+        raw = handle.readline()
+    try:
+        first = raw.decode(fmt.encoding).lstrip("\ufeff").rstrip("\r\n")
+    except UnicodeDecodeError as err:
+        raise IngestFileError(path, f"header is not valid {fmt.encoding}: {err}", 1) from err
     if len(fmt.delimiter) == 1:
         return [name.strip() for name in next(csv.reader([first], delimiter=fmt.delimiter))]
     return [name.strip() for name in first.split(fmt.delimiter)]
@@ -422,11 +422,18 @@ def _check_not_empty(path: Path, fmt: SourceFormat, scan: FileScan) -> None:
 
 
 def _record_error(con, spec: DatasetSpec, path: Path, scan: FileScan, snapshot_id: int, error: str):
-    con.execute(
+    """An unreadable file is refused whole: all of its rows count as rejected, under one reject
+    row for the file (line NULL), so the accounting still holds and the report says why."""
+    rows = max(0, scan.lines - int(spec.format.header))
+    file_id = con.execute(
         "INSERT INTO source_files (file_id, dataset, path, sha256, size_bytes, snapshot_id, status,"
-        " error, rows_read, ingested_at) VALUES (nextval('file_ids'), ?, ?, ?, ?, ?, 'error', ?, ?,"
-        " current_timestamp)",
-        [spec.name, str(path), scan.sha256, scan.size_bytes, snapshot_id, error, scan.lines - int(spec.format.header)],
+        " error, rows_read, rejected, ingested_at) VALUES (nextval('file_ids'), ?, ?, ?, ?, ?,"
+        " 'error', ?, ?, ?, current_timestamp) RETURNING file_id",
+        [spec.name, str(path), scan.sha256, scan.size_bytes, snapshot_id, error, rows, rows],
+    ).fetchone()[0]
+    con.execute(
+        "INSERT INTO rejects VALUES (?, ?, ?, ?, NULL, NULL, 'FILE', ?, NULL)",
+        [spec.name, snapshot_id, file_id, str(path), error],
     )
 
 

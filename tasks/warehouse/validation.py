@@ -22,6 +22,7 @@ from typing import Any
 
 import duckdb
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.warehouse.ingest import AccountingError, refresh_snapshot_totals
 
@@ -29,24 +30,39 @@ ROW_LEVEL, TABLE_LEVEL = "row", "table"
 SAMPLE_SIZE = 5
 
 
-@dataclass(frozen=True)
-class ValidationThresholds:
-    """Bounds the suites check; every one is a typed, documented knob."""
+class ValidationThresholds(BaseModel):
+    """Bounds the suites check. A pydantic model, so Prefect's run form shows each with its help."""
 
-    min_users: int = 10
-    min_items: int = 10
-    min_interactions: int = 100
-    # More than this share of tonight's rows quarantined means the delivery itself is broken.
-    max_quarantine_fraction: float = 0.05
-    # Cumulative rows after / before this snapshot: a night that more than doubles the history
-    # is more likely a replayed export than real traffic.
-    max_growth: float = 2.0
-    # |mean rating tonight - mean rating of the history|, as a share of the rating scale's range.
-    max_mean_rating_shift: float = 0.15
-    oldest_timestamp: datetime = datetime(1995, 1, 1)
-    future_tolerance: timedelta = timedelta(hours=24)
-    # Ids: 1-128 characters, no whitespace or control characters.
-    id_pattern: str = r"^[^\s\x00-\x1f]{1,128}$"
+    model_config = ConfigDict(frozen=True)
+
+    min_users: int = Field(10, ge=0, description="Fewest distinct users the dataset may have.")
+    min_items: int = Field(10, ge=0, description="Fewest distinct items the dataset may have.")
+    min_interactions: int = Field(100, ge=0, description="Fewest interactions the dataset may have.")
+    max_quarantine_fraction: float = Field(
+        0.05, ge=0, le=1,
+        description="Largest share of tonight's rows that may be quarantined; more means the "
+        "delivery itself is broken and the snapshot fails.",
+    )
+    max_growth: float = Field(
+        2.0, ge=1,
+        description="Largest ratio of rows after / before one snapshot: a night that more than "
+        "doubles the history is more likely a replayed export than real traffic.",
+    )
+    max_mean_rating_shift: float = Field(
+        0.15, ge=0,
+        description="Largest |tonight's mean rating - the history's|, as a share of the scale.",
+    )
+    oldest_timestamp: datetime = Field(
+        datetime(1995, 1, 1), description="Events before this are absurdly old."
+    )
+    future_tolerance: timedelta = Field(
+        timedelta(hours=24), description="How far past 'now' an event time may be (clock skew)."
+    )
+    id_pattern: str = Field(
+        r"^[^\s\x00-\x1f]{1,128}$",
+        description="Regex every user and item id must match (default: 1-128 characters, no "
+        "whitespace or control characters).",
+    )
 
 
 @dataclass
@@ -152,7 +168,11 @@ def _run_suite(name: str, frame: pd.DataFrame, rules: list) -> list[tuple[Any, A
     """Run GX on a DataFrame; returns (rule, GX result) pairs in rule order."""
     import great_expectations as gx
 
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
     context = gx.get_context(mode="ephemeral")
+    # GX draws a progress bar per validation; in a nightly log that is noise.
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     batch = (
         context.data_sources.add_pandas(f"{name}_source")
         .add_dataframe_asset(f"{name}_frame")
@@ -306,7 +326,8 @@ def _check_accounting(con: duckdb.DuckDBPyConnection, snapshot_id: int) -> list[
         """SELECT f.file_id, f.path, f.status, f.rows_read,
                   (SELECT count(*) FROM interactions i WHERE i.file_id = f.file_id),
                   f.duplicates,
-                  (SELECT count(DISTINCT line) FROM rejects r WHERE r.file_id = f.file_id),
+                  CASE WHEN f.status = 'error' THEN f.rejected ELSE
+                      (SELECT count(DISTINCT line) FROM rejects r WHERE r.file_id = f.file_id) END,
                   (SELECT count(*) FROM quarantine q WHERE q.file_id = f.file_id)
            FROM source_files f WHERE f.snapshot_id = ? ORDER BY f.file_id""",
         [snapshot_id],
@@ -318,7 +339,7 @@ def _check_accounting(con: duckdb.DuckDBPyConnection, snapshot_id: int) -> list[
             "loaded": loaded, "duplicates": dups, "rejected": rejected,
             "quarantined": quarantined,
         }
-        if status == "loaded" and read != loaded + dups + rejected + quarantined:
+        if read != loaded + dups + rejected + quarantined:
             raise AccountingError(f"{path}: accounting broken: {account}")
         accounts.append(account)
     return accounts
@@ -402,6 +423,27 @@ def _report(con, info: DatasetInfo, snapshot_id: int, status: str, outcomes, pro
         "expectations": [asdict(o) for o in outcomes],
         "failed": [asdict(o) for o in outcomes if not o.success],
     }
+
+
+def report_summary(report: dict) -> str:
+    """A few lines for a terminal: the verdict, the accounting and what failed."""
+    t = report["accounting"]["totals"]
+    verdict = "passed" if report["status"] == "passed" else "FAILED"
+    lines = [
+        f"snapshot {report['snapshot_id']} of {report['dataset']}: {verdict} "
+        f"({len(report['accounting']['files'])} file(s)); rows read {t['rows_read']:,} = loaded "
+        f"{t['loaded']:,} + duplicates {t['duplicates']:,} + rejected {t['rejected']:,} + "
+        f"quarantined {t['quarantined']:,}"
+    ]
+    for error in report["file_errors"]:
+        lines.append(f"  unreadable: {error['error']}")
+    for o in report["failed"]:
+        detail = o["observed"] if o["observed"] is not None else ", ".join(map(str, o["sample"]))
+        lines.append(f"  failed [{o['level']}] {o['description']}: {o['unexpected_count']:,} "
+                     f"failing; {detail}")
+    if "report_path" in report:
+        lines.append(f"  report: {report['report_path']}")
+    return "\n".join(lines)
 
 
 def report_markdown(report: dict) -> str:

@@ -1,0 +1,73 @@
+"""The `ingest` flow: landing files -> DuckDB warehouse -> Great Expectations -> summary.
+
+Reads like the run itself: plan what is new, then per dataset open a snapshot, load each file,
+validate the snapshot, and publish one summary. Every step is a task in `tasks/ingest.py`.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from tasks.home import EncoreHome
+from tasks.ingest import (
+    ingest_file_task,
+    open_snapshot_task,
+    plan_ingest,
+    publish_ingest_summary,
+    validate_snapshot_task,
+)
+from tasks.warehouse.ingest import IngestFileError
+from tasks.warehouse.validation import ValidationThresholds, report_summary
+
+
+class SnapshotFailed(RuntimeError):
+    """At least one snapshot failed validation: it will not be trained on (see the report)."""
+
+
+@flow(name="ingest", flow_run_name="ingest {datasets}")
+def ingest(
+    sources_file: str | None = None,
+    datasets: list[str] | None = None,
+    validate: bool = True,
+    thresholds: ValidationThresholds | None = None,
+) -> dict:
+    """Load every new landing file of each dataset and validate the resulting snapshots.
+
+    Args:
+        sources_file: the `sources.toml` naming the datasets (default: the data home's).
+        datasets: only these datasets (default: all in the sources file).
+        validate: validate each new snapshot (off leaves it pending for `encore validate`).
+        thresholds: the validation bounds (default: ValidationThresholds()).
+    """
+    home = EncoreHome.from_env().ensure()
+    sources = sources_file or str(home.sources_file)
+    warehouse_path = str(home.warehouse)
+    plan = plan_ingest(sources, warehouse_path, datasets)
+    reports, idle = [], {}
+    for dataset, files in plan.items():
+        if not files:
+            idle[dataset] = "no new files in the landing folder"
+            continue
+        snapshot_id = open_snapshot_task(warehouse_path, dataset)
+        for path in files:
+            state = ingest_file_task(
+                sources, warehouse_path, dataset, path, snapshot_id, return_state=True
+            )
+            # An unreadable file is recorded in the warehouse and fails validation; any other
+            # error is a bug and stops the run.
+            outcome = state.result(raise_on_failure=False)
+            if isinstance(outcome, BaseException) and not isinstance(outcome, IngestFileError):
+                raise outcome
+        if validate:
+            reports.append(
+                validate_snapshot_task(
+                    warehouse_path, snapshot_id, thresholds or ValidationThresholds(),
+                    str(home.reports),
+                )
+            )
+    publish_ingest_summary(reports, idle)
+    summary = "\n".join(report_summary(r) for r in reports)
+    failed = [f"{r['dataset']} (snapshot {r['snapshot_id']})" for r in reports if r["status"] != "passed"]
+    if failed:
+        raise SnapshotFailed(f"validation failed for {', '.join(failed)}:\n\n{summary}")
+    return {"reports": reports, "idle": idle, "summary": summary}

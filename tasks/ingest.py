@@ -1,0 +1,130 @@
+"""Prefect tasks around the warehouse's ingest and validation (thin: I/O and reporting only)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import duckdb
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.logging import get_run_logger
+
+from tasks.home import EncoreHome
+from tasks.sources import DatasetSpec, load_datasets
+from tasks.warehouse.ingest import (
+    already_loaded,
+    ingest_file,
+    open_snapshot,
+    register_dataset,
+    scan_file,
+)
+from tasks.warehouse.schema import warehouse
+from tasks.warehouse.validation import ValidationThresholds, report_markdown, validate_snapshot
+
+
+def retry_on_io_error(task, task_run, state) -> bool:
+    """Retry only what a retry can fix: file-system errors and a warehouse locked by another
+    process. Bad data fails the same way every time, so it is never retried."""
+    try:
+        state.result()
+    except (OSError, duckdb.IOException):
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def artifact_key(text: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
+
+
+def find_dataset(sources_file: Path, name: str) -> DatasetSpec:
+    for spec in load_datasets(sources_file):
+        if spec.name == name:
+            return spec
+    raise KeyError(f"{sources_file}: no dataset named {name!r}")
+
+
+@task(name="plan ingest", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io_error)
+def plan_ingest(sources_file: str, warehouse_path: str, datasets: list[str] | None) -> dict:
+    """Which landing files are new, per dataset (already-loaded content is skipped by sha256)."""
+    plan: dict[str, list[str]] = {}
+    specs = load_datasets(Path(sources_file))
+    unknown = sorted(set(datasets or []) - {s.name for s in specs})
+    if unknown:
+        raise KeyError(f"{sources_file}: no dataset named {unknown}")
+    with warehouse(Path(warehouse_path)) as con:
+        for spec in specs:
+            if datasets and spec.name not in datasets:
+                continue
+            register_dataset(con, spec)
+            plan[spec.name] = [
+                str(path)
+                for path in spec.landing_files()
+                if already_loaded(con, spec.name, scan_file(path).sha256) is None
+            ]
+    return plan
+
+
+@task(name="open snapshot", task_run_name="open snapshot of {dataset}")
+def open_snapshot_task(warehouse_path: str, dataset: str) -> int:
+    with warehouse(Path(warehouse_path)) as con:
+        return open_snapshot(con, dataset)
+
+
+@task(
+    name="ingest file",
+    task_run_name="ingest {dataset}: {path}",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_on_io_error,
+)
+def ingest_file_task(
+    sources_file: str, warehouse_path: str, dataset: str, path: str, snapshot_id: int
+) -> dict:
+    spec = find_dataset(Path(sources_file), dataset)
+    home = EncoreHome(Path(warehouse_path).parent)
+    with warehouse(Path(warehouse_path), temp_dir=home.tmp) as con:
+        result = ingest_file(con, spec, Path(path), snapshot_id)
+    get_run_logger().info(
+        "%s: read %d = loaded %d + duplicates %d + rejected %d",
+        Path(path).name, result.rows_read, result.loaded, result.duplicates, result.rejected,
+    )
+    return result.to_dict()
+
+
+@task(name="validate snapshot", task_run_name="validate snapshot {snapshot_id}")
+def validate_snapshot_task(
+    warehouse_path: str, snapshot_id: int, thresholds: ValidationThresholds, reports_dir: str
+) -> dict:
+    with warehouse(Path(warehouse_path)) as con:
+        report = validate_snapshot(con, snapshot_id, thresholds, Path(reports_dir))
+    create_markdown_artifact(
+        markdown=report_markdown(report),
+        key=artifact_key(f"validation-{report['dataset']}"),
+        description=f"Validation of snapshot {snapshot_id}: {report['status']}",
+    )
+    return report
+
+
+@task(name="publish ingest summary")
+def publish_ingest_summary(reports: list[dict], skipped: dict[str, str]) -> str:
+    """One markdown artifact and one table artifact for the whole run."""
+    rows = [
+        {
+            "dataset": r["dataset"],
+            "snapshot": r["snapshot_id"],
+            "status": r["status"],
+            **r["accounting"]["totals"],
+        }
+        for r in reports
+    ]
+    text = "\n\n".join(report_markdown(r) for r in reports)
+    for dataset, why in skipped.items():
+        text += f"\n\n`{dataset}`: {why}"
+    if rows:
+        create_table_artifact(table=rows, key="ingest-accounting", description="Row accounting")
+    create_markdown_artifact(markdown=text or "Nothing to ingest.", key="ingest-summary")
+    return text

@@ -1,0 +1,51 @@
+"""Shared fixtures. The data home and Prefect's home point at a temp folder before any test
+imports Prefect, so the suite never writes to ./data or ~."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="encore-tests-"))
+os.environ["ENCORE_HOME"] = str(_SESSION_HOME)
+os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from tasks.home import EncoreHome, configure_environment  # noqa: E402
+from tasks.sources import PRESETS, DatasetSpec, SourceFormat  # noqa: E402
+from tasks.warehouse.schema import connect  # noqa: E402
+
+configure_environment(EncoreHome(_SESSION_HOME))
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> EncoreHome:
+    return EncoreHome(tmp_path / "home").ensure()
+
+
+@pytest.fixture
+def con(home: EncoreHome) -> Iterator:
+    connection = connect(home.warehouse)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def write_file(tmp_path: Path) -> Callable[[str, bytes | str], Path]:
+    def write(name: str, content: bytes | str) -> Path:
+        path = tmp_path / "landing" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+        return path
+
+    return write
+
+
+def spec_for(format_name: str | SourceFormat, path: Path, name: str = "ds") -> DatasetSpec:
+    fmt = PRESETS[format_name] if isinstance(format_name, str) else format_name
+    return DatasetSpec(name, fmt, path)

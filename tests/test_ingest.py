@@ -1,0 +1,277 @@
+"""Ingest: each reader, every bad input with its exact error, and the row accounting."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import spec_for
+
+from tasks.sources import RatingScale, SourceFormat
+from tasks.warehouse.ingest import (
+    IngestFileError,
+    ingest_file,
+    open_snapshot,
+    register_dataset,
+    scan_file,
+)
+from tasks.warehouse.schema import connect
+
+RATINGS_CSV = "userId,movieId,rating,timestamp\n1,10,4.0,964982703\n1,20,3.5,964981247\n2,10,5.0,964982224\n"
+
+
+def load(con, format_name, path, name="ds"):
+    spec = spec_for(format_name, path, name)
+    register_dataset(con, spec)
+    return ingest_file(con, spec, path, open_snapshot(con, name))
+
+
+def rows(con, sql, *params):
+    return con.execute(sql, list(params)).fetchall()
+
+
+# --- readers --------------------------------------------------------------------------------
+
+
+def test_movielens_100k_reader(con, write_file):
+    path = write_file("u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n22\t377\t1\t878887116\n")
+    result = load(con, "movielens-100k", path)
+    assert (result.rows_read, result.loaded, result.new_users, result.new_items) == (3, 3, 3, 3)
+    assert rows(con, "SELECT user_id, item_id, rating, ts::VARCHAR, line FROM interactions ORDER BY line")[0] == (
+        "196", "242", 3.0, "1997-12-04 15:55:49", 1)
+
+
+def test_movielens_csv_reader_counts_header_as_line_one(con, write_file):
+    result = load(con, "movielens-csv", write_file("ratings.csv", RATINGS_CSV))
+    assert (result.rows_read, result.loaded) == (3, 3)
+    assert [r[0] for r in rows(con, "SELECT line FROM interactions ORDER BY line")] == [2, 3, 4]
+
+
+def test_movielens_dat_reader_with_two_char_delimiter(con, write_file):
+    path = write_file("ratings.dat", "1::1193::5::978300760\n1::661::3::978302109\n")
+    result = load(con, "movielens-dat", path)
+    assert result.loaded == 2
+    assert rows(con, "SELECT rating FROM interactions ORDER BY line") == [(5.0,), (3.0,)]
+
+
+def test_lastfm_reader_is_implicit_without_timestamps(con, write_file):
+    path = write_file("user_artists.dat", "userID\tartistID\tweight\r\n2\t51\t13883\r\n2\t52\t11690\r\n")
+    result = load(con, "lastfm-user-artists", path)
+    assert result.loaded == 2
+    assert rows(con, "SELECT weight, ts, rating FROM interactions ORDER BY line") == [
+        (13883.0, None, None), (11690.0, None, None)]
+
+
+def test_letterboxd_reader_maps_columns_by_header_name(con, write_file):
+    path = write_file("ratings_export.csv",
+                      "_id,movie_id,rating_val,user_id\nx1,feast-2014,7,deathproof\nx2,loving-2016,10,deathproof\n")
+    result = load(con, "letterboxd", path)
+    assert result.loaded == 2
+    assert rows(con, "SELECT user_id, item_id, rating FROM interactions ORDER BY line") == [
+        ("deathproof", "feast-2014", 7.0), ("deathproof", "loving-2016", 10.0)]
+
+
+def test_generic_delimited_latin1_headerless(con, write_file):
+    fmt = SourceFormat(
+        kind="explicit", delimiter=";", header=False, encoding="latin-1",
+        positional_columns=("who", "what", "stars"),
+        columns={"user_id": "who", "item_id": "what", "rating": "stars"},
+        rating_scale=RatingScale(1, 5),
+    )
+    path = write_file("export.txt", "Jos\xe9;Am\xe9lie;5\nAnna;Heat;4\n".encode("latin-1"))
+    result = load(con, fmt, path)
+    assert result.loaded == 2
+    assert rows(con, "SELECT user_id, item_id FROM interactions ORDER BY line")[0] == ("José", "Amélie")
+
+
+def test_parquet_reader_rejects_uncastable_values_by_row(con, tmp_path):
+    path = tmp_path / "events.parquet"
+    pq.write_table(pa.table({"u": ["a", "b", "c"], "i": ["x", "y", "z"], "r": ["4", "five", "2"]}), path)
+    fmt = SourceFormat(kind="explicit", file_type="parquet",
+                       columns={"user_id": "u", "item_id": "i", "rating": "r"},
+                       rating_scale=RatingScale(1, 5))
+    result = load(con, fmt, path)
+    assert (result.rows_read, result.loaded, result.rejected) == (3, 2, 1)
+    assert rows(con, "SELECT line, column_name FROM rejects") == [(2, "r")]
+
+
+# --- bad input: each with its exact error and the accounting holding ---------------------------
+
+
+def test_empty_file_is_an_error_naming_the_file(con, write_file):
+    path = write_file("empty.csv", "")
+    with pytest.raises(IngestFileError, match=r"empty\.csv: file is empty \(0 bytes\)"):
+        load(con, "movielens-csv", path)
+    assert rows(con, "SELECT status, rows_read, rejected FROM source_files") == [("error", 0, 0)]
+
+
+def test_header_only_is_an_error_on_line_1(con, write_file):
+    path = write_file("header.csv", "userId,movieId,rating,timestamp\n")
+    with pytest.raises(IngestFileError, match=r"header\.csv, line 1: file has a header but no data rows"):
+        load(con, "movielens-csv", path)
+
+
+def test_missing_column_names_line_and_column(con, write_file):
+    path = write_file("ratings.csv", "userId,movieId,timestamp\n1,10,964982703\n")
+    with pytest.raises(IngestFileError, match=r"ratings\.csv, line 1, column 'rating': missing column 'rating'"):
+        load(con, "movielens-csv", path)
+    assert rows(con, "SELECT count(*) FROM interactions") == [(0,)]
+    # The refused file's row is accounted for as rejected, with the reason on record.
+    assert rows(con, "SELECT status, rows_read, rejected FROM source_files") == [("error", 1, 1)]
+    assert rows(con, "SELECT error_type FROM rejects") == [("FILE",)]
+
+
+def test_extra_column_in_a_row_is_rejected_with_its_line(con, write_file):
+    path = write_file("ratings.csv", RATINGS_CSV + "3,30,4.0,964982703,surprise\n")
+    result = load(con, "movielens-csv", path)
+    assert (result.rows_read, result.loaded, result.rejected) == (4, 3, 1)
+    assert rows(con, "SELECT line, error_type, raw_line FROM rejects") == [
+        (5, "TOO MANY COLUMNS", "3,30,4.0,964982703,surprise")]
+
+
+def test_extra_column_in_the_header_is_ignored(con, write_file):
+    path = write_file("ratings.csv", "userId,movieId,rating,timestamp,source\n1,10,4.0,964982703,web\n")
+    assert load(con, "movielens-csv", path).loaded == 1
+
+
+def test_non_numeric_rating_is_rejected_naming_the_column(con, write_file):
+    path = write_file("ratings.csv", RATINGS_CSV + "3,30,great,964982703\n")
+    result = load(con, "movielens-csv", path)
+    assert (result.loaded, result.rejected) == (3, 1)
+    line, column, error_type, reason = rows(con, "SELECT line, column_name, error_type, reason FROM rejects")[0]
+    assert (line, column, error_type) == (5, "rating", "CAST")
+    assert '"great"' in reason
+
+
+def test_duplicate_rows_are_counted_and_dropped_keeping_the_first(con, write_file):
+    path = write_file("ratings.csv", RATINGS_CSV + "1,10,4.0,964982703\n1,10,2.0,964982703\n")
+    result = load(con, "movielens-csv", path)
+    assert (result.rows_read, result.loaded, result.duplicates) == (5, 3, 2)
+    assert rows(con, "SELECT rating, line FROM interactions WHERE item_id = '10' AND user_id = '1'") == [(4.0, 2)]
+
+
+def test_same_key_in_a_later_file_is_a_duplicate(con, write_file):
+    load(con, "movielens-csv", write_file("day1.csv", RATINGS_CSV))
+    result = load(con, "movielens-csv", write_file("day2.csv", RATINGS_CSV + "9,99,1.0,964982703\n"))
+    assert (result.loaded, result.duplicates) == (1, 3)
+
+
+def test_truncated_last_line_is_rejected(con, write_file):
+    path = write_file("ratings.csv", RATINGS_CSV + "3,30,4")
+    result = load(con, "movielens-csv", path)
+    assert (result.rows_read, result.loaded, result.rejected) == (4, 3, 1)
+    assert rows(con, "SELECT DISTINCT line, error_type FROM rejects") == [(5, "MISSING COLUMNS")]
+
+
+def test_non_utf8_bytes_are_rejected_as_invalid_encoding(con, write_file):
+    path = write_file("ratings.csv", RATINGS_CSV.encode() + b"3\xff,30,4.0,964982703\n")
+    result = load(con, "movielens-csv", path)
+    assert (result.loaded, result.rejected) == (3, 1)
+    assert rows(con, "SELECT line, column_name, error_type FROM rejects") == [(5, "userId", "INVALID ENCODING")]
+
+
+def test_impossible_epoch_is_rejected_not_overflowed(con, write_file):
+    path = write_file("u.data", "1\t2\t3\t881250949\n1\t3\t3\t99999999999999999\n")
+    result = load(con, "movielens-100k", path)
+    assert (result.loaded, result.rejected) == (1, 1)
+    assert "out of range" in rows(con, "SELECT reason FROM rejects")[0][0]
+
+
+def test_blank_lines_are_skipped_and_line_numbers_stay_physical(con, write_file):
+    path = write_file("ratings.csv", "userId,movieId,rating,timestamp\n\n1,10,4.0,1\nbad\n\n2,10,5.0,2\n")
+    result = load(con, "movielens-csv", path)
+    assert (result.rows_read, result.loaded, result.rejected) == (3, 2, 1)
+    assert [r[0] for r in rows(con, "SELECT line FROM interactions ORDER BY line")] == [3, 6]
+    assert rows(con, "SELECT DISTINCT line FROM rejects") == [(4,)]
+
+
+def test_same_file_twice_is_a_no_op(con, write_file):
+    path = write_file("ratings.csv", RATINGS_CSV)
+    first = load(con, "movielens-csv", path)
+    copy = write_file("renamed-copy.csv", RATINGS_CSV)
+    second = load(con, "movielens-csv", copy)
+    assert (first.status, second.status, second.loaded) == ("loaded", "skipped", 0)
+    assert rows(con, "SELECT count(*) FROM interactions") == [(3,)]
+    assert rows(con, "SELECT count(*) FROM source_files") == [(1,)]
+
+
+def test_id_maps_are_dense_append_only_and_stable(con, write_file):
+    load(con, "movielens-csv", write_file("a.csv", RATINGS_CSV))
+    before = dict(rows(con, "SELECT external_id, idx FROM user_ids"))
+    load(con, "movielens-csv", write_file("b.csv", "userId,movieId,rating,timestamp\n7,10,3.0,5\n1,11,3.0,5\n"))
+    after = dict(rows(con, "SELECT external_id, idx FROM user_ids"))
+    assert before == {"1": 0, "2": 1}
+    assert after == {"1": 0, "2": 1, "7": 2}
+
+
+def test_scan_counts_lines_without_trailing_newline_and_blank_lines(tmp_path):
+    path = tmp_path / "f.csv"
+    path.write_bytes(b"h\n\na\r\n\r\nb")
+    scan = scan_file(path)
+    assert (scan.lines, scan.blank_lines) == (3, (2, 4))
+
+
+def test_crash_mid_file_leaves_nothing_and_a_rerun_loads_everything(home, write_file):
+    """A real crash: a child process dies (os._exit) after inserting rows, before commit."""
+    path = write_file("ratings.csv", RATINGS_CSV)
+    child = textwrap.dedent(f"""
+        import os, sys
+        from pathlib import Path
+        sys.path[:0] = {sys.path!r}
+        import tasks.warehouse.ingest as ingest
+        from tasks.sources import PRESETS, DatasetSpec
+        from tasks.warehouse.schema import connect
+        ingest.crash_point = lambda stage: os._exit(3) if stage == "inserted" else None
+        con = connect(Path({str(home.warehouse)!r}))
+        spec = DatasetSpec("ds", PRESETS["movielens-csv"], Path({str(path)!r}))
+        ingest.register_dataset(con, spec)
+        ingest.ingest_file(con, spec, spec.landing, ingest.open_snapshot(con, "ds"))
+    """)
+    crashed = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    assert crashed.returncode == 3, crashed.stderr
+    con = connect(home.warehouse)
+    try:
+        assert rows(con, "SELECT count(*) FROM interactions") == [(0,)]
+        assert rows(con, "SELECT count(*) FROM source_files") == [(0,)]
+        assert rows(con, "SELECT count(*) FROM user_ids") == [(0,)]
+        spec = spec_for("movielens-csv", path)
+        result = ingest_file(con, spec, path, open_snapshot(con, "ds"))
+        assert (result.status, result.loaded) == ("loaded", 3)
+        assert result.accounting_holds()
+    finally:
+        con.close()
+
+
+def test_accounting_equation_holds_for_a_mixed_bad_file(con, write_file):
+    body = (
+        "userId,movieId,rating,timestamp\n"
+        "1,10,4.0,964982703\n"       # loaded
+        "1,10,4.0,964982703\n"       # duplicate
+        "2,10,abc,964982703\n"       # rejected: cast
+        "3,10,4.0\n"                 # rejected: missing column
+        ",10,4.0,964982703\n"        # loaded here, quarantined by validation (empty id)
+        "4,11,9.0,964982703\n"       # loaded here, quarantined by validation (out of scale)
+    )
+    result = load(con, "movielens-csv", write_file("mixed.csv", body))
+    assert (result.rows_read, result.loaded, result.duplicates, result.rejected) == (6, 3, 1, 2)
+    assert result.accounting_holds()
+
+
+def test_unknown_format_key_is_named(tmp_path):
+    from tasks.sources import SourceConfigError, load_datasets
+
+    sources = tmp_path / "sources.toml"
+    sources.write_text('[datasets.x]\nformat = "movielens-csv"\nlanding = "in"\ndelimeter = ";"\n')
+    with pytest.raises(SourceConfigError, match=r"\[datasets\.x\]: unknown keys \['delimeter'\]"):
+        load_datasets(sources)
+
+
+def test_connect_is_idempotent(home):
+    connect(home.warehouse).close()
+    connect(home.warehouse).close()
+    assert Path(home.warehouse).exists()
