@@ -82,7 +82,7 @@ def ingest(
         result = ingest_flow(
             sources_file=str(sources.resolve()) if sources else None,
             datasets=dataset or None,
-            validate=validate,
+            run_validation=validate,
         )
     except SnapshotFailed as failure:
         typer.echo(str(failure), err=True)

@@ -28,7 +28,7 @@ class SnapshotFailed(RuntimeError):
 def ingest(
     sources_file: str | None = None,
     datasets: list[str] | None = None,
-    validate: bool = True,
+    run_validation: bool = True,
     thresholds: ValidationThresholds | None = None,
 ) -> dict:
     """Load every new landing file of each dataset and validate the resulting snapshots.
@@ -36,7 +36,7 @@ def ingest(
     Args:
         sources_file: the `sources.toml` naming the datasets (default: the data home's).
         datasets: only these datasets (default: all in the sources file).
-        validate: validate each new snapshot (off leaves it pending for `encore validate`).
+        run_validation: validate each new snapshot (off leaves it pending for `encore validate`).
         thresholds: the validation bounds (default: ValidationThresholds()).
     """
     home = EncoreHome.from_env().ensure()
@@ -58,7 +58,7 @@ def ingest(
             outcome = state.result(raise_on_failure=False)
             if isinstance(outcome, BaseException) and not isinstance(outcome, IngestFileError):
                 raise outcome
-        if validate:
+        if run_validation:
             reports.append(
                 validate_snapshot_task(
                     warehouse_path, snapshot_id, thresholds or ValidationThresholds(),

@@ -1,0 +1,45 @@
+"""The `encore` command as a user runs it: a fresh data home, two nights, a status."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ENCORE = Path(sys.executable).parent / "encore"
+
+
+def encore(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["ENCORE_HOME"] = str(home)
+    return subprocess.run([str(ENCORE), *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.slow
+def test_generate_ingest_next_day_status(tmp_path):
+    home = tmp_path / "home"
+    generated = encore(home, "generate-sample", "--days", "2")
+    assert generated.returncode == 0, generated.stderr
+    assert "listens: 2 new file(s)" in generated.stdout
+    first = encore(home, "ingest")
+    assert first.returncode == 0, first.stderr
+    assert "snapshot 1 of sample-listens: passed (2 file(s))" in first.stdout
+    assert encore(home, "generate-sample", "--next-day").returncode == 0
+    second = encore(home, "ingest")
+    assert "snapshot 3 of sample-listens: passed (1 file(s))" in second.stdout
+    status = encore(home, "status")
+    assert status.returncode == 0, status.stderr
+    assert "sample-ratings" in status.stdout and "BROKEN" not in status.stdout
+    assert status.stdout.count("holds") == 4
+    # Everything stayed inside the data home, Prefect's database included.
+    assert (home / "prefect").is_dir()
+    assert (home / "warehouse.duckdb").is_file()
+
+
+def test_help_lists_the_commands():
+    shown = subprocess.run([str(ENCORE), "--help"], capture_output=True, text=True, timeout=60)
+    for command in ("generate-sample", "ingest", "validate", "status"):
+        assert command in shown.stdout

@@ -1,0 +1,83 @@
+"""The ingest flow under a real (temporary) Prefect server: runs, idempotency, failure path."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.cli import SAMPLE_SOURCES
+from flows.ingest import SnapshotFailed, ingest
+from models_src.sample_data import SampleConfig, write_sample_days
+from tasks.home import EncoreHome
+from tasks.warehouse.schema import warehouse
+
+TINY = {
+    "listens": SampleConfig(seed=1, n_users=80, n_items=120, n_groups=6, events_per_day=400),
+    "ratings": SampleConfig(seed=2, n_users=60, n_items=90, n_groups=5, events_per_day=300),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+@pytest.fixture
+def flow_home(tmp_path, monkeypatch) -> EncoreHome:
+    home = EncoreHome(tmp_path / "home").ensure()
+    monkeypatch.setenv("ENCORE_HOME", str(home.root))
+    home.sources_file.write_text(SAMPLE_SOURCES)
+    return home
+
+
+def write_days(home: EncoreHome, days: range) -> None:
+    for kind, config in TINY.items():
+        write_sample_days(home.landing / f"sample-{kind}", kind, config, days)
+
+
+def test_flow_ingests_validates_and_is_idempotent(flow_home):
+    write_days(flow_home, range(3))
+    first = ingest()
+    assert [(r["dataset"], r["status"]) for r in first["reports"]] == [
+        ("sample-listens", "passed"), ("sample-ratings", "passed")]
+    for report in first["reports"]:
+        totals = report["accounting"]["totals"]
+        assert totals["rows_read"] == totals["loaded"] + totals["duplicates"] + totals["rejected"] + totals["quarantined"]
+        assert len(report["accounting"]["files"]) == 3
+    again = ingest()
+    assert again["reports"] == []
+    assert set(again["idle"]) == {"sample-listens", "sample-ratings"}
+    write_days(flow_home, range(3, 4))
+    next_night = ingest(datasets=["sample-listens"])
+    assert [len(r["accounting"]["files"]) for r in next_night["reports"]] == [1]
+    with warehouse(flow_home.warehouse) as con:
+        snapshots = con.execute("SELECT dataset, status FROM snapshots ORDER BY snapshot_id").fetchall()
+    assert snapshots == [("sample-listens", "passed"), ("sample-ratings", "passed"), ("sample-listens", "passed")]
+
+
+def test_a_bad_night_fails_the_flow_and_is_never_trainable(flow_home):
+    write_days(flow_home, range(2))
+    ingest()
+    folder = flow_home.landing / "sample-ratings"
+    newest = sorted(folder.glob("*.csv"))[-1]
+    broken = folder / "ratings_2026-10-03.csv"
+    shutil.copy(newest, broken)
+    # Tonight's file uses a 1-10 scale by mistake: every row fails 'rating within the scale'.
+    lines = broken.read_text().splitlines()
+    header, body = lines[0], lines[1:]
+    broken.write_text("\n".join([header] + [",".join(r.split(",")[:3] + ["9.5"] + r.split(",")[4:]) for r in body]) + "\n")
+    broken.write_text(broken.read_text().replace("2026-10-02", "2026-10-03"))
+    with pytest.raises(SnapshotFailed, match="sample-ratings"):
+        ingest(datasets=["sample-ratings"])
+    with warehouse(flow_home.warehouse) as con:
+        status, quarantined = con.execute(
+            "SELECT status, quarantined FROM snapshots ORDER BY snapshot_id DESC LIMIT 1").fetchone()
+        in_training = con.execute(
+            "SELECT count(*) FROM training_interactions WHERE dataset = 'sample-ratings' "
+            "AND ts >= '2026-10-03'").fetchone()[0]
+    assert status == "failed"
+    assert quarantined == len(body)
+    assert in_training == 0

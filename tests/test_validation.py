@@ -1,0 +1,127 @@
+"""Validation: row-level quarantine with reasons, table-level verdicts, the training view."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+
+from conftest import spec_for
+
+from tasks.warehouse.ingest import ingest_file, open_snapshot, register_dataset
+from tasks.warehouse.validation import ValidationThresholds, report_markdown, validate_snapshot
+
+HEADER = "userId,movieId,rating,timestamp\n"
+NOW = datetime(2026, 11, 22, 12, 0, 0)
+LOOSE = ValidationThresholds(min_users=1, min_items=1, min_interactions=1, max_quarantine_fraction=1.0)
+
+
+def good_rows(n_users: int = 20, n_items: int = 10, start: int = 1_600_000_000) -> str:
+    lines = [f"{u},{i},{1 + (u + i) % 5}.0,{start + u * 100 + i}" for u in range(n_users) for i in range(n_items)]
+    return "\n".join(lines) + "\n"
+
+
+def ingest_night(con, write_file, name: str, body: str, dataset: str = "ds") -> int:
+    path = write_file(name, HEADER + body)
+    spec = spec_for("movielens-csv", path, dataset)
+    register_dataset(con, spec)
+    snapshot_id = open_snapshot(con, dataset)
+    ingest_file(con, spec, path, snapshot_id)
+    return snapshot_id
+
+
+def count(con, sql: str) -> int:
+    return con.execute(sql).fetchone()[0]
+
+
+def test_row_level_failures_are_quarantined_with_file_line_and_reason(con, write_file, home):
+    future = int((NOW + timedelta(days=30)).timestamp())
+    bad = (
+        f",5,4.0,1600000000\n"          # line 202: empty user id
+        f"7,5,7.0,1600000000\n"         # line 203: rating out of scale
+        f"7,6,3.2,1600000000\n"         # line 204: not on the half-star steps
+        f"8,5,NaN,1600000000\n"         # line 205: NaN rating
+        f"9,5,4.0,{future}\n"           # line 206: in the future
+        f"9,6,4.0,600000000\n"          # line 207: absurdly old (1989)
+        f"bad id,5,4.0,1600000000\n"    # line 208: whitespace in id
+    )
+    snapshot_id = ingest_night(con, write_file, "night.csv", good_rows() + bad)
+    report = validate_snapshot(con, snapshot_id, ValidationThresholds(), home.reports, now=NOW)
+    quarantined = con.execute(
+        "SELECT line, column_name, expectation, reason FROM quarantine ORDER BY line").fetchall()
+    assert [(line, column) for line, column, *_ in quarantined] == [
+        (202, "user_id"), (203, "rating"), (204, "rating"), (205, "rating"), (206, "ts"),
+        (207, "ts"), (208, "user_id")]
+    assert quarantined[1][2] == "expect_column_values_to_be_between"
+    assert quarantined[1][3] == "rating within the scale [0.5, 5] (value: 7.0)"
+    totals = report["accounting"]["totals"]
+    assert totals == {"rows_read": 207, "loaded": 200, "duplicates": 0, "rejected": 0, "quarantined": 7}
+    # 7/207 = 3.4% quarantined is under the 5% default: the snapshot passes without those rows.
+    assert report["status"] == "passed"
+    assert count(con, "SELECT count(*) FROM training_interactions") == 200
+    assert json.loads((home.reports / f"snapshot_{snapshot_id:05d}_ds.json").read_text())["status"] == "passed"
+
+
+def test_too_many_quarantined_rows_fail_the_snapshot(con, write_file):
+    body = good_rows() + "".join(f"{u},99,9.0,1600000000\n" for u in range(30))
+    snapshot_id = ingest_night(con, write_file, "night.csv", body)
+    report = validate_snapshot(con, snapshot_id, now=NOW)
+    assert report["status"] == "failed"
+    assert [o["column"] for o in report["failed"] if o["level"] == "table"] == ["quarantine_fraction"]
+    assert count(con, "SELECT count(*) FROM training_interactions") == 0
+
+
+def test_minimum_sizes_fail_a_tiny_dataset(con, write_file):
+    snapshot_id = ingest_night(con, write_file, "tiny.csv", good_rows(n_users=3, n_items=2))
+    report = validate_snapshot(con, snapshot_id, now=NOW)
+    failed = {o["column"]: o["observed"] for o in report["failed"]}
+    assert failed == {"n_users": 3, "n_items": 2, "n_interactions": 6}
+    assert "**FAILED**" in report_markdown(report)
+
+
+def test_drift_in_mean_rating_fails_the_night(con, write_file):
+    first = ingest_night(con, write_file, "day1.csv", good_rows())
+    assert validate_snapshot(con, first, LOOSE, now=NOW)["status"] == "passed"
+    # Tonight everyone rates 5: mean moves from 3.0 to 5.0 = 44% of the 0.5-5 scale.
+    tonight = "".join(f"{u},{i},5.0,1700000000\n" for u in range(20) for i in range(10, 15))
+    second = ingest_night(con, write_file, "day2.csv", tonight)
+    report = validate_snapshot(con, second, LOOSE, now=NOW)
+    assert report["status"] == "failed"
+    assert [o["column"] for o in report["failed"]] == ["mean_rating_shift"]
+    assert round(report["profile"]["mean_rating_shift"], 3) == round(2.0 / 4.5, 3)
+
+
+def test_a_night_that_replays_history_fails_growth(con, write_file):
+    first = ingest_night(con, write_file, "day1.csv", good_rows(n_users=5))
+    validate_snapshot(con, first, LOOSE, now=NOW)
+    big = good_rows(n_users=40, start=1_650_000_000)
+    report = validate_snapshot(con, ingest_night(con, write_file, "day2.csv", big), LOOSE, now=NOW)
+    assert [o["column"] for o in report["failed"]] == ["growth"]
+
+
+def test_failed_snapshot_rows_do_not_block_a_corrected_redelivery(con, write_file):
+    bad_night = ingest_night(con, write_file, "night.csv", good_rows(n_users=2, n_items=2))
+    assert validate_snapshot(con, bad_night, now=NOW)["status"] == "failed"
+    corrected = ingest_night(con, write_file, "night-fixed.csv", good_rows())
+    report = validate_snapshot(con, corrected, now=NOW)
+    # The 4 rows of the failed night are loaded again, not counted as duplicates.
+    assert report["accounting"]["totals"]["duplicates"] == 0
+    assert report["status"] == "passed"
+    assert count(con, "SELECT count(*) FROM training_interactions") == 200
+
+
+def test_unreadable_file_fails_its_snapshot(con, write_file):
+    good = write_file("a.csv", HEADER + good_rows())
+    broken = write_file("b.csv", "user,item\n1,2\n")
+    spec = spec_for("movielens-csv", good)
+    register_dataset(con, spec)
+    snapshot_id = open_snapshot(con, "ds")
+    ingest_file(con, spec, good, snapshot_id)
+    try:
+        ingest_file(con, spec, broken, snapshot_id)
+    except ValueError:
+        pass
+    report = validate_snapshot(con, snapshot_id, now=NOW)
+    assert report["status"] == "failed"
+    assert [o["column"] for o in report["failed"]] == ["unreadable_files"]
+    assert report["accounting"]["totals"]["rejected"] == 1
+    assert "missing column 'userId'" in report["file_errors"][0]["error"]
