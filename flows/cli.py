@@ -94,7 +94,9 @@ def ingest(
 
 @app.command()
 def validate(
-    snapshot: Annotated[int | None, typer.Option(help="Snapshot id (default: all pending).")] = None,
+    snapshot: Annotated[
+        int | None, typer.Option(help="Snapshot id (default: all pending).")
+    ] = None,
 ) -> None:
     """Validate pending snapshots (those ingested with --no-validate)."""
     from tasks.warehouse.schema import warehouse
@@ -103,11 +105,16 @@ def validate(
     home = EncoreHome.from_env().ensure()
     failed = False
     with warehouse(home.warehouse) as con:
-        ids = [snapshot] if snapshot else [
-            r[0] for r in con.execute(
-                "SELECT snapshot_id FROM snapshots WHERE status = 'pending' ORDER BY 1"
-            ).fetchall()
-        ]
+        ids = (
+            [snapshot]
+            if snapshot
+            else [
+                r[0]
+                for r in con.execute(
+                    "SELECT snapshot_id FROM snapshots WHERE status = 'pending' ORDER BY 1"
+                ).fetchall()
+            ]
+        )
         if not ids:
             typer.echo("no pending snapshot")
         for snapshot_id in ids:

@@ -61,13 +61,17 @@ def ingest(
         if run_validation:
             reports.append(
                 validate_snapshot_task(
-                    warehouse_path, snapshot_id, thresholds or ValidationThresholds(),
+                    warehouse_path,
+                    snapshot_id,
+                    thresholds or ValidationThresholds(),
                     str(home.reports),
                 )
             )
     publish_ingest_summary(reports, idle)
     summary = "\n".join(report_summary(r) for r in reports)
-    failed = [f"{r['dataset']} (snapshot {r['snapshot_id']})" for r in reports if r["status"] != "passed"]
+    failed = [
+        f"{r['dataset']} (snapshot {r['snapshot_id']})" for r in reports if r["status"] != "passed"
+    ]
     if failed:
         raise SnapshotFailed(f"validation failed for {', '.join(failed)}:\n\n{summary}")
     return {"reports": reports, "idle": idle, "summary": summary}

@@ -2,7 +2,7 @@
 
 The world: items belong to groups (artists for tracks, genres for movies); each group has a centre
 in a small taste space; each user has a taste vector. An event picks a user (by activity), then a
-group by the user's affinity (softmax of taste · centre), then an item inside the group by Zipf
+group among the user's favourite ones by affinity (softmax of taste · centre), then an item inside the group by Zipf
 popularity; a small share of events explores the global popularity instead. Ratings add user and
 item biases and the same affinity, on a half-star 1-5 scale. Users join over the days, so later
 days bring new users, as real nightly arrivals do.
@@ -24,10 +24,26 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 SampleKind = Literal["listens", "ratings"]
-GENRES = (
-    "Action Adventure Animation Children Comedy Crime Documentary Drama Fantasy Film-Noir "
-    "Horror Musical Mystery Romance Sci-Fi Thriller War Western"
-).split()
+GENRES = [
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+]
 SECONDS_PER_DAY = 86_400
 
 
@@ -64,6 +80,7 @@ class SampleWorld:
         late = rng.random(c.n_users) < c.late_joiner_share
         self.user_join_day = np.where(late, rng.integers(1, c.join_horizon_days, c.n_users), 0)
         self.user_bias = rng.normal(0.0, 0.4, size=c.n_users)
+        self._build_user_group_choice()
         # Items: a group each, Zipf popularity by a random rank, a bias and a track length.
         self.item_group = rng.integers(0, c.n_groups, size=c.n_items)
         ranks = rng.permutation(c.n_items) + 1
@@ -71,6 +88,24 @@ class SampleWorld:
         self.item_bias = rng.normal(0.0, 0.5, size=c.n_items)
         self.item_length_ms = rng.integers(120_000, 360_000, size=c.n_items)
         self._build_group_sampler()
+
+    def _build_user_group_choice(self, top_groups: int = 8, users_per_block: int = 8_192) -> None:
+        """Each user's few favourite groups and the softmax over them.
+
+        Keeping the top groups only bounds memory at users x 8 instead of events x groups (a
+        10M-event night over 2,000 artists would otherwise need tens of GB)."""
+        c = self.config
+        k = min(top_groups, c.n_groups)
+        self.user_top_groups = np.empty((c.n_users, k), dtype=np.int64)
+        self.user_group_cdf = np.empty((c.n_users, k))
+        for start in range(0, c.n_users, users_per_block):
+            block = slice(start, start + users_per_block)
+            logits = c.taste_sharpness * self.user_taste[block] @ self.group_centres.T
+            top = np.argpartition(-logits, k - 1, axis=1)[:, :k]
+            top_logits = np.take_along_axis(logits, top, axis=1)
+            probs = np.exp(top_logits - top_logits.max(axis=1, keepdims=True))
+            self.user_top_groups[block] = top
+            self.user_group_cdf[block] = np.cumsum(probs, axis=1) / probs.sum(axis=1, keepdims=True)
 
     def _build_group_sampler(self) -> None:
         """Items sorted by group with within-group cumulative popularity shifted by group index,
@@ -95,18 +130,18 @@ class SampleWorld:
         eligible = np.flatnonzero(self.user_join_day <= day)
         activity = self.user_activity[eligible]
         users = eligible[rng.choice(len(eligible), size=size, p=activity / activity.sum())]
-        logits = c.taste_sharpness * self.user_taste[users] @ self.group_centres.T
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
-        groups = (probs.cumsum(axis=1) < rng.random((size, 1))).sum(axis=1)
-        groups = np.minimum(groups, c.n_groups - 1)
+        choice = (self.user_group_cdf[users] < rng.random((size, 1))).sum(axis=1)
+        choice = np.minimum(choice, self.user_top_groups.shape[1] - 1)
+        groups = self.user_top_groups[users, choice]
         position = np.searchsorted(self._group_cumulative, groups + rng.random(size))
         items = self._items_by_group[np.minimum(position, c.n_items - 1)]
         explore = rng.random(size) < c.exploration
         global_pick = np.searchsorted(self._global_cumulative, rng.random(explore.sum()))
         items[explore] = np.minimum(global_pick, c.n_items - 1)
         seconds = np.sort(rng.integers(0, SECONDS_PER_DAY, size=size))
-        affinity = np.einsum("ij,ij->i", self.user_taste[users], self.group_centres[self.item_group[items]])
+        affinity = np.einsum(
+            "ij,ij->i", self.user_taste[users], self.group_centres[self.item_group[items]]
+        )
         return {"users": users, "items": items, "seconds": seconds, "affinity": affinity}
 
     def events(self, kind: SampleKind, day: int, chunk_rows: int = 1_000_000) -> Iterator[pa.Table]:
@@ -117,8 +152,10 @@ class SampleWorld:
             rng = np.random.default_rng([self.config.seed, 2, day, chunk_index])
             drawn = self._draw(day, min(chunk_rows, total - offset), rng)
             times = np.datetime64(day_start, "s") + drawn["seconds"].astype("timedelta64[s]")
-            yield self._listens(drawn, times, rng) if kind == "listens" else self._ratings(
-                drawn, times, rng
+            yield (
+                self._listens(drawn, times, rng)
+                if kind == "listens"
+                else self._ratings(drawn, times, rng)
             )
 
     def _listens(self, drawn: dict, times: np.ndarray, rng: np.random.Generator) -> pa.Table:

@@ -90,7 +90,11 @@ def ingest_file_task(
         result = ingest_file(con, spec, Path(path), snapshot_id)
     get_run_logger().info(
         "%s: read %d = loaded %d + duplicates %d + rejected %d",
-        Path(path).name, result.rows_read, result.loaded, result.duplicates, result.rejected,
+        Path(path).name,
+        result.rows_read,
+        result.loaded,
+        result.duplicates,
+        result.rejected,
     )
     return result.to_dict()
 

@@ -188,7 +188,9 @@ def format_from_table(table: Mapping[str, Any], where: str) -> SourceFormat:
     scale = options.pop("rating_scale", None)
     if scale is not None:
         if not isinstance(scale, list) or len(scale) not in (2, 3):
-            raise SourceConfigError(f"{where}: rating_scale must be [low, high] or [low, high, step]")
+            raise SourceConfigError(
+                f"{where}: rating_scale must be [low, high] or [low, high, step]"
+            )
         options["rating_scale"] = RatingScale(*scale)
     if "positional_columns" in options:
         options["positional_columns"] = tuple(options["positional_columns"])

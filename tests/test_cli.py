@@ -15,7 +15,9 @@ ENCORE = Path(sys.executable).parent / "encore"
 def encore(home: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["ENCORE_HOME"] = str(home)
-    return subprocess.run([str(ENCORE), *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(
+        [str(ENCORE), *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 @pytest.mark.slow

@@ -42,10 +42,15 @@ def test_flow_ingests_validates_and_is_idempotent(flow_home):
     write_days(flow_home, range(3))
     first = ingest()
     assert [(r["dataset"], r["status"]) for r in first["reports"]] == [
-        ("sample-listens", "passed"), ("sample-ratings", "passed")]
+        ("sample-listens", "passed"),
+        ("sample-ratings", "passed"),
+    ]
     for report in first["reports"]:
         totals = report["accounting"]["totals"]
-        assert totals["rows_read"] == totals["loaded"] + totals["duplicates"] + totals["rejected"] + totals["quarantined"]
+        assert (
+            totals["rows_read"]
+            == totals["loaded"] + totals["duplicates"] + totals["rejected"] + totals["quarantined"]
+        )
         assert len(report["accounting"]["files"]) == 3
     again = ingest()
     assert again["reports"] == []
@@ -54,8 +59,14 @@ def test_flow_ingests_validates_and_is_idempotent(flow_home):
     next_night = ingest(datasets=["sample-listens"])
     assert [len(r["accounting"]["files"]) for r in next_night["reports"]] == [1]
     with warehouse(flow_home.warehouse) as con:
-        snapshots = con.execute("SELECT dataset, status FROM snapshots ORDER BY snapshot_id").fetchall()
-    assert snapshots == [("sample-listens", "passed"), ("sample-ratings", "passed"), ("sample-listens", "passed")]
+        snapshots = con.execute(
+            "SELECT dataset, status FROM snapshots ORDER BY snapshot_id"
+        ).fetchall()
+    assert snapshots == [
+        ("sample-listens", "passed"),
+        ("sample-ratings", "passed"),
+        ("sample-listens", "passed"),
+    ]
 
 
 def test_a_bad_night_fails_the_flow_and_is_never_trainable(flow_home):
@@ -68,16 +79,23 @@ def test_a_bad_night_fails_the_flow_and_is_never_trainable(flow_home):
     # Tonight's file uses a 1-10 scale by mistake: every row fails 'rating within the scale'.
     lines = broken.read_text().splitlines()
     header, body = lines[0], lines[1:]
-    broken.write_text("\n".join([header] + [",".join(r.split(",")[:3] + ["9.5"] + r.split(",")[4:]) for r in body]) + "\n")
+    broken.write_text(
+        "\n".join(
+            [header] + [",".join(r.split(",")[:3] + ["9.5"] + r.split(",")[4:]) for r in body]
+        )
+        + "\n"
+    )
     broken.write_text(broken.read_text().replace("2026-10-02", "2026-10-03"))
     with pytest.raises(SnapshotFailed, match="sample-ratings"):
         ingest(datasets=["sample-ratings"])
     with warehouse(flow_home.warehouse) as con:
         status, quarantined = con.execute(
-            "SELECT status, quarantined FROM snapshots ORDER BY snapshot_id DESC LIMIT 1").fetchone()
+            "SELECT status, quarantined FROM snapshots ORDER BY snapshot_id DESC LIMIT 1"
+        ).fetchone()
         in_training = con.execute(
             "SELECT count(*) FROM training_interactions WHERE dataset = 'sample-ratings' "
-            "AND ts >= '2026-10-03'").fetchone()[0]
+            "AND ts >= '2026-10-03'"
+        ).fetchone()[0]
     assert status == "failed"
     assert quarantined == len(body)
     assert in_training == 0

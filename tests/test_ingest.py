@@ -22,7 +22,9 @@ from tasks.warehouse.ingest import (
 )
 from tasks.warehouse.schema import connect
 
-RATINGS_CSV = "userId,movieId,rating,timestamp\n1,10,4.0,964982703\n1,20,3.5,964981247\n2,10,5.0,964982224\n"
+RATINGS_CSV = (
+    "userId,movieId,rating,timestamp\n1,10,4.0,964982703\n1,20,3.5,964981247\n2,10,5.0,964982224\n"
+)
 
 
 def load(con, format_name, path, name="ds"):
@@ -39,11 +41,14 @@ def rows(con, sql, *params):
 
 
 def test_movielens_100k_reader(con, write_file):
-    path = write_file("u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n22\t377\t1\t878887116\n")
+    path = write_file(
+        "u.data", "196\t242\t3\t881250949\n186\t302\t3\t891717742\n22\t377\t1\t878887116\n"
+    )
     result = load(con, "movielens-100k", path)
     assert (result.rows_read, result.loaded, result.new_users, result.new_items) == (3, 3, 3, 3)
-    assert rows(con, "SELECT user_id, item_id, rating, ts::VARCHAR, line FROM interactions ORDER BY line")[0] == (
-        "196", "242", 3.0, "1997-12-04 15:55:49", 1)
+    assert rows(
+        con, "SELECT user_id, item_id, rating, ts::VARCHAR, line FROM interactions ORDER BY line"
+    )[0] == ("196", "242", 3.0, "1997-12-04 15:55:49", 1)
 
 
 def test_movielens_csv_reader_counts_header_as_line_one(con, write_file):
@@ -60,25 +65,36 @@ def test_movielens_dat_reader_with_two_char_delimiter(con, write_file):
 
 
 def test_lastfm_reader_is_implicit_without_timestamps(con, write_file):
-    path = write_file("user_artists.dat", "userID\tartistID\tweight\r\n2\t51\t13883\r\n2\t52\t11690\r\n")
+    path = write_file(
+        "user_artists.dat", "userID\tartistID\tweight\r\n2\t51\t13883\r\n2\t52\t11690\r\n"
+    )
     result = load(con, "lastfm-user-artists", path)
     assert result.loaded == 2
     assert rows(con, "SELECT weight, ts, rating FROM interactions ORDER BY line") == [
-        (13883.0, None, None), (11690.0, None, None)]
+        (13883.0, None, None),
+        (11690.0, None, None),
+    ]
 
 
 def test_letterboxd_reader_maps_columns_by_header_name(con, write_file):
-    path = write_file("ratings_export.csv",
-                      "_id,movie_id,rating_val,user_id\nx1,feast-2014,7,deathproof\nx2,loving-2016,10,deathproof\n")
+    path = write_file(
+        "ratings_export.csv",
+        "_id,movie_id,rating_val,user_id\nx1,feast-2014,7,deathproof\nx2,loving-2016,10,deathproof\n",
+    )
     result = load(con, "letterboxd", path)
     assert result.loaded == 2
     assert rows(con, "SELECT user_id, item_id, rating FROM interactions ORDER BY line") == [
-        ("deathproof", "feast-2014", 7.0), ("deathproof", "loving-2016", 10.0)]
+        ("deathproof", "feast-2014", 7.0),
+        ("deathproof", "loving-2016", 10.0),
+    ]
 
 
 def test_generic_delimited_latin1_headerless(con, write_file):
     fmt = SourceFormat(
-        kind="explicit", delimiter=";", header=False, encoding="latin-1",
+        kind="explicit",
+        delimiter=";",
+        header=False,
+        encoding="latin-1",
         positional_columns=("who", "what", "stars"),
         columns={"user_id": "who", "item_id": "what", "rating": "stars"},
         rating_scale=RatingScale(1, 5),
@@ -86,15 +102,23 @@ def test_generic_delimited_latin1_headerless(con, write_file):
     path = write_file("export.txt", "Jos\xe9;Am\xe9lie;5\nAnna;Heat;4\n".encode("latin-1"))
     result = load(con, fmt, path)
     assert result.loaded == 2
-    assert rows(con, "SELECT user_id, item_id FROM interactions ORDER BY line")[0] == ("José", "Amélie")
+    assert rows(con, "SELECT user_id, item_id FROM interactions ORDER BY line")[0] == (
+        "José",
+        "Amélie",
+    )
 
 
 def test_parquet_reader_rejects_uncastable_values_by_row(con, tmp_path):
     path = tmp_path / "events.parquet"
-    pq.write_table(pa.table({"u": ["a", "b", "c"], "i": ["x", "y", "z"], "r": ["4", "five", "2"]}), path)
-    fmt = SourceFormat(kind="explicit", file_type="parquet",
-                       columns={"user_id": "u", "item_id": "i", "rating": "r"},
-                       rating_scale=RatingScale(1, 5))
+    pq.write_table(
+        pa.table({"u": ["a", "b", "c"], "i": ["x", "y", "z"], "r": ["4", "five", "2"]}), path
+    )
+    fmt = SourceFormat(
+        kind="explicit",
+        file_type="parquet",
+        columns={"user_id": "u", "item_id": "i", "rating": "r"},
+        rating_scale=RatingScale(1, 5),
+    )
     result = load(con, fmt, path)
     assert (result.rows_read, result.loaded, result.rejected) == (3, 2, 1)
     assert rows(con, "SELECT line, column_name FROM rejects") == [(2, "r")]
@@ -112,13 +136,17 @@ def test_empty_file_is_an_error_naming_the_file(con, write_file):
 
 def test_header_only_is_an_error_on_line_1(con, write_file):
     path = write_file("header.csv", "userId,movieId,rating,timestamp\n")
-    with pytest.raises(IngestFileError, match=r"header\.csv, line 1: file has a header but no data rows"):
+    with pytest.raises(
+        IngestFileError, match=r"header\.csv, line 1: file has a header but no data rows"
+    ):
         load(con, "movielens-csv", path)
 
 
 def test_missing_column_names_line_and_column(con, write_file):
     path = write_file("ratings.csv", "userId,movieId,timestamp\n1,10,964982703\n")
-    with pytest.raises(IngestFileError, match=r"ratings\.csv, line 1, column 'rating': missing column 'rating'"):
+    with pytest.raises(
+        IngestFileError, match=r"ratings\.csv, line 1, column 'rating': missing column 'rating'"
+    ):
         load(con, "movielens-csv", path)
     assert rows(con, "SELECT count(*) FROM interactions") == [(0,)]
     # The refused file's row is accounted for as rejected, with the reason on record.
@@ -131,11 +159,14 @@ def test_extra_column_in_a_row_is_rejected_with_its_line(con, write_file):
     result = load(con, "movielens-csv", path)
     assert (result.rows_read, result.loaded, result.rejected) == (4, 3, 1)
     assert rows(con, "SELECT line, error_type, raw_line FROM rejects") == [
-        (5, "TOO MANY COLUMNS", "3,30,4.0,964982703,surprise")]
+        (5, "TOO MANY COLUMNS", "3,30,4.0,964982703,surprise")
+    ]
 
 
 def test_extra_column_in_the_header_is_ignored(con, write_file):
-    path = write_file("ratings.csv", "userId,movieId,rating,timestamp,source\n1,10,4.0,964982703,web\n")
+    path = write_file(
+        "ratings.csv", "userId,movieId,rating,timestamp,source\n1,10,4.0,964982703,web\n"
+    )
     assert load(con, "movielens-csv", path).loaded == 1
 
 
@@ -143,7 +174,9 @@ def test_non_numeric_rating_is_rejected_naming_the_column(con, write_file):
     path = write_file("ratings.csv", RATINGS_CSV + "3,30,great,964982703\n")
     result = load(con, "movielens-csv", path)
     assert (result.loaded, result.rejected) == (3, 1)
-    line, column, error_type, reason = rows(con, "SELECT line, column_name, error_type, reason FROM rejects")[0]
+    line, column, error_type, reason = rows(
+        con, "SELECT line, column_name, error_type, reason FROM rejects"
+    )[0]
     assert (line, column, error_type) == (5, "rating", "CAST")
     assert '"great"' in reason
 
@@ -152,12 +185,16 @@ def test_duplicate_rows_are_counted_and_dropped_keeping_the_first(con, write_fil
     path = write_file("ratings.csv", RATINGS_CSV + "1,10,4.0,964982703\n1,10,2.0,964982703\n")
     result = load(con, "movielens-csv", path)
     assert (result.rows_read, result.loaded, result.duplicates) == (5, 3, 2)
-    assert rows(con, "SELECT rating, line FROM interactions WHERE item_id = '10' AND user_id = '1'") == [(4.0, 2)]
+    assert rows(
+        con, "SELECT rating, line FROM interactions WHERE item_id = '10' AND user_id = '1'"
+    ) == [(4.0, 2)]
 
 
 def test_same_key_in_a_later_file_is_a_duplicate(con, write_file):
     load(con, "movielens-csv", write_file("day1.csv", RATINGS_CSV))
-    result = load(con, "movielens-csv", write_file("day2.csv", RATINGS_CSV + "9,99,1.0,964982703\n"))
+    result = load(
+        con, "movielens-csv", write_file("day2.csv", RATINGS_CSV + "9,99,1.0,964982703\n")
+    )
     assert (result.loaded, result.duplicates) == (1, 3)
 
 
@@ -172,7 +209,9 @@ def test_non_utf8_bytes_are_rejected_as_invalid_encoding(con, write_file):
     path = write_file("ratings.csv", RATINGS_CSV.encode() + b"3\xff,30,4.0,964982703\n")
     result = load(con, "movielens-csv", path)
     assert (result.loaded, result.rejected) == (3, 1)
-    assert rows(con, "SELECT line, column_name, error_type FROM rejects") == [(5, "userId", "INVALID ENCODING")]
+    assert rows(con, "SELECT line, column_name, error_type FROM rejects") == [
+        (5, "userId", "INVALID ENCODING")
+    ]
 
 
 def test_impossible_epoch_is_rejected_not_overflowed(con, write_file):
@@ -183,7 +222,9 @@ def test_impossible_epoch_is_rejected_not_overflowed(con, write_file):
 
 
 def test_blank_lines_are_skipped_and_line_numbers_stay_physical(con, write_file):
-    path = write_file("ratings.csv", "userId,movieId,rating,timestamp\n\n1,10,4.0,1\nbad\n\n2,10,5.0,2\n")
+    path = write_file(
+        "ratings.csv", "userId,movieId,rating,timestamp\n\n1,10,4.0,1\nbad\n\n2,10,5.0,2\n"
+    )
     result = load(con, "movielens-csv", path)
     assert (result.rows_read, result.loaded, result.rejected) == (3, 2, 1)
     assert [r[0] for r in rows(con, "SELECT line FROM interactions ORDER BY line")] == [3, 6]
@@ -203,7 +244,11 @@ def test_same_file_twice_is_a_no_op(con, write_file):
 def test_id_maps_are_dense_append_only_and_stable(con, write_file):
     load(con, "movielens-csv", write_file("a.csv", RATINGS_CSV))
     before = dict(rows(con, "SELECT external_id, idx FROM user_ids"))
-    load(con, "movielens-csv", write_file("b.csv", "userId,movieId,rating,timestamp\n7,10,3.0,5\n1,11,3.0,5\n"))
+    load(
+        con,
+        "movielens-csv",
+        write_file("b.csv", "userId,movieId,rating,timestamp\n7,10,3.0,5\n1,11,3.0,5\n"),
+    )
     after = dict(rows(con, "SELECT external_id, idx FROM user_ids"))
     assert before == {"1": 0, "2": 1}
     assert after == {"1": 0, "2": 1, "7": 2}
@@ -250,12 +295,12 @@ def test_crash_mid_file_leaves_nothing_and_a_rerun_loads_everything(home, write_
 def test_accounting_equation_holds_for_a_mixed_bad_file(con, write_file):
     body = (
         "userId,movieId,rating,timestamp\n"
-        "1,10,4.0,964982703\n"       # loaded
-        "1,10,4.0,964982703\n"       # duplicate
-        "2,10,abc,964982703\n"       # rejected: cast
-        "3,10,4.0\n"                 # rejected: missing column
-        ",10,4.0,964982703\n"        # loaded here, quarantined by validation (empty id)
-        "4,11,9.0,964982703\n"       # loaded here, quarantined by validation (out of scale)
+        "1,10,4.0,964982703\n"  # loaded
+        "1,10,4.0,964982703\n"  # duplicate
+        "2,10,abc,964982703\n"  # rejected: cast
+        "3,10,4.0\n"  # rejected: missing column
+        ",10,4.0,964982703\n"  # loaded here, quarantined by validation (empty id)
+        "4,11,9.0,964982703\n"  # loaded here, quarantined by validation (out of scale)
     )
     result = load(con, "movielens-csv", write_file("mixed.csv", body))
     assert (result.rows_read, result.loaded, result.duplicates, result.rejected) == (6, 3, 1, 2)

@@ -45,7 +45,9 @@ def test_chunked_generation_has_the_requested_size():
 def test_users_concentrate_on_their_groups_and_items_follow_zipf():
     world = SampleWorld(SMALL)
     table = pa.concat_tables(day_table(world, "listens", d) for d in range(5)).to_pandas()
-    per_user = table.groupby("user_id")["artist_id"].agg(lambda s: s.value_counts(normalize=True).iloc[0])
+    per_user = table.groupby("user_id")["artist_id"].agg(
+        lambda s: s.value_counts(normalize=True).iloc[0]
+    )
     heavy = per_user[table.groupby("user_id").size() >= 20]
     # With 10 groups a user without taste would put ~10% in its top group.
     assert heavy.median() > 0.3

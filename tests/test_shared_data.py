@@ -30,7 +30,12 @@ def test_published_counts(con, relative, format_name, n_rows, n_users, n_items):
     register_dataset(con, spec)
     snapshot_id = open_snapshot(con, "real")
     result = ingest_file(con, spec, path, snapshot_id)
-    assert (result.rows_read, result.loaded, result.duplicates, result.rejected) == (n_rows, n_rows, 0, 0)
+    assert (result.rows_read, result.loaded, result.duplicates, result.rejected) == (
+        n_rows,
+        n_rows,
+        0,
+        0,
+    )
     assert (result.new_users, result.new_items) == (n_users, n_items)
     # MovieLens ratings are from 1996-2018: the default 'absurdly old' bound (1995) keeps them.
     report = validate_snapshot(con, snapshot_id, ValidationThresholds())

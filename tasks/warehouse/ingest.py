@@ -34,7 +34,9 @@ _BLANK_LINE = re.compile(rb"(?:^|(?<=\n))\r?\n")
 class IngestFileError(ValueError):
     """A file that cannot be loaded at all; the message names the file, line and column."""
 
-    def __init__(self, path: Path, message: str, line: int | None = None, column: str | None = None):
+    def __init__(
+        self, path: Path, message: str, line: int | None = None, column: str | None = None
+    ):
         where = f"{path}" + (f", line {line}" if line is not None else "")
         where += f", column '{column}'" if column else ""
         super().__init__(f"{where}: {message}")
@@ -157,11 +159,11 @@ def _read_csv_sql(path: Path, fmt: SourceFormat, columns: list[tuple[str, str]])
 
 def _timestamp_sql(fmt: SourceFormat) -> str:
     # Out-of-range epochs would overflow make_timestamp; they become rejects just after staging.
-    if fmt.timestamp_unit == "epoch_s":
-        return f"CASE WHEN abs(ts_raw) <= {EPOCH_SECONDS_LIMIT} THEN make_timestamp(ts_raw * 1000000) END"
-    if fmt.timestamp_unit == "epoch_ms":
-        return f"CASE WHEN abs(ts_raw) <= {EPOCH_SECONDS_LIMIT * 1000} THEN make_timestamp(ts_raw * 1000) END"
-    return "ts_raw"
+    if fmt.timestamp_unit not in ("epoch_s", "epoch_ms"):
+        return "ts_raw"
+    per_second = 1 if fmt.timestamp_unit == "epoch_s" else 1000
+    limit, micros = EPOCH_SECONDS_LIMIT * per_second, 1_000_000 // per_second
+    return f"CASE WHEN abs(ts_raw) <= {limit} THEN make_timestamp(ts_raw * {micros}) END"
 
 
 def _canonical_select(fmt: SourceFormat) -> str:
@@ -176,7 +178,9 @@ def _canonical_select(fmt: SourceFormat) -> str:
 class _Stage:
     """Builds the temp table `_staged` (line, canonical columns) and the temp `_file_rejects`."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, fmt: SourceFormat, scan: FileScan):
+    def __init__(
+        self, con: duckdb.DuckDBPyConnection, path: Path, fmt: SourceFormat, scan: FileScan
+    ):
         self.con, self.path, self.fmt, self.scan = con, path, fmt, scan
 
     def build(self) -> None:
@@ -268,16 +272,23 @@ class _Stage:
     def _stage_parquet(self) -> None:
         """Parquet has no rejects store: cast with TRY_CAST and reject what did not convert."""
         source = f"read_parquet({sql_str(str(self.path))}, file_row_number=true)"
-        present = {row[0] for row in self.con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
+        present = {
+            row[0] for row in self.con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
+        }
         for canonical, name in self.fmt.columns.items():
             if name not in present:
                 raise IngestFileError(
-                    self.path, f"missing column '{name}' (for {canonical}); has {sorted(present)}",
+                    self.path,
+                    f"missing column '{name}' (for {canonical}); has {sorted(present)}",
                     column=name,
                 )
         casts, failures = [], []
         for canonical, name in self.fmt.columns.items():
-            target = TIMESTAMP_READ_TYPES[self.fmt.timestamp_unit] if canonical == "ts" else FIELD_TYPES[canonical]
+            target = (
+                TIMESTAMP_READ_TYPES[self.fmt.timestamp_unit]
+                if canonical == "ts"
+                else FIELD_TYPES[canonical]
+            )
             alias = "ts_raw" if canonical == "ts" else canonical
             quoted = '"' + name.replace('"', '""') + '"'
             casts.append(f"TRY_CAST({quoted} AS {target}) AS {alias}")
@@ -305,8 +316,9 @@ class _Stage:
         limit = EPOCH_SECONDS_LIMIT * (1000 if self.fmt.timestamp_unit == "epoch_ms" else 1)
         self.con.execute(
             f"""INSERT INTO _file_rejects
-                SELECT line, {sql_str(self.fmt.columns.get('ts', 'ts'))}, 'CAST',
-                       'timestamp ' || ts_raw_value || ' is out of range for {self.fmt.timestamp_unit}',
+                SELECT line, {sql_str(self.fmt.columns.get("ts", "ts"))}, 'CAST',
+                       'timestamp ' || ts_raw_value || ' is out of range for '
+                           || {sql_str(self.fmt.timestamp_unit or "")},
                        NULL
                 FROM _staged WHERE abs(ts_raw_value) > {limit}"""
         )
@@ -344,23 +356,26 @@ def _drop_duplicates(con: duckdb.DuckDBPyConnection, dataset: str, fmt: SourceFo
 def _assign_ids(con: duckdb.DuckDBPyConnection, dataset: str, snapshot_id: int) -> tuple[int, int]:
     """Append unseen external ids to the id maps, in order of first appearance in the file."""
     added = []
+    d = sql_str(dataset)
     for table, column in (("user_ids", "user_id"), ("item_ids", "item_id")):
         count = con.execute(
             f"""INSERT INTO {table}
                 SELECT {sql_str(dataset)}, ext,
-                       (SELECT coalesce(max(idx), -1) FROM {table} WHERE dataset = {sql_str(dataset)})
+                       (SELECT coalesce(max(idx), -1) FROM {table} WHERE dataset = {d})
                          + row_number() OVER (ORDER BY first_line),
                        {snapshot_id}
                 FROM (SELECT {column} AS ext, min(line) AS first_line FROM _staged
                       WHERE {column} IS NOT NULL GROUP BY 1) new
                 WHERE NOT EXISTS (SELECT 1 FROM {table} m
-                                  WHERE m.dataset = {sql_str(dataset)} AND m.external_id = new.ext)"""
+                                  WHERE m.dataset = {d} AND m.external_id = new.ext)"""
         ).fetchone()[0]
         added.append(count)
     return added[0], added[1]
 
 
-def _insert_rows(con: duckdb.DuckDBPyConnection, dataset: str, snapshot_id: int, file_id: int) -> int:
+def _insert_rows(
+    con: duckdb.DuckDBPyConnection, dataset: str, snapshot_id: int, file_id: int
+) -> int:
     offset = con.execute("SELECT coalesce(max(row_id), 0) FROM interactions").fetchone()[0]
     d = sql_str(dataset)
     return con.execute(
@@ -468,7 +483,9 @@ def ingest_file(
         _record_error(con, spec, path, scan, snapshot_id, str(wrapped))
         raise wrapped from err
     result.seconds = time.perf_counter() - started
-    con.execute("UPDATE source_files SET seconds = ? WHERE file_id = ?", [result.seconds, result.file_id])
+    con.execute(
+        "UPDATE source_files SET seconds = ? WHERE file_id = ?", [result.seconds, result.file_id]
+    )
     return result
 
 
@@ -501,8 +518,18 @@ def _load(con, spec: DatasetSpec, path: Path, scan: FileScan, snapshot_id: int, 
         """INSERT INTO source_files (file_id, dataset, path, sha256, size_bytes, snapshot_id,
                status, rows_read, loaded, duplicates, rejected, ingested_at)
            VALUES (?, ?, ?, ?, ?, ?, 'loaded', ?, ?, ?, ?, current_timestamp)""",
-        [file_id, spec.name, str(path), scan.sha256, scan.size_bytes, snapshot_id,
-         result.rows_read, loaded, duplicates, rejected],
+        [
+            file_id,
+            spec.name,
+            str(path),
+            scan.sha256,
+            scan.size_bytes,
+            snapshot_id,
+            result.rows_read,
+            loaded,
+            duplicates,
+            rejected,
+        ],
     )
     crash_point("registered")
     return result
@@ -513,7 +540,8 @@ def refresh_snapshot_totals(con: duckdb.DuckDBPyConnection, snapshot_id: int) ->
         """UPDATE snapshots SET
                rows_read = t.rows_read, loaded = t.loaded, duplicates = t.duplicates,
                rejected = t.rejected, quarantined = t.quarantined
-           FROM (SELECT coalesce(sum(rows_read), 0) AS rows_read, coalesce(sum(loaded), 0) AS loaded,
+           FROM (SELECT coalesce(sum(rows_read), 0) AS rows_read,
+                        coalesce(sum(loaded), 0) AS loaded,
                         coalesce(sum(duplicates), 0) AS duplicates,
                         coalesce(sum(rejected), 0) AS rejected,
                         coalesce(sum(quarantined), 0) AS quarantined

@@ -9,11 +9,16 @@ from tasks.home import EncoreHome
 
 def _table(headers: list[str], rows: list[tuple]) -> list[str]:
     cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
     out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
-    out += ["  ".join(c.rjust(w) if c[:1].isdigit() else c.ljust(w)
-                      for c, w in zip(row, widths, strict=True)) for row in cells]
+    out += [
+        "  ".join(
+            c.rjust(w) if c[:1].isdigit() else c.ljust(w) for c, w in zip(row, widths, strict=True)
+        )
+        for row in cells
+    ]
     return out
 
 
@@ -40,8 +45,9 @@ def status_text(con: duckdb.DuckDBPyConnection, home: EncoreHome) -> str:
     if not datasets:
         return "\n".join(lines + ["no data yet: run `encore generate-sample` then `encore ingest`"])
     lines += ["Datasets"]
-    lines += _table(["dataset", "kind", "scale", "users", "items", "trainable rows", "files"],
-                    datasets)
+    lines += _table(
+        ["dataset", "kind", "scale", "users", "items", "trainable rows", "files"], datasets
+    )
     snapshots = con.execute(
         """SELECT snapshot_id, dataset, status, strftime(created_at, '%Y-%m-%d %H:%M'),
                   rows_read, loaded, duplicates, rejected, quarantined,
@@ -50,8 +56,21 @@ def status_text(con: duckdb.DuckDBPyConnection, home: EncoreHome) -> str:
            FROM snapshots ORDER BY snapshot_id DESC LIMIT 20"""
     ).fetchall()
     lines += ["", "Snapshots (newest first; read = loaded + duplicates + rejected + quarantined)"]
-    lines += _table(["id", "dataset", "status", "created", "read", "loaded", "duplicates",
-                     "rejected", "quarantined", "accounting"], snapshots)
+    lines += _table(
+        [
+            "id",
+            "dataset",
+            "status",
+            "created",
+            "read",
+            "loaded",
+            "duplicates",
+            "rejected",
+            "quarantined",
+            "accounting",
+        ],
+        snapshots,
+    )
     errors = con.execute(
         "SELECT dataset, path, error FROM source_files WHERE status = 'error' ORDER BY file_id DESC"
         " LIMIT 5"

@@ -37,19 +37,25 @@ class ValidationThresholds(BaseModel):
 
     min_users: int = Field(10, ge=0, description="Fewest distinct users the dataset may have.")
     min_items: int = Field(10, ge=0, description="Fewest distinct items the dataset may have.")
-    min_interactions: int = Field(100, ge=0, description="Fewest interactions the dataset may have.")
+    min_interactions: int = Field(
+        100, ge=0, description="Fewest interactions the dataset may have."
+    )
     max_quarantine_fraction: float = Field(
-        0.05, ge=0, le=1,
+        0.05,
+        ge=0,
+        le=1,
         description="Largest share of tonight's rows that may be quarantined; more means the "
         "delivery itself is broken and the snapshot fails.",
     )
     max_growth: float = Field(
-        2.0, ge=1,
+        2.0,
+        ge=1,
         description="Largest ratio of rows after / before one snapshot: a night that more than "
         "doubles the history is more likely a replayed export than real traffic.",
     )
     max_mean_rating_shift: float = Field(
-        0.15, ge=0,
+        0.15,
+        ge=0,
         description="Largest |tonight's mean rating - the history's|, as a share of the scale.",
     )
     oldest_timestamp: datetime = Field(
@@ -167,7 +173,6 @@ def _row_expectations(info: DatasetInfo, t: ValidationThresholds, now: datetime)
 def _run_suite(name: str, frame: pd.DataFrame, rules: list) -> list[tuple[Any, Any]]:
     """Run GX on a DataFrame; returns (rule, GX result) pairs in rule order."""
     import great_expectations as gx
-
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
@@ -240,9 +245,7 @@ def _quarantine(
                   current_timestamp
            FROM interactions i JOIN _quarantine_reasons q USING (row_id)"""
     )
-    con.execute(
-        "DELETE FROM interactions WHERE row_id IN (SELECT row_id FROM _quarantine_reasons)"
-    )
+    con.execute("DELETE FROM interactions WHERE row_id IN (SELECT row_id FROM _quarantine_reasons)")
     con.execute(
         """UPDATE source_files SET quarantined = q.n, loaded = source_files.loaded - q.n
            FROM (SELECT file_id, count(*) AS n FROM quarantine WHERE snapshot_id = ?
@@ -255,7 +258,10 @@ def _quarantine(
 
 def _profile(con: duckdb.DuckDBPyConnection, info: DatasetInfo, snapshot_id: int) -> dict:
     """Dataset-wide figures for the table-level suite: as training would see it after tonight."""
-    history = "i.snapshot_id IN (SELECT snapshot_id FROM snapshots WHERE dataset = ? AND status = 'passed')"
+    history = (
+        "i.snapshot_id IN "
+        "(SELECT snapshot_id FROM snapshots WHERE dataset = ? AND status = 'passed')"
+    )
     tonight = "i.snapshot_id = ?"
     both = f"({history} OR {tonight})"
     users, items, rows = con.execute(
@@ -298,25 +304,47 @@ def _table_rules(info: DatasetInfo, t: ValidationThresholds, profile: dict) -> l
     e = gx.expectations
 
     def bounded(column: str, low=None, high=None, description: str = ""):
-        return (e.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high),
-                column, description)
+        return (
+            e.ExpectColumnValuesToBeBetween(column=column, min_value=low, max_value=high),
+            column,
+            description,
+        )
 
     rules = [
         bounded("n_users", t.min_users, None, f"at least {t.min_users} users"),
         bounded("n_items", t.min_items, None, f"at least {t.min_items} items"),
-        bounded("n_interactions", t.min_interactions, None,
-                f"at least {t.min_interactions} interactions"),
-        bounded("quarantine_fraction", None, t.max_quarantine_fraction,
-                f"at most {t.max_quarantine_fraction:.0%} of tonight's rows quarantined"),
+        bounded(
+            "n_interactions",
+            t.min_interactions,
+            None,
+            f"at least {t.min_interactions} interactions",
+        ),
+        bounded(
+            "quarantine_fraction",
+            None,
+            t.max_quarantine_fraction,
+            f"at most {t.max_quarantine_fraction:.0%} of tonight's rows quarantined",
+        ),
         bounded("unreadable_files", None, 0, "every delivered file readable"),
     ]
     if profile["growth"] is not None:
-        rules.append(bounded("growth", 1.0, t.max_growth,
-                             f"history grows by at most x{t.max_growth:g} in one snapshot"))
+        rules.append(
+            bounded(
+                "growth",
+                1.0,
+                t.max_growth,
+                f"history grows by at most x{t.max_growth:g} in one snapshot",
+            )
+        )
     if profile["mean_rating_shift"] is not None:
-        rules.append(bounded("mean_rating_shift", None, t.max_mean_rating_shift,
-                             f"mean rating within {t.max_mean_rating_shift:.0%} of the scale "
-                             "of the history's"))
+        rules.append(
+            bounded(
+                "mean_rating_shift",
+                None,
+                t.max_mean_rating_shift,
+                f"mean rating within {t.max_mean_rating_shift:.0%} of the scale of the history's",
+            )
+        )
     return rules
 
 
@@ -335,8 +363,13 @@ def _check_accounting(con: duckdb.DuckDBPyConnection, snapshot_id: int) -> list[
     accounts = []
     for file_id, path, status, read, loaded, dups, rejected, quarantined in rows:
         account = {
-            "file_id": file_id, "path": path, "status": status, "rows_read": read,
-            "loaded": loaded, "duplicates": dups, "rejected": rejected,
+            "file_id": file_id,
+            "path": path,
+            "status": status,
+            "rows_read": read,
+            "loaded": loaded,
+            "duplicates": dups,
+            "rejected": rejected,
             "quarantined": quarantined,
         }
         if read != loaded + dups + rejected + quarantined:
@@ -356,14 +389,20 @@ def validate_snapshot(
     thresholds = thresholds or ValidationThresholds()
     now = now or datetime.now()
     info = _dataset_info(con, snapshot_id)
-    frame = con.execute(
-        "SELECT row_id, user_id, item_id, rating, weight, ts FROM interactions "
-        "WHERE snapshot_id = ? ORDER BY row_id",
-        [snapshot_id],
-    ).df().set_index("row_id")
+    frame = (
+        con.execute(
+            "SELECT row_id, user_id, item_id, rating, weight, ts FROM interactions "
+            "WHERE snapshot_id = ? ORDER BY row_id",
+            [snapshot_id],
+        )
+        .df()
+        .set_index("row_id")
+    )
     outcomes, failures = [], {}
     if len(frame):
-        for rule, result in _run_suite(f"rows_{snapshot_id}", frame, _row_expectations(info, thresholds, now)):
+        for rule, result in _run_suite(
+            f"rows_{snapshot_id}", frame, _row_expectations(info, thresholds, now)
+        ):
             outcomes.append(_outcome(rule, result, ROW_LEVEL))
             # With a named index GX reports each failing row as {column: value, "row_id": id}.
             for entry in (result.result or {}).get("unexpected_index_list") or []:
@@ -374,21 +413,32 @@ def validate_snapshot(
         _quarantine(con, snapshot_id, failures)
         kept = frame.drop(index=list(failures)) if failures else frame
         duplicated = int(kept.duplicated(subset=info.natural_key, keep=False).sum())
-        outcomes.append(ExpectationOutcome(
-            "expect_compound_columns_to_be_unique", TABLE_LEVEL, ",".join(info.natural_key),
-            duplicated == 0, f"no duplicate ({', '.join(info.natural_key)})", duplicated))
+        outcomes.append(
+            ExpectationOutcome(
+                "expect_compound_columns_to_be_unique",
+                TABLE_LEVEL,
+                ",".join(info.natural_key),
+                duplicated == 0,
+                f"no duplicate ({', '.join(info.natural_key)})",
+                duplicated,
+            )
+        )
         profile = _profile(con, info, snapshot_id)
         profile_frame = pd.DataFrame([{k: v for k, v in profile.items() if v is not None}])
-        for rule, result in _run_suite(f"table_{snapshot_id}", profile_frame,
-                                       _table_rules(info, thresholds, profile)):
+        for rule, result in _run_suite(
+            f"table_{snapshot_id}", profile_frame, _table_rules(info, thresholds, profile)
+        ):
             outcome = _outcome(rule, result, TABLE_LEVEL)
             outcome.observed = _jsonable(profile[rule[1]])
             outcomes.append(outcome)
-        status = "passed" if all(o.success for o in outcomes if o.level == TABLE_LEVEL) else "failed"
+        status = (
+            "passed" if all(o.success for o in outcomes if o.level == TABLE_LEVEL) else "failed"
+        )
         refresh_snapshot_totals(con, snapshot_id)
         report = _report(con, info, snapshot_id, status, outcomes, profile, now)
         con.execute(
-            "UPDATE snapshots SET status = ?, validated_at = ?, report_json = ? WHERE snapshot_id = ?",
+            "UPDATE snapshots SET status = ?, validated_at = ?, report_json = ? "
+            "WHERE snapshot_id = ?",
             [status, now, json.dumps(report), snapshot_id],
         )
         con.execute("COMMIT")
@@ -405,8 +455,10 @@ def validate_snapshot(
 
 def _report(con, info: DatasetInfo, snapshot_id: int, status: str, outcomes, profile, now) -> dict:
     files = _check_accounting(con, snapshot_id)
-    totals = {k: sum(f[k] for f in files) for k in
-              ("rows_read", "loaded", "duplicates", "rejected", "quarantined")}
+    totals = {
+        k: sum(f[k] for f in files)
+        for k in ("rows_read", "loaded", "duplicates", "rejected", "quarantined")
+    }
     errors = con.execute(
         "SELECT path, error FROM source_files WHERE snapshot_id = ? AND status = 'error'",
         [snapshot_id],
@@ -439,8 +491,10 @@ def report_summary(report: dict) -> str:
         lines.append(f"  unreadable: {error['error']}")
     for o in report["failed"]:
         detail = o["observed"] if o["observed"] is not None else ", ".join(map(str, o["sample"]))
-        lines.append(f"  failed [{o['level']}] {o['description']}: {o['unexpected_count']:,} "
-                     f"failing; {detail}")
+        lines.append(
+            f"  failed [{o['level']}] {o['description']}: {o['unexpected_count']:,} "
+            f"failing; {detail}"
+        )
     if "report_path" in report:
         lines.append(f"  report: {report['report_path']}")
     return "\n".join(lines)
@@ -451,7 +505,8 @@ def report_markdown(report: dict) -> str:
     t = report["accounting"]["totals"]
     verdict = "PASSED" if report["status"] == "passed" else "FAILED"
     lines = [
-        f"## Snapshot {report['snapshot_id']} of `{report['dataset']}` ({report['kind']}): {verdict}",
+        f"## Snapshot {report['snapshot_id']} of `{report['dataset']}` "
+        f"({report['kind']}): {verdict}",
         "",
         f"rows read {t['rows_read']:,} = loaded {t['loaded']:,} + duplicates {t['duplicates']:,}"
         f" + rejected {t['rejected']:,} + quarantined {t['quarantined']:,}",
@@ -461,18 +516,25 @@ def report_markdown(report: dict) -> str:
     ]
     for f in report["accounting"]["files"]:
         name = Path(f["path"]).name + (" (unreadable)" if f["status"] == "error" else "")
-        lines.append(f"| {name} | {f['rows_read']:,} | {f['loaded']:,} | {f['duplicates']:,} |"
-                     f" {f['rejected']:,} | {f['quarantined']:,} |")
+        lines.append(
+            f"| {name} | {f['rows_read']:,} | {f['loaded']:,} | {f['duplicates']:,} |"
+            f" {f['rejected']:,} | {f['quarantined']:,} |"
+        )
     for error in report["file_errors"]:
         lines += ["", f"- unreadable: {error['error']}"]
-    lines += ["", "| expectation | level | column | result | failing | observed / sample |",
-              "|---|---|---|---|---:|---|"]
+    lines += [
+        "",
+        "| expectation | level | column | result | failing | observed / sample |",
+        "|---|---|---|---|---:|---|",
+    ]
     for o in report["expectations"]:
         observed = o["observed"]
         if isinstance(observed, float):
             observed = f"{observed:.4g}"
         shown = observed if observed is not None else ", ".join(map(str, o["sample"]))
         mark = "ok" if o["success"] else "**FAILED**"
-        lines.append(f"| {o['description']} | {o['level']} | {o['column'] or ''} | {mark} |"
-                     f" {o['unexpected_count']:,} | {shown} |")
+        lines.append(
+            f"| {o['description']} | {o['level']} | {o['column'] or ''} | {mark} |"
+            f" {o['unexpected_count']:,} | {shown} |"
+        )
     return "\n".join(lines)
