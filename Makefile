@@ -26,6 +26,7 @@ run: venv
 	$(ENCORE) status
 
 test: venv
+	$(VENV)/bin/ruff check flows tasks models_src tests bench
 	$(PY) -m pytest
 
 test-fast: venv

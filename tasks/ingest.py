@@ -15,6 +15,7 @@ from tasks.sources import DatasetSpec, load_datasets
 from tasks.warehouse.ingest import (
     already_loaded,
     ingest_file,
+    is_known_unchanged,
     open_snapshot,
     register_dataset,
     scan_file,
@@ -63,7 +64,8 @@ def plan_ingest(sources_file: str, warehouse_path: str, datasets: list[str] | No
             plan[spec.name] = [
                 str(path)
                 for path in spec.landing_files()
-                if already_loaded(con, spec.name, scan_file(path).sha256) is None
+                if not is_known_unchanged(con, spec.name, path)
+                and already_loaded(con, spec.name, scan_file(path).sha256) is None
             ]
     return plan
 

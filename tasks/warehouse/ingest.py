@@ -15,6 +15,7 @@ import hashlib
 import json
 import re
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -176,20 +177,31 @@ def _canonical_select(fmt: SourceFormat) -> str:
 
 
 class _Stage:
-    """Builds the temp table `_staged` (line, canonical columns) and the temp `_file_rejects`."""
+    """Reads the file into the temp table `_raw` and exposes it as the temp view `_staged`
+    (line, canonical columns); malformed lines land in the temp table `_file_rejects`.
 
-    def __init__(
-        self, con: duckdb.DuckDBPyConnection, path: Path, fmt: SourceFormat, scan: FileScan
-    ):
-        self.con, self.path, self.fmt, self.scan = con, path, fmt, scan
+    `_staged` is a view, not a copy: at 10M rows each materialisation costs seconds."""
 
-    def build(self) -> None:
-        for table in ("_raw", "_staged", "_file_rejects", "_rejects", "_rejects_scan", "_shift"):
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, fmt: SourceFormat):
+        self.con, self.path, self.fmt = con, path, fmt
+        self.scan: FileScan | None = None
+
+    def read(self) -> None:
+        """Parse the file (needs no byte scan, so it runs while the scan thread hashes)."""
+        for view in ("_kept", "_staged"):
+            self.con.execute(f"DROP VIEW IF EXISTS {view}")
+        for table in ("_raw", "_file_rejects", "_rejects", "_rejects_scan", "_shift", "_drop"):
             self.con.execute(f"DROP TABLE IF EXISTS {table}")
         if self.fmt.file_type == "parquet":
             self._stage_parquet()
         else:
             self._stage_delimited()
+
+    def finish(self, scan: FileScan) -> None:
+        """Number the lines (blank lines come from the scan) and reject impossible epochs."""
+        self.scan = scan
+        if self.fmt.file_type != "parquet":
+            self._number_lines()
         self._reject_impossible_epochs()
 
     def _stage_delimited(self) -> None:
@@ -206,7 +218,6 @@ class _Stage:
                       trim(csv_line, chr(10) || chr(13)) AS raw_line
                FROM _rejects"""
         )
-        self._number_lines()
 
     def _number_lines(self) -> None:
         """Give each accepted row its physical line number.
@@ -227,24 +238,33 @@ class _Stage:
                 GROUP BY p"""
         )
         columns = f"{self._ts_raw_expr()} AS ts_raw_value, {_canonical_select(self.fmt)}"
-        # rowids of a table written inside a transaction start at an offset, not at 0.
-        ordinal = "rowid - (SELECT min(rowid) FROM _raw)"
+        # rowids of a table written inside a transaction start at an offset, not at 0; fixed
+        # now, so that deleting rows later (impossible epochs) does not renumber the rest.
+        first, last, count = self.con.execute(
+            "SELECT min(rowid), max(rowid), count(*) FROM _raw"
+        ).fetchone()
+        if count and last - first + 1 != count:
+            raise AccountingError(
+                f"{self.path}: staged rows are not contiguous; cannot number lines"
+            )
+        ordinal = f"rowid - {first or 0}"
         if self.con.execute("SELECT count(*) FROM _shift").fetchone()[0] == 0:
             self.con.execute(
-                f"CREATE TEMP TABLE _staged AS SELECT {ordinal} + {header + 1} AS line, {columns} "
+                f"CREATE TEMP VIEW _staged AS SELECT {ordinal} + {header + 1} AS line, {columns} "
                 "FROM _raw"
             )
-        else:
-            self.con.execute(
-                f"""CREATE TEMP TABLE _staged AS
-                    SELECT r.k + {header + 1} + coalesce(s.j, 0) AS line, {columns}
-                    FROM (SELECT *, {ordinal} AS k FROM _raw) r
-                    ASOF LEFT JOIN _shift s ON r.k >= s.p"""
-            )
+            return
+        self.con.execute(
+            f"""CREATE TEMP VIEW _staged AS
+                SELECT r.k + {header + 1} + coalesce(s.j, 0) AS line, {columns}
+                FROM (SELECT *, {ordinal} AS k FROM _raw) r
+                ASOF LEFT JOIN _shift s ON r.k >= s.p"""
+        )
         self._check_line_numbers()
 
     def _check_line_numbers(self) -> None:
-        """Line numbers are derived, so check them: unique, inside the file, never a reject's."""
+        """Lines shifted past rejects and blank lines are derived, so check them: unique,
+        inside the file, and never a rejected line's."""
         count, distinct, top, clash = self.con.execute(
             """SELECT count(*), count(DISTINCT line), max(line),
                       (SELECT count(*) FROM _staged s JOIN _file_rejects r USING (line))
@@ -308,7 +328,7 @@ class _Stage:
                FROM _raw WHERE bad_column IS NOT NULL"""
         )
         self.con.execute(
-            f"CREATE TEMP TABLE _staged AS SELECT line, {self._ts_raw_expr()} AS ts_raw_value, "
+            f"CREATE TEMP VIEW _staged AS SELECT line, {self._ts_raw_expr()} AS ts_raw_value, "
             f"{_canonical_select(self.fmt)} FROM _raw WHERE bad_column IS NULL"
         )
 
@@ -322,7 +342,8 @@ class _Stage:
                        NULL
                 FROM _staged WHERE abs(ts_raw_value) > {limit}"""
         )
-        self.con.execute(f"DELETE FROM _staged WHERE abs(ts_raw_value) > {limit}")
+        if self.fmt.timestamp_unit in ("epoch_s", "epoch_ms"):
+            self.con.execute(f"DELETE FROM _raw WHERE abs(ts_raw) > {limit}")
 
 
 def _natural_key_match(fmt: SourceFormat, left: str, right: str) -> str:
@@ -330,27 +351,32 @@ def _natural_key_match(fmt: SourceFormat, left: str, right: str) -> str:
 
 
 def _drop_duplicates(con: duckdb.DuckDBPyConnection, dataset: str, fmt: SourceFormat) -> int:
-    """Keep the first line of each natural key, and no key already loaded by a snapshot that did
-    not fail. Rows with a NULL key column are kept: validation quarantines them with a reason."""
+    """Mark for dropping every row whose natural key was seen on an earlier line of the file or
+    in a snapshot that did not fail; returns how many. Rows with a NULL key column are kept:
+    validation quarantines them with a reason.
+
+    Within the file, rows are first grouped by a 64-bit hash of the key (one cheap aggregate
+    over a fixed-width column); only the few rows in colliding groups are compared exactly.
+    """
     key = ", ".join(fmt.natural_key())
-    key_present = " AND ".join(f"{c} IS NOT NULL" for c in fmt.natural_key())
-    before = con.execute("SELECT count(*) FROM _staged").fetchone()[0]
+    present = " AND ".join(f"{c} IS NOT NULL" for c in fmt.natural_key())
     con.execute(
-        f"""CREATE TEMP TABLE _deduped AS
-            SELECT * FROM _staged WHERE NOT ({key_present})
-            UNION ALL
-            SELECT * FROM (
-                SELECT * FROM _staged WHERE {key_present}
-                QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY line) = 1) s
-            WHERE NOT EXISTS (
+        f"""CREATE TEMP TABLE _drop AS
+            WITH keyed AS (SELECT line, {key}, hash({key}) AS h FROM _staged WHERE {present}),
+            candidates AS (
+                SELECT * FROM keyed
+                WHERE h IN (SELECT h FROM keyed GROUP BY h HAVING count(*) > 1))
+            SELECT line FROM candidates
+            QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY line) > 1
+            UNION
+            SELECT s.line FROM _staged s
+            WHERE {present} AND EXISTS (
                 SELECT 1 FROM interactions i JOIN snapshots sn USING (snapshot_id)
                 WHERE i.dataset = {sql_str(dataset)} AND sn.status <> 'failed'
                   AND {_natural_key_match(fmt, "i", "s")})"""
     )
-    con.execute("DROP TABLE _staged")
-    con.execute("ALTER TABLE _deduped RENAME TO _staged")
-    after = con.execute("SELECT count(*) FROM _staged").fetchone()[0]
-    return before - after
+    con.execute("CREATE TEMP VIEW _kept AS SELECT * FROM _staged ANTI JOIN _drop USING (line)")
+    return con.execute("SELECT count(*) FROM _drop").fetchone()[0]
 
 
 def _assign_ids(con: duckdb.DuckDBPyConnection, dataset: str, snapshot_id: int) -> tuple[int, int]:
@@ -364,7 +390,7 @@ def _assign_ids(con: duckdb.DuckDBPyConnection, dataset: str, snapshot_id: int) 
                        (SELECT coalesce(max(idx), -1) FROM {table} WHERE dataset = {d})
                          + row_number() OVER (ORDER BY first_line),
                        {snapshot_id}
-                FROM (SELECT {column} AS ext, min(line) AS first_line FROM _staged
+                FROM (SELECT {column} AS ext, min(line) AS first_line FROM _kept
                       WHERE {column} IS NOT NULL GROUP BY 1) new
                 WHERE NOT EXISTS (SELECT 1 FROM {table} m
                                   WHERE m.dataset = {d} AND m.external_id = new.ext)"""
@@ -376,14 +402,16 @@ def _assign_ids(con: duckdb.DuckDBPyConnection, dataset: str, snapshot_id: int) 
 def _insert_rows(
     con: duckdb.DuckDBPyConnection, dataset: str, snapshot_id: int, file_id: int
 ) -> int:
+    # row_id = offset + line: unique because lines are unique within a file and the next file's
+    # offset is past this one's last line; and no window function over millions of rows.
     offset = con.execute("SELECT coalesce(max(row_id), 0) FROM interactions").fetchone()[0]
     d = sql_str(dataset)
     return con.execute(
         f"""INSERT INTO interactions
-            SELECT {offset} + row_number() OVER (ORDER BY s.line), {d}, {snapshot_id}, {file_id},
+            SELECT {offset} + s.line, {d}, {snapshot_id}, {file_id},
                    s.line, s.user_id, s.item_id, u.idx, it.idx, s.rating, s.weight, s.ts,
                    s.item_group
-            FROM _staged s
+            FROM _kept s
             LEFT JOIN user_ids u ON u.dataset = {d} AND u.external_id = s.user_id
             LEFT JOIN item_ids it ON it.dataset = {d} AND it.external_id = s.item_id"""
     ).fetchone()[0]
@@ -421,6 +449,16 @@ def open_snapshot(con: duckdb.DuckDBPyConnection, dataset: str) -> int:
     ).fetchone()[0]
 
 
+def is_known_unchanged(con: duckdb.DuckDBPyConnection, dataset: str, path: Path) -> bool:
+    """Loaded before from this path with the same size and mtime: no need to hash it again."""
+    stat = path.resolve().stat()
+    return con.execute(
+        "SELECT count(*) > 0 FROM source_files WHERE dataset = ? AND status = 'loaded'"
+        " AND path = ? AND size_bytes = ? AND mtime = ?",
+        [dataset, str(path.resolve()), stat.st_size, stat.st_mtime],
+    ).fetchone()[0]
+
+
 def already_loaded(con: duckdb.DuckDBPyConnection, dataset: str, sha256: str) -> int | None:
     row = con.execute(
         "SELECT file_id FROM source_files WHERE dataset = ? AND sha256 = ? AND status = 'loaded'",
@@ -429,17 +467,36 @@ def already_loaded(con: duckdb.DuckDBPyConnection, dataset: str, sha256: str) ->
     return row[0] if row else None
 
 
-def _check_not_empty(path: Path, fmt: SourceFormat, scan: FileScan) -> None:
-    if scan.size_bytes == 0:
+def rows_read(con: duckdb.DuckDBPyConnection, path: Path, fmt: SourceFormat, scan: FileScan) -> int:
+    """Rows the file holds, counted apart from the load: non-blank lines less the header for
+    text; the row count in the footer for Parquet."""
+    if fmt.file_type == "parquet":
+        if scan.size_bytes == 0:
+            return 0
+        return con.execute(
+            f"SELECT coalesce(sum(num_rows), 0) FROM parquet_file_metadata({sql_str(str(path))})"
+        ).fetchone()[0]
+    return max(0, scan.lines - int(fmt.header))
+
+
+def _check_not_empty(path: Path, fmt: SourceFormat, rows: int) -> None:
+    if path.stat().st_size == 0:
         raise IngestFileError(path, "file is empty (0 bytes)")
-    if scan.lines <= int(fmt.header):
+    if rows == 0 and fmt.header and fmt.file_type == "delimited":
         raise IngestFileError(path, "file has a header but no data rows", line=1)
+    if rows == 0:
+        raise IngestFileError(path, "file has no data rows")
 
 
-def _record_error(con, spec: DatasetSpec, path: Path, scan: FileScan, snapshot_id: int, error: str):
+def _record_error(
+    con, spec: DatasetSpec, path: Path, scan: FileScan, snapshot_id: int, error: str
+) -> None:
     """An unreadable file is refused whole: all of its rows count as rejected, under one reject
     row for the file (line NULL), so the accounting still holds and the report says why."""
-    rows = max(0, scan.lines - int(spec.format.header))
+    try:
+        rows = rows_read(con, path, spec.format, scan)
+    except duckdb.Error:
+        rows = 0  # a Parquet file too broken to have a footer: nothing countable was read
     file_id = con.execute(
         "INSERT INTO source_files (file_id, dataset, path, sha256, size_bytes, snapshot_id, status,"
         " error, rows_read, rejected, ingested_at) VALUES (nextval('file_ids'), ?, ?, ?, ?, ?,"
@@ -452,6 +509,14 @@ def _record_error(con, spec: DatasetSpec, path: Path, scan: FileScan, snapshot_i
     )
 
 
+class _AlreadyLoaded(Exception):
+    """Raised inside the load transaction to roll it back when the content is known."""
+
+    def __init__(self, file_id: int, sha256: str):
+        super().__init__(file_id)
+        self.file_id, self.sha256 = file_id, sha256
+
+
 def crash_point(stage: str) -> None:
     """A seam for fault-injection tests (they replace it to kill the process mid-load)."""
 
@@ -459,29 +524,37 @@ def crash_point(stage: str) -> None:
 def ingest_file(
     con: duckdb.DuckDBPyConnection, spec: DatasetSpec, path: Path, snapshot_id: int
 ) -> FileResult:
-    """Load one file into `interactions` in a single transaction; see the module docstring."""
+    """Load one file into `interactions` in a single transaction; see the module docstring.
+
+    The byte scan (sha256, line count) runs on a second thread while DuckDB parses the file:
+    both are passes over the same bytes, and hashlib releases the GIL. Content already loaded is
+    detected once the hash is known and the transaction is rolled back (the ingest flow checks
+    hashes before it gets here, so that waste only happens on direct calls).
+    """
     started = time.perf_counter()
     path = path.resolve()
-    scan = scan_file(path)
     result = FileResult(spec.name, str(path), "skipped", snapshot_id=snapshot_id)
-    existing = already_loaded(con, spec.name, scan.sha256)
-    if existing is not None:
-        result.file_id = existing
-        result.notes.append(f"same content as file {existing} (sha256 {scan.sha256[:12]}): no-op")
-        return result
-    fmt = spec.format
-    try:
-        _check_not_empty(path, fmt, scan)
-        with transaction(con):
-            result = _load(con, spec, path, scan, snapshot_id, result)
-    except IngestFileError as err:
-        _record_error(con, spec, path, scan, snapshot_id, str(err))
-        raise
-    except duckdb.Error as err:
-        # DuckDB errors that are about the data (not I/O) become a file error with the path.
-        wrapped = IngestFileError(path, str(err))
-        _record_error(con, spec, path, scan, snapshot_id, str(wrapped))
-        raise wrapped from err
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encore-scan") as pool:
+        pending_scan = pool.submit(scan_file, path)
+        try:
+            if path.stat().st_size == 0:
+                raise IngestFileError(path, "file is empty (0 bytes)")
+            with transaction(con):
+                result = _load(con, spec, path, pending_scan, snapshot_id, result)
+        except _AlreadyLoaded as known:
+            result.file_id = known.file_id
+            result.notes.append(
+                f"same content as file {known.file_id} (sha256 {known.sha256[:12]}): no-op"
+            )
+            return result
+        except IngestFileError as err:
+            _record_error(con, spec, path, pending_scan.result(), snapshot_id, str(err))
+            raise
+        except duckdb.Error as err:
+            # A DuckDB error about the data becomes a file error that names the path.
+            wrapped = IngestFileError(path, str(err))
+            _record_error(con, spec, path, pending_scan.result(), snapshot_id, str(wrapped))
+            raise wrapped from err
     result.seconds = time.perf_counter() - started
     con.execute(
         "UPDATE source_files SET seconds = ? WHERE file_id = ?", [result.seconds, result.file_id]
@@ -489,10 +562,19 @@ def ingest_file(
     return result
 
 
-def _load(con, spec: DatasetSpec, path: Path, scan: FileScan, snapshot_id: int, result: FileResult):
+def _load(
+    con, spec: DatasetSpec, path: Path, pending_scan: Future, snapshot_id: int, result: FileResult
+) -> FileResult:
     fmt = spec.format
-    stage = _Stage(con, path, fmt, scan)
-    stage.build()
+    stage = _Stage(con, path, fmt)
+    stage.read()
+    scan: FileScan = pending_scan.result()
+    existing = already_loaded(con, spec.name, scan.sha256)
+    if existing is not None:
+        raise _AlreadyLoaded(existing, scan.sha256)
+    result.rows_read = rows_read(con, path, fmt, scan)
+    _check_not_empty(path, fmt, result.rows_read)
+    stage.finish(scan)
     crash_point("staged")
     duplicates = _drop_duplicates(con, spec.name, fmt)
     new_users, new_items = _assign_ids(con, spec.name, snapshot_id)
@@ -506,7 +588,6 @@ def _load(con, spec: DatasetSpec, path: Path, scan: FileScan, snapshot_id: int, 
     )
     rejected = con.execute("SELECT count(DISTINCT line) FROM _file_rejects").fetchone()[0]
     result.status, result.file_id = "loaded", file_id
-    result.rows_read = scan.lines - int(fmt.header)
     result.loaded, result.duplicates, result.rejected = loaded, duplicates, rejected
     result.new_users, result.new_items = new_users, new_items
     if not result.accounting_holds():
@@ -515,15 +596,16 @@ def _load(con, spec: DatasetSpec, path: Path, scan: FileScan, snapshot_id: int, 
             f" + {rejected} rejected (a quoted field spanning lines is not supported)"
         )
     con.execute(
-        """INSERT INTO source_files (file_id, dataset, path, sha256, size_bytes, snapshot_id,
-               status, rows_read, loaded, duplicates, rejected, ingested_at)
-           VALUES (?, ?, ?, ?, ?, ?, 'loaded', ?, ?, ?, ?, current_timestamp)""",
+        """INSERT INTO source_files (file_id, dataset, path, sha256, size_bytes, mtime,
+               snapshot_id, status, rows_read, loaded, duplicates, rejected, ingested_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, 'loaded', ?, ?, ?, ?, current_timestamp)""",
         [
             file_id,
             spec.name,
             str(path),
             scan.sha256,
             scan.size_bytes,
+            path.stat().st_mtime,
             snapshot_id,
             result.rows_read,
             loaded,

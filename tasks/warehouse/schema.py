@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS source_files (
     path VARCHAR NOT NULL,
     sha256 VARCHAR NOT NULL,
     size_bytes BIGINT NOT NULL,
+    mtime DOUBLE,                       -- lets a nightly plan skip known files without hashing
     snapshot_id INTEGER NOT NULL,
     status VARCHAR NOT NULL,            -- loaded | error
     error VARCHAR,
