@@ -7,6 +7,7 @@ validate the snapshot, and publish one summary. Every step is a task in `tasks/i
 from __future__ import annotations
 
 from prefect import flow
+from prefect.runtime import flow_run
 
 from tasks.home import EncoreHome
 from tasks.ingest import (
@@ -24,7 +25,12 @@ class SnapshotFailed(RuntimeError):
     """At least one snapshot failed validation: it will not be trained on (see the report)."""
 
 
-@flow(name="ingest", flow_run_name="ingest {datasets}")
+def _run_name() -> str:
+    datasets = flow_run.parameters.get("datasets")
+    return f"ingest {', '.join(datasets) if datasets else 'all datasets'}"
+
+
+@flow(name="ingest", flow_run_name=_run_name)
 def ingest(
     sources_file: str | None = None,
     datasets: list[str] | None = None,

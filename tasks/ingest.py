@@ -9,6 +9,7 @@ import duckdb
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
+from prefect.runtime import task_run
 
 from tasks.home import EncoreHome
 from tasks.sources import DatasetSpec, load_datasets
@@ -76,9 +77,14 @@ def open_snapshot_task(warehouse_path: str, dataset: str) -> int:
         return open_snapshot(con, dataset)
 
 
+def _file_run_name() -> str:
+    parameters = task_run.parameters
+    return f"ingest {parameters['dataset']}: {Path(parameters['path']).name}"
+
+
 @task(
     name="ingest file",
-    task_run_name="ingest {dataset}: {path}",
+    task_run_name=_file_run_name,
     retries=2,
     retry_delay_seconds=5,
     retry_condition_fn=retry_on_io_error,

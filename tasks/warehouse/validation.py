@@ -14,6 +14,7 @@ lands in the same report, while GX never has to load the whole history into pand
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -175,6 +176,8 @@ def _run_suite(name: str, frame: pd.DataFrame, rules: list) -> list[tuple[Any, A
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    for noisy in ("great_expectations", "great_expectations.data_context.types.base"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
     # GX draws a progress bar per validation; in a nightly log that is noise.
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
