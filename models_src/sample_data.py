@@ -1,14 +1,15 @@
 """Deterministic sample data with planted structure, so a model has something real to learn.
 
 The world: items belong to groups (artists for tracks, genres for movies); each group has a centre
-in a small taste space; each user has a taste vector. An event picks a user (by activity), then a
-group among the user's favourite ones by affinity (softmax of taste · centre), then an item inside the group by Zipf
-popularity; a small share of events explores the global popularity instead. Ratings add user and
-item biases and the same affinity, on a half-star 1-5 scale. Users join over the days, so later
-days bring new users, as real nightly arrivals do.
+in a small taste space; each user has a taste vector. An event picks a user (by activity), then
+one of the user's favourite groups by affinity (softmax of taste · centre), then an item inside
+the group by Zipf popularity; a small share of events explores the global popularity instead.
+Ratings add user and item biases and the same affinity, on a half-star 1-5 scale. Users join
+over the days, so later days bring new users, as real nightly arrivals do.
 
 Everything is a pure function of (config, day): day N is the same bytes whether it is written
-alone or with the rest, which is what lets `next_day` simulate tomorrow's delivery.
+alone or with the rest, which is what lets `encore generate-sample --next-day` simulate
+tomorrow's delivery.
 """
 
 from __future__ import annotations
