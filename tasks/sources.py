@@ -38,12 +38,6 @@ class RatingScale:
     high: float
     step: float | None = None  # 0.5 for half stars; None allows any value in [low, high]
 
-    def allowed_values(self) -> list[float] | None:
-        if self.step is None:
-            return None
-        count = round((self.high - self.low) / self.step)
-        return [round(self.low + i * self.step, 6) for i in range(count + 1)]
-
 
 @dataclass(frozen=True)
 class SourceFormat:

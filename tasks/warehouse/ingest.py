@@ -17,7 +17,6 @@ import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -71,7 +70,6 @@ class FileResult:
     new_users: int = 0
     new_items: int = 0
     seconds: float = 0.0
-    error: str | None = None
     notes: list[str] = field(default_factory=list)
 
     def accounting_holds(self) -> bool:
@@ -631,7 +629,3 @@ def refresh_snapshot_totals(con: duckdb.DuckDBPyConnection, snapshot_id: int) ->
            WHERE snapshot_id = ?""",
         [snapshot_id, snapshot_id],
     )
-
-
-def now() -> datetime:
-    return datetime.now()
