@@ -1,0 +1,92 @@
+"""Shared command-line plumbing for `python -m models_src.train` and `train_improved`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from models_src.config import TrainConfig, resolve_device
+from models_src.data import split_interactions
+from models_src.datasets import load_source
+from models_src.learners import make_learner
+
+# Seed defaults per model: GAT-BPR's from the music recommender, the rating model's from the
+# movie recommender. A value given on the command line always wins.
+MODEL_DEFAULTS = {
+    "gat-bpr": {"lr": 0.01, "batch_size": 512, "embedding_dim": 32},
+    "rating": {"lr": 1e-3, "batch_size": 1024, "embedding_dim": 50},
+}
+
+
+def add_common_options(parser: argparse.ArgumentParser, default_epochs: int) -> None:
+    add = parser.add_argument
+    add("--model", choices=["gat-bpr", "rating"], default="gat-bpr")
+    add(
+        "--data",
+        default="sample-listens",
+        help="sample-listens | sample-ratings | a .parquet export | u.data, ratings.csv, "
+        "ratings.dat, user_artists.dat",
+    )
+    add("--epochs", type=int, default=None, help=f"default {default_epochs}")
+    add("--lr", type=float, default=None, help="default 0.01 (rating: 0.001)")
+    add("--batch-size", type=int, default=None, help="default 512 (rating: 1024)")
+    add("--embedding-dim", type=int, default=None, help="default 32 (rating: 50)")
+    add("--heads", type=int, default=4)
+    add("--num-layers", type=int, default=2)
+    add("--negatives", type=int, default=4, help="sampled negatives per positive (BPR)")
+    add("--l2", type=float, default=1e-4)
+    add("--weight-decay", type=float, default=0.0)
+    add("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add("--seed", type=int, default=42)
+    add("--output-dir", type=Path, default=None)
+
+
+def config_from_args(args: argparse.Namespace, epochs: int, **extra) -> TrainConfig:
+    values = {"epochs": epochs, **MODEL_DEFAULTS[args.model]}
+    for name in ("epochs", "lr", "batch_size", "embedding_dim"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    return TrainConfig(
+        model=args.model,
+        heads=args.heads,
+        num_layers=args.num_layers,
+        negatives=args.negatives,
+        l2=args.l2,
+        weight_decay=args.weight_decay,
+        device=args.device,
+        seed=args.seed,
+        **values,
+        **extra,
+    )
+
+
+def prepare(config: TrainConfig, data_source: str, holdout: bool):
+    """Seed, load, split (or not), and build the learner on the chosen device."""
+    torch.manual_seed(config.seed)
+    data = load_source(data_source)
+    if holdout:
+        splits = split_interactions(
+            data, config.split, config.val_ratio, config.test_ratio, config.split_salt
+        )
+    else:
+        splits = {"train": data}
+    device = resolve_device(config.device)
+    artifacts = {
+        "data": data_source,
+        "snapshot_id": data.meta.get("snapshot_id"),
+        "user_ids": data.meta.get("user_ids", []),
+        "item_ids": data.meta.get("item_ids", []),
+    }
+    return make_learner(splits, config, device), artifacts
+
+
+def default_output_dir(kind: str) -> Path:
+    return Path("data") / "runs" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def write_json(path: Path, document: dict) -> None:
+    path.write_text(json.dumps(document, indent=2, default=float))

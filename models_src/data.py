@@ -1,0 +1,191 @@
+"""Interactions as arrays, stable train/val/test splits, and the user-item graph.
+
+models_src never reads the warehouse: a Prefect task exports a snapshot to Parquet
+(`Interactions.to_parquet`) and training reads that file (`Interactions.from_parquet`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+TRAIN, VAL, TEST = 0, 1, 2
+SECONDS_PER_DAY = 86_400
+
+
+@dataclass
+class Interactions:
+    """One dataset's interactions with dense indices (they never change across nights).
+
+    `item_group` maps each item to a side node (artist for tracks, genre for movies), -1 when
+    unknown. `rating` is None for implicit data; `ts` is unix seconds or None.
+    """
+
+    user: np.ndarray
+    item: np.ndarray
+    num_users: int
+    num_items: int
+    rating: np.ndarray | None = None
+    ts: np.ndarray | None = None
+    item_group: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.user = np.asarray(self.user, dtype=np.int64)
+        self.item = np.asarray(self.item, dtype=np.int64)
+        if len(self.user) != len(self.item):
+            raise ValueError("user and item arrays differ in length")
+        if len(self.user) and (
+            self.user.max() >= self.num_users or self.item.max() >= self.num_items
+        ):
+            raise ValueError("an index is past num_users / num_items")
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+    @property
+    def num_groups(self) -> int:
+        if self.item_group is None or not len(self.item_group):
+            return 0
+        return int(self.item_group.max()) + 1
+
+    def subset(self, mask: np.ndarray) -> Interactions:
+        return Interactions(
+            self.user[mask],
+            self.item[mask],
+            self.num_users,
+            self.num_items,
+            None if self.rating is None else self.rating[mask],
+            None if self.ts is None else self.ts[mask],
+            self.item_group,
+            dict(self.meta),
+        )
+
+    def to_parquet(self, path: Path) -> None:
+        columns = {"user_idx": self.user, "item_idx": self.item}
+        if self.rating is not None:
+            columns["rating"] = self.rating
+        if self.ts is not None:
+            columns["ts"] = self.ts
+        meta = {"num_users": self.num_users, "num_items": self.num_items, **self.meta}
+        if self.item_group is not None:
+            meta["item_group"] = self.item_group.tolist()
+        table = pa.table(columns).replace_schema_metadata({"encore": json.dumps(meta)})
+        pq.write_table(table, path)
+
+    @classmethod
+    def from_parquet(cls, path: Path) -> Interactions:
+        """Read an export: columns user_idx, item_idx[, rating][, ts]; sizes in the metadata."""
+        table = pq.read_table(path)
+        meta = json.loads((table.schema.metadata or {}).get(b"encore", b"{}"))
+        user = table.column("user_idx").to_numpy()
+        item = table.column("item_idx").to_numpy()
+        groups = meta.pop("item_group", None)
+        return cls(
+            user,
+            item,
+            int(meta.pop("num_users", user.max() + 1 if len(user) else 0)),
+            int(meta.pop("num_items", item.max() + 1 if len(item) else 0)),
+            table.column("rating").to_numpy().astype(np.float32)
+            if "rating" in table.column_names
+            else None,
+            table.column("ts").to_numpy().astype(np.int64) if "ts" in table.column_names else None,
+            None if groups is None else np.asarray(groups, dtype=np.int64),
+            meta,
+        )
+
+
+def _splitmix64(values: np.ndarray) -> np.ndarray:
+    """A fixed 64-bit mix (splitmix64): the same bucket on every machine and every night,
+    unlike Python's salted hash()."""
+    z = values.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _salt_value(salt: str) -> np.uint64:
+    return np.uint64(int.from_bytes(salt.encode()[:8].ljust(8, b"\0"), "little"))
+
+
+def _buckets(keys: np.ndarray, val_ratio: float, test_ratio: float) -> np.ndarray:
+    if val_ratio < 0 or test_ratio < 0 or val_ratio + test_ratio >= 1:
+        raise ValueError("need 0 <= val_ratio, test_ratio and val_ratio + test_ratio < 1")
+    unit = (_splitmix64(keys) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+    split = np.full(len(keys), TRAIN, dtype=np.int8)
+    split[unit < test_ratio + val_ratio] = VAL
+    split[unit < test_ratio] = TEST
+    return split
+
+
+def hash_split(
+    data: Interactions, val_ratio: float, test_ratio: float, salt: str = "encore"
+) -> np.ndarray:
+    """TRAIN/VAL/TEST per interaction from a hash of (user, item, salt).
+
+    Indices never change once given, so a pair keeps its bucket forever: the champion never
+    trained on tonight's val or test pairs. About `ratio` of each user's pairs land in each bucket.
+    """
+    with np.errstate(over="ignore"):
+        keys = _splitmix64(data.user.astype(np.uint64) ^ _salt_value(salt)) ^ data.item.astype(
+            np.uint64
+        )
+        return _buckets(keys, val_ratio, test_ratio)
+
+
+def time_split(
+    data: Interactions, val_ratio: float, test_ratio: float, salt: str = "encore"
+) -> np.ndarray:
+    """TRAIN/VAL/TEST by whole UTC days: each day's bucket is a hash of (day, salt).
+
+    Events of one day never straddle train and test (no same-session leakage), and a day keeps
+    its bucket when later days arrive, so the split is as stable as the hash split.
+    """
+    if data.ts is None:
+        raise ValueError("time split needs timestamps; this source has none (use --split hash)")
+    with np.errstate(over="ignore"):
+        days = (data.ts // SECONDS_PER_DAY).astype(np.int64)
+        keys = _splitmix64(days.astype(np.uint64) ^ _salt_value(salt))
+        return _buckets(keys, val_ratio, test_ratio)
+
+
+def split_interactions(
+    data: Interactions, how: str, val_ratio: float, test_ratio: float, salt: str = "encore"
+) -> dict[str, Interactions]:
+    buckets = {"hash": hash_split, "time": time_split}[how](data, val_ratio, test_ratio, salt)
+    return {
+        name: data.subset(buckets == code)
+        for name, code in (("train", TRAIN), ("val", VAL), ("test", TEST))
+    }
+
+
+def bipartite_edge_index(train: Interactions, with_groups: bool = True) -> torch.Tensor:
+    """Undirected user-item graph over nodes [users | items | groups], as PyG's edge_index.
+
+    Items link to their group node (artist, genre) when known, so items with few interactions
+    still get signal from their siblings.
+    """
+    n_users, n_items = train.num_users, train.num_items
+    sources, targets = [train.user], [train.item + n_users]
+    if with_groups and train.item_group is not None:
+        known = np.flatnonzero(train.item_group >= 0)
+        sources.append(known + n_users)
+        targets.append(train.item_group[known] + n_users + n_items)
+    one_way = torch.from_numpy(np.stack([np.concatenate(sources), np.concatenate(targets)]))
+    # Both directions, each edge once (an interaction repeated on several days is one edge).
+    return torch.unique(torch.cat([one_way, one_way.flip(0)], dim=1), dim=1)
+
+
+def positives_csr(data: Interactions) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rowptr, col) of each user's items, for exclusion masks and negative sampling."""
+    order = np.lexsort((data.item, data.user))
+    users, items = data.user[order], data.item[order]
+    counts = np.bincount(users, minlength=data.num_users)
+    rowptr = np.concatenate([[0], np.cumsum(counts)])
+    return torch.from_numpy(rowptr), torch.from_numpy(items)

@@ -1,0 +1,260 @@
+"""What one epoch of training and one evaluation mean for each model.
+
+A learner owns a model, its data on the device, and two operations the trainers call:
+`train_epoch(optimizer)` and `evaluate(split)`. Trainers (models_src/trainers.py) own the loop,
+early stopping, the LR schedule and checkpoints, so both models share them.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from models_src.config import TrainConfig, relevance_threshold
+from models_src.data import Interactions, bipartite_edge_index, positives_csr
+from models_src.metrics import evaluate_ranking, mae, rmse
+from models_src.models import GATBPR, RatingModel
+
+
+def _batches(n: int, batch_size: int, desc: str) -> Iterator[Tensor]:
+    """Shuffled index batches; a progress bar only when a person watches a terminal."""
+    order = torch.randperm(n)
+    starts = range(0, n, batch_size)
+    bar = tqdm(starts, desc=desc, leave=False, disable=not sys.stderr.isatty())
+    for start in bar:
+        yield order[start : start + batch_size]
+
+
+class Learner(ABC):
+    """The interface trainers use; see BPRLearner and RatingLearner."""
+
+    model: nn.Module
+    device: torch.device
+    monitor: str
+    mode: str  # "max" or "min": the direction in which `monitor` improves
+
+    @abstractmethod
+    def train_epoch(self, optimizer: torch.optim.Optimizer, epoch: int) -> float:
+        """One pass over the training data; returns the mean loss."""
+
+    @abstractmethod
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Metrics on `split` ("train", "val" or "test")."""
+
+    @abstractmethod
+    def model_args(self) -> dict:
+        """The constructor arguments that rebuild the model from a checkpoint."""
+
+
+class BPRLearner(Learner):
+    """GAT-BPR on implicit feedback.
+
+    Each step propagates the whole graph once and scores a large batch of positives against
+    several sampled negatives: propagation dominates the cost of a step, so big batches with
+    several negatives get the most learning out of each propagation (DESIGN.md's levers).
+    """
+
+    mode = "max"
+
+    def __init__(self, splits: dict[str, Interactions], config: TrainConfig, device: torch.device):
+        self.splits, self.config, self.device = splits, config, device
+        self.monitor = config.monitor
+        train = splits["train"]
+        self.num_users, self.num_items = train.num_users, train.num_items
+        num_groups = train.num_groups if config.use_groups else 0
+        self.model = GATBPR(
+            train.num_users,
+            train.num_items,
+            num_groups,
+            embedding_dim=config.embedding_dim,
+            heads=config.heads,
+            num_layers=config.num_layers,
+        ).to(device)
+        self.edge_index = bipartite_edge_index(train, with_groups=num_groups > 0).to(device)
+        self.users = torch.from_numpy(train.user).to(device)
+        self.items = torch.from_numpy(train.item).to(device)
+        # Sorted (user * num_items + item) keys: membership tests for negative sampling.
+        self.seen_keys = torch.unique(self.users * self.num_items + self.items)
+        self.csr = {name: positives_csr(data) for name, data in splits.items()}
+
+    def model_args(self) -> dict:
+        m = self.model
+        return {
+            "num_users": m.num_users,
+            "num_items": m.num_items,
+            "num_groups": m.num_groups,
+            "embedding_dim": m.embedding_dim,
+            "heads": m.heads,
+            "num_layers": m.num_layers,
+        }
+
+    def sample_negatives(self, users: Tensor) -> Tensor:
+        """Items each user has not interacted with in train, uniformly: draw, then redraw the
+        few that hit a seen item (3 rounds leave a negligible share on dense users)."""
+        negatives = torch.randint(
+            0, self.num_items, (len(users), self.config.negatives), device=self.device
+        )
+        for _ in range(3):
+            keys = users.unsqueeze(1) * self.num_items + negatives
+            position = torch.searchsorted(self.seen_keys, keys).clamp(max=len(self.seen_keys) - 1)
+            clash = self.seen_keys[position] == keys
+            if not clash.any():
+                break
+            negatives[clash] = torch.randint(
+                0, self.num_items, (int(clash.sum()),), device=self.device
+            )
+        return negatives
+
+    def train_epoch(self, optimizer: torch.optim.Optimizer, epoch: int) -> float:
+        self.model.train()
+        total, steps = 0.0, 0
+        offset = self.num_users
+        for batch in _batches(len(self.users), self.config.batch_size, f"epoch {epoch}"):
+            batch = batch.to(self.device)
+            users, positives = self.users[batch], self.items[batch]
+            negatives = self.sample_negatives(users)
+            embedding = self.model.get_embedding(self.edge_index)
+            user_emb = embedding[users]
+            pos_scores = (user_emb * embedding[offset + positives]).sum(-1)
+            neg_scores = (user_emb.unsqueeze(1) * embedding[offset + negatives]).sum(-1)
+            layer0 = self.model.embedding.weight
+            loss = self.model.loss(
+                pos_scores,
+                neg_scores,
+                [
+                    layer0[users],
+                    layer0[offset + positives],
+                    layer0[offset + negatives].flatten(0, 1),
+                ],
+                self.config.l2,
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach())
+            steps += 1
+        return total / max(steps, 1)
+
+    @torch.no_grad()
+    def item_scores(self) -> tuple[Tensor, Tensor]:
+        self.model.eval()
+        return self.model.split_embedding(self.model.get_embedding(self.edge_index))
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Full ranking on `split`: train items excluded; val items too when scoring test.
+        `train` scores the fit on the training pairs themselves (nothing excluded)."""
+        user_emb, item_emb = self.item_scores()
+        exclude = {
+            "train": [],
+            "val": [self.csr["train"]],
+            "test": [self.csr["train"], self.csr["val"]],
+        }
+        return evaluate_ranking(
+            lambda users: user_emb[users] @ item_emb.T,
+            self.csr[split],
+            exclude[split],
+            self.num_items,
+            k=self.config.k,
+            batch_size=self.config.eval_batch_size,
+            device=self.device,
+        )
+
+
+class RatingLearner(Learner):
+    """The rating model on explicit ratings: MSE on the train ratings; RMSE/MAE and top-K on
+    the held-out ones (relevant = rating at or above the threshold)."""
+
+    mode = "min"
+    monitor = "rmse"
+
+    def __init__(self, splits: dict[str, Interactions], config: TrainConfig, device: torch.device):
+        train = splits["train"]
+        if train.rating is None:
+            raise ValueError("the rating model needs explicit ratings; this source has none")
+        self.splits, self.config, self.device = splits, config, device
+        low, high = float(train.rating.min()), float(train.rating.max())
+        scale = train.meta.get("rating_scale") or (low, high)
+        self.rating_range = (float(scale[0]), float(scale[1]))
+        self.threshold = relevance_threshold(*self.rating_range, config.rating_threshold)
+        self.model = RatingModel(
+            train.num_users,
+            train.num_items,
+            config.embedding_dim,
+            global_mean=float(train.rating.mean()),
+            rating_range=self.rating_range,
+        ).to(device)
+        self.tensors = {
+            name: tuple(
+                torch.from_numpy(np.asarray(a)).to(device)
+                for a in (data.user, data.item, data.rating)
+            )
+            for name, data in splits.items()
+        }
+        self.csr = {name: positives_csr(data) for name, data in splits.items()}
+        self.liked = {
+            name: positives_csr(data.subset(data.rating >= self.threshold))
+            for name, data in splits.items()
+        }
+
+    def model_args(self) -> dict:
+        m = self.model
+        return {
+            "num_users": m.num_users,
+            "num_items": m.num_items,
+            "embedding_dim": m.embedding_dim,
+            "global_mean": float(m.global_mean),
+            "rating_range": list(self.rating_range),
+        }
+
+    def train_epoch(self, optimizer: torch.optim.Optimizer, epoch: int) -> float:
+        self.model.train()
+        users, items, ratings = self.tensors["train"]
+        total, count = 0.0, 0
+        for batch in _batches(len(users), self.config.batch_size, f"epoch {epoch}"):
+            batch = batch.to(self.device)
+            loss = self.model.loss(self.model(users[batch], items[batch]), ratings[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(batch)
+            count += len(batch)
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, float]:
+        self.model.eval()
+        users, items, ratings = self.tensors[split]
+        predicted = self.model.predict(users, items)
+        result = {"rmse": rmse(predicted, ratings), "mae": mae(predicted, ratings)}
+        exclude = {
+            "train": [],
+            "val": [self.csr["train"]],
+            "test": [self.csr["train"], self.csr["val"]],
+        }
+        ranking = evaluate_ranking(
+            self.model.score_all,
+            self.liked[split],
+            exclude[split],
+            self.model.num_items,
+            k=self.config.k,
+            batch_size=self.config.eval_batch_size,
+            device=self.device,
+        )
+        result.update(ranking)
+        if math.isnan(result["rmse"]):
+            raise FloatingPointError("rating model diverged (RMSE is NaN); lower --lr")
+        return result
+
+
+def make_learner(
+    splits: dict[str, Interactions], config: TrainConfig, device: torch.device
+) -> Learner:
+    learners = {"gat-bpr": BPRLearner, "rating": RatingLearner}
+    return learners[config.model](splits, config, device)
