@@ -22,6 +22,9 @@ from models_src.data import Interactions, bipartite_edge_index, positives_csr
 from models_src.metrics import evaluate_ranking, mae, rmse
 from models_src.models import GATBPR, RatingModel
 
+# Items never ranked when scoring a split: train items; train and val items for test.
+EXCLUDED_BEFORE = {"train": (), "val": ("train",), "test": ("train", "val")}
+
 
 def _batches(n: int, batch_size: int, desc: str) -> Iterator[Tensor]:
     """Shuffled index batches; a progress bar only when a person watches a terminal."""
@@ -96,12 +99,13 @@ class BPRLearner(Learner):
         }
 
     def sample_negatives(self, users: Tensor) -> Tensor:
-        """Items each user has not interacted with in train, uniformly: draw, then redraw the
-        few that hit a seen item (3 rounds leave a negligible share on dense users)."""
+        """Items each user has not interacted with in train, uniformly: draw, then redraw
+        those that hit a seen item until none does. Only a user who has seen (nearly) every
+        item could exhaust the rounds; such a user keeps the last draws."""
         negatives = torch.randint(
             0, self.num_items, (len(users), self.config.negatives), device=self.device
         )
-        for _ in range(3):
+        for _ in range(64):
             keys = users.unsqueeze(1) * self.num_items + negatives
             position = torch.searchsorted(self.seen_keys, keys).clamp(max=len(self.seen_keys) - 1)
             clash = self.seen_keys[position] == keys
@@ -151,15 +155,11 @@ class BPRLearner(Learner):
         """Full ranking on `split`: train items excluded; val items too when scoring test.
         `train` scores the fit on the training pairs themselves (nothing excluded)."""
         user_emb, item_emb = self.item_scores()
-        exclude = {
-            "train": [],
-            "val": [self.csr["train"]],
-            "test": [self.csr["train"], self.csr["val"]],
-        }
+        exclude = [self.csr[name] for name in EXCLUDED_BEFORE[split]]
         return evaluate_ranking(
             lambda users: user_emb[users] @ item_emb.T,
             self.csr[split],
-            exclude[split],
+            exclude,
             self.num_items,
             k=self.config.k,
             batch_size=self.config.eval_batch_size,
@@ -233,15 +233,11 @@ class RatingLearner(Learner):
         users, items, ratings = self.tensors[split]
         predicted = self.model.predict(users, items)
         result = {"rmse": rmse(predicted, ratings), "mae": mae(predicted, ratings)}
-        exclude = {
-            "train": [],
-            "val": [self.csr["train"]],
-            "test": [self.csr["train"], self.csr["val"]],
-        }
+        exclude = [self.csr[name] for name in EXCLUDED_BEFORE[split]]
         ranking = evaluate_ranking(
             self.model.score_all,
             self.liked[split],
-            exclude[split],
+            exclude,
             self.model.num_items,
             k=self.config.k,
             batch_size=self.config.eval_batch_size,

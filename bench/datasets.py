@@ -1,0 +1,124 @@
+"""Dataset loaders for the training benchmark: public data from ../shared/data and the sample.
+
+Every loader returns an `Interactions` with dense indices given in order of first appearance
+(`pandas.factorize`), so a run is reproducible from the file alone. The shared files are read in
+place and never copied into the repository; the two sample datasets are generated in memory so
+the benchmark (and its tests) run on a machine without ../shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from models_src.data import Interactions
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SAMPLE_DAYS = 30
+
+_FILES = {
+    "ml-100k-implicit": "ml-100k/u.data",
+    "ml-100k-ratings": "ml-100k/u.data",
+    "lastfm": "hetrec2011-lastfm-2k/user_artists.dat",
+}
+
+
+def _dense(values: pd.Series | np.ndarray) -> tuple[np.ndarray, int]:
+    """Dense 0..n-1 codes in order of first appearance, and n."""
+    codes, uniques = pd.factorize(values, sort=False)
+    return codes.astype(np.int64), len(uniques)
+
+
+def _from_frame(
+    frame: pd.DataFrame, name: str, source: str, rating: bool, ts: bool
+) -> Interactions:
+    users, n_users = _dense(frame["user"].to_numpy())
+    items, n_items = _dense(frame["item"].to_numpy())
+    return Interactions(
+        users,
+        items,
+        n_users,
+        n_items,
+        rating=frame["rating"].to_numpy(np.float32) if rating else None,
+        ts=frame["ts"].to_numpy(np.int64) if ts else None,
+        meta={"name": name, "source": source},
+    )
+
+
+def _ml100k(name: str, rating: bool) -> Interactions:
+    path = SHARED_DATA / _FILES[name]
+    frame = pd.read_csv(path, sep="\t", header=None, names=["user", "item", "rating", "ts"])
+    return _from_frame(frame, name, str(path), rating=rating, ts=True)
+
+
+def _lastfm(name: str) -> Interactions:
+    """user_artists.dat: one row per (user, artist) with a play count; each row is a positive.
+    The file has CRLF endings, which the C parser handles (the weight column would otherwise
+    read as a string)."""
+    path = SHARED_DATA / _FILES[name]
+    frame = pd.read_csv(path, sep="\t", header=0, names=["user", "item", "weight"])
+    return _from_frame(frame, name, str(path), rating=False, ts=False)
+
+
+def _sample_frame(kind: str) -> pd.DataFrame:
+    from models_src.sample_data import SampleWorld, default_configs
+
+    world = SampleWorld(default_configs()[kind])
+    tables = [table for day in range(SAMPLE_DAYS) for table in world.events(kind, day)]
+    return pa.concat_tables(tables).to_pandas()
+
+
+def _with_groups(data: Interactions, groups: pd.Series) -> Interactions:
+    """item_group[i] = dense index of item i's group (artist, genre), by first appearance."""
+    group_codes, _ = _dense(groups.to_numpy())
+    item_group = np.full(data.num_items, -1, dtype=np.int64)
+    item_group[data.item] = group_codes
+    data.item_group = item_group
+    return data
+
+
+def _sample_implicit(name: str) -> Interactions:
+    """30 days of sample listens. A track played on several days is one positive (the first
+    play): repeated pairs would count twice in Recall's denominator."""
+    frame = _sample_frame("listens").rename(columns={"user_id": "user", "track_id": "item"})
+    frame["ts"] = frame["played_at"].astype("datetime64[s]").astype(np.int64)
+    frame = frame.drop_duplicates(["user", "item"], keep="first").reset_index(drop=True)
+    data = _from_frame(frame, name, "generated", rating=False, ts=True)
+    return _with_groups(data, frame["artist_id"])
+
+
+def _sample_ratings(name: str) -> Interactions:
+    """30 days of sample ratings; a movie rated again keeps its latest rating."""
+    frame = _sample_frame("ratings").rename(columns={"user_id": "user", "movie_id": "item"})
+    frame["ts"] = frame["rated_at"].astype("datetime64[s]").astype(np.int64)
+    frame = frame.drop_duplicates(["user", "item"], keep="last").reset_index(drop=True)
+    data = _from_frame(frame, name, "generated", rating=True, ts=True)
+    return _with_groups(data, frame["genre"])
+
+
+_LOADERS: dict[str, Callable[[str], Interactions]] = {
+    "ml-100k-implicit": lambda name: _ml100k(name, rating=False),
+    "ml-100k-ratings": lambda name: _ml100k(name, rating=True),
+    "lastfm": _lastfm,
+    "sample-implicit": _sample_implicit,
+    "sample-ratings": _sample_ratings,
+}
+DATASETS = tuple(_LOADERS)
+
+
+def available(name: str) -> bool:
+    """False when the dataset needs a shared file this machine lacks (the sample always works)."""
+    if name not in _LOADERS:
+        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    return name not in _FILES or (SHARED_DATA / _FILES[name]).is_file()
+
+
+def load_dataset(name: str) -> Interactions:
+    """Load a benchmark dataset by name (see DATASETS)."""
+    if not available(name):
+        raise FileNotFoundError(f"{name}: {SHARED_DATA / _FILES[name]} is missing")
+    return _LOADERS[name](name)

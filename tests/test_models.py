@@ -1,0 +1,320 @@
+"""models_src: splits, graph, models, trainers (early stopping, scheduler, resume), CLIs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from models_src.checkpoint import load_checkpoint
+from models_src.config import TrainConfig
+from models_src.data import (
+    TEST,
+    TRAIN,
+    VAL,
+    Interactions,
+    bipartite_edge_index,
+    hash_split,
+    split_interactions,
+    time_split,
+)
+from models_src.learners import BPRLearner, Learner, RatingLearner
+from models_src.models import GATBPR
+from models_src.trainers import AdvancedTrainer, improved
+
+
+def planted(
+    n_users: int = 60, n_items: int = 40, per_user: int = 12, seed: int = 0
+) -> Interactions:
+    """Two taste clusters: even users like even items, odd users odd items."""
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    for u in range(n_users):
+        pool = np.arange(u % 2, n_items, 2)
+        chosen = rng.choice(pool, size=per_user, replace=False)
+        users += [u] * per_user
+        items += chosen.tolist()
+    ratings = np.where(np.array(items) % 2 == np.array(users) % 2, 4.5, 1.5).astype(np.float32)
+    ts = 1_700_000_000 + np.arange(len(users)) * 3_600
+    groups = np.arange(n_items) % 2
+    return Interactions(
+        np.array(users),
+        np.array(items),
+        n_users,
+        n_items,
+        ratings,
+        ts,
+        groups,
+        {"rating_scale": [1.0, 5.0]},
+    )
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+def test_hash_split_is_stable_and_close_to_the_ratios():
+    data = Interactions(np.repeat(np.arange(500), 40), np.tile(np.arange(40), 500), 500, 40)
+    first = hash_split(data, 0.1, 0.1)
+    assert np.array_equal(first, hash_split(data, 0.1, 0.1))
+    shares = np.bincount(first, minlength=3) / len(first)
+    assert abs(shares[TRAIN] - 0.8) < 0.01 and abs(shares[VAL] - 0.1) < 0.01
+    # A pair keeps its bucket when more data arrives (only its own indices are hashed).
+    grown = Interactions(np.append(data.user, 3), np.append(data.item, 39), 500, 40)
+    assert np.array_equal(hash_split(grown, 0.1, 0.1)[:-1], first)
+    assert not np.array_equal(hash_split(data, 0.1, 0.1, salt="other"), first)
+
+
+def test_time_split_keeps_whole_days_together():
+    ts = np.repeat(np.arange(200) * 86_400 + 1_700_000_000, 5) + np.tile(np.arange(5) * 60, 200)
+    data = Interactions(np.arange(1000) % 7, np.arange(1000) % 11, 7, 11, ts=ts)
+    buckets = time_split(data, 0.15, 0.15)
+    per_day = buckets.reshape(200, 5)
+    assert (per_day == per_day[:, :1]).all()
+    assert set(np.unique(buckets)) == {TRAIN, VAL, TEST}
+    with pytest.raises(ValueError, match="needs timestamps"):
+        time_split(Interactions(np.zeros(2), np.zeros(2), 1, 1), 0.1, 0.1)
+
+
+def test_bipartite_graph_is_undirected_with_group_nodes():
+    data = Interactions(np.array([0, 0, 1]), np.array([0, 1, 1]), 2, 2, item_group=np.array([0, 0]))
+    edges = set(map(tuple, bipartite_edge_index(data).T.tolist()))
+    # users 0-1, items 2-3, group node 4
+    assert edges == {(0, 2), (2, 0), (0, 3), (3, 0), (1, 3), (3, 1), (2, 4), (4, 2), (3, 4), (4, 3)}
+
+
+# --- models -------------------------------------------------------------------------------
+
+
+def test_gat_bpr_shapes_and_recommend_masks_excluded_items():
+    model = GATBPR(3, 5, 0, embedding_dim=8, heads=2, num_layers=2)
+    edge_index = torch.tensor([[0, 3, 1, 4], [3, 0, 4, 1]])
+    assert model.get_embedding(edge_index).shape == (8, 8)
+    assert model(edge_index, torch.tensor([0, 1]), torch.tensor([2, 3])).shape == (2,)
+    exclude = torch.zeros(2, 5, dtype=torch.bool)
+    exclude[:, :4] = True
+    items, scores = model.recommend(edge_index, torch.tensor([0, 2]), k=1, exclude=exclude)
+    assert items.flatten().tolist() == [4, 4] and torch.isfinite(scores).all()
+
+
+def test_negatives_are_never_train_positives():
+    data = planted()
+    config = TrainConfig(negatives=16, batch_size=64, embedding_dim=8)
+    learner = BPRLearner({"train": data}, config, torch.device("cpu"))
+    users = torch.from_numpy(data.user)
+    negatives = learner.sample_negatives(users)
+    seen = set(zip(data.user.tolist(), data.item.tolist(), strict=True))
+    clashes = sum(
+        (u, n) in seen
+        for u, row in zip(users.tolist(), negatives.tolist(), strict=True)
+        for n in row
+    )
+    assert clashes == 0
+
+
+def tiny_splits(data: Interactions) -> dict[str, Interactions]:
+    return split_interactions(data, "hash", 0.15, 0.15)
+
+
+def test_gat_bpr_learns_the_planted_structure():
+    torch.manual_seed(0)
+    config = TrainConfig(lr=0.05, batch_size=256, embedding_dim=16, heads=2, negatives=4, epochs=15)
+    learner = BPRLearner(tiny_splits(planted()), config, torch.device("cpu"))
+    optimizer = torch.optim.Adam(learner.model.parameters(), lr=config.lr)
+    before = learner.evaluate("val")["recall@10"]
+    losses = [learner.train_epoch(optimizer, epoch) for epoch in range(config.epochs)]
+    after = learner.evaluate("val")["recall@10"]
+    assert losses[-1] < losses[0] * 0.7
+    # Random ranking of the 20 in-cluster items of 40 hits about a quarter; learned, far more.
+    assert after > max(before, 0.45)
+
+
+def test_rating_model_learns_and_clips_predictions():
+    torch.manual_seed(0)
+    config = TrainConfig(model="rating", lr=0.05, batch_size=128, embedding_dim=8)
+    learner = RatingLearner(tiny_splits(planted()), config, torch.device("cpu"))
+    optimizer = torch.optim.Adam(learner.model.parameters(), lr=config.lr)
+    for epoch in range(30):
+        learner.train_epoch(optimizer, epoch)
+    assert learner.evaluate("val")["rmse"] < 0.6  # a global mean would be off by ~1.5
+    huge = learner.model.predict(torch.tensor([0]), torch.tensor([0]))
+    assert 1.0 <= float(huge) <= 5.0
+
+
+# --- trainers ------------------------------------------------------------------------------
+
+
+class ScriptedLearner(Learner):
+    """A learner whose validation metric follows a script, to test the trainer's decisions."""
+
+    mode, monitor = "max", "recall@10"
+
+    def __init__(self, script: list[float]):
+        self.model = torch.nn.Linear(1, 1)
+        self.device = torch.device("cpu")
+        self.script, self.calls = script, 0
+
+    def train_epoch(self, optimizer, epoch):
+        return 1.0 / epoch
+
+    def evaluate(self, split):
+        value = self.script[min(self.calls, len(self.script) - 1)] if split == "val" else 0.5
+        if split == "val":
+            self.calls += 1
+        return {"recall@10": value, "ndcg@10": value}
+
+    def model_args(self):
+        return {}
+
+
+def test_improved_respects_the_direction():
+    assert improved(0.3, 0.2, "max") and not improved(0.2, 0.3, "max")
+    assert improved(0.8, 0.9, "min") and not improved(0.9, 0.8, "min")
+    assert improved(0.1, None, "min")
+
+
+def test_early_stopping_and_scheduler(tmp_path):
+    script = [0.1, 0.2, 0.3, 0.25, 0.24, 0.23, 0.22, 0.21, 0.9]
+    config = TrainConfig(
+        epochs=20, patience=3, use_scheduler=True, lr=0.1, lr_factor=0.5, lr_patience=1, min_lr=0.02
+    )
+    lines: list[str] = []
+    trainer = AdvancedTrainer(ScriptedLearner(script), config, tmp_path, log=lines.append)
+    final = trainer.fit()
+    # best at epoch 3; epochs 4, 5, 6 are worse -> stop after epoch 6, before the late 0.9
+    assert final["best_epoch"] == 3 and final["epochs_run"] == 6
+    # lr_patience=1: the second worse epoch in a row (5) halves the LR used from epoch 6 on
+    assert [row["lr"] for row in trainer.history] == [0.1, 0.1, 0.1, 0.1, 0.1, 0.05]
+    assert "New best model! Val Recall@10: 0.3000" in lines
+    assert "Current learning rate: 0.050000" in lines
+    assert lines[0].startswith("Epoch 1/20 - train_loss: 1.0000, val_recall@10: 0.1000")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(metrics["history"]) == 6 and metrics["final"]["best_epoch"] == 3
+    for name in ("best_model.pt", "final_model.pt", "checkpoint_epoch_6.pt", "history.png"):
+        assert (tmp_path / name).exists()
+
+
+def test_resume_ends_where_an_uninterrupted_run_would(tmp_path):
+    data = tiny_splits(planted())
+
+    def run(epochs: int, out, resume: bool = False) -> AdvancedTrainer:
+        torch.manual_seed(0)
+        config = TrainConfig(
+            epochs=epochs,
+            lr=0.05,
+            batch_size=128,
+            embedding_dim=8,
+            heads=2,
+            patience=10,
+            use_scheduler=True,
+        )
+        trainer = AdvancedTrainer(
+            BPRLearner(data, config, torch.device("cpu")), config, out, log=lambda line: None
+        )
+        if resume:
+            trainer.resume()
+        trainer.fit()
+        return trainer
+
+    straight = run(4, tmp_path / "straight")
+    run(2, tmp_path / "interrupted")
+    resumed = run(4, tmp_path / "interrupted", resume=True)
+    a = load_checkpoint(tmp_path / "straight" / "final_model.pt")["model"]
+    b = load_checkpoint(tmp_path / "interrupted" / "final_model.pt")["model"]
+    assert all(torch.equal(a[name], b[name]) for name in a)
+    assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
+
+
+def test_checkpoints_load_with_weights_only(tmp_path):
+    config = TrainConfig(epochs=1, embedding_dim=8, heads=2, batch_size=256)
+    trainer = AdvancedTrainer(
+        BPRLearner(tiny_splits(planted()), config, torch.device("cpu")),
+        config,
+        tmp_path,
+        artifacts={"user_ids": ["a", "b"]},
+        log=lambda _: None,
+    )
+    trainer.fit()
+    state = torch.load(tmp_path / "best_model.pt", weights_only=True)
+    assert state["model_kind"] == "gat-bpr" and state["artifacts"]["user_ids"] == ["a", "b"]
+    rebuilt = GATBPR(**state["model_args"])
+    rebuilt.load_state_dict(state["model"])
+
+
+# --- command lines -------------------------------------------------------------------------
+
+
+def run_module(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture
+def planted_parquet(tmp_path):
+    path = tmp_path / "planted.parquet"
+    planted(n_users=120, n_items=60).to_parquet(path)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_simple_trainer_cli(tmp_path, planted_parquet):
+    done = run_module(
+        "models_src.train",
+        "--data",
+        planted_parquet,
+        "--epochs",
+        "2",
+        "--output-dir",
+        str(tmp_path),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Epoch 1/2 - Loss: ")
+    assert "Epoch 2/2 - Loss: " in done.stdout and ", Recall@10: " in done.stdout
+    assert (tmp_path / "final_model.pt").exists()
+
+
+@pytest.mark.slow
+def test_improved_trainer_cli_both_models(tmp_path, planted_parquet):
+    gat = run_module(
+        "models_src.train_improved",
+        "--data",
+        planted_parquet,
+        "--epochs",
+        "2",
+        "--use-scheduler",
+        "--output-dir",
+        str(tmp_path / "gat"),
+    )
+    assert gat.returncode == 0, gat.stderr
+    assert (
+        "Epoch 2/2 - train_loss: " in gat.stdout and "Current learning rate: 0.010000" in gat.stdout
+    )
+    rating = run_module(
+        "models_src.train_improved",
+        "--model",
+        "rating",
+        "--data",
+        planted_parquet,
+        "--epochs",
+        "2",
+        "--output-dir",
+        str(tmp_path / "rating"),
+    )
+    assert rating.returncode == 0, rating.stderr
+    assert "New best model! Val RMSE: " in rating.stdout and "test: recall@10" in rating.stdout
+    resumed = run_module(
+        "models_src.train_improved",
+        "--data",
+        planted_parquet,
+        "--epochs",
+        "3",
+        "--resume",
+        "--output-dir",
+        str(tmp_path / "gat"),
+    )
+    assert "Resumed from checkpoint_epoch_2.pt (epoch 2)" in resumed.stdout
+    assert "Epoch 3/3 - train_loss: " in resumed.stdout
