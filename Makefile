@@ -6,7 +6,7 @@ ENCORE := $(VENV)/bin/encore
 STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv run test test-fast lint bench-ingest clean-data
+.PHONY: venv run test test-fast lint train train-improved bench-ingest bench-train clean-data
 
 # The venv is rebuilt when pyproject.toml changes. torch goes first and pinned so that no other
 # package can pull a multi-GB CUDA build.
@@ -35,6 +35,18 @@ test-fast: venv
 lint: venv
 	$(VENV)/bin/ruff check flows tasks models_src tests bench
 	$(VENV)/bin/ruff format --check flows tasks models_src tests bench
+
+## The seeds' trainers on the generated sample (GAT-BPR; add ARGS="--model rating --data sample-ratings").
+## Batches of 8192 pairs: GAT-BPR propagates the whole graph once per step (see models_src/config.py).
+train: venv
+	$(PY) -m models_src.train --epochs 10 --batch-size 8192 $(ARGS)
+
+train-improved: venv
+	$(PY) -m models_src.train_improved --epochs 50 --patience 5 --batch-size 8192 --use-scheduler $(ARGS)
+
+## Encore's models vs peers (PyG LightGCN, implicit ALS/BPR, Surprise SVD, ...) on ../shared/data.
+bench-train: venv
+	$(PY) -m bench.bench_train
 
 ## Ingest throughput vs a bare DuckDB read_csv, on a generated 10M-row listens file.
 bench-ingest: venv

@@ -99,3 +99,20 @@ def test_a_bad_night_fails_the_flow_and_is_never_trainable(flow_home):
     assert status == "failed"
     assert quarantined == len(body)
     assert in_training == 0
+
+
+@pytest.mark.slow
+def test_train_flow_trains_both_models_from_the_warehouse(flow_home):
+    from pathlib import Path
+
+    from flows.train import train
+
+    write_days(flow_home, range(3))
+    ingest()
+    rating = train(dataset="sample-ratings", model="rating", epochs=2)
+    assert rating["epochs_run"] == 2 and 0 < rating["test"]["rmse"] < 2
+    gat = train(dataset="sample-listens", model="gat-bpr", epochs=1)
+    assert 0 <= gat["test"]["recall@10"] <= 1
+    run_dir = Path(gat["run_dir"])
+    assert run_dir.name == "sample-listens-gat-bpr-snapshot1"
+    assert (run_dir / "best_model.pt").exists() and (run_dir / "metrics.json").exists()

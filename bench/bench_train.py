@@ -1,0 +1,207 @@
+"""Encore's models against peers, side by side in one run, on one fixed hash split per dataset.
+
+    python -m bench.bench_train                      # every dataset available, every model
+    python -m bench.bench_train --datasets ml-100k-implicit --models "Encore GAT-BPR"
+
+Ranking (Recall@10, NDCG@10, seconds per epoch, time to best val, peak RSS) on ml-100k as
+implicit feedback and HetRec Last.fm; ratings (test RMSE, MAE) on ml-100k. When ../shared/data
+is absent the generated sample stands in. Each (dataset, model) runs in its own process, so its
+peak RSS (VmHWM) is its own. Writes bench/results/train.json and train.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+VAL_RATIO = TEST_RATIO = 0.1  # 80/10/10, as the peers were measured in DESIGN.md
+RANKING_DATASETS = {"ml-100k-implicit": "sample-implicit", "lastfm": "sample-implicit"}
+RATING_DATASETS = {"ml-100k-ratings": "sample-ratings"}
+ENCORE_RANKING, ENCORE_RATING = "Encore GAT-BPR", "Encore rating model"
+
+
+def peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def encore_model(split: dict, kind: str, seed: int = 0, max_epochs: int = 100) -> dict[str, Any]:
+    """Encore's model with its tuned defaults and the AdvancedTrainer (early stopping on val)."""
+    import tempfile
+
+    import torch
+
+    from models_src.config import TrainConfig, tuned_defaults
+    from models_src.learners import make_learner
+    from models_src.trainers import AdvancedTrainer
+
+    torch.manual_seed(seed)
+    config = TrainConfig.from_dict(
+        {
+            **tuned_defaults(kind),
+            "epochs": max_epochs,
+            "patience": 5,
+            "use_scheduler": True,
+            "val_ratio": VAL_RATIO,
+            "test_ratio": TEST_RATIO,
+            "seed": seed,
+        }
+    )
+    started = time.perf_counter()
+    learner = make_learner(split, config, torch.device("cpu"))
+    with tempfile.TemporaryDirectory() as out:
+        trainer = AdvancedTrainer(learner, config, Path(out), log=lambda line: None)
+        final = trainer.fit()
+    epochs = final["epochs_run"]
+    name = ENCORE_RANKING if kind == "gat-bpr" else ENCORE_RATING
+    return {
+        "model": name,
+        "val": final["val"],
+        "test": final["test"],
+        "train_seconds": time.perf_counter() - started,
+        "seconds_per_epoch": final["seconds"] / max(epochs, 1),
+        "time_to_best_val_seconds": final["seconds_to_best"],
+        "epochs": epochs,
+        "best_epoch": final["best_epoch"],
+        "config": config.to_dict(),
+    }
+
+
+def run_one(dataset: str, model: str, seed: int) -> dict[str, Any]:
+    """In the child process: load, split, train, score."""
+    from bench.datasets import load_dataset
+    from bench.peers import RANKING_PEERS, RATING_PEERS
+    from models_src.data import split_interactions
+
+    data = load_dataset(dataset)
+    split = split_interactions(data, "hash", VAL_RATIO, TEST_RATIO)
+    if model == ENCORE_RANKING:
+        result = encore_model(split, "gat-bpr", seed)
+    elif model == ENCORE_RATING:
+        result = encore_model(split, "rating", seed)
+    else:
+        result = {**RANKING_PEERS, **RATING_PEERS}[model](split, seed=seed)
+    result["peak_rss_mb"] = peak_rss_mb()
+    result["dataset"] = dataset
+    return result
+
+
+def in_child(dataset: str, model: str, seed: int) -> dict[str, Any]:
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "2"}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.bench_train", "--child", dataset, model, "--seed", str(seed)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if done.returncode != 0:
+        return {"model": model, "dataset": dataset, "error": done.stderr[-2000:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def plan(datasets: list[str] | None, models: list[str] | None) -> list[tuple[str, str]]:
+    from bench.datasets import available
+    from bench.peers import RANKING_PEERS, RATING_PEERS
+
+    jobs = []
+    for table, peers, encore in (
+        (RANKING_DATASETS, RANKING_PEERS, ENCORE_RANKING),
+        (RATING_DATASETS, RATING_PEERS, ENCORE_RATING),
+    ):
+        for name, fallback in table.items():
+            chosen = name if available(name) else fallback
+            if datasets and chosen not in datasets:
+                continue
+            for model in [*peers, encore]:
+                if not models or model in models:
+                    jobs.append((chosen, model))
+    return list(dict.fromkeys(jobs))
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def markdown(results: list[dict]) -> str:
+    lines = [
+        "# Training benchmark",
+        "",
+        f"One fixed hash split per dataset (80/10/10 by (user, item)); full ranking over all"
+        f" items, train items excluded (and val items for test); top-10. Machine: "
+        f"{os.cpu_count()} cores, CPU. Each model in its own process.",
+        "",
+    ]
+    ranking = [r for r in results if "recall@10" in r.get("test", {}) and "rmse" not in r["test"]]
+    rating = [r for r in results if "rmse" in r.get("test", {})]
+    if ranking:
+        lines += [
+            "## Ranking",
+            "",
+            "| dataset | model | test Recall@10 | test NDCG@10 | val Recall@10 | s/epoch |"
+            " time to best val (s) | train s | peak RSS MB |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in ranking:
+            lines.append(
+                f"| {r['dataset']} | {r['model']} | {_fmt(r['test']['recall@10'])} |"
+                f" {_fmt(r['test']['ndcg@10'])} | {_fmt(r['val']['recall@10'])} |"
+                f" {_fmt(r.get('seconds_per_epoch'), 2)} |"
+                f" {_fmt(r.get('time_to_best_val_seconds'), 1)} |"
+                f" {_fmt(r.get('train_seconds'), 1)} | {_fmt(r.get('peak_rss_mb'), 0)} |"
+            )
+    if rating:
+        lines += [
+            "",
+            "## Ratings",
+            "",
+            "| dataset | model | test RMSE | test MAE | val RMSE | train s |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
+        for r in rating:
+            lines.append(
+                f"| {r['dataset']} | {r['model']} | {_fmt(r['test']['rmse'])} |"
+                f" {_fmt(r['test']['mae'])} | {_fmt(r['val']['rmse'])} |"
+                f" {_fmt(r.get('train_seconds'), 1)} |"
+            )
+    errors = [r for r in results if "error" in r]
+    for r in errors:
+        lines += ["", f"- {r['dataset']} / {r['model']} failed: `{r['error'].splitlines()[-1]}`"]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="*")
+    parser.add_argument("--models", nargs="*")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default="train", help="results file stem in bench/results")
+    parser.add_argument("--child", nargs=2, metavar=("DATASET", "MODEL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_one(*args.child, args.seed), default=float))
+        return
+    results = []
+    for dataset, model in plan(args.datasets, args.models):
+        print(f"running {model} on {dataset} ...", flush=True)
+        results.append(in_child(dataset, model, args.seed))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.output}.json").write_text(json.dumps(results, indent=2, default=float))
+    text = markdown(results)
+    (RESULTS / f"{args.output}.md").write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
