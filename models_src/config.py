@@ -79,7 +79,14 @@ def tuned_defaults(model: ModelKind) -> dict[str, Any]:
     propagations than the seed's 512-pair batches.
     """
     if model == "gat-bpr":
-        return {"model": model, "lr": 0.01, "batch_size": 8192, "negatives": 4,
-                "embedding_dim": 32, "heads": 4, "num_layers": 2, "l2": 1e-4}
-    return {"model": model, "lr": 1e-3, "batch_size": 1024, "embedding_dim": 50,
-            "weight_decay": 0.0}
+        return {
+            "model": model,
+            "lr": 0.05,
+            "batch_size": 32768,
+            "negatives": 8,
+            "embedding_dim": 32,
+            "heads": 4,
+            "num_layers": 1,
+            "l2": 1e-3,
+        }
+    return {"model": model, "lr": 3e-3, "batch_size": 1024, "embedding_dim": 50, "l2": 0.05}

@@ -183,9 +183,12 @@ def bipartite_edge_index(train: Interactions, with_groups: bool = True) -> torch
 
 
 def positives_csr(data: Interactions) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rowptr, col) of each user's items, for exclusion masks and negative sampling."""
-    order = np.lexsort((data.item, data.user))
-    users, items = data.user[order], data.item[order]
+    """(rowptr, col) of each user's distinct items, for relevance and exclusion masks.
+
+    A pair seen on several days (repeated listens) counts once: otherwise it would inflate
+    |relevant| in Recall's denominator while it can only be hit once."""
+    pairs = np.unique(np.stack([data.user, data.item]), axis=1)
+    users, items = pairs[0], pairs[1]
     counts = np.bincount(users, minlength=data.num_users)
     rowptr = np.concatenate([[0], np.cumsum(counts)])
     return torch.from_numpy(rowptr), torch.from_numpy(items)

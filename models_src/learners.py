@@ -219,7 +219,8 @@ class RatingLearner(Learner):
         total, count = 0.0, 0
         for batch in _batches(len(users), self.config.batch_size, f"epoch {epoch}"):
             batch = batch.to(self.device)
-            loss = self.model.loss(self.model(users[batch], items[batch]), ratings[batch])
+            u, i = users[batch], items[batch]
+            loss = self.model.loss(self.model(u, i), ratings[batch], u, i, self.config.l2)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
