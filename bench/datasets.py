@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 
 from models_src.data import Interactions
+from models_src.datasets import load_source
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SAMPLE_DAYS = 30
@@ -49,19 +50,15 @@ def _from_frame(
     )
 
 
-def _ml100k(name: str, rating: bool) -> Interactions:
+def _shared(name: str, keep_rating: bool) -> Interactions:
+    """A public file through the same reader `python -m models_src.train_improved --data FILE`
+    uses, so the benchmark and the CLIs see identical indices."""
     path = SHARED_DATA / _FILES[name]
-    frame = pd.read_csv(path, sep="\t", header=None, names=["user", "item", "rating", "ts"])
-    return _from_frame(frame, name, str(path), rating=rating, ts=True)
-
-
-def _lastfm(name: str) -> Interactions:
-    """user_artists.dat: one row per (user, artist) with a play count; each row is a positive.
-    The file has CRLF endings, which the C parser handles (the weight column would otherwise
-    read as a string)."""
-    path = SHARED_DATA / _FILES[name]
-    frame = pd.read_csv(path, sep="\t", header=0, names=["user", "item", "weight"])
-    return _from_frame(frame, name, str(path), rating=False, ts=False)
+    data = load_source(str(path))
+    if not keep_rating:
+        data.rating = None
+    data.meta = {"name": name, "source": str(path)}
+    return data
 
 
 def _sample_frame(kind: str) -> pd.DataFrame:
@@ -101,9 +98,9 @@ def _sample_ratings(name: str) -> Interactions:
 
 
 _LOADERS: dict[str, Callable[[str], Interactions]] = {
-    "ml-100k-implicit": lambda name: _ml100k(name, rating=False),
-    "ml-100k-ratings": lambda name: _ml100k(name, rating=True),
-    "lastfm": _lastfm,
+    "ml-100k-implicit": lambda name: _shared(name, keep_rating=False),
+    "ml-100k-ratings": lambda name: _shared(name, keep_rating=True),
+    "lastfm": lambda name: _shared(name, keep_rating=False),
     "sample-implicit": _sample_implicit,
     "sample-ratings": _sample_ratings,
 }
