@@ -82,6 +82,12 @@ def _freeze(directory: Path) -> dict[str, str]:
     return checksums
 
 
+def allocate_version(con: duckdb.DuckDBPyConnection) -> int:
+    """Reserve a version number before exporting (the ONNX file records its own version)."""
+    ensure_registry(con)
+    return con.execute("SELECT nextval('model_version_ids')").fetchone()[0]
+
+
 def register_candidate(
     con: duckdb.DuckDBPyConnection,
     kind: str,
@@ -91,12 +97,12 @@ def register_candidate(
     metrics: dict,
     source_dir: Path,
     models_root: Path,
+    version: int | None = None,
 ) -> int:
     """Copy the run's artifacts into models_root/<kind>/<dataset>/v<version> and register them
     as a candidate. The directory is complete (copied under a temp name, then renamed) before
     the row that points at it is committed."""
-    ensure_registry(con)
-    version = con.execute("SELECT nextval('model_version_ids')").fetchone()[0]
+    version = version or allocate_version(con)
     target = models_root / kind / dataset / f"v{version:05d}"
     staging = target.with_name(target.name + ".partial")
     for stale in (staging, target):  # left by a crash before an earlier commit

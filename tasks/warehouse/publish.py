@@ -1,0 +1,76 @@
+"""From a finished training run to a registered candidate with its ONNX scorer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+
+from models_src.checkpoint import load_checkpoint
+from models_src.data import Interactions, bipartite_edge_index, split_interactions
+from models_src.models import GATBPR, RatingModel
+from models_src.onnx_export import (
+    export_scorer,
+    gat_bpr_scorer,
+    id_map_checksum,
+    rating_scorer,
+)
+from tasks.warehouse.registry import allocate_version, register_candidate
+
+SCORER_FILE = "scorer.onnx"
+
+
+def build_scorer(state: dict, k: int):
+    """A checkpoint as a TopKScorer (GAT-BPR: its training graph propagated once)."""
+    kind, args, config = state["model_kind"], state["model_args"], state["config"]
+    if kind == "rating":
+        model = RatingModel(**{**args, "rating_range": tuple(args["rating_range"])})
+        model.load_state_dict(state["model"])
+        return rating_scorer(model, k)
+    model = GATBPR(**args)
+    model.load_state_dict(state["model"])
+    data = Interactions.from_parquet(Path(state["artifacts"]["data"]))
+    train = split_interactions(
+        data, config["split"], config["val_ratio"], config["test_ratio"], config["split_salt"]
+    )["train"]
+    return gat_bpr_scorer(model, bipartite_edge_index(train, with_groups=args["num_groups"] > 0), k)
+
+
+def publish_run(
+    con: duckdb.DuckDBPyConnection,
+    run_dir: Path,
+    dataset: str,
+    metrics: dict,
+    models_root: Path,
+    k: int = 10,
+) -> int:
+    """Export the run's scorer to ONNX (stamped with its future version) and register the run
+    as a candidate; returns the version."""
+    state = load_checkpoint(run_dir / "best_model.pt")
+    scorer = build_scorer(state, k)
+    artifacts = state["artifacts"]
+    version = allocate_version(con)
+    export_scorer(
+        scorer,
+        run_dir / SCORER_FILE,
+        {
+            "model_version": str(version),
+            "kind": state["model_kind"],
+            "dataset": dataset,
+            "id_map_sha256": id_map_checksum(artifacts["user_ids"], artifacts["item_ids"]),
+        },
+    )
+    meta = {"num_users": len(scorer.user_emb), "num_items": len(scorer.item_emb), "k": k}
+    (run_dir / "scorer_meta.json").write_text(json.dumps(meta))
+    return register_candidate(
+        con,
+        state["model_kind"],
+        dataset,
+        artifacts.get("snapshot_id"),
+        state["config"],
+        metrics,
+        run_dir,
+        models_root,
+        version=version,
+    )

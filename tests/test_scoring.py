@@ -1,0 +1,110 @@
+"""From a trained run to recommendations: publish, promote, batch-score with onnxruntime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import spec_for
+
+from models_src.config import TrainConfig
+from models_src.data import Interactions, split_interactions
+from models_src.learners import make_learner
+from models_src.trainers import AdvancedTrainer
+from tasks.warehouse.export import export_interactions
+from tasks.warehouse.ingest import ingest_file, open_snapshot, register_dataset
+from tasks.warehouse.publish import publish_run
+from tasks.warehouse.registry import RegistryError, record_gate_decision, version_row
+from tasks.warehouse.scoring import score_dataset
+from tasks.warehouse.validation import ValidationThresholds, validate_snapshot
+
+LOOSE = ValidationThresholds(min_users=1, min_items=1, min_interactions=1, max_growth=100)
+
+
+def night(con, write_file, name: str, users: range, day: int) -> None:
+    rng = np.random.default_rng(day)
+    lines = [
+        f"u{u},t{int(t)},a{int(t) % 5},2026-10-{day:02d} 10:{i % 60:02d}:00,{1000 + i}"
+        for u in users
+        for i, t in enumerate(rng.choice(40, size=8, replace=False))
+    ]
+    path = write_file(
+        name, "user_id,track_id,artist_id,played_at,ms_played\n" + "\n".join(lines) + "\n"
+    )
+    spec = spec_for("encore-listens", path, "listens")
+    register_dataset(con, spec)
+    snapshot_id = open_snapshot(con, "listens")
+    ingest_file(con, spec, path, snapshot_id)
+    assert validate_snapshot(con, snapshot_id, LOOSE)["status"] == "passed"
+
+
+def train_and_publish(con, home, kind: str = "gat-bpr") -> int:
+    export = export_interactions(con, "listens", home.root / "exports" / "listens.parquet")
+    data = Interactions.from_parquet(Path(export["path"]))
+    torch.manual_seed(0)
+    config = TrainConfig(
+        model=kind, epochs=2, embedding_dim=8, heads=2, num_layers=1, batch_size=256, lr=0.05
+    )
+    learner = make_learner(
+        split_interactions(data, "hash", 0.15, 0.15), config, torch.device("cpu")
+    )
+    run_dir = home.root / "runs" / "listens-gat"
+    artifacts = {
+        "snapshot_id": export["snapshot_id"],
+        "data": export["path"],
+        "user_ids": data.meta["user_ids"],
+        "item_ids": data.meta["item_ids"],
+    }
+    final = AdvancedTrainer(learner, config, run_dir, artifacts=artifacts, log=lambda _: None).fit()
+    return publish_run(con, run_dir, "listens", final, home.root / "models", k=5)
+
+
+@pytest.fixture
+def scored(con, home, write_file):
+    night(con, write_file, "day1.csv", range(30), 1)
+    version = train_and_publish(con, home)
+    record_gate_decision(con, version, True, ["first night"], [], {})
+    night(con, write_file, "day2.csv", range(25, 35), 2)  # u30..u34 are new tonight
+    return score_dataset(con, "gat-bpr", "listens", home.root / "exports", chunk_users=7)
+
+
+def test_every_user_gets_k_unseen_items_new_users_from_popularity(con, scored):
+    assert scored["users"] == 35 and scored["fallback_users"] == 5
+    rows = con.execute("SELECT user_id, rank, item_id, source FROM recommendations").fetchall()
+    assert len(rows) == scored["rows"] == 35 * 5
+    seen = set(con.execute("SELECT user_id, item_id FROM training_interactions").fetchall())
+    assert not [r for r in rows if (r[0], r[2]) in seen]
+    sources = dict(
+        con.execute("SELECT user_id, any_value(source) FROM recommendations GROUP BY 1").fetchall()
+    )
+    assert {u for u, s in sources.items() if s == "fallback"} == {f"u{i}" for i in range(30, 35)}
+    ranks = con.execute("SELECT DISTINCT rank FROM recommendations ORDER BY 1").fetchall()
+    assert [r[0] for r in ranks] == [1, 2, 3, 4, 5]
+
+
+def test_parquet_export_matches_the_table_and_a_rescore_replaces_it(con, home, scored):
+    table = pq.read_table(scored["parquet"])
+    assert table.num_rows == scored["rows"]
+    assert set(table.column_names) >= {
+        "user_id",
+        "rank",
+        "item_id",
+        "score",
+        "model_kind",
+        "model_version",
+        "generated_at",
+        "source",
+    }
+    again = score_dataset(con, "gat-bpr", "listens", home.root / "exports")
+    assert con.execute("SELECT count(*) FROM recommendations").fetchone()[0] == again["rows"]
+
+
+def test_tampered_scorer_is_refused(con, home, scored):
+    path = Path(version_row(con, scored["model_version"])["artifact_dir"]) / "scorer.onnx"
+    path.chmod(0o644)
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(RegistryError, match="tampered or corrupt"):
+        score_dataset(con, "gat-bpr", "listens", home.root / "exports")
