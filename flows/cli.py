@@ -136,5 +136,105 @@ def status() -> None:
         typer.echo(status_text(con, home))
 
 
+@app.command()
+def models(
+    dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
+) -> None:
+    """Model versions in the registry, with their status and test metrics."""
+    from tasks.warehouse.registry import ensure_registry
+    from tasks.warehouse.schema import warehouse
+
+    home = EncoreHome.from_env().ensure()
+    with warehouse(home.warehouse) as con:
+        ensure_registry(con)
+        rows = con.execute(
+            """SELECT version, kind, dataset, snapshot_id, status,
+                      json_extract(metrics_json, '$.test."recall@10"')::DOUBLE,
+                      json_extract(metrics_json, '$.test."ndcg@10"')::DOUBLE,
+                      json_extract(metrics_json, '$.test.rmse')::DOUBLE,
+                      strftime(created_at, '%Y-%m-%d %H:%M')
+               FROM model_versions WHERE ? IS NULL OR dataset = ? ORDER BY version DESC""",
+            [dataset, dataset],
+        ).fetchall()
+    if not rows:
+        typer.echo("no model versions yet")
+    for version, kind, data, snapshot, status, recall, ndcg, rmse, created in rows:
+        metrics = f"test recall@10 {recall:.4f} ndcg@10 {ndcg:.4f}" if recall is not None else ""
+        metrics += f" rmse {rmse:.4f}" if rmse is not None else ""
+        typer.echo(
+            f"v{version:<4} {kind:8} {data:16} snapshot {snapshot}  {status:9} {metrics}  {created}"
+        )
+
+
+@app.command()
+def promote(
+    version: int,
+    actor: Annotated[str, typer.Option(help="Who decides (logged).")] = "human",
+) -> None:
+    """Make VERSION the champion of its kind and dataset (a logged human override)."""
+    from tasks.warehouse.registry import RegistryError
+    from tasks.warehouse.registry import promote as promote_version
+    from tasks.warehouse.schema import warehouse
+
+    home = EncoreHome.from_env().ensure()
+    with warehouse(home.warehouse) as con:
+        try:
+            row = promote_version(con, version, actor)
+        except RegistryError as error:
+            typer.echo(str(error), err=True)
+            raise typer.Exit(1) from error
+    typer.echo(f"v{row['version']} is now the {row['kind']} champion of {row['dataset']}")
+
+
+@app.command()
+def rollback(
+    kind: str,
+    dataset: Annotated[str, typer.Option(help="The dataset whose champion to roll back.")],
+    actor: Annotated[str, typer.Option(help="Who decides (logged).")] = "human",
+) -> None:
+    """Go back to the previous champion of KIND (logged)."""
+    from tasks.warehouse.registry import RegistryError
+    from tasks.warehouse.registry import rollback as rollback_kind
+    from tasks.warehouse.schema import warehouse
+
+    home = EncoreHome.from_env().ensure()
+    with warehouse(home.warehouse) as con:
+        try:
+            row = rollback_kind(con, kind, dataset, actor)
+        except RegistryError as error:
+            typer.echo(str(error), err=True)
+            raise typer.Exit(1) from error
+    typer.echo(f"v{row['version']} is the {kind} champion of {dataset} again")
+
+
+@app.command()
+def recommend(
+    user_id: str,
+    dataset: Annotated[str, typer.Option(help="Dataset the user belongs to.")],
+    kind: Annotated[str, typer.Option(help="gat-bpr or rating.")] = "gat-bpr",
+    k: Annotated[int, typer.Option("-k", help="How many to show.")] = 10,
+) -> None:
+    """A user's latest batch recommendations."""
+    from tasks.warehouse.schema import warehouse
+    from tasks.warehouse.scoring import RECOMMENDATIONS_SCHEMA
+
+    home = EncoreHome.from_env().ensure()
+    with warehouse(home.warehouse) as con:
+        con.execute(RECOMMENDATIONS_SCHEMA)
+        rows = con.execute(
+            """SELECT rank, item_id, score, source, model_version FROM recommendations
+               WHERE dataset = ? AND model_kind = ? AND user_id = ? AND rank <= ?
+               ORDER BY rank""",
+            [dataset, kind, user_id, k],
+        ).fetchall()
+    if not rows:
+        typer.echo(
+            f"no recommendations for {user_id} in {dataset} ({kind}); run batch scoring", err=True
+        )
+        raise typer.Exit(1)
+    for rank, item, score, source, version in rows:
+        typer.echo(f"{rank:>3}. {item}  score {score:.4f}  ({source}, model v{version})")
+
+
 if __name__ == "__main__":
     app()

@@ -116,3 +116,27 @@ def test_train_flow_trains_both_models_from_the_warehouse(flow_home):
     run_dir = Path(gat["run_dir"])
     assert run_dir.name == "sample-listens-gat-bpr-snapshot1"
     assert (run_dir / "best_model.pt").exists() and (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_batch_score_flow_scores_with_the_champion(flow_home):
+    from pathlib import Path
+
+    from flows.batch_score import batch_score
+    from flows.train import train
+    from tasks.warehouse.publish import publish_run
+    from tasks.warehouse.registry import record_gate_decision
+
+    write_days(flow_home, range(2))
+    ingest()
+    run = train(dataset="sample-listens", model="gat-bpr", epochs=1)
+    with warehouse(flow_home.warehouse) as con:
+        version = publish_run(
+            con, Path(run["run_dir"]), "sample-listens", run, flow_home.root / "models"
+        )
+        record_gate_decision(con, version, True, ["first night"], [], {})
+    result = batch_score(dataset="sample-listens", kind="gat-bpr")
+    assert result["model_version"] == version and result["fallback_users"] == 0
+    assert result["rows"] == result["users"] * 10
+    with warehouse(flow_home.warehouse) as con:
+        assert con.execute("SELECT count(*) FROM recommendations").fetchone()[0] == result["rows"]

@@ -108,3 +108,29 @@ def test_tampered_scorer_is_refused(con, home, scored):
     path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(RegistryError, match="tampered or corrupt"):
         score_dataset(con, "gat-bpr", "listens", home.root / "exports")
+
+
+def test_cli_lists_models_shows_recommendations_and_guards_overrides(con, home, scored):
+    import os
+    import subprocess
+    import sys
+
+    con.close()  # DuckDB allows one writing process: hand the file to the CLI
+    encore = Path(sys.executable).parent / "encore"
+    env = {**os.environ, "ENCORE_HOME": str(home.root)}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(encore), *args], capture_output=True, text=True, env=env)
+
+    listed = run("models")
+    assert listed.returncode == 0 and "v1    gat-bpr  listens" in listed.stdout
+    assert "champion" in listed.stdout
+    shown = run("recommend", "u3", "--dataset", "listens", "-k", "3")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[0].startswith("  1. t") and "(model, model v1)" in shown.stdout
+    newcomer = run("recommend", "u31", "--dataset", "listens")
+    assert "(fallback, model v1)" in newcomer.stdout
+    again = run("promote", "1")
+    assert again.returncode == 1 and "already is the champion" in again.stderr
+    back = run("rollback", "gat-bpr", "--dataset", "listens")
+    assert back.returncode == 1 and "has no predecessor" in back.stderr

@@ -1,0 +1,35 @@
+"""Prefect tasks around the registry and batch scoring (thin: I/O and reporting only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from tasks.ingest import artifact_key, retry_on_io_error
+from tasks.warehouse.schema import warehouse
+from tasks.warehouse.scoring import score_dataset
+
+
+@task(
+    name="batch score",
+    task_run_name="score {dataset} with the {kind} champion",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=retry_on_io_error,
+)
+def batch_score_task(warehouse_path: str, dataset: str, kind: str, exports_dir: str) -> dict:
+    with warehouse(Path(warehouse_path)) as con:
+        result = score_dataset(con, kind, dataset, Path(exports_dir))
+    create_markdown_artifact(
+        key=artifact_key(f"scoring-{dataset}-{kind}"),
+        markdown=(
+            f"## Batch scoring of `{dataset}` with {kind} version {result['model_version']}\n\n"
+            "| users | by the model | popularity fallback | rows | seconds |\n"
+            "|---:|---:|---:|---:|---:|\n"
+            f"| {result['users']:,} | {result['model_users']:,} | {result['fallback_users']:,} |"
+            f" {result['rows']:,} | {result['seconds']:.1f} |\n\nParquet: `{result['parquet']}`"
+        ),
+    )
+    return result
