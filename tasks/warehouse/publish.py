@@ -7,7 +7,7 @@ from pathlib import Path
 
 import duckdb
 
-from models_src.checkpoint import load_checkpoint
+from models_src.checkpoint import load_checkpoint, save_checkpoint
 from models_src.data import Interactions, bipartite_edge_index, split_interactions
 from models_src.models import GATBPR, RatingModel
 from models_src.onnx_export import (
@@ -19,6 +19,7 @@ from models_src.onnx_export import (
 from tasks.warehouse.registry import allocate_version, register_candidate
 
 SCORER_FILE = "scorer.onnx"
+EMBEDDINGS_FILE = "embeddings.pt"
 
 
 def build_scorer(state: dict, k: int):
@@ -63,6 +64,16 @@ def publish_run(
     )
     meta = {"num_users": len(scorer.user_emb), "num_items": len(scorer.item_emb), "k": k}
     (run_dir / "scorer_meta.json").write_text(json.dumps(meta))
+    # The final embeddings, so the gate can score this version again on any later night.
+    save_checkpoint(
+        run_dir / EMBEDDINGS_FILE,
+        {
+            "kind": state["model_kind"],
+            "buffers": dict(scorer.state_dict()),
+            "rating_range": state["model_args"].get("rating_range"),
+            "config": state["config"],
+        },
+    )
     return register_candidate(
         con,
         state["model_kind"],

@@ -1,0 +1,93 @@
+"""How a trained model's embeddings are served on a later night, and scored for the gate.
+
+A model trained on an earlier snapshot knows a prefix of tonight's ids (indices are append-only).
+It is evaluated exactly as it would serve: users it knows get their embedding scores over the
+items it knows; items it has never seen cannot be recommended by it (score -inf, so they only
+count against it as misses); users it does not know get the popularity fallback that batch
+scoring gives them. The rating model predicts an unknown pair from whatever it knows of the pair
+(global mean + known biases), as its pair scorer does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from models_src.data import Interactions, positives_csr
+from models_src.metrics import evaluate_ranking, mae, rmse
+
+
+class ServedModel:
+    def __init__(
+        self,
+        buffers: dict[str, Tensor],
+        popularity: Tensor,
+        rating_range: tuple[float, float] | None = None,
+    ) -> None:
+        self.user_emb, self.item_emb = buffers["user_emb"], buffers["item_emb"]
+        self.user_bias, self.item_bias = buffers["user_bias"], buffers["item_bias"]
+        self.offset = float(buffers["offset"])
+        self.popularity = popularity.float()
+        self.rating_range = rating_range
+
+    @property
+    def known_users(self) -> int:
+        return len(self.user_emb)
+
+    @property
+    def known_items(self) -> int:
+        return len(self.item_emb)
+
+    def score_users(self, users: Tensor) -> Tensor:
+        """(batch, tonight's items) scores as served."""
+        scores = torch.full((len(users), len(self.popularity)), float("-inf"))
+        known = users < self.known_users
+        if known.any():
+            u = users[known]
+            block = self.user_emb[u] @ self.item_emb.T + self.user_bias[u].unsqueeze(1)
+            scores[known, : self.known_items] = block + self.item_bias + self.offset
+        scores[~known] = torch.log1p(self.popularity)
+        return scores
+
+    def predict_pairs(self, users: Tensor, items: Tensor) -> Tensor:
+        """Ratings for (user, item) pairs, with the bias fallback for unknown ids, clipped."""
+        known_u, known_i = users < self.known_users, items < self.known_items
+        u, i = users.clamp(max=self.known_users - 1), items.clamp(max=self.known_items - 1)
+        dot = (self.user_emb[u] * self.item_emb[i]).sum(-1) * (known_u & known_i)
+        prediction = self.offset + self.user_bias[u] * known_u + self.item_bias[i] * known_i + dot
+        low, high = self.rating_range or (-float("inf"), float("inf"))
+        return prediction.clamp(low, high)
+
+
+def popularity_counts(train: Interactions) -> Tensor:
+    return torch.bincount(torch.from_numpy(train.item), minlength=train.num_items)
+
+
+def evaluate_served(
+    score_users, splits: dict[str, Interactions], k: int = 10, like_threshold: float | None = None
+) -> dict:
+    """Val (train excluded) and test (train and val excluded), the trainers' protocol. With
+    `like_threshold` (rating data), only ratings at or above it are relevant."""
+    csr = {name: positives_csr(data) for name, data in splits.items()}
+    relevant = dict(csr)
+    if like_threshold is not None:
+        for name in ("val", "test"):
+            data = splits[name]
+            relevant[name] = positives_csr(data.subset(data.rating >= like_threshold))
+    n_items = splits["train"].num_items
+    return {
+        "val": evaluate_ranking(score_users, relevant["val"], [csr["train"]], n_items, k),
+        "test": evaluate_ranking(
+            score_users, relevant["test"], [csr["train"], csr["val"]], n_items, k
+        ),
+    }
+
+
+def evaluate_rating_served(model: ServedModel, splits: dict[str, Interactions]) -> dict:
+    result = {}
+    for name in ("val", "test"):
+        data = splits[name]
+        predicted = model.predict_pairs(torch.from_numpy(data.user), torch.from_numpy(data.item))
+        target = torch.from_numpy(data.rating)
+        result[name] = {"rmse": rmse(predicted, target), "mae": mae(predicted, target)}
+    return result
