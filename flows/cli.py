@@ -236,5 +236,29 @@ def recommend(
         typer.echo(f"{rank:>3}. {item}  score {score:.4f}  ({source}, model v{version})")
 
 
+@app.command()
+def predict(
+    dataset: Annotated[str, typer.Option(help="Dataset whose champion rating model to use.")],
+    pairs: Annotated[Path, typer.Option(help="CSV or Parquet with user_id, item_id columns.")],
+    out: Annotated[Path, typer.Option(help="Where to write predictions (.csv or .parquet).")],
+) -> None:
+    """Predicted ratings for (user, item) pairs; unknown ids get the bias fallback, marked."""
+    from tasks.warehouse.predict import predict_pairs
+    from tasks.warehouse.registry import RegistryError
+    from tasks.warehouse.schema import warehouse
+
+    home = EncoreHome.from_env().ensure()
+    with warehouse(home.warehouse) as con:
+        try:
+            result = predict_pairs(con, dataset, pairs, out)
+        except (RegistryError, ValueError) as error:
+            typer.echo(str(error), err=True)
+            raise typer.Exit(1) from error
+    typer.echo(
+        f"{result['pairs']:,} predictions ({result['fallback']:,} by fallback) from rating"
+        f" model v{result['model_version']} -> {result['out']}"
+    )
+
+
 if __name__ == "__main__":
     app()

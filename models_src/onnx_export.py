@@ -78,29 +78,81 @@ def id_map_checksum(user_ids: list[str], item_ids: list[str]) -> str:
     return hashlib.sha256(json.dumps([user_ids, item_ids]).encode()).hexdigest()
 
 
-def export_scorer(scorer: TopKScorer, path: Path, metadata: dict[str, str]) -> Path:
-    """Write the ONNX file (batch size dynamic), with `metadata` in its metadata_props, and check
-    it with onnx.checker."""
-    import onnx
+class PairScorer(nn.Module):
+    """Predicted rating of (user, item) pairs, clipped to the scale. An index past what the
+    model knows (a user or item that arrived later) falls back to the biases it does know."""
 
+    def __init__(self, model: RatingModel) -> None:
+        super().__init__()
+        for name, table in (
+            ("user_emb", model.user_embedding),
+            ("item_emb", model.item_embedding),
+            ("user_bias", model.user_bias),
+            ("item_bias", model.item_bias),
+        ):
+            self.register_buffer(name, table.weight.detach().float().squeeze(-1).contiguous())
+        self.register_buffer("offset", model.global_mean.detach().float().clone())
+        self.register_buffer("low", model.rating_range[0].detach().clone())
+        self.register_buffer("high", model.rating_range[1].detach().clone())
+
+    def forward(self, users: Tensor, items: Tensor) -> tuple[Tensor, Tensor]:
+        known_user = users < self.user_emb.shape[0]
+        known_item = items < self.item_emb.shape[0]
+        u = torch.clamp(users, max=self.user_emb.shape[0] - 1)
+        i = torch.clamp(items, max=self.item_emb.shape[0] - 1)
+        both = (known_user & known_item).float()
+        dot = (self.user_emb[u] * self.item_emb[i]).sum(-1) * both
+        rating = (
+            self.offset
+            + self.user_bias[u] * known_user.float()
+            + self.item_bias[i] * known_item.float()
+            + dot
+        )
+        return torch.clamp(rating, self.low, self.high), both
+
+
+def export_scorer(scorer: TopKScorer, path: Path, metadata: dict[str, str]) -> Path:
+    """The top-K scorer as ONNX (batch size dynamic), `metadata` in its metadata_props."""
     users = torch.arange(min(2, len(scorer.user_emb)))
     exclude = torch.zeros(len(users), len(scorer.item_emb), dtype=torch.bool)
+    full = {"k": str(scorer.k), "num_items": str(len(scorer.item_emb)), **metadata}
+    return _export(scorer, (users, exclude), ["users", "exclude"], ["items", "scores"], path, full)
+
+
+def export_pair_scorer(scorer: PairScorer, path: Path, metadata: dict[str, str]) -> Path:
+    """The pair scorer as ONNX: users, items in; rating and a 1/0 'model knew both' out."""
+    # Two distinct example tensors: the exporter would fold one tensor passed twice into a
+    # single graph input.
+    users, items = torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.long)
+    return _export(scorer, (users, items), ["users", "items"], ["rating", "known"], path, metadata)
+
+
+def _export(
+    module: nn.Module,
+    example: tuple,
+    inputs: list[str],
+    outputs: list[str],
+    path: Path,
+    metadata: dict[str, str],
+) -> Path:
+    """torch.onnx (dynamo exporter) with a dynamic batch, metadata, and onnx.checker."""
+    import onnx
+
     batch = torch.export.Dim("batch")
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            scorer,
-            (users, exclude),
-            input_names=["users", "exclude"],
-            output_names=["items", "scores"],
-            dynamic_shapes=({0: batch}, {0: batch}),
+            module,
+            example,
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_shapes=tuple({0: batch} for _ in example),
             dynamo=True,
             verbose=False,
         )
     model = program.model_proto
-    full = {"k": str(scorer.k), "num_items": str(len(scorer.item_emb)), **metadata}
-    for key, value in full.items():
+    for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, str(value)
     onnx.checker.check_model(model)

@@ -11,6 +11,8 @@ from models_src.checkpoint import load_checkpoint, save_checkpoint
 from models_src.data import Interactions, bipartite_edge_index, split_interactions
 from models_src.models import GATBPR, RatingModel
 from models_src.onnx_export import (
+    PairScorer,
+    export_pair_scorer,
     export_scorer,
     gat_bpr_scorer,
     id_map_checksum,
@@ -19,23 +21,30 @@ from models_src.onnx_export import (
 from tasks.warehouse.registry import allocate_version, register_candidate
 
 SCORER_FILE = "scorer.onnx"
+PAIRS_FILE = "pairs.onnx"
 EMBEDDINGS_FILE = "embeddings.pt"
+
+
+def build_model(state: dict) -> GATBPR | RatingModel:
+    args = state["model_args"]
+    if state["model_kind"] == "rating":
+        model = RatingModel(**{**args, "rating_range": tuple(args["rating_range"])})
+    else:
+        model = GATBPR(**args)
+    model.load_state_dict(state["model"])
+    return model
 
 
 def build_scorer(state: dict, k: int):
     """A checkpoint as a TopKScorer (GAT-BPR: its training graph propagated once)."""
-    kind, args, config = state["model_kind"], state["model_args"], state["config"]
-    if kind == "rating":
-        model = RatingModel(**{**args, "rating_range": tuple(args["rating_range"])})
-        model.load_state_dict(state["model"])
+    model, config = build_model(state), state["config"]
+    if isinstance(model, RatingModel):
         return rating_scorer(model, k)
-    model = GATBPR(**args)
-    model.load_state_dict(state["model"])
     data = Interactions.from_parquet(Path(state["artifacts"]["data"]))
     train = split_interactions(
         data, config["split"], config["val_ratio"], config["test_ratio"], config["split_salt"]
     )["train"]
-    return gat_bpr_scorer(model, bipartite_edge_index(train, with_groups=args["num_groups"] > 0), k)
+    return gat_bpr_scorer(model, bipartite_edge_index(train, with_groups=model.num_groups > 0), k)
 
 
 def publish_run(
@@ -52,16 +61,15 @@ def publish_run(
     scorer = build_scorer(state, k)
     artifacts = state["artifacts"]
     version = allocate_version(con)
-    export_scorer(
-        scorer,
-        run_dir / SCORER_FILE,
-        {
-            "model_version": str(version),
-            "kind": state["model_kind"],
-            "dataset": dataset,
-            "id_map_sha256": id_map_checksum(artifacts["user_ids"], artifacts["item_ids"]),
-        },
-    )
+    stamp = {
+        "model_version": str(version),
+        "kind": state["model_kind"],
+        "dataset": dataset,
+        "id_map_sha256": id_map_checksum(artifacts["user_ids"], artifacts["item_ids"]),
+    }
+    export_scorer(scorer, run_dir / SCORER_FILE, stamp)
+    if state["model_kind"] == "rating":
+        export_pair_scorer(PairScorer(build_model(state)), run_dir / PAIRS_FILE, stamp)
     meta = {"num_users": len(scorer.user_emb), "num_items": len(scorer.item_emb), "k": k}
     (run_dir / "scorer_meta.json").write_text(json.dumps(meta))
     # The final embeddings, so the gate can score this version again on any later night.
