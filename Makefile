@@ -6,7 +6,7 @@ ENCORE := $(VENV)/bin/encore
 STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv run test test-fast lint train train-improved bench-ingest bench-train clean-data
+.PHONY: venv run test test-fast lint train train-improved bench-ingest bench-train bench-score clean-data
 
 # The venv is rebuilt when pyproject.toml changes. torch goes first and pinned so that no other
 # package can pull a multi-GB CUDA build.
@@ -47,6 +47,10 @@ train-improved: venv
 ## Encore's models vs peers (PyG LightGCN, implicit ALS/BPR, Surprise SVD, ...) on ../shared/data.
 bench-train: venv
 	$(PY) -m bench.bench_train
+
+## Top-10 batch scoring: onnxruntime vs torch eager vs numpy, as a share of the GEMM limit.
+bench-score: venv
+	$(PY) -m bench.bench_score
 
 ## Ingest throughput vs a bare DuckDB read_csv, on a generated 10M-row listens file.
 bench-ingest: venv
