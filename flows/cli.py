@@ -215,16 +215,21 @@ def recommend(
     k: Annotated[int, typer.Option("-k", help="How many to show.")] = 10,
 ) -> None:
     """A user's latest batch recommendations."""
+    from tasks.warehouse.names import NAMES_SCHEMA
     from tasks.warehouse.schema import warehouse
     from tasks.warehouse.scoring import RECOMMENDATIONS_SCHEMA
 
     home = EncoreHome.from_env().ensure()
     with warehouse(home.warehouse) as con:
         con.execute(RECOMMENDATIONS_SCHEMA)
+        con.execute(NAMES_SCHEMA)
         rows = con.execute(
-            """SELECT rank, item_id, score, source, model_version FROM recommendations
-               WHERE dataset = ? AND model_kind = ? AND user_id = ? AND rank <= ?
-               ORDER BY rank""",
+            """SELECT r.rank, r.item_id || coalesce(' ' || chr(8212) || ' ' || n.name, ''),
+                      r.score, r.source, r.model_version
+               FROM recommendations r
+               LEFT JOIN item_names n ON n.dataset = r.dataset AND n.external_id = r.item_id
+               WHERE r.dataset = ? AND r.model_kind = ? AND r.user_id = ? AND r.rank <= ?
+               ORDER BY r.rank""",
             [dataset, kind, user_id, k],
         ).fetchall()
     if not rows:

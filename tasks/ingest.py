@@ -21,6 +21,7 @@ from tasks.warehouse.ingest import (
     register_dataset,
     scan_file,
 )
+from tasks.warehouse.names import load_item_names
 from tasks.warehouse.schema import warehouse
 from tasks.warehouse.validation import ValidationThresholds, report_markdown, validate_snapshot
 
@@ -62,6 +63,8 @@ def plan_ingest(sources_file: str, warehouse_path: str, datasets: list[str] | No
             if datasets and spec.name not in datasets:
                 continue
             register_dataset(con, spec)
+            if spec.item_names is not None:
+                load_item_names(con, spec.name, spec.item_names, spec.item_names_format or "")
             plan[spec.name] = [
                 str(path)
                 for path in spec.landing_files()

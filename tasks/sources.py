@@ -161,6 +161,8 @@ class DatasetSpec:
     format: SourceFormat
     landing: Path
     pattern: str = "*"
+    item_names: Path | None = None  # optional side file of item names (titles, artists)
+    item_names_format: str | None = None
 
     def landing_files(self) -> list[Path]:
         """Files waiting in the landing folder, oldest name first (names carry the date)."""
@@ -227,10 +229,24 @@ def load_datasets(sources_file: Path) -> list[DatasetSpec]:
         table = dict(table)
         landing = table.pop("landing", None)
         pattern = table.pop("pattern", "*")
+        names = table.pop("item_names", None)
+        names_format = table.pop("item_names_format", None)
+        names_path = None
+        if names:
+            names_path = Path(names) if Path(names).is_absolute() else sources_file.parent / names
         if not landing:
             raise SourceConfigError(f"{where}: 'landing' (a folder or a file) is required")
         landing_path = Path(landing)
         if not landing_path.is_absolute():
             landing_path = sources_file.parent / landing_path
-        datasets.append(DatasetSpec(name, format_from_table(table, where), landing_path, pattern))
+        datasets.append(
+            DatasetSpec(
+                name,
+                format_from_table(table, where),
+                landing_path,
+                pattern,
+                names_path,
+                names_format,
+            )
+        )
     return datasets

@@ -115,6 +115,13 @@ def test_cli_lists_models_shows_recommendations_and_guards_overrides(con, home, 
     import subprocess
     import sys
 
+    from tasks.warehouse.names import load_item_names
+
+    titles = home.root / "tracks.dat"
+    titles.write_text(
+        "id\tname\turl\tpicture\n" + "".join(f"t{i}\tTrack {i}\t-\t-\n" for i in range(40))
+    )
+    load_item_names(con, "listens", titles, "lastfm-artists")
     con.close()  # DuckDB allows one writing process: hand the file to the CLI
     encore = Path(sys.executable).parent / "encore"
     env = {**os.environ, "ENCORE_HOME": str(home.root)}
@@ -127,7 +134,10 @@ def test_cli_lists_models_shows_recommendations_and_guards_overrides(con, home, 
     assert "champion" in listed.stdout
     shown = run("recommend", "u3", "--dataset", "listens", "-k", "3")
     assert shown.returncode == 0, shown.stderr
-    assert shown.stdout.splitlines()[0].startswith("  1. t") and "(model, model v1)" in shown.stdout
+    first = shown.stdout.splitlines()[0]
+    assert first.startswith("  1. t") and "(model, model v1)" in first
+    item = first.split()[1]
+    assert f"{item} \u2014 Track {item[1:]}" in first  # the item's name, from item_names
     newcomer = run("recommend", "u31", "--dataset", "listens")
     assert "(fallback, model v1)" in newcomer.stdout
     again = run("promote", "1")
