@@ -11,6 +11,7 @@ from pathlib import Path
 import duckdb
 
 from tasks.warehouse.ingest import sql_str
+from tasks.warehouse.schema import transaction
 
 NAMES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS item_names (
@@ -43,16 +44,11 @@ def load_item_names(con: duckdb.DuckDBPyConnection, dataset: str, path: Path, fm
         f"read_csv({sql_str(str(path))}, {options}, all_varchar=true, null_padding=true,"
         " ignore_errors=true)"
     )
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute("DELETE FROM item_names WHERE dataset = ?", [dataset])
         count = con.execute(
             f"""INSERT INTO item_names SELECT ?, "{id_column}", "{name_column}" FROM {source}
                 WHERE "{id_column}" IS NOT NULL AND "{name_column}" IS NOT NULL""",
             [dataset],
         ).fetchone()[0]
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     return count

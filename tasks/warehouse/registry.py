@@ -21,6 +21,8 @@ from pathlib import Path
 
 import duckdb
 
+from tasks.warehouse.schema import transaction
+
 REGISTRY_SCHEMA = """
 CREATE SEQUENCE IF NOT EXISTS model_version_ids START 1;
 CREATE TABLE IF NOT EXISTS model_versions (
@@ -205,8 +207,7 @@ def _switch(con, row: dict, action: str, reasons: list[str], actor: str, **log) 
     """Make `row` the champion of its (kind, dataset) in one transaction."""
     verify_artifacts(row)
     current = champion(con, row["kind"], row["dataset"])
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         if current is not None:
             con.execute(
                 "UPDATE model_versions SET status = 'retired' WHERE version = ?",
@@ -218,10 +219,6 @@ def _switch(con, row: dict, action: str, reasons: list[str], actor: str, **log) 
         )
         crash_point("crowned new champion")
         _log(con, row, action, current["version"] if current else None, True, reasons, actor, **log)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
 
 
 def record_gate_decision(
@@ -238,8 +235,7 @@ def record_gate_decision(
         _switch(con, row, "gate", reasons, "gate", compared=compared, thresholds=thresholds)
         return
     current = champion(con, row["kind"], row["dataset"])
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute("UPDATE model_versions SET status = 'rejected' WHERE version = ?", [version])
         _log(
             con,
@@ -252,10 +248,6 @@ def record_gate_decision(
             compared=compared,
             thresholds=thresholds,
         )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
 
 
 def promote(con: duckdb.DuckDBPyConnection, version: int, actor: str = "human") -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 
 from models_src.onnx_export import id_map_checksum
 from tasks.warehouse.registry import RegistryError, champion, verify_artifacts
+from tasks.warehouse.schema import transaction
 
 RECOMMENDATIONS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS recommendations (
@@ -112,36 +114,13 @@ def score_dataset(
         sizes,
     )
     session = open_session(directory / "scorer.onnx", threads)
-    k, known_users, known_items = sizes["k"], sizes["num_users"], sizes["num_items"]
     rowptr, seen = _seen(con, dataset, len(user_ids))
-    users_out, items_out, scores_out, ranks_out, model_rows = [], [], [], [], 0
-    for start in range(0, known_users, chunk_users):
-        users = np.arange(start, min(start + chunk_users, known_users))
-        exclude = np.zeros((len(users), known_items), dtype=bool)
-        for row_index, user in enumerate(users):
-            items = seen[rowptr[user] : rowptr[user + 1]]
-            exclude[row_index, items[items < known_items]] = True
-        top_items, top_scores = session.run(None, {"users": users, "exclude": exclude})
-        valid = np.isfinite(top_scores)
-        users_out.append(np.repeat(users, k)[valid.ravel()])
-        items_out.append(top_items[valid])
-        scores_out.append(top_scores[valid].astype(np.float64))
-        ranks_out.append(np.tile(np.arange(1, k + 1), len(users))[valid.ravel()])
-        model_rows += int(valid.sum())
-    fallback = _popular_fallback(con, dataset, range(known_users, len(user_ids)), rowptr, seen, k)
-    table = _table(
-        dataset,
-        kind,
-        row["version"],
-        user_ids,
-        item_ids,
-        users_out,
-        items_out,
-        scores_out,
-        ranks_out,
-        model_rows,
-        fallback,
+    rows = _Rows()
+    _score_known_users(session, rowptr, seen, sizes, chunk_users, rows)
+    _popular_fallback(
+        con, dataset, range(sizes["num_users"], len(user_ids)), rowptr, seen, sizes["k"], rows
     )
+    table = rows.table(dataset, kind, row["version"], user_ids, item_ids)
     path = _write_parquet(table, exports_dir / f"recommendations_{dataset}_{kind}.parquet")
     _replace(con, dataset, kind, path)
     return {
@@ -149,72 +128,95 @@ def score_dataset(
         "kind": kind,
         "model_version": row["version"],
         "users": len(user_ids),
-        "model_users": known_users,
-        "fallback_users": max(0, len(user_ids) - known_users),
+        "model_users": sizes["num_users"],
+        "fallback_users": max(0, len(user_ids) - sizes["num_users"]),
         "rows": table.num_rows,
         "parquet": str(path),
         "seconds": time.perf_counter() - started,
     }
 
 
-def _popular_fallback(con, dataset: str, users: range, rowptr, seen, k: int):
-    """Most interacted-with items the user has not seen, for users the model does not know."""
-    popular = [
-        r[0]
-        for r in con.execute(
-            "SELECT item_idx FROM training_interactions WHERE dataset = ? GROUP BY 1"
-            " ORDER BY count(*) DESC, item_idx LIMIT ?",
-            [dataset, k + 1000],
-        ).fetchall()
-    ]
-    counts = dict(
-        con.execute(
-            "SELECT item_idx, count(*) FROM training_interactions WHERE dataset = ? GROUP BY 1",
-            [dataset],
-        ).fetchall()
-    )
-    rows = []
-    for user in users:
-        already = (
-            set(seen[rowptr[user] : rowptr[user + 1]].tolist()) if user < len(rowptr) - 1 else set()
+@dataclass
+class _Rows:
+    """Recommendation rows as index arrays, gathered chunk by chunk, named at the end."""
+
+    parts: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+    def add(self, users, ranks, items, scores, source: str) -> None:
+        self.parts.append(
+            {
+                "user": np.asarray(users, np.int64),
+                "rank": np.asarray(ranks, np.int32),
+                "item": np.asarray(items, np.int64),
+                "score": np.asarray(scores, np.float64),
+                "source": np.full(len(users), source, dtype=object),
+            }
         )
-        picks = [item for item in popular if item not in already][:k]
-        rows += [(user, rank, item, float(counts[item])) for rank, item in enumerate(picks, 1)]
-    return rows
+
+    def column(self, name: str) -> np.ndarray:
+        return np.concatenate([part[name] for part in self.parts]) if self.parts else np.array([])
+
+    def table(
+        self, dataset: str, kind: str, version: int, user_ids: list[str], item_ids: list[str]
+    ) -> pa.Table:
+        users, items = self.column("user").astype(np.int64), self.column("item").astype(np.int64)
+        n = len(users)
+        return pa.table(
+            {
+                "dataset": pa.array([dataset] * n, pa.string()),
+                "user_id": pa.array(
+                    np.array(user_ids, dtype=object)[users] if n else [], pa.string()
+                ),
+                "rank": pa.array(self.column("rank"), pa.int32()),
+                "item_id": pa.array(
+                    np.array(item_ids, dtype=object)[items] if n else [], pa.string()
+                ),
+                "score": pa.array(self.column("score"), pa.float64()),
+                "model_kind": pa.array([kind] * n, pa.string()),
+                "model_version": pa.array([version] * n, pa.int32()),
+                "generated_at": pa.array([datetime.now()] * n, pa.timestamp("us")),
+                "source": pa.array(self.column("source"), pa.string()),
+            }
+        )
 
 
-def _table(
-    dataset,
-    kind,
-    version,
-    user_ids,
-    item_ids,
-    users_out,
-    items_out,
-    scores_out,
-    ranks_out,
-    model_rows,
-    fallback,
-) -> pa.Table:
-    users = np.concatenate(users_out + [np.array([r[0] for r in fallback], dtype=np.int64)])
-    ranks = np.concatenate(ranks_out + [np.array([r[1] for r in fallback], dtype=np.int64)])
-    items = np.concatenate(items_out + [np.array([r[2] for r in fallback], dtype=np.int64)])
-    scores = np.concatenate(scores_out + [np.array([r[3] for r in fallback], dtype=np.float64)])
-    n = len(users)
-    user_lookup, item_lookup = np.array(user_ids, dtype=object), np.array(item_ids, dtype=object)
-    return pa.table(
-        {
-            "dataset": pa.array([dataset] * n),
-            "user_id": pa.array(user_lookup[users] if n else [], pa.string()),
-            "rank": pa.array(ranks, pa.int32()),
-            "item_id": pa.array(item_lookup[items] if n else [], pa.string()),
-            "score": pa.array(scores, pa.float64()),
-            "model_kind": pa.array([kind] * n),
-            "model_version": pa.array([version] * n, pa.int32()),
-            "generated_at": pa.array([datetime.now()] * n, pa.timestamp("us")),
-            "source": pa.array(["model"] * model_rows + ["fallback"] * (n - model_rows)),
-        }
-    )
+def _score_known_users(session, rowptr, seen, sizes: dict, chunk_users: int, rows: _Rows) -> None:
+    """The scorer over every user the model knows, seen items masked through `exclude`."""
+    k, known_users, known_items = sizes["k"], sizes["num_users"], sizes["num_items"]
+    for start in range(0, known_users, chunk_users):
+        users = np.arange(start, min(start + chunk_users, known_users))
+        exclude = np.zeros((len(users), known_items), dtype=bool)
+        for row_index, user in enumerate(users):
+            items = seen[rowptr[user] : rowptr[user + 1]]
+            exclude[row_index, items[items < known_items]] = True
+        top_items, top_scores = session.run(None, {"users": users, "exclude": exclude})
+        valid = np.isfinite(top_scores)  # a user who has seen nearly everything gets fewer
+        rows.add(
+            np.repeat(users, k)[valid.ravel()],
+            np.tile(np.arange(1, k + 1), len(users))[valid.ravel()],
+            top_items[valid],
+            top_scores[valid],
+            "model",
+        )
+
+
+def _popular_fallback(con, dataset: str, users: range, rowptr, seen, k: int, rows: _Rows) -> None:
+    """Most interacted-with items the user has not seen, for users the model does not know."""
+    counts = con.execute(
+        "SELECT item_idx, count(*) AS n FROM training_interactions WHERE dataset = ?"
+        " GROUP BY 1 ORDER BY n DESC, item_idx LIMIT ?",
+        [dataset, k + 1000],
+    ).fetchall()
+    for user in users:
+        already = set(seen[rowptr[user] : rowptr[user + 1]].tolist())
+        picks = [(item, n) for item, n in counts if item not in already][:k]
+        rows.add(
+            [user] * len(picks),
+            range(1, len(picks) + 1),
+            [i for i, _ in picks],
+            [float(n) for _, n in picks],
+            "fallback",
+        )
 
 
 def _write_parquet(table: pa.Table, path: Path) -> Path:
@@ -227,13 +229,8 @@ def _write_parquet(table: pa.Table, path: Path) -> Path:
 
 def _replace(con, dataset: str, kind: str, path: Path) -> None:
     con.execute(RECOMMENDATIONS_SCHEMA)
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute(
             "DELETE FROM recommendations WHERE dataset = ? AND model_kind = ?", [dataset, kind]
         )
         con.execute("INSERT INTO recommendations SELECT * FROM read_parquet(?)", [str(path)])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise

@@ -26,6 +26,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.warehouse.ingest import AccountingError, refresh_snapshot_totals
+from tasks.warehouse.schema import transaction
 
 ROW_LEVEL, TABLE_LEVEL = "row", "table"
 SAMPLE_SIZE = 5
@@ -411,8 +412,7 @@ def validate_snapshot(
             for entry in (result.result or {}).get("unexpected_index_list") or []:
                 row_id = int(entry["row_id"] if isinstance(entry, dict) else entry)
                 failures.setdefault(row_id, (rule[0].expectation_type, rule[1], rule[2]))
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         _quarantine(con, snapshot_id, failures)
         kept = frame.drop(index=list(failures)) if failures else frame
         duplicated = int(kept.duplicated(subset=info.natural_key, keep=False).sum())
@@ -444,10 +444,6 @@ def validate_snapshot(
             "WHERE snapshot_id = ?",
             [status, now, json.dumps(report), snapshot_id],
         )
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
     if reports_dir is not None:
         reports_dir.mkdir(parents=True, exist_ok=True)
         path = reports_dir / f"snapshot_{snapshot_id:05d}_{info.name}.json"
