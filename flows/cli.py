@@ -8,6 +8,8 @@ stays instant.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +29,21 @@ landing = "landing/sample-listens"
 format = "encore-ratings"
 landing = "landing/sample-ratings"
 """
+
+
+@contextmanager
+def open_warehouse(*expected: type[Exception]) -> Iterator:
+    """The data home's warehouse. An `expected` error (a refused promotion, a bad pairs file)
+    ends the command with its message and exit code 1 instead of a traceback."""
+    from tasks.warehouse.schema import warehouse
+
+    home = EncoreHome.from_env().ensure()
+    try:
+        with warehouse(home.warehouse) as con:
+            yield con
+    except expected as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from error
 
 
 @app.callback()
@@ -142,10 +159,8 @@ def models(
 ) -> None:
     """Model versions in the registry, with their status and test metrics."""
     from tasks.warehouse.registry import ensure_registry
-    from tasks.warehouse.schema import warehouse
 
-    home = EncoreHome.from_env().ensure()
-    with warehouse(home.warehouse) as con:
+    with open_warehouse() as con:
         ensure_registry(con)
         rows = con.execute(
             """SELECT version, kind, dataset, snapshot_id, status,
@@ -174,15 +189,9 @@ def promote(
     """Make VERSION the champion of its kind and dataset (a logged human override)."""
     from tasks.warehouse.registry import RegistryError
     from tasks.warehouse.registry import promote as promote_version
-    from tasks.warehouse.schema import warehouse
 
-    home = EncoreHome.from_env().ensure()
-    with warehouse(home.warehouse) as con:
-        try:
-            row = promote_version(con, version, actor)
-        except RegistryError as error:
-            typer.echo(str(error), err=True)
-            raise typer.Exit(1) from error
+    with open_warehouse(RegistryError) as con:
+        row = promote_version(con, version, actor)
     typer.echo(f"v{row['version']} is now the {row['kind']} champion of {row['dataset']}")
 
 
@@ -195,15 +204,9 @@ def rollback(
     """Go back to the previous champion of KIND (logged)."""
     from tasks.warehouse.registry import RegistryError
     from tasks.warehouse.registry import rollback as rollback_kind
-    from tasks.warehouse.schema import warehouse
 
-    home = EncoreHome.from_env().ensure()
-    with warehouse(home.warehouse) as con:
-        try:
-            row = rollback_kind(con, kind, dataset, actor)
-        except RegistryError as error:
-            typer.echo(str(error), err=True)
-            raise typer.Exit(1) from error
+    with open_warehouse(RegistryError) as con:
+        row = rollback_kind(con, kind, dataset, actor)
     typer.echo(f"v{row['version']} is the {kind} champion of {dataset} again")
 
 
@@ -216,11 +219,9 @@ def recommend(
 ) -> None:
     """A user's latest batch recommendations."""
     from tasks.warehouse.names import NAMES_SCHEMA
-    from tasks.warehouse.schema import warehouse
     from tasks.warehouse.scoring import RECOMMENDATIONS_SCHEMA
 
-    home = EncoreHome.from_env().ensure()
-    with warehouse(home.warehouse) as con:
+    with open_warehouse() as con:
         con.execute(RECOMMENDATIONS_SCHEMA)
         con.execute(NAMES_SCHEMA)
         rows = con.execute(
@@ -250,15 +251,9 @@ def predict(
     """Predicted ratings for (user, item) pairs; unknown ids get the bias fallback, marked."""
     from tasks.warehouse.predict import predict_pairs
     from tasks.warehouse.registry import RegistryError
-    from tasks.warehouse.schema import warehouse
 
-    home = EncoreHome.from_env().ensure()
-    with warehouse(home.warehouse) as con:
-        try:
-            result = predict_pairs(con, dataset, pairs, out)
-        except (RegistryError, ValueError) as error:
-            typer.echo(str(error), err=True)
-            raise typer.Exit(1) from error
+    with open_warehouse(RegistryError, ValueError) as con:
+        result = predict_pairs(con, dataset, pairs, out)
     typer.echo(
         f"{result['pairs']:,} predictions ({result['fallback']:,} by fallback) from rating"
         f" model v{result['model_version']} -> {result['out']}"

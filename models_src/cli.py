@@ -7,12 +7,7 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
-from models_src.config import TrainConfig, resolve_device
-from models_src.data import split_interactions
-from models_src.datasets import load_source
-from models_src.learners import make_learner
+from models_src.config import TrainConfig
 
 # Seed defaults per model: GAT-BPR's from the music recommender, the rating model's from the
 # movie recommender. A value given on the command line always wins.
@@ -72,26 +67,6 @@ def config_from_args(args: argparse.Namespace, epochs: int, **extra) -> TrainCon
         **values,
         **extra,
     )
-
-
-def prepare(config: TrainConfig, data_source: str, holdout: bool):
-    """Seed, load, split (or not), and build the learner on the chosen device."""
-    torch.manual_seed(config.seed)
-    data = load_source(data_source)
-    if holdout:
-        splits = split_interactions(
-            data, config.split, config.val_ratio, config.test_ratio, config.split_salt
-        )
-    else:
-        splits = {"train": data}
-    device = resolve_device(config.device)
-    artifacts = {
-        "data": data_source,
-        "snapshot_id": data.meta.get("snapshot_id"),
-        "user_ids": data.meta.get("user_ids", []),
-        "item_ids": data.meta.get("item_ids", []),
-    }
-    return make_learner(splits, config, device), artifacts
 
 
 def default_output_dir(kind: str) -> Path:

@@ -17,8 +17,14 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from models_src.config import TrainConfig, relevance_threshold
-from models_src.data import Interactions, bipartite_edge_index, positives_csr
+from models_src.config import TrainConfig, relevance_threshold, resolve_device
+from models_src.data import (
+    Interactions,
+    bipartite_edge_index,
+    positives_csr,
+    split_interactions,
+)
+from models_src.datasets import load_source
 from models_src.metrics import evaluate_ranking, mae, rmse
 from models_src.models import GATBPR, RatingModel
 
@@ -248,6 +254,28 @@ class RatingLearner(Learner):
         if math.isnan(result["rmse"]):
             raise FloatingPointError("rating model diverged (RMSE is NaN); lower --lr")
         return result
+
+
+def split_for_training(data: Interactions, config: TrainConfig) -> dict[str, Interactions]:
+    """The run's train/val/test, from the config's split settings (stable across nights)."""
+    return split_interactions(
+        data, config.split, config.val_ratio, config.test_ratio, config.split_salt
+    )
+
+
+def prepare_learner(config: TrainConfig, data_source: str, holdout: bool = True):
+    """Seed, load, split (or not: the simple trainer uses all data), build the learner on the
+    chosen device; also return what a checkpoint must carry (data, snapshot, id maps)."""
+    torch.manual_seed(config.seed)
+    data = load_source(data_source)
+    splits = split_for_training(data, config) if holdout else {"train": data}
+    artifacts = {
+        "data": data_source,
+        "snapshot_id": data.meta.get("snapshot_id"),
+        "user_ids": data.meta.get("user_ids", []),
+        "item_ids": data.meta.get("item_ids", []),
+    }
+    return make_learner(splits, config, resolve_device(config.device)), artifacts
 
 
 def make_learner(

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 
 from models_src.checkpoint import save_checkpoint
-from models_src.cli import add_common_options, config_from_args, default_output_dir, prepare
+from models_src.cli import add_common_options, config_from_args, default_output_dir
+from models_src.learners import prepare_learner
 from models_src.trainers import SimpleTrainer
 
 
@@ -18,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     add_common_options(parser, default_epochs=10)
     args = parser.parse_args(argv)
     config = config_from_args(args, epochs=args.epochs or 10)
-    learner, artifacts = prepare(config, args.data, holdout=False)
+    learner, artifacts = prepare_learner(config, args.data, holdout=False)
     trainer = SimpleTrainer(learner, config, artifacts)
     trainer.fit()
     output_dir = args.output_dir or default_output_dir(f"simple-{config.model}")

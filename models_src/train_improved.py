@@ -13,8 +13,8 @@ from models_src.cli import (
     add_common_options,
     config_from_args,
     default_output_dir,
-    prepare,
 )
+from models_src.learners import prepare_learner
 from models_src.trainers import AdvancedTrainer
 
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
         test_ratio=args.test_ratio,
         split=args.split,
     )
-    learner, artifacts = prepare(config, args.data, holdout=True)
+    learner, artifacts = prepare_learner(config, args.data)
     output_dir = args.output_dir or default_output_dir(config.model)
     trainer = AdvancedTrainer(learner, config, output_dir, artifacts=artifacts)
     if args.resume:

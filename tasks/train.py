@@ -29,32 +29,14 @@ def export_snapshot_task(warehouse_path: str, dataset: str, out_dir: str) -> dic
 @task(name="train model", task_run_name="train {model} on {dataset}")
 def train_model_task(export: dict, dataset: str, model: str, config: dict, runs_dir: str) -> dict:
     """AdvancedTrainer on the export; returns the run's final metrics and where it lives."""
-    import torch
-
-    from models_src.config import TrainConfig, resolve_device
-    from models_src.data import Interactions, split_interactions
-    from models_src.learners import make_learner
+    from models_src.config import TrainConfig
+    from models_src.learners import prepare_learner
     from models_src.trainers import AdvancedTrainer
 
     logger = get_run_logger()
     train_config = TrainConfig.from_dict({**config, "model": model})
-    torch.manual_seed(train_config.seed)
-    data = Interactions.from_parquet(Path(export["path"]))
-    splits = split_interactions(
-        data,
-        train_config.split,
-        train_config.val_ratio,
-        train_config.test_ratio,
-        train_config.split_salt,
-    )
-    learner = make_learner(splits, train_config, resolve_device(train_config.device))
+    learner, artifacts = prepare_learner(train_config, export["path"])
     out_dir = Path(runs_dir) / f"{dataset}-{model}-snapshot{export['snapshot_id']}"
-    artifacts = {
-        "snapshot_id": export["snapshot_id"],
-        "data": export["path"],
-        "user_ids": data.meta.get("user_ids", []),
-        "item_ids": data.meta.get("item_ids", []),
-    }
     trainer = AdvancedTrainer(learner, train_config, out_dir, artifacts=artifacts, log=logger.info)
     final = trainer.fit()
     rows = "\n".join(

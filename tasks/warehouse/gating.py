@@ -10,9 +10,10 @@ import duckdb
 import torch
 
 from models_src.checkpoint import load_checkpoint
-from models_src.config import relevance_threshold
-from models_src.data import Interactions, split_interactions
+from models_src.config import TrainConfig, relevance_threshold
+from models_src.data import Interactions
 from models_src.gate import GateThresholds, Verdict, decide
+from models_src.learners import split_for_training
 from models_src.serving import (
     ServedModel,
     evaluate_rating_served,
@@ -50,9 +51,7 @@ def gate_version(
     row = version_row(con, version)
     config = json.loads(row["config_json"])
     data = Interactions.from_parquet(export_path)
-    splits = split_interactions(
-        data, config["split"], config["val_ratio"], config["test_ratio"], config["split_salt"]
-    )
+    splits = split_for_training(data, TrainConfig.from_dict(config))
     popularity = popularity_counts(splits["train"])
     threshold = None
     if row["kind"] == "rating":

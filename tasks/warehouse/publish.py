@@ -8,7 +8,9 @@ from pathlib import Path
 import duckdb
 
 from models_src.checkpoint import load_checkpoint, save_checkpoint
-from models_src.data import Interactions, bipartite_edge_index, split_interactions
+from models_src.config import TrainConfig
+from models_src.data import Interactions, bipartite_edge_index
+from models_src.learners import split_for_training
 from models_src.models import GATBPR, RatingModel
 from models_src.onnx_export import (
     PairScorer,
@@ -41,9 +43,7 @@ def build_scorer(state: dict, k: int):
     if isinstance(model, RatingModel):
         return rating_scorer(model, k)
     data = Interactions.from_parquet(Path(state["artifacts"]["data"]))
-    train = split_interactions(
-        data, config["split"], config["val_ratio"], config["test_ratio"], config["split_salt"]
-    )["train"]
+    train = split_for_training(data, TrainConfig.from_dict(config))["train"]
     return gat_bpr_scorer(model, bipartite_edge_index(train, with_groups=model.num_groups > 0), k)
 
 
