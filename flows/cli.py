@@ -110,6 +110,46 @@ def ingest(
 
 
 @app.command()
+def nightly(
+    epochs: Annotated[
+        int | None, typer.Option(help="Upper bound on epochs for both models (default: 50).")
+    ] = None,
+    dataset: Annotated[
+        list[str] | None, typer.Option(help="Only this dataset (repeatable).")
+    ] = None,
+    retrain: Annotated[
+        bool, typer.Option("--retrain", help="Train even without new data since the last model.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Run the nightly retrain once, here (ingest, validate, train, gate, score, report)."""
+    from flows.nightly import NightlyRunFailed, nightly_retrain
+    from flows.params import NightlyParams
+    from tasks.report import headline
+
+    overrides: dict = {"datasets": dataset or None, "retrain_without_new_data": retrain}
+    overrides["device"] = device
+    if epochs is not None:
+        overrides |= {"gat_bpr": {"epochs": epochs}, "rating": {"epochs": epochs}}
+    params = NightlyParams.model_validate(overrides)
+    home = EncoreHome.from_env()
+    try:
+        night = nightly_retrain(params)
+    except NightlyRunFailed as failure:
+        typer.echo(f"nightly run FAILED: {failure}", err=True)
+        raise typer.Exit(1) from failure
+    if "skipped" in night:
+        typer.echo(night["skipped"])
+        return
+    for outcome in night["outcomes"]:
+        typer.echo(f"{outcome['model']} on {outcome['dataset']}: {headline(outcome)}")
+        if outcome.get("scoring"):
+            typer.echo(f"  recommendations: {outcome['scoring']['parquet']}")
+    typer.echo(f"recommendations table: {home.warehouse} (encore recommend USER --dataset D)")
+    typer.echo(f"run report: {night['report_path']}")
+
+
+@app.command()
 def validate(
     snapshot: Annotated[
         int | None, typer.Option(help="Snapshot id (default: all pending).")

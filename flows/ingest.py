@@ -36,6 +36,7 @@ def ingest(
     datasets: list[str] | None = None,
     run_validation: bool = True,
     thresholds: ValidationThresholds | None = None,
+    fail_on_invalid: bool = True,
 ) -> dict:
     """Load every new landing file of each dataset and validate the resulting snapshots.
 
@@ -44,6 +45,8 @@ def ingest(
         datasets: only these datasets (default: all in the sources file).
         run_validation: validate each new snapshot (off leaves it pending for `encore validate`).
         thresholds: the validation bounds (default: ValidationThresholds()).
+        fail_on_invalid: end Failed when a snapshot fails validation (the nightly flow turns it
+            off: it goes on with the datasets that passed and reports the others).
     """
     home = EncoreHome.from_env().ensure()
     sources = sources_file or str(home.sources_file)
@@ -78,6 +81,6 @@ def ingest(
     failed = [
         f"{r['dataset']} (snapshot {r['snapshot_id']})" for r in reports if r["status"] != "passed"
     ]
-    if failed:
+    if failed and fail_on_invalid:
         raise SnapshotFailed(f"validation failed for {', '.join(failed)}:\n\n{summary}")
-    return {"reports": reports, "idle": idle, "summary": summary}
+    return {"reports": reports, "idle": idle, "summary": summary, "failed": failed}

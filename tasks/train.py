@@ -5,10 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_markdown_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.logging import get_run_logger
 
 from tasks.ingest import artifact_key, retry_on_io_error
+from tasks.report import image_markdown
 from tasks.warehouse.export import export_interactions
 from tasks.warehouse.schema import warehouse
 
@@ -20,25 +26,43 @@ from tasks.warehouse.schema import warehouse
     retry_delay_seconds=5,
     retry_condition_fn=retry_on_io_error,
 )
-def export_snapshot_task(warehouse_path: str, dataset: str, out_dir: str) -> dict:
-    """Trainable rows of the latest passed snapshot -> Parquet (models_src reads files only)."""
+def export_snapshot_task(
+    warehouse_path: str, dataset: str, out_dir: str, snapshot_id: int | None = None
+) -> dict:
+    """Trainable rows up to `snapshot_id` (default: the latest passed) -> Parquet (models_src
+    reads files only)."""
     with warehouse(Path(warehouse_path)) as con:
-        return export_interactions(con, dataset, Path(out_dir) / f"{dataset}.parquet")
+        return export_interactions(con, dataset, Path(out_dir) / f"{dataset}.parquet", snapshot_id)
 
 
-@task(name="train model", task_run_name="train {model} on {dataset}")
-def train_model_task(export: dict, dataset: str, model: str, config: dict, runs_dir: str) -> dict:
-    """AdvancedTrainer on the export; returns the run's final metrics and where it lives."""
-    from models_src.config import TrainConfig
-    from models_src.learners import prepare_learner
-    from models_src.trainers import AdvancedTrainer
+class TrainingProgress:
+    """A progress artifact the UI shows while training runs: epochs done and the val metric."""
 
-    logger = get_run_logger()
-    train_config = TrainConfig.from_dict({**config, "model": model})
-    learner, artifacts = prepare_learner(train_config, export["path"])
-    out_dir = Path(runs_dir) / f"{dataset}-{model}-snapshot{export['snapshot_id']}"
-    trainer = AdvancedTrainer(learner, train_config, out_dir, artifacts=artifacts, log=logger.info)
-    final = trainer.fit()
+    def __init__(self, model: str, dataset: str, epochs: int, monitor: str) -> None:
+        self.label, self.epochs, self.monitor = f"{model} on {dataset}", epochs, monitor
+        self.artifact_id = create_progress_artifact(
+            progress=0.0, description=f"{self.label}: starting"
+        )
+
+    def __call__(self, row: dict) -> None:
+        """The trainer's on_epoch hook."""
+        update_progress_artifact(
+            self.artifact_id,
+            progress=min(100.0, 100.0 * row["epoch"] / self.epochs),
+            description=f"{self.label}: epoch {row['epoch']} of at most {self.epochs},"
+            f" val {self.monitor} {row[f'val_{self.monitor}']:.4f}",
+        )
+
+    def finish(self, final: dict) -> None:
+        update_progress_artifact(
+            self.artifact_id,
+            progress=100.0,
+            description=f"{self.label}: done after {final['epochs_run']} epochs (best"
+            f" {final['best_epoch']}), test {self.monitor} {final['test'][self.monitor]:.4f}",
+        )
+
+
+def _summary_markdown(model: str, dataset: str, export: dict, final: dict, out_dir: Path) -> str:
     rows = "\n".join(
         f"| {split} | "
         + " | ".join(
@@ -47,11 +71,43 @@ def train_model_task(export: dict, dataset: str, model: str, config: dict, runs_
         + " |"
         for split in ("val", "test")
     )
-    create_markdown_artifact(
-        key=artifact_key(f"train-{dataset}-{model}"),
-        markdown=f"## {model} on {dataset} (snapshot {export['snapshot_id']})\n\n"
+    return (
+        f"## {model} on {dataset} (snapshot {export['snapshot_id']})\n\n"
         f"best epoch {final['best_epoch']} of {final['epochs_run']}, "
         f"{final['seconds']:.1f} s\n\n| split | recall@10 | ndcg@10 | rmse |\n|---|---|---|---|\n"
-        f"{rows}\n\noutputs: `{out_dir}`",
+        f"{rows}\n\noutputs: `{out_dir}`\n\n"
+        + image_markdown(out_dir / "history.png", f"{model} training curves")
     )
-    return {"run_dir": str(out_dir), **final}
+
+
+@task(name="train model", task_run_name="train {model} on {dataset} snapshot {export[snapshot_id]}")
+def train_model_task(export: dict, dataset: str, model: str, config: dict, runs_dir: str) -> dict:
+    """AdvancedTrainer on the export; returns the run's final metrics and where it lives.
+
+    The UI follows it through a progress artifact (epochs, val metric) and, when done, a table
+    artifact of the per-epoch curve and a markdown summary with the curves' image.
+    """
+    from models_src.config import TrainConfig
+    from models_src.learners import prepare_learner
+    from models_src.trainers import AdvancedTrainer
+
+    logger = get_run_logger()
+    train_config = TrainConfig.from_dict({**config, "model": model})
+    learner, artifacts = prepare_learner(train_config, export["path"])
+    out_dir = Path(runs_dir) / f"{dataset}-{model}-snapshot{export['snapshot_id']}"
+    progress = TrainingProgress(model, dataset, train_config.epochs, learner.monitor)
+    trainer = AdvancedTrainer(
+        learner, train_config, out_dir, artifacts=artifacts, log=logger.info, on_epoch=progress
+    )
+    final = trainer.fit()
+    progress.finish(final)
+    key = artifact_key(f"{dataset}-{model}")
+    create_table_artifact(
+        table=trainer.history,
+        key=f"training-curve-{key}",
+        description=f"{model} on {dataset}: one row per epoch (loss, LR, val metrics)",
+    )
+    create_markdown_artifact(
+        key=f"train-{key}", markdown=_summary_markdown(model, dataset, export, final, out_dir)
+    )
+    return {"run_dir": str(out_dir), "model": model, "device": str(learner.device), **final}

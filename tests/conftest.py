@@ -15,6 +15,7 @@ os.environ["ENCORE_HOME"] = str(_SESSION_HOME)
 os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from models_src.sample_data import SampleConfig, write_sample_days  # noqa: E402
 from tasks.home import EncoreHome, configure_environment  # noqa: E402
 from tasks.sources import PRESETS, DatasetSpec, SourceFormat  # noqa: E402
 from tasks.warehouse.schema import connect  # noqa: E402
@@ -49,3 +50,15 @@ def write_file(tmp_path: Path) -> Callable[[str, bytes | str], Path]:
 def spec_for(format_name: str | SourceFormat, path: Path, name: str = "ds") -> DatasetSpec:
     fmt = PRESETS[format_name] if isinstance(format_name, str) else format_name
     return DatasetSpec(name, fmt, path)
+
+
+# A few days of the built-in sample, small enough for flow tests (one file per day and kind).
+TINY = {
+    "listens": SampleConfig(seed=1, n_users=80, n_items=120, n_groups=6, events_per_day=400),
+    "ratings": SampleConfig(seed=2, n_users=60, n_items=90, n_groups=5, events_per_day=300),
+}
+
+
+def write_days(home: EncoreHome, days: range) -> None:
+    for kind, config in TINY.items():
+        write_sample_days(home.landing / f"sample-{kind}", kind, config, days)

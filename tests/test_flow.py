@@ -5,18 +5,13 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from conftest import write_days
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.cli import SAMPLE_SOURCES
 from flows.ingest import SnapshotFailed, ingest
-from models_src.sample_data import SampleConfig, write_sample_days
 from tasks.home import EncoreHome
 from tasks.warehouse.schema import warehouse
-
-TINY = {
-    "listens": SampleConfig(seed=1, n_users=80, n_items=120, n_groups=6, events_per_day=400),
-    "ratings": SampleConfig(seed=2, n_users=60, n_items=90, n_groups=5, events_per_day=300),
-}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -31,11 +26,6 @@ def flow_home(tmp_path, monkeypatch) -> EncoreHome:
     monkeypatch.setenv("ENCORE_HOME", str(home.root))
     home.sources_file.write_text(SAMPLE_SOURCES)
     return home
-
-
-def write_days(home: EncoreHome, days: range) -> None:
-    for kind, config in TINY.items():
-        write_sample_days(home.landing / f"sample-{kind}", kind, config, days)
 
 
 def test_flow_ingests_validates_and_is_idempotent(flow_home):

@@ -1,0 +1,138 @@
+"""The nightly run's parameters: one typed model, so Prefect's run form shows every knob with its
+description, and a deployment can override any of them by name (`--param params='{...}'`)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.warehouse.validation import ValidationThresholds
+
+ModelKind = Literal["gat-bpr", "rating"]
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class GatBprParams(_Params):
+    """GAT-BPR (implicit feedback). Defaults are the tuned ones of models_src.config."""
+
+    epochs: int = Field(50, ge=1, description="Upper bound; early stopping usually ends sooner.")
+    patience: int = Field(5, ge=1, description="Epochs without a better val Recall@K to stop.")
+    lr: float = Field(0.05, gt=0, description="Adam learning rate.")
+    batch_size: int = Field(32768, ge=1, description="Positive pairs per step.")
+    negatives: int = Field(8, ge=1, description="Sampled negatives per positive (BPR).")
+    embedding_dim: int = Field(32, ge=1, description="Embedding size.")
+    heads: int = Field(4, ge=1, description="Attention heads per GATConv layer.")
+    num_layers: int = Field(1, ge=1, description="GATConv layers (propagation hops).")
+    l2: float = Field(1e-3, ge=0, description="L2 on the batch's layer-0 embeddings.")
+    use_scheduler: bool = Field(True, description="ReduceLROnPlateau on val Recall@K.")
+
+
+class RatingParams(_Params):
+    """The rating model (explicit ratings, MSE)."""
+
+    epochs: int = Field(50, ge=1, description="Upper bound; early stopping usually ends sooner.")
+    patience: int = Field(5, ge=1, description="Epochs without a better val RMSE to stop.")
+    lr: float = Field(3e-3, gt=0, description="Adam learning rate.")
+    batch_size: int = Field(1024, ge=1, description="Ratings per step.")
+    embedding_dim: int = Field(50, ge=1, description="Embedding size.")
+    l2: float = Field(0.05, ge=0, description="Adam weight decay.")
+    use_scheduler: bool = Field(True, description="ReduceLROnPlateau on val RMSE.")
+
+
+class SplitParams(_Params):
+    """How interactions split into train / val / test. Stable: a pair keeps its split as data
+    grows, so tonight's champion and challenger are compared on held-out data neither saw."""
+
+    method: Literal["hash", "time"] = Field(
+        "hash", description="hash: by (user, item); time: whole days by a hash of the day."
+    )
+    val_ratio: float = Field(0.15, gt=0, lt=0.5, description="Share of pairs for validation.")
+    test_ratio: float = Field(0.15, gt=0, lt=0.5, description="Share of pairs for test.")
+    salt: str = Field("encore", description="Changing it reshuffles every split (and the gate).")
+
+
+class GateParams(_Params):
+    """When tonight's challenger replaces the champion (see models_src/gate.py)."""
+
+    tolerance: float = Field(
+        0.005, ge=0, description="How much worse than the champion a secondary metric may be."
+    )
+    min_gain: float = Field(
+        0.0, description="How much better test Recall@K must be (0: a tie promotes)."
+    )
+    rmse_tolerance: float = Field(
+        0.005, ge=0, description="Rating model: how much worse test RMSE may be."
+    )
+    popularity_margin: float = Field(
+        0.01, description="How far above MostPopular's test Recall@K the challenger must be."
+    )
+
+
+class NightlyParams(_Params):
+    """Everything the nightly retrain can be told."""
+
+    sources_file: str | None = Field(
+        None, description="sources.toml naming the datasets (default: the data home's)."
+    )
+    datasets: list[str] | None = Field(
+        None, description="Only these datasets (default: every dataset in the sources file)."
+    )
+    models: dict[str, list[ModelKind]] = Field(
+        default_factory=dict,
+        description='Models to train per dataset, e.g. {"ml-100k": ["gat-bpr", "rating"]}.'
+        " Default: gat-bpr for implicit datasets, rating for explicit ones.",
+    )
+    validation: ValidationThresholds = Field(default_factory=ValidationThresholds)
+    gat_bpr: GatBprParams = Field(default_factory=GatBprParams)
+    rating: RatingParams = Field(default_factory=RatingParams)
+    split: SplitParams = Field(default_factory=SplitParams)
+    gate: GateParams = Field(default_factory=GateParams)
+    k: int = Field(10, ge=1, le=1000, description="K of Recall@K / NDCG@K and of the top-K.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Training device; auto picks CUDA when present."
+    )
+    retrain_without_new_data: bool = Field(
+        False,
+        description="Train even when the latest passed snapshot already has a model version.",
+    )
+    score_kept_champion: bool = Field(
+        True,
+        description="Re-score with the champion when the challenger is rejected, so tonight's "
+        "interactions are excluded and new users get fallback recommendations.",
+    )
+    lock_wait_seconds: float = Field(
+        0,
+        ge=0,
+        description="How long to wait for another nightly run on the same data home before "
+        "skipping this one.",
+    )
+
+    def models_for(self, dataset: str, kind: str) -> list[ModelKind]:
+        if dataset in self.models:
+            return list(self.models[dataset])
+        return ["gat-bpr"] if kind == "implicit" else ["rating"]
+
+    def train_config(self, model: ModelKind) -> dict[str, Any]:
+        """The TrainConfig fields for `model` (models_src.config.TrainConfig.from_dict)."""
+        knobs = self.gat_bpr if model == "gat-bpr" else self.rating
+        return {
+            "model": model,
+            **knobs.model_dump(),
+            "split": self.split.method,
+            "val_ratio": self.split.val_ratio,
+            "test_ratio": self.split.test_ratio,
+            "split_salt": self.split.salt,
+            "k": self.k,
+            "device": self.device,
+        }
+
+    def gate_thresholds(self) -> dict[str, Any]:
+        """The models_src.gate.GateThresholds fields."""
+        return {**self.gate.model_dump(), "k": self.k}
+
+
+DEFAULT_PARAMS = NightlyParams()
