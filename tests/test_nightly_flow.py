@@ -193,8 +193,7 @@ def test_a_challenger_that_is_not_better_is_rejected_and_the_champion_rescored(n
     outcomes = state.result()["outcomes"]
     assert [o["status"] for o in outcomes] == ["rejected", "rejected"]
     assert all(
-        any(r.startswith("REJECT: test recall@10") for r in o["gate"]["reasons"])
-        for o in outcomes
+        any(r.startswith("REJECT: test recall@10") for r in o["gate"]["reasons"]) for o in outcomes
     )
     assert champions(night_home) == before
     assert served_versions(night_home) == {k: {v} for k, v in before.items()}
@@ -250,9 +249,11 @@ def test_the_lock_waits_for_its_holder_then_names_it_when_it_gives_up(tmp_path):
     holder = threading.Thread(target=hold_for_a_moment)
     holder.start()
     time.sleep(0.1)
-    with pytest.raises(LockHeld, match=r"first run \(pid \d+"):
-        with exclusive_lock(path, "second run", wait_seconds=0.2):
-            pass
+    with (
+        pytest.raises(LockHeld, match=r"first run \(pid \d+"),
+        exclusive_lock(path, "second run", wait_seconds=0.2),
+    ):
+        pass
     released.set()
     started = time.monotonic()
     with exclusive_lock(path, "second run", wait_seconds=10):
