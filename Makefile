@@ -6,7 +6,7 @@ ENCORE := $(VENV)/bin/encore
 STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv run test test-fast lint train train-improved bench-ingest bench-train bench-score clean-data
+.PHONY: venv run server deploy worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score clean-data
 
 # The venv is rebuilt when pyproject.toml changes. torch goes first and pinned so that no other
 # package can pull a multi-GB CUDA build.
@@ -19,11 +19,41 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## The nightly job on the built-in sample data (for now: generate, ingest, validate, report).
+## The nightly run, end to end, on the built-in sample data (Prefect in ephemeral mode: no server).
 run: venv
 	$(ENCORE) generate-sample
-	$(ENCORE) ingest
+	$(ENCORE) nightly
 	$(ENCORE) status
+
+# --- Running it nightly: a Prefect server, a process work pool and a worker (README "Run it
+# nightly"). Everything stays under ENCORE_HOME; nothing is written to ~.
+ENCORE_HOME     ?= $(CURDIR)/data
+ENCORE_CRON     ?= 0 2 * * *
+ENCORE_TIMEZONE ?= UTC
+PREFECT_PORT    ?= 4200
+PREFECT_ENV = ENCORE_HOME="$(ENCORE_HOME)" PREFECT_HOME="$(ENCORE_HOME)/prefect" \
+	MPLCONFIGDIR="$(ENCORE_HOME)/cache/matplotlib" XDG_CACHE_HOME="$(ENCORE_HOME)/cache" \
+	PREFECT_API_URL="http://127.0.0.1:$(PREFECT_PORT)/api" PREFECT_SERVER_ANALYTICS_ENABLED=false
+
+## The Prefect server and its UI on http://127.0.0.1:$(PREFECT_PORT) (foreground; Ctrl-C stops it).
+server: venv
+	env $(PREFECT_ENV) $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+## The encore-process work pool and the deployments of deployments/prefect.yaml (server running).
+deploy: venv
+	env $(PREFECT_ENV) $(VENV)/bin/prefect work-pool create encore-process --type process --overwrite
+	env $(PREFECT_ENV) ENCORE_PROJECT_ROOT="$(CURDIR)" ENCORE_CRON="$(ENCORE_CRON)" \
+		ENCORE_TIMEZONE="$(ENCORE_TIMEZONE)" \
+		$(VENV)/bin/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
+
+## A worker that runs the pool's flow runs (foreground; stop it before the server).
+worker: venv
+	env $(PREFECT_ENV) $(VENV)/bin/prefect worker start --pool encore-process
+
+## The single-process alternative to deploy + worker: flow.serve with the same schedule.
+serve: venv
+	env $(PREFECT_ENV) ENCORE_CRON="$(ENCORE_CRON)" ENCORE_TIMEZONE="$(ENCORE_TIMEZONE)" \
+		$(PY) deployments/serve.py
 
 test: venv
 	$(VENV)/bin/ruff check flows tasks models_src tests bench

@@ -1,4 +1,4 @@
-"""The `batch_score` flow: the champion's ONNX scorer over every user, into DuckDB and Parquet."""
+"""The `batch_score` flow: the champions' ONNX scorers over every user, into DuckDB and Parquet."""
 
 from __future__ import annotations
 
@@ -7,16 +7,29 @@ from typing import Literal
 from prefect import flow
 
 from tasks.home import EncoreHome
-from tasks.score import batch_score_task
+from tasks.score import batch_score_task, list_champions_task
 
 
-@flow(name="batch-score", flow_run_name="batch-score {dataset} ({kind})")
-def batch_score(dataset: str, kind: Literal["gat-bpr", "rating"] = "gat-bpr") -> dict:
-    """Replace the `recommendations` of `dataset` for `kind` with the current champion's.
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    p = flow_run.parameters
+    return f"batch-score {p.get('dataset') or 'all datasets'} ({p.get('kind') or 'all kinds'})"
+
+
+@flow(name="batch-score", flow_run_name=_run_name)
+def batch_score(
+    dataset: str | None = None, kind: Literal["gat-bpr", "rating"] | None = None
+) -> list[dict]:
+    """Replace the `recommendations` with the current champions' top-K.
 
     Args:
-        dataset: a dataset with a champion model of this kind.
-        kind: gat-bpr or rating.
+        dataset: only this dataset (default: every dataset with a champion).
+        kind: only this model kind, gat-bpr or rating (default: both).
     """
     home = EncoreHome.from_env().ensure()
-    return batch_score_task(str(home.warehouse), dataset, kind, str(home.root / "exports"))
+    warehouse_path = str(home.warehouse)
+    return [
+        batch_score_task(warehouse_path, name, model, str(home.root / "exports"))
+        for name, model in list_champions_task(warehouse_path, dataset, kind)
+    ]

@@ -58,7 +58,13 @@ def _due(con, dataset: str, model: str, retrain: bool) -> dict:
     return {**item, "status": "due", "snapshot_id": snapshot}
 
 
-@task(name="plan training", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io_error)
+@task(
+    name="plan training",
+    task_run_name="plan training",
+    retries=2,
+    retry_delay_seconds=2,
+    retry_condition_fn=retry_on_io_error,
+)
 def plan_training(
     warehouse_path: str,
     datasets: list[str],
@@ -126,7 +132,7 @@ def gate_candidate_task(
     return json.loads(json.dumps(result, default=float))
 
 
-@task(name="run report")
+@task(name="run report", task_run_name="run report")
 def publish_night_report(night: dict, reports_dir: str) -> dict:
     """The run report: a markdown artifact, a metrics table artifact and a file under reports/."""
     text = nightly_report_markdown(night)

@@ -8,6 +8,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from tasks.ingest import artifact_key, retry_on_io_error
+from tasks.warehouse.registry import ensure_registry
 from tasks.warehouse.schema import warehouse
 from tasks.warehouse.scoring import score_dataset
 
@@ -33,3 +34,21 @@ def batch_score_task(warehouse_path: str, dataset: str, kind: str, exports_dir: 
         ),
     )
     return result
+
+
+@task(name="list champions")
+def list_champions_task(
+    warehouse_path: str, dataset: str | None, kind: str | None
+) -> list[tuple[str, str]]:
+    """(dataset, kind) of every champion, optionally of one dataset and/or kind."""
+    with warehouse(Path(warehouse_path)) as con:
+        ensure_registry(con)
+        rows = con.execute(
+            """SELECT dataset, kind FROM model_versions WHERE status = 'champion'
+                 AND (? IS NULL OR dataset = ?) AND (? IS NULL OR kind = ?) ORDER BY 1, 2""",
+            [dataset, dataset, kind, kind],
+        ).fetchall()
+    if not rows:
+        wanted = " ".join(filter(None, [kind, dataset])) or "any dataset"
+        raise LookupError(f"no champion model for {wanted}: nothing to score with")
+    return [tuple(row) for row in rows]

@@ -1,0 +1,286 @@
+"""The nightly deployment as a data team runs it: a real `prefect server` on a loopback port, the
+work pool and deployments from deployments/prefect.yaml, a real worker, `prefect deployment run`,
+and the Prefect UI rendered by headless Chromium.
+
+One deployed run is shared by the integration and the UI checks (module fixture): starting a
+server, a worker and a flow-run process costs ~30 s, the run itself a minute on the tiny sample.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import write_days
+
+from flows.cli import SAMPLE_SOURCES
+from tasks.home import EncoreHome
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+QUICK_PARAMS = {
+    "params": {
+        "gat_bpr": {"epochs": 3, "batch_size": 4096},
+        "rating": {"epochs": 3},
+        "validation": {"min_users": 5, "min_items": 5},
+        "gate": {"popularity_margin": -1.0},
+    }
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Deployed:
+    api: str
+    ui: str
+    env: dict
+    home: EncoreHome
+    run_id: str
+    deploy_output: str
+
+    def get(self, path: str) -> dict | list:
+        with urllib.request.urlopen(f"{self.api}{path}", timeout=10) as response:
+            return json.load(response)
+
+    def post(self, path: str, body: dict) -> dict | list:
+        request = urllib.request.Request(
+            f"{self.api}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
+
+def _stop(process: subprocess.Popen | None, grace: float) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds (a worker may ignore SIGTERM for a while)."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+def _wait_healthy(api: str, server: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"prefect server exited early:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{api}/health", timeout=2) as response:
+                if json.load(response) is True:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"prefect server not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def _prefect(env: dict, *args: str, timeout: float = 120) -> str:
+    done = subprocess.run(
+        [PREFECT, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"prefect {' '.join(args)} failed:\n{output}"
+    return output
+
+
+def _wait_for_run(deployed: Deployed, worker_log: Path, timeout: float = 400) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = deployed.get(f"/flow_runs/{deployed.run_id}")
+        if run["state"]["type"] in TERMINAL:
+            return run
+        time.sleep(1)
+    raise TimeoutError(
+        f"flow run not finished after {timeout} s:\n{worker_log.read_text()[-4000:]}"
+    )
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory) -> Iterator[Deployed]:
+    base = tmp_path_factory.mktemp("deployment")
+    home = EncoreHome(base / "home").ensure()
+    home.sources_file.write_text(SAMPLE_SOURCES)
+    write_days(home, range(3))
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "ENCORE_HOME": str(home.root),
+        "PREFECT_HOME": str(base / "prefect"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+        "MPLCONFIGDIR": str(home.cache / "matplotlib"),
+        "XDG_CACHE_HOME": str(home.cache),
+        "ENCORE_PROJECT_ROOT": str(ROOT),
+        "ENCORE_CRON": "0 2 * * *",
+        "ENCORE_TIMEZONE": "UTC",
+    }
+    server_log, worker_log = base / "server.log", base / "worker.log"
+    server = worker = None
+    try:
+        with server_log.open("w") as log:
+            server = subprocess.Popen(
+                [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        _wait_healthy(api, server, server_log)
+        _prefect(env, "work-pool", "create", "encore-process", "--type", "process")
+        deploy_output = _prefect(
+            env, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"
+        )
+        with worker_log.open("w") as log:
+            worker = subprocess.Popen(
+                [PREFECT, "worker", "start", "--pool", "encore-process"],
+                env=env,
+                cwd=base,  # the deployment's pull step, not the cwd, must find the project
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        output = _prefect(
+            env,
+            "deployment",
+            "run",
+            "nightly-retrain/nightly",
+            "--params",
+            json.dumps(QUICK_PARAMS),
+        )
+        run_id = re.search(r"UUID: ([0-9a-f-]{36})", output).group(1)
+        result = Deployed(api, f"http://127.0.0.1:{port}", env, home, run_id, deploy_output)
+        _wait_for_run(result, worker_log)
+        yield result
+    finally:
+        _stop(worker, grace=20)  # the worker first: it reports to the server
+        _stop(server, grace=20)
+
+
+@pytest.mark.integration
+def test_deployment_runs_nightly_through_a_real_server_and_worker(deployed):
+    assert "Skipping deployment" not in deployed.deploy_output
+    run = deployed.get(f"/flow_runs/{deployed.run_id}")
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    artifacts = deployed.post(
+        "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [deployed.run_id]}}}
+    )
+    by_key = {a["key"]: a for a in artifacts if a["key"]}
+    assert {"nightly-report", "nightly-metrics"} <= set(by_key)
+    report = by_key["nightly-report"]["data"]
+    assert "COMPLETED" in report and report.count("PROMOTED v") == 2
+    assert "recall@10" in by_key["nightly-metrics"]["data"]
+    # The flow ran in the data home the deployment named, and wrote the recommendations there.
+    assert list(deployed.home.reports.glob("nightly-*.md"))
+    assert len(list((deployed.home.root / "exports").glob("recommendations_*.parquet"))) == 2
+
+
+@pytest.mark.integration
+def test_deployments_carry_the_cron_schedule_and_the_one_at_a_time_limit(deployed):
+    nightly = deployed.get("/deployments/name/nightly-retrain/nightly")
+    (schedule,) = nightly["schedules"]
+    assert schedule["schedule"]["cron"] == "0 2 * * *"
+    assert schedule["schedule"]["timezone"] == "UTC"
+    assert nightly["global_concurrency_limit"]["limit"] == 1
+    assert nightly["concurrency_options"]["collision_strategy"] == "ENQUEUE"
+    assert nightly["pull_steps"][0]["prefect.deployments.steps.set_working_directory"] == {
+        "directory": str(ROOT)
+    }
+    scheduled = deployed.post(
+        "/flow_runs/filter",
+        {
+            "deployments": {"id": {"any_": [nightly["id"]]}},
+            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+            "sort": "EXPECTED_START_TIME_ASC",
+            "limit": 5,
+        },
+    )
+    assert scheduled, "the scheduler created no runs from the cron schedule"
+    assert all(r["expected_start_time"][11:19] == "02:00:00" for r in scheduled)
+    manual = deployed.get("/deployments/name/batch-score/manual")
+    assert manual["schedules"] == []
+
+
+def chromium_dom(url: str, scratch: Path, screenshot: Path | None = None) -> str:
+    """Render `url` in headless Chromium; HOME and XDG dirs point into `scratch` so nothing is
+    written to ~. Without --virtual-time-budget the Prefect UI's data never arrives."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "HOME": str(scratch),
+        "XDG_CONFIG_HOME": str(scratch / "config"),
+        "XDG_CACHE_HOME": str(scratch / "cache"),
+    }
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        f"--user-data-dir={scratch / 'profile'}",
+        "--virtual-time-budget=5000",
+        "--window-size=1400,1000",
+    ]
+    if screenshot is not None:
+        subprocess.run(
+            [CHROMIUM, *flags, f"--screenshot={screenshot}", url],
+            env=env,
+            capture_output=True,
+            timeout=90,
+        )
+    done = subprocess.run(
+        [CHROMIUM, *flags, "--dump-dom", url], env=env, capture_output=True, text=True, timeout=90
+    )
+    return done.stdout
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs it)")
+def test_the_prefect_ui_shows_the_completed_run_and_its_report(deployed, tmp_path):
+    run_page = chromium_dom(
+        f"{deployed.ui}/runs/flow-run/{deployed.run_id}", tmp_path, tmp_path / "flow-run.png"
+    )
+    assert "state--completed" in run_page and ">Completed<" in run_page
+    assert re.search(r"<title>Flow Run: nightly \d{4}-\d\d-\d\d", run_page)
+    assert (tmp_path / "flow-run.png").stat().st_size > 10_000
+
+    (report,) = deployed.post(
+        "/artifacts/filter",
+        {
+            "artifacts": {
+                "flow_run_id": {"any_": [deployed.run_id]},
+                "key": {"any_": ["nightly-report"]},
+            }
+        },
+    )
+    artifact_page = chromium_dom(
+        f"{deployed.ui}/artifacts/artifact/{report['id']}", tmp_path, tmp_path / "report.png"
+    )
+    assert "Artifact: nightly-report" in artifact_page
+    assert "markdown-renderer" in artifact_page and "Nightly retrain" in artifact_page
+    # The training curves, embedded as base64 PNGs, render as images in the UI.
+    assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', artifact_page)) == 2
