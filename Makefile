@@ -6,7 +6,7 @@ ENCORE := $(VENV)/bin/encore
 STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv run server deploy worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score clean-data
+.PHONY: venv run server deploy worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly clean-data
 
 # The venv is rebuilt when pyproject.toml changes. torch goes first and pinned so that no other
 # package can pull a multi-GB CUDA build.
@@ -82,9 +82,16 @@ bench-train: venv
 bench-score: venv
 	$(PY) -m bench.bench_score
 
+## The nightly run's wall time by stage, with and without Prefect (orchestration overhead).
+bench-nightly: venv
+	$(PY) -m bench.bench_nightly
+
 ## Ingest throughput vs a bare DuckDB read_csv, on a generated 10M-row listens file.
 bench-ingest: venv
 	$(PY) -m bench.bench_ingest --rows 10000000
 
+## Forget everything the runs wrote into data/ (keeps Prefect's database and the caches).
 clean-data:
-	rm -rf data/warehouse.duckdb data/warehouse.duckdb.wal data/landing data/reports data/sources.toml
+	chmod -R u+w data/models 2>/dev/null || true
+	rm -rf data/warehouse.duckdb data/warehouse.duckdb.wal data/landing data/reports \
+		data/sources.toml data/models data/runs data/exports data/nightly.lock

@@ -68,7 +68,13 @@ class GateParams(_Params):
         0.005, ge=0, description="Rating model: how much worse test RMSE may be."
     )
     popularity_margin: float = Field(
-        0.01, description="How far above MostPopular's test Recall@K the challenger must be."
+        0.01,
+        description="GAT-BPR: how far above MostPopular's test Recall@K the challenger must be.",
+    )
+    baseline_rmse_margin: float = Field(
+        0.0,
+        description="Rating model: how far below the training mean's test RMSE the challenger's "
+        "must be.",
     )
 
 

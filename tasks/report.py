@@ -128,7 +128,7 @@ def model_section(outcome: dict) -> list[str]:
         previous = gate.get("champion_before")
         champion = f"champion v{previous}" if previous else "champion"
         lines += [
-            f"| split | metric | challenger v{gate['version']} | {champion} | MostPopular |",
+            f"| split | metric | challenger v{gate['version']} | {champion} | baseline¹ |",
             "|---|---|---:|---:|---:|",
         ]
         for row in rows:
@@ -136,7 +136,14 @@ def model_section(outcome: dict) -> list[str]:
                 f"| {row['split']} | {row['metric']} | {_number(row['challenger'])} |"
                 f" {_number(row['champion'])} | {_number(row['popularity'])} |"
             )
-        lines += ["", "Gate:", ""] + [f"- {reason}" for reason in gate["reasons"]] + [""]
+        lines += [
+            "",
+            "¹ MostPopular for the ranking metrics, the training mean rating for RMSE/MAE.",
+            "",
+            "Gate:",
+            "",
+        ]
+        lines += [f"- {reason}" for reason in gate["reasons"]] + [""]
     scoring = outcome.get("scoring")
     if scoring:
         lines += [

@@ -62,7 +62,31 @@ def test_first_night_the_popularity_floor_alone_decides():
 
 def test_rating_model_rmse_regression_rejects():
     champion = table(0.22, rmse=0.90)
-    assert decide(table(0.23, rmse=0.904), champion, POPULAR, rating_model=True).promote
-    worse = decide(table(0.23, rmse=0.92), champion, POPULAR, rating_model=True)
+    baselines = {split: {**row, "rmse": 1.0} for split, row in POPULAR.items()}
+    assert decide(table(0.23, rmse=0.904), champion, baselines, rating_model=True).promote
+    worse = decide(table(0.23, rmse=0.92), champion, baselines, rating_model=True)
     assert not worse.promote
     assert worse.compared[-1]["check"] == "rmse not worse"
+
+
+def test_rating_model_floor_is_the_mean_predictor_not_popularity():
+    baselines = {
+        "val": {"recall@10": 0.20, "ndcg@10": 0.15, "rmse": 1.05},
+        "test": {"recall@10": 0.20, "ndcg@10": 0.15, "rmse": 1.04},
+    }
+    first = decide(table(0.03, rmse=0.93), None, baselines, rating_model=True)
+    assert first.promote
+    assert "ok: test RMSE 0.9300 vs training mean 1.0400 - 0" in first.reasons
+    assert any(
+        r.startswith("note: test recall@10 0.0300 vs MostPopular 0.2000") for r in first.reasons
+    )
+    no_better_than_mean = decide(table(0.03, rmse=1.05), None, baselines, rating_model=True)
+    assert not no_better_than_mean.promote
+    assert no_better_than_mean.compared[0]["check"] == "beats the mean predictor"
+    strict = GateThresholds(baseline_rmse_margin=0.2)
+    assert not decide(table(0.03, rmse=0.93), None, baselines, strict, rating_model=True).promote
+    # Against a champion the ranking metrics still count: worse lists reject.
+    worse_lists = decide(
+        table(0.02, rmse=0.90), table(0.03, rmse=0.93), baselines, rating_model=True
+    )
+    assert not worse_lists.promote

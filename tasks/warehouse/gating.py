@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import torch
 
 from models_src.checkpoint import load_checkpoint
@@ -14,6 +15,7 @@ from models_src.config import TrainConfig, relevance_threshold
 from models_src.data import Interactions
 from models_src.gate import GateThresholds, Verdict, decide
 from models_src.learners import split_for_training
+from models_src.metrics import mae, rmse
 from models_src.serving import (
     ServedModel,
     evaluate_rating_served,
@@ -37,6 +39,18 @@ def _metrics(model: ServedModel, splits: dict, k: int, threshold: float | None) 
         for split, values in evaluate_rating_served(model, splits).items():
             metrics[split].update(values)
     return metrics
+
+
+def mean_predictor_errors(splits: dict) -> dict:
+    """RMSE and MAE of predicting the training mean for every val/test rating: the floor a
+    rating model must beat."""
+    mean = float(np.mean(splits["train"].rating))
+    errors = {}
+    for split in ("val", "test"):
+        target = torch.from_numpy(splits[split].rating.astype(np.float32))
+        predicted = torch.full_like(target, mean)
+        errors[split] = {"rmse": rmse(predicted, target), "mae": mae(predicted, target)}
+    return errors
 
 
 def gate_version(
@@ -66,6 +80,9 @@ def gate_version(
     tables["popularity"] = evaluate_served(
         lambda users: log_popularity.expand(len(users), -1), splits, k, threshold
     )
+    if row["kind"] == "rating":
+        for split, values in mean_predictor_errors(splits).items():
+            tables["popularity"][split].update(values)
     verdict = decide(
         tables["challenger"],
         tables.get("champion"),

@@ -1,0 +1,326 @@
+"""The nightly run's wall time by stage, and Prefect's share of it.
+
+    python -m bench.bench_nightly            (make bench-nightly)
+
+Workloads: the built-in sample (30 days of listens and ratings, 60 files) and, when ../shared is
+present, MovieLens 100K (explicit -> rating model) + HetRec Last.fm (implicit -> GAT-BPR).
+
+Each workload runs twice from an empty data home, each in a fresh process (as a worker starts
+one per flow run): `prefect` calls the `nightly-retrain` flow against a real `prefect server`
+this script starts on a loopback port; `direct` calls the same warehouse and models_src functions
+in the same order with no Prefect at all (no flow, tasks, artifacts, state reports or logs to the
+API). Same parameters (the defaults: up to 50 epochs with early stopping, seeded), so both train
+the same epochs; the difference of the two wall times is the orchestration overhead.
+
+Writes bench/results/nightly.json and nightly.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+STAGES = (
+    "ingest + validate",
+    "export",
+    "train",
+    "publish (ONNX export)",
+    "gate",
+    "batch scoring",
+)
+
+
+def sources_for(workload: str) -> str | None:
+    if workload == "sample":
+        from flows.cli import SAMPLE_SOURCES
+
+        return SAMPLE_SOURCES
+    movielens = SHARED_DATA / "ml-100k" / "u.data"
+    lastfm = SHARED_DATA / "hetrec2011-lastfm-2k" / "user_artists.dat"
+    if not (movielens.exists() and lastfm.exists()):
+        return None
+    return (
+        f'[datasets.ml-100k]\nformat = "movielens-100k"\nlanding = "{movielens}"\n\n'
+        f'[datasets.lastfm]\nformat = "lastfm-user-artists"\nlanding = "{lastfm}"\n'
+    )
+
+
+def prepare_home(root: Path, workload: str) -> None:
+    from models_src.sample_data import default_configs, write_sample_days
+
+    root.mkdir(parents=True)
+    (root / "sources.toml").write_text(sources_for(workload))
+    if workload == "sample":
+        for kind, config in default_configs().items():
+            write_sample_days(root / "landing" / f"sample-{kind}", kind, config, range(30))
+
+
+# --- the two ways of running one night (in the child process) ------------------------------
+
+
+def direct_night(home, params) -> tuple[dict[str, float], list[dict]]:
+    """The nightly stages called directly: no Prefect anywhere."""
+    from models_src.config import TrainConfig
+    from models_src.gate import GateThresholds
+    from models_src.learners import prepare_learner
+    from models_src.trainers import AdvancedTrainer
+    from tasks.nightly import DEFAULT_MODELS
+    from tasks.report import stage_clock
+    from tasks.sources import load_datasets
+    from tasks.warehouse.export import export_interactions
+    from tasks.warehouse.gating import gate_version
+    from tasks.warehouse.ingest import ingest_file, open_snapshot, register_dataset
+    from tasks.warehouse.publish import publish_run
+    from tasks.warehouse.schema import warehouse
+    from tasks.warehouse.scoring import score_dataset
+    from tasks.warehouse.validation import validate_snapshot
+
+    timings: dict[str, float] = {}
+    models = []
+    specs = load_datasets(home.sources_file)
+    with warehouse(home.warehouse, temp_dir=home.tmp) as con:
+        with stage_clock(timings, "ingest + validate"):
+            for spec in specs:
+                register_dataset(con, spec)
+                snapshot = open_snapshot(con, spec.name)
+                for path in spec.landing_files():
+                    ingest_file(con, spec, path, snapshot)
+                validate_snapshot(con, snapshot, params.validation, home.reports)
+        for spec in specs:
+            for model in DEFAULT_MODELS[spec.format.kind]:
+                with stage_clock(timings, "export"):
+                    export = export_interactions(
+                        con, spec.name, home.root / "exports" / f"{spec.name}.parquet"
+                    )
+                with stage_clock(timings, "train"):
+                    config = TrainConfig.from_dict(params.train_config(model))
+                    learner, artifacts = prepare_learner(config, export["path"])
+                    run_dir = home.root / "runs" / f"{spec.name}-{model}"
+                    final = AdvancedTrainer(
+                        learner, config, run_dir, artifacts=artifacts, log=lambda line: None
+                    ).fit()
+                with stage_clock(timings, "publish (ONNX export)"):
+                    metrics = {split: final[split] for split in ("val", "test")}
+                    version = publish_run(
+                        con, run_dir, spec.name, metrics, home.root / "models", params.k
+                    )
+                with stage_clock(timings, "gate"):
+                    thresholds = GateThresholds(**params.gate_thresholds())
+                    verdict, _ = gate_version(con, version, Path(export["path"]), thresholds)
+                if verdict.promote:
+                    with stage_clock(timings, "batch scoring"):
+                        score_dataset(con, model, spec.name, home.root / "exports")
+                models.append(_model_row(spec.name, model, final, verdict.promote))
+    return timings, models
+
+
+def _model_row(dataset: str, model: str, final: dict, promoted: bool) -> dict:
+    return {
+        "dataset": dataset,
+        "model": model,
+        "epochs_run": final["epochs_run"],
+        "test_recall@10": final["test"]["recall@10"],
+        "promoted": promoted,
+    }
+
+
+def prefect_night(home, params) -> tuple[dict[str, float], list[dict]]:
+    from flows.nightly import nightly_retrain
+
+    night = nightly_retrain(params)
+    models = [
+        _model_row(o["dataset"], o["model"], o["training"], o["status"] == "promoted")
+        for o in night["outcomes"]
+        if o.get("training")
+    ]
+    return night["timings"], models
+
+
+def child(mode: str, root: Path, out: Path) -> None:
+    """One night in this process; writes its timings as JSON."""
+    started = time.perf_counter()
+    from flows.params import NightlyParams
+    from tasks.home import EncoreHome, configure_environment
+
+    home = configure_environment(EncoreHome(root))
+    params = NightlyParams()
+    imported = time.perf_counter()
+    run = direct_night if mode == "direct" else prefect_night
+    timings, models = run(home, params)
+    finished = time.perf_counter()
+    out.write_text(
+        json.dumps(
+            {
+                "mode": mode,
+                "import_seconds": imported - started,
+                "run_seconds": finished - imported,
+                "stages": timings,
+                "models": models,
+            }
+        )
+    )
+
+
+# --- the parent: a Prefect server, fresh homes, one child per (workload, mode) -------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def prefect_server(scratch: Path):
+    """A real `prefect server` on a loopback port for the `prefect` runs (stopped, always)."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(scratch / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    api = f"http://127.0.0.1:{port}/api"
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    with (scratch / "server.log").open("w") as log:
+        server = subprocess.Popen(
+            [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        for _ in range(180):
+            try:
+                with urllib.request.urlopen(f"{api}/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        yield {**env, "PREFECT_API_URL": api}
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def run_child(mode: str, workload: str, scratch: Path, env: dict) -> dict:
+    root = scratch / f"{workload}-{mode}-{time.monotonic_ns()}"
+    prepare_home(root, workload)
+    out = root / "timings.json"
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "bench.bench_nightly", "--child", mode, str(root), str(out)],
+        env={**env, "ENCORE_HOME": str(root)},
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    result = json.loads(out.read_text())
+    result["process_seconds"] = time.perf_counter() - started
+    return result
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def summarize(workload: str, runs: list[dict]) -> dict:
+    by_mode = {mode: [r for r in runs if r["mode"] == mode] for mode in ("direct", "prefect")}
+    stages = {
+        stage: {
+            mode: _median([r["stages"].get(stage, 0.0) for r in rs]) for mode, rs in by_mode.items()
+        }
+        for stage in STAGES
+    }
+    total = {mode: _median([r["run_seconds"] for r in rs]) for mode, rs in by_mode.items()}
+    overhead = total["prefect"] - total["direct"]
+    return {
+        "workload": workload,
+        "stages": stages,
+        "run_seconds": total,
+        "overhead_seconds": overhead,
+        "overhead_share": overhead / total["prefect"],
+        "runs": runs,
+    }
+
+
+def markdown(results: list[dict], repeats: int) -> str:
+    lines = [
+        "# Nightly run: wall time by stage, Prefect vs the same calls without Prefect",
+        "",
+        f"Median of {repeats} run(s) per mode, each in a fresh process from an empty data home;"
+        " `prefect` runs the flow against a real local Prefect server. Machine: "
+        f"{os.cpu_count()} cores, CPU only.",
+        "",
+    ]
+    for r in results:
+        lines += [
+            f"## {r['workload']}",
+            "",
+            "| stage | direct (s) | Prefect flow (s) |",
+            "|---|---:|---:|",
+        ]
+        for stage, values in r["stages"].items():
+            lines.append(f"| {stage} | {values['direct']:.1f} | {values['prefect']:.1f} |")
+        total = r["run_seconds"]
+        lines += [
+            f"| **whole night** | **{total['direct']:.1f}** | **{total['prefect']:.1f}** |",
+            "",
+            f"Orchestration overhead: {r['overhead_seconds']:.1f} s ="
+            f" **{r['overhead_share']:.1%}** of the Prefect run.",
+            "",
+            "| mode | dataset | model | epochs | test recall@10 | promoted |",
+            "|---|---|---|---:|---:|---|",
+        ]
+        for run in r["runs"]:
+            for m in run["models"]:
+                lines.append(
+                    f"| {run['mode']} | {m['dataset']} | {m['model']} | {m['epochs_run']} |"
+                    f" {m['test_recall@10']:.4f} | {m['promoted']} |"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", nargs=3, metavar=("MODE", "HOME", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=1, help="Runs per mode (median).")
+    parser.add_argument("--workloads", nargs="+", default=["sample", "ml-100k+lastfm"])
+    args = parser.parse_args()
+    if args.child:
+        mode, home, out = args.child
+        child(mode, Path(home), Path(out))
+        return
+    results = []
+    with tempfile.TemporaryDirectory(prefix="encore-bench-nightly-") as tmp:
+        scratch = Path(tmp)
+        with prefect_server(scratch) as env:
+            for workload in args.workloads:
+                if sources_for(workload) is None:
+                    print(f"{workload}: ../shared/data not present, skipped")
+                    continue
+                runs = []
+                for _ in range(args.repeats):
+                    for mode in ("direct", "prefect"):
+                        runs.append(run_child(mode, workload, scratch, env))
+                        print(f"{workload} {mode}: {runs[-1]['run_seconds']:.1f} s", flush=True)
+                results.append(summarize(workload, runs))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "nightly.json").write_text(json.dumps(results, indent=2))
+    (RESULTS / "nightly.md").write_text(markdown(results, args.repeats))
+    print(markdown(results, args.repeats))
+
+
+if __name__ == "__main__":
+    main()
