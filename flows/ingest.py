@@ -1,7 +1,8 @@
 """The `ingest` flow: landing files -> DuckDB warehouse -> Great Expectations -> summary.
 
-Reads like the run itself: plan what is new, then per dataset open a snapshot, load each file,
-validate the snapshot, and publish one summary. Every step is a task in `tasks/ingest.py`.
+Reads like the run itself: plan what is new, then per dataset open a snapshot, load its new
+files (one task, one transaction per file), validate the snapshot, and publish one summary. Every
+step is a task in `tasks/ingest.py`.
 """
 
 from __future__ import annotations
@@ -11,13 +12,12 @@ from prefect.runtime import flow_run
 
 from tasks.home import EncoreHome
 from tasks.ingest import (
-    ingest_file_task,
+    ingest_files_task,
     open_snapshot_task,
     plan_ingest,
     publish_ingest_summary,
     validate_snapshot_task,
 )
-from tasks.warehouse.ingest import IngestFileError
 from tasks.warehouse.validation import ValidationThresholds, report_summary
 
 
@@ -58,15 +58,7 @@ def ingest(
             idle[dataset] = "no new files in the landing folder"
             continue
         snapshot_id = open_snapshot_task(warehouse_path, dataset)
-        for path in files:
-            state = ingest_file_task(
-                sources, warehouse_path, dataset, path, snapshot_id, return_state=True
-            )
-            # An unreadable file is recorded in the warehouse and fails validation; any other
-            # error is a bug and stops the run.
-            outcome = state.result(raise_on_failure=False)
-            if isinstance(outcome, BaseException) and not isinstance(outcome, IngestFileError):
-                raise outcome
+        ingest_files_task(sources, warehouse_path, dataset, files, snapshot_id)
         if run_validation:
             reports.append(
                 validate_snapshot_task(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from prefect import task
@@ -36,16 +37,26 @@ def export_snapshot_task(
 
 
 class TrainingProgress:
-    """A progress artifact the UI shows while training runs: epochs done and the val metric."""
+    """A progress artifact the UI shows while training runs: epochs done and the val metric.
 
-    def __init__(self, model: str, dataset: str, epochs: int, monitor: str) -> None:
+    Updated at most every `every_seconds` (each update is a call to the server, which on a small
+    machine shares the cores with training), and always at the end.
+    """
+
+    def __init__(
+        self, model: str, dataset: str, epochs: int, monitor: str, every_seconds: float = 5.0
+    ) -> None:
         self.label, self.epochs, self.monitor = f"{model} on {dataset}", epochs, monitor
+        self.every_seconds, self.last_update = every_seconds, time.monotonic()
         self.artifact_id = create_progress_artifact(
             progress=0.0, description=f"{self.label}: starting"
         )
 
     def __call__(self, row: dict) -> None:
         """The trainer's on_epoch hook."""
+        if time.monotonic() - self.last_update < self.every_seconds:
+            return
+        self.last_update = time.monotonic()
         update_progress_artifact(
             self.artifact_id,
             progress=min(100.0, 100.0 * row["epoch"] / self.epochs),

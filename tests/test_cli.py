@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +42,23 @@ def test_generate_ingest_next_day_status(tmp_path):
     assert (home / "warehouse.duckdb").is_file()
 
 
+@pytest.mark.slow
+def test_nightly_runs_end_to_end_and_says_where_things_are(tmp_path):
+    home = tmp_path / "home"
+    assert encore(home, "generate-sample", "--days", "2").returncode == 0
+    night = encore(home, "nightly", "--epochs", "2")
+    assert night.returncode == 0, night.stderr[-3000:]
+    lines = night.stdout.splitlines()
+    assert any(re.match(r"gat-bpr on sample-listens: (PROMOTED|REJECTED) v\d", x) for x in lines)
+    assert any(re.match(r"rating on sample-ratings: (PROMOTED|REJECTED) v\d", x) for x in lines)
+    (report,) = [x.split(": ", 1)[1] for x in lines if x.startswith("run report: ")]
+    assert Path(report).parent == home / "reports" and Path(report).exists()
+    quiet = encore(home, "nightly", "--epochs", "2")
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    assert quiet.stdout.count("SKIPPED: no new data") == 2
+
+
 def test_help_lists_the_commands():
     shown = subprocess.run([str(ENCORE), "--help"], capture_output=True, text=True, timeout=60)
-    for command in ("generate-sample", "ingest", "validate", "status"):
+    for command in ("generate-sample", "nightly", "ingest", "validate", "status", "models"):
         assert command in shown.stdout
