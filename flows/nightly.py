@@ -18,11 +18,14 @@ report is published, so the UI shows red with the reason while everything else s
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from prefect import flow, tags
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Completed
 
 from flows.ingest import ingest
@@ -42,6 +45,19 @@ from tasks.train import export_snapshot_task, train_model_task
 
 class NightlyRunFailed(RuntimeError):
     """A snapshot failed validation or a model's branch failed; the message says which."""
+
+
+@contextmanager
+def parent_heartbeat_only() -> Iterator[None]:
+    """Run subflows without a heartbeat thread of their own.
+
+    A subflow runs in this process, whose flow run already sends heartbeats (what detects a
+    crashed run), so a second heartbeat per subflow adds nothing, and it costs ~1 s at the
+    subflow's end: Prefect 3.8 joins that thread while it sleeps in whole seconds (PR
+    PrefectHQ/prefect#19641). Measured: 1.1-1.2 s per subflow with it, 0.13 s without.
+    """
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def _nightly_name() -> str:
@@ -107,7 +123,7 @@ def retrain_model(
 
 def _run_branch(item: dict, params: NightlyParams) -> dict:
     """Run one model's subflow; a failure becomes an outcome (the next model still runs)."""
-    with tags(item["model"], f"dataset:{item['dataset']}"):
+    with tags(item["model"], f"dataset:{item['dataset']}"), parent_heartbeat_only():
         state = retrain_model(
             item["dataset"],
             item["model"],
@@ -152,7 +168,7 @@ def nightly_retrain(params: NightlyParams = DEFAULT_PARAMS) -> dict:
 def _night(home: EncoreHome, params: NightlyParams) -> dict:
     started, timings = time.perf_counter(), {}
     now = datetime.now(UTC)
-    with stage_clock(timings, "ingest + validate"):
+    with stage_clock(timings, "ingest + validate"), parent_heartbeat_only():
         ingested = ingest(
             sources_file=params.sources_file,
             datasets=params.datasets,

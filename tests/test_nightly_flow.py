@@ -265,3 +265,15 @@ def test_the_lock_waits_for_its_holder_then_names_it_when_it_gives_up(tmp_path):
 def test_params_refuse_unknown_knobs():
     with pytest.raises(ValueError, match="epoch"):
         NightlyParams.model_validate({"gat_bpr": {"epoch": 3}})
+
+
+def test_subflows_leave_heartbeats_to_the_parent_run():
+    from prefect.settings import get_current_settings
+
+    from flows.nightly import parent_heartbeat_only
+
+    before = get_current_settings().flows.heartbeat_frequency
+    assert before is not None  # Prefect's default: the run itself sends heartbeats
+    with parent_heartbeat_only():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    assert get_current_settings().flows.heartbeat_frequency == before
