@@ -37,7 +37,7 @@ QUICK_PARAMS = {
         "gat_bpr": {"epochs": 3, "batch_size": 4096},
         "rating": {"epochs": 3},
         "validation": {"min_users": 5, "min_items": 5},
-        "gate": {"popularity_margin": -1.0},
+        "gate": {"popularity_margin": -1.0, "baseline_rmse_margin": -1.0},
     }
 }
 
