@@ -62,3 +62,14 @@ TINY = {
 def write_days(home: EncoreHome, days: range) -> None:
     for kind, config in TINY.items():
         write_sample_days(home.landing / f"sample-{kind}", kind, config, days)
+
+
+@pytest.fixture
+def flow_home(tmp_path: Path, monkeypatch) -> EncoreHome:
+    """An empty data home, made current (ENCORE_HOME), with the sample's sources.toml."""
+    from flows.cli import SAMPLE_SOURCES
+
+    home = EncoreHome(tmp_path / "home").ensure()
+    monkeypatch.setenv("ENCORE_HOME", str(home.root))
+    home.sources_file.write_text(SAMPLE_SOURCES)
+    return home

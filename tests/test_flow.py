@@ -8,9 +8,7 @@ import pytest
 from conftest import write_days
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.cli import SAMPLE_SOURCES
 from flows.ingest import SnapshotFailed, ingest
-from tasks.home import EncoreHome
 from tasks.warehouse.schema import warehouse
 
 
@@ -19,13 +17,6 @@ def prefect_server():
     with prefect_test_harness(server_startup_timeout=60):
         yield
 
-
-@pytest.fixture
-def flow_home(tmp_path, monkeypatch) -> EncoreHome:
-    home = EncoreHome(tmp_path / "home").ensure()
-    monkeypatch.setenv("ENCORE_HOME", str(home.root))
-    home.sources_file.write_text(SAMPLE_SOURCES)
-    return home
 
 
 def test_flow_ingests_validates_and_is_idempotent(flow_home):

@@ -17,7 +17,6 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from prefect.testing.utilities import prefect_test_harness
 
-from flows.cli import SAMPLE_SOURCES
 from flows.nightly import NightlyRunFailed, nightly_retrain
 from flows.params import DEFAULT_PARAMS, NightlyParams
 from models_src.config import tuned_defaults
@@ -52,12 +51,9 @@ def prefect_server():
 
 
 @pytest.fixture
-def night_home(tmp_path, monkeypatch) -> EncoreHome:
-    home = EncoreHome(tmp_path / "home").ensure()
-    monkeypatch.setenv("ENCORE_HOME", str(home.root))
-    home.sources_file.write_text(SAMPLE_SOURCES)
-    write_days(home, range(3))
-    return home
+def night_home(flow_home) -> EncoreHome:
+    write_days(flow_home, range(3))
+    return flow_home
 
 
 def registry(home: EncoreHome) -> dict[int, tuple[str, str]]:
