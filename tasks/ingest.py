@@ -39,6 +39,10 @@ def retry_on_io_error(task, task_run, state) -> bool:
     return False
 
 
+# The retry policy of every task that touches files or the warehouse: `@task(..., **IO_RETRIES)`.
+IO_RETRIES = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": retry_on_io_error}
+
+
 def artifact_key(text: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes only."""
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
@@ -51,7 +55,7 @@ def find_dataset(sources_file: Path, name: str) -> DatasetSpec:
     raise KeyError(f"{sources_file}: no dataset named {name!r}")
 
 
-@task(name="plan ingest", retries=2, retry_delay_seconds=2, retry_condition_fn=retry_on_io_error)
+@task(name="plan ingest", **IO_RETRIES)
 def plan_ingest(sources_file: str, warehouse_path: str, datasets: list[str] | None) -> dict:
     """Which landing files are new, per dataset (already-loaded content is skipped by sha256)."""
     plan: dict[str, list[str]] = {}
@@ -91,9 +95,7 @@ def _files_run_name() -> str:
 @task(
     name="ingest files",
     task_run_name=_files_run_name,
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_on_io_error,
+    **IO_RETRIES,
 )
 def ingest_files_task(
     sources_file: str, warehouse_path: str, dataset: str, paths: list[str], snapshot_id: int

@@ -11,7 +11,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from models_src.gate import GateThresholds
-from tasks.ingest import artifact_key, retry_on_io_error
+from tasks.ingest import IO_RETRIES, artifact_key
 from tasks.report import metrics_rows, nightly_report_markdown
 from tasks.warehouse.export import latest_passed_snapshot
 from tasks.warehouse.gating import gate_version
@@ -61,9 +61,7 @@ def _due(con, dataset: str, model: str, retrain: bool) -> dict:
 @task(
     name="plan training",
     task_run_name="plan training",
-    retries=2,
-    retry_delay_seconds=2,
-    retry_condition_fn=retry_on_io_error,
+    **IO_RETRIES,
 )
 def plan_training(
     warehouse_path: str,
@@ -88,9 +86,7 @@ def plan_training(
 @task(
     name="publish candidate",
     task_run_name="publish {run[model]} from {run[run_dir]}",
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_on_io_error,
+    **IO_RETRIES,
 )
 def publish_candidate_task(warehouse_path: str, run: dict, dataset: str, k: int) -> dict:
     """Export the run's ONNX scorer and register it as a candidate version."""

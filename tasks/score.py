@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.ingest import artifact_key, retry_on_io_error
+from tasks.ingest import IO_RETRIES, artifact_key
 from tasks.warehouse.registry import ensure_registry
 from tasks.warehouse.schema import warehouse
 from tasks.warehouse.scoring import score_dataset
@@ -16,9 +16,7 @@ from tasks.warehouse.scoring import score_dataset
 @task(
     name="batch score",
     task_run_name="score {dataset} with the {kind} champion",
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_on_io_error,
+    **IO_RETRIES,
 )
 def batch_score_task(warehouse_path: str, dataset: str, kind: str, exports_dir: str) -> dict:
     with warehouse(Path(warehouse_path)) as con:

@@ -14,7 +14,7 @@ from prefect.artifacts import (
 )
 from prefect.logging import get_run_logger
 
-from tasks.ingest import artifact_key, retry_on_io_error
+from tasks.ingest import IO_RETRIES, artifact_key
 from tasks.report import image_markdown
 from tasks.warehouse.export import export_interactions
 from tasks.warehouse.schema import warehouse
@@ -23,9 +23,7 @@ from tasks.warehouse.schema import warehouse
 @task(
     name="export snapshot",
     task_run_name="export {dataset}",
-    retries=2,
-    retry_delay_seconds=5,
-    retry_condition_fn=retry_on_io_error,
+    **IO_RETRIES,
 )
 def export_snapshot_task(
     warehouse_path: str, dataset: str, out_dir: str, snapshot_id: int | None = None

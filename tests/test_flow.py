@@ -129,3 +129,17 @@ def test_batch_score_flow_scores_with_the_champion(flow_home):
     assert result["rows"] == result["users"] * 10
     with warehouse(flow_home.warehouse) as con:
         assert con.execute("SELECT count(*) FROM recommendations").fetchone()[0] == result["rows"]
+
+
+def test_only_io_errors_are_retried():
+    import duckdb
+    from prefect.states import Completed, Failed
+
+    from tasks.ingest import IO_RETRIES
+
+    retry = IO_RETRIES["retry_condition_fn"]
+    assert IO_RETRIES["retries"] > 0
+    assert retry(None, None, Failed(data=OSError("disk went away")))
+    assert retry(None, None, Failed(data=duckdb.IOException("database is locked")))
+    assert not retry(None, None, Failed(data=ValueError("rating 'great' is not a number")))
+    assert not retry(None, None, Completed(data=1))
