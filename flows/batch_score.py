@@ -1,13 +1,39 @@
-"""The `batch_score` flow: the champions' ONNX scorers over every user, into DuckDB and Parquet."""
+"""The `batch_score` flow: the champions' ONNX scorers over every user, into DuckDB and Parquet.
+
+Scoring is three steps so it can spread over workers: plan (checks the champion and writes the
+inputs, in the flow's process), score user ranges into Parquet parts (on the task runner:
+in-process, or Dask workers), and load every part in one transaction (in the flow's process:
+DuckDB has one writer, and readers see the old set or the new one, never a mix).
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 from prefect import flow
+from prefect.task_runners import TaskRunner
 
+from flows.params import TaskRunnerParams
+from flows.runners import night_task_runner, scoring_parts
 from tasks.home import EncoreHome
-from tasks.score import batch_score_task, list_champions_task
+from tasks.score import list_champions_task, load_scores_task, plan_scoring_task, score_range_task
+
+
+def score_champion(
+    runner: TaskRunner, parts: int, warehouse_path: str, dataset: str, kind: str, exports_dir: str
+) -> dict:
+    """Every user of `dataset` scored by the `kind` champion, `parts` user ranges on `runner`."""
+    started = time.perf_counter()
+    plan = plan_scoring_task(warehouse_path, dataset, kind, exports_dir)
+    futures = [
+        runner.submit(score_range_task, {"plan": plan, "start": start, "stop": stop})
+        for start, stop in plan.ranges(parts)
+    ]
+    scored = [future.result() for future in futures]
+    return load_scores_task(
+        warehouse_path, plan, scored, exports_dir, time.perf_counter() - started
+    )
 
 
 def _run_name() -> str:
@@ -19,17 +45,24 @@ def _run_name() -> str:
 
 @flow(name="batch-score", flow_run_name=_run_name)
 def batch_score(
-    dataset: str | None = None, kind: Literal["gat-bpr", "rating"] | None = None
+    dataset: str | None = None,
+    kind: Literal["gat-bpr", "rating"] | None = None,
+    task_runner: TaskRunnerParams = TaskRunnerParams(),  # noqa: B008 - frozen pydantic model
 ) -> list[dict]:
     """Replace the `recommendations` with the current champions' top-K.
 
     Args:
         dataset: only this dataset (default: every dataset with a champion).
         kind: only this model kind, gat-bpr or rating (default: both).
+        task_runner: where user ranges are scored (in-process, or a Dask cluster).
     """
     home = EncoreHome.from_env().ensure()
-    warehouse_path = str(home.warehouse)
-    return [
-        batch_score_task(warehouse_path, name, model, str(home.root / "exports"))
-        for name, model in list_champions_task(warehouse_path, dataset, kind)
-    ]
+    warehouse_path, exports_dir = str(home.warehouse), str(home.root / "exports")
+    champions = list_champions_task(warehouse_path, dataset, kind)
+    with night_task_runner(task_runner) as runner:
+        return [
+            score_champion(
+                runner, scoring_parts(task_runner), warehouse_path, name, model, exports_dir
+            )
+            for name, model in champions
+        ]

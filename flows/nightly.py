@@ -5,11 +5,14 @@ The flow only composes; every step is a task in `tasks/`. It reads as the night 
 1. take the data home's lock (one nightly run at a time; a second one waits or is skipped);
 2. the `ingest` flow loads and validates tonight's files (a failed snapshot stops only its
    dataset: the others go on, and the champion of the failed one keeps serving);
-3. per dataset and model that is due, the `retrain-model` flow exports the snapshot, trains,
-   publishes a candidate (ONNX), gates it against the champion and MostPopular on the same
-   splits, and batch-scores with whoever is champion afterwards. A model that fails does not
-   stop the next one;
-4. the run report (markdown + table artifacts, and a file under `reports/`).
+3. per dataset and model that is due: export the snapshot and find the champion to warm-start
+   from, then train. Training runs on the night's task runner (flows/runners.py: in-process,
+   or Dask, where the models train side by side on separate workers);
+4. per model, in the flow's process (DuckDB has one writer): publish a candidate (ONNX), gate it
+   against the champion and MostPopular on the same splits, and batch-score with whoever is
+   champion afterwards (user ranges on the task runner, loaded in one transaction). A model
+   that fails does not stop the next one;
+5. the run report (markdown + table artifacts, and a file under `reports/`).
 
 The run ends Failed when a snapshot failed validation or a model's branch raised, after the
 report is published, so the UI shows red with the reason while everything else still happened.
@@ -23,13 +26,17 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from prefect import flow, tags
+from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.states import Completed
+from prefect.task_runners import TaskRunner
 
+from flows.batch_score import score_champion
 from flows.ingest import ingest
-from flows.params import DEFAULT_PARAMS, ModelKind, NightlyParams
+from flows.params import DEFAULT_PARAMS, NightlyParams
+from flows.runners import night_task_runner, scoring_parts
 from tasks.home import EncoreHome
 from tasks.lock import LockHeld, exclusive_lock
 from tasks.nightly import (
@@ -39,8 +46,7 @@ from tasks.nightly import (
     publish_night_report,
 )
 from tasks.report import stage_clock
-from tasks.score import batch_score_task
-from tasks.train import export_snapshot_task, train_model_task
+from tasks.train import export_snapshot_task, train_model_task, warm_start_source_task
 
 
 class NightlyRunFailed(RuntimeError):
@@ -64,79 +70,118 @@ def _nightly_name() -> str:
     return f"nightly {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
 
 
-def _retrain_name() -> str:
-    p = flow_run.parameters
-    return f"retrain {p['model']} on {p['dataset']} snapshot {p['snapshot_id']}"
+class _Branch:
+    """One due model's way through the night: exported, trained (maybe on a Dask worker), then
+    published, gated and served in the flow's process. `outcome` is what the report shows."""
+
+    def __init__(self, item: dict) -> None:
+        self.item = item
+        self.outcome: dict = {**item, "timings": {}}
+        self.export: dict | None = None
+        self.training: PrefectFuture | None = None
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        """The run's tags: filter the UI by model or dataset."""
+        return self.item["model"], f"dataset:{self.item['dataset']}"
+
+    def fail(self, stage: str, error: BaseException) -> None:
+        self.outcome.update(status="failed", stage=stage, reason=f"{error!r}")
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome.get("status") == "failed"
 
 
-@flow(name="retrain-model", flow_run_name=_retrain_name)
-def retrain_model(
-    dataset: str,
-    model: ModelKind,
-    snapshot_id: int,
-    train_config: dict,
-    gate_thresholds: dict,
-    score_kept_champion: bool = True,
-) -> dict:
-    """One model's branch of the night: export, train, publish, gate, score.
-
-    Args:
-        dataset: the dataset to train on.
-        model: gat-bpr or rating.
-        snapshot_id: the passed snapshot to train on (rows of passed snapshots up to it).
-        train_config: models_src.config.TrainConfig fields.
-        gate_thresholds: models_src.gate.GateThresholds fields.
-        score_kept_champion: re-score with the champion when the challenger is rejected.
-    """
-    home = EncoreHome.from_env().ensure()
+def _start_training(
+    branch: _Branch, params: NightlyParams, home: EncoreHome, runner: TaskRunner, stamp: str
+) -> None:
+    """Export the snapshot and find the champion to start from (both read the warehouse, so
+    in this process), then hand training to the runner (it reads the export file only)."""
+    dataset, model = branch.item["dataset"], branch.item["model"]
     warehouse_path = str(home.warehouse)
-    outcome: dict = {"dataset": dataset, "model": model, "snapshot_id": snapshot_id}
-    timings: dict[str, float] = {}
-    outcome["timings"] = timings
-    with stage_clock(timings, "export"):
-        export = export_snapshot_task(
-            warehouse_path, dataset, str(home.root / "exports"), snapshot_id
-        )
-    with stage_clock(timings, "train"):
-        stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
-        outcome["training"] = train_model_task(
-            export, dataset, model, train_config, str(home.root / "runs" / stamp)
-        )
-    with stage_clock(timings, "publish (ONNX export)"):
-        published = publish_candidate_task(
-            warehouse_path, outcome["training"], dataset, gate_thresholds["k"]
-        )
-    outcome["model_dir"] = published["model_dir"]
-    with stage_clock(timings, "gate"):
-        gate = gate_candidate_task(
-            warehouse_path, published["version"], dataset, export["path"], gate_thresholds
-        )
-    outcome["gate"] = gate
-    if gate["promote"] or (score_kept_champion and gate["champion_before"]):
-        with stage_clock(timings, "batch scoring"):
-            outcome["scoring"] = batch_score_task(
-                warehouse_path, dataset, model, str(home.root / "exports")
+    with tags(*branch.labels):
+        with stage_clock(branch.outcome["timings"], "export"):
+            branch.export = export_snapshot_task(
+                warehouse_path, dataset, str(home.root / "exports"), branch.item["snapshot_id"]
             )
-    outcome["status"] = "promoted" if gate["promote"] else "rejected"
-    return outcome
-
-
-def _run_branch(item: dict, params: NightlyParams) -> dict:
-    """Run one model's subflow; a failure becomes an outcome (the next model still runs)."""
-    with tags(item["model"], f"dataset:{item['dataset']}"), parent_heartbeat_only():
-        state = retrain_model(
-            item["dataset"],
-            item["model"],
-            item["snapshot_id"],
-            params.train_config(item["model"]),
-            params.gate_thresholds(),
-            params.score_kept_champion,
-            return_state=True,
+            source = (
+                warm_start_source_task(warehouse_path, dataset, model)
+                if params.warm_start
+                else None
+            )
+        warm = {**source, "config": params.warm_train_config(model)} if source else None
+        branch.training = runner.submit(
+            train_model_task,
+            {
+                "export": branch.export,
+                "dataset": dataset,
+                "model": model,
+                "config": params.train_config(model),
+                "runs_dir": str(home.root / "runs" / stamp),
+                "warm_start": warm,
+            },
         )
-    if state.is_completed():
-        return state.result()
-    error = state.result(raise_on_failure=False)
-    return {**item, "status": "failed", "stage": "retrain-model", "reason": f"{error!r}"}
+
+
+def _gate_and_serve(
+    branch: _Branch, params: NightlyParams, home: EncoreHome, runner: TaskRunner
+) -> None:
+    """Wait for the model, publish it as a candidate, gate it, and score with the champion."""
+    outcome, timings = branch.outcome, branch.outcome["timings"]
+    dataset, model = branch.item["dataset"], branch.item["model"]
+    warehouse_path = str(home.warehouse)
+    with stage_clock(timings, "train"):
+        outcome["training"] = branch.training.result()
+    with tags(*branch.labels):
+        with stage_clock(timings, "publish (ONNX export)"):
+            published = publish_candidate_task(
+                warehouse_path, outcome["training"], dataset, params.k
+            )
+        outcome["model_dir"] = published["model_dir"]
+        with stage_clock(timings, "gate"):
+            gate = gate_candidate_task(
+                warehouse_path,
+                published["version"],
+                dataset,
+                branch.export["path"],
+                params.gate_thresholds(),
+            )
+        outcome["gate"] = gate
+        if gate["promote"] or (params.score_kept_champion and gate["champion_before"]):
+            with stage_clock(timings, "batch scoring"):
+                outcome["scoring"] = score_champion(
+                    runner,
+                    scoring_parts(params.task_runner),
+                    warehouse_path,
+                    dataset,
+                    model,
+                    str(home.root / "exports"),
+                )
+    outcome["status"] = "promoted" if gate["promote"] else "rejected"
+
+
+def _run_branches(plan: list[dict], params: NightlyParams, home: EncoreHome) -> list[dict]:
+    """Every due model: all trainings go to the runner first (on Dask they train side by side),
+    then each is published, gated and served in plan order. A failure ends its own branch:
+    the next model still trains, is gated and serves."""
+    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    branches = [_Branch(item) for item in plan if item["status"] == "due"]
+    with night_task_runner(params.task_runner) as runner:
+        for branch in branches:
+            try:
+                _start_training(branch, params, home, runner, stamp)
+            except Exception as error:  # the next model still runs
+                branch.fail("export", error)
+        for branch in branches:
+            if branch.failed:
+                continue
+            try:
+                _gate_and_serve(branch, params, home, runner)
+            except Exception as error:  # the next model still runs
+                branch.fail("train" if "training" not in branch.outcome else "gate", error)
+    outcomes = {id(branch.item): branch.outcome for branch in branches}
+    return [outcomes.get(id(item), item) for item in plan]
 
 
 def _problems(ingested: dict, outcomes: list[dict]) -> list[str]:
@@ -180,15 +225,10 @@ def _night(home: EncoreHome, params: NightlyParams) -> dict:
     plan = plan_training(
         str(home.warehouse), datasets, params.models, params.retrain_without_new_data
     )
-    outcomes = []
-    for item in plan:
-        if item["status"] == "due":
-            outcome = _run_branch(item, params)
-            for stage, seconds in outcome.get("timings", {}).items():
-                timings[stage] = timings.get(stage, 0.0) + seconds
-        else:
-            outcome = item
-        outcomes.append(outcome)
+    outcomes = _run_branches(plan, params, home)
+    for outcome in outcomes:
+        for stage, seconds in outcome.get("timings", {}).items():
+            timings[stage] = timings.get(stage, 0.0) + seconds
     night = {
         "started_at": f"{now:%Y-%m-%d %H:%M:%S} UTC",
         "stamp": f"{now:%Y%m%dT%H%M%S}",

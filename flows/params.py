@@ -78,6 +78,30 @@ class GateParams(_Params):
     )
 
 
+class TaskRunnerParams(_Params):
+    """Where training and batch scoring run (flows/runners.py). The warehouse steps always run in
+    the flow's process: DuckDB has one writer."""
+
+    kind: Literal["in-process", "dask"] = Field(
+        "in-process",
+        description="in-process: one task at a time in the flow's process. dask: prefect-dask's "
+        "DaskTaskRunner; the models train concurrently and scoring is split by user ranges.",
+    )
+    address: str | None = Field(
+        None,
+        description="Dask scheduler of an existing cluster (tcp://host:8786). Default: a "
+        "LocalCluster started for the run. Its workers must see the data home's paths.",
+    )
+    workers: int = Field(2, ge=1, description="LocalCluster worker processes.")
+    threads_per_worker: int = Field(1, ge=1, description="LocalCluster threads per worker.")
+    memory_limit: str = Field(
+        "auto", description="LocalCluster memory limit per worker ('auto' shares the RAM)."
+    )
+    scoring_parts: int = Field(
+        0, ge=0, description="User ranges per dataset; 0: 2 per Dask worker, 1 in-process."
+    )
+
+
 class NightlyParams(_Params):
     """Everything the nightly retrain can be told."""
 
@@ -110,6 +134,24 @@ class NightlyParams(_Params):
         description="Re-score with the champion when the challenger is rejected, so tonight's "
         "interactions are excluded and new users get fallback recommendations.",
     )
+    task_runner: TaskRunnerParams = Field(default_factory=TaskRunnerParams)
+    warm_start: bool = Field(
+        True,
+        description="Start from the champion's weights when one of the same model and shape "
+        "exists (new users and items get new rows); train from scratch otherwise.",
+    )
+    warm_start_epochs: int = Field(
+        20, ge=1, description="Epoch budget of a warm-started run (early stopping still applies)."
+    )
+    warm_start_patience: int = Field(
+        3, ge=1, description="Early-stopping patience of a warm-started run."
+    )
+    warm_start_lr_factor: float = Field(
+        0.3,
+        gt=0,
+        description="A warm-started run's learning rate, as a share of the model's lr: the full "
+        "rate knocks a trained model off its optimum (bench/results/warm_start*.md).",
+    )
     lock_wait_seconds: float = Field(
         0,
         ge=0,
@@ -134,6 +176,15 @@ class NightlyParams(_Params):
             "split_salt": self.split.salt,
             "k": self.k,
             "device": self.device,
+        }
+
+    def warm_train_config(self, model: ModelKind) -> dict[str, Any]:
+        """train_config with the warm start's epoch budget and patience."""
+        return {
+            **self.train_config(model),
+            "epochs": self.warm_start_epochs,
+            "patience": self.warm_start_patience,
+            "lr": self.train_config(model)["lr"] * self.warm_start_lr_factor,
         }
 
     def gate_thresholds(self) -> dict[str, Any]:

@@ -274,6 +274,7 @@ def prepare_learner(config: TrainConfig, data_source: str, holdout: bool = True)
         "snapshot_id": data.meta.get("snapshot_id"),
         "user_ids": data.meta.get("user_ids", []),
         "item_ids": data.meta.get("item_ids", []),
+        "group_ids": data.meta.get("group_ids", []),
     }
     return make_learner(splits, config, resolve_device(config.device)), artifacts
 

@@ -86,8 +86,19 @@ class SimpleTrainer(BaseTrainer):
 class AdvancedTrainer(BaseTrainer):
     """Early stopping, LR schedule and checkpoints into `output_dir`."""
 
-    def __init__(self, learner: Learner, config: TrainConfig, output_dir: Path, **kwargs) -> None:
+    def __init__(
+        self,
+        learner: Learner,
+        config: TrainConfig,
+        output_dir: Path,
+        score_start: bool = False,
+        **kwargs,
+    ) -> None:
+        """`score_start`: evaluate the weights the run starts from (a warm start's champion) as
+        epoch 0, so they are the best to beat and the run never ends worse than it started."""
         super().__init__(learner, config, **kwargs)
+        self.score_start = score_start
+        self.start_metrics: dict[str, float] | None = None
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -121,6 +132,7 @@ class AdvancedTrainer(BaseTrainer):
             "bad_epochs": self.bad_epochs,
             "seconds_to_best": self.seconds_to_best,
             "elapsed": self.elapsed,
+            "start_metrics": self.start_metrics,
             "history": self.history,
             "config": self.config.to_dict(),
             "artifacts": self.artifacts,
@@ -142,6 +154,7 @@ class AdvancedTrainer(BaseTrainer):
         self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
         self.bad_epochs, self.history = state["bad_epochs"], list(state["history"])
         self.seconds_to_best, self.elapsed = state["seconds_to_best"], state["elapsed"]
+        self.start_metrics = state.get("start_metrics")
         self.start_epoch = state["epoch"] + 1
         torch.set_rng_state(state["rng_state"])
         self.log(f"Resumed from {checkpoints[-1].name} (epoch {state['epoch']})")
@@ -149,9 +162,18 @@ class AdvancedTrainer(BaseTrainer):
 
     # --- the loop ----------------------------------------------------------------------------
 
+    def _score_start(self) -> None:
+        val = self.evaluate("val")
+        self.start_metrics = val
+        self.best_value, self.best_epoch = val[self.learner.monitor], 0
+        save_checkpoint(self.output_dir / "best_model.pt", self.state(0))
+        self.log(f"Starting point: val {_label(self.learner.monitor)} {self.best_value:.4f}")
+
     def fit(self) -> dict:
         config, learner = self.config, self.learner
         monitor = learner.monitor
+        if self.score_start and self.start_epoch == 1:
+            self._score_start()
         for epoch in range(self.start_epoch, config.epochs + 1):
             if self.bad_epochs >= config.patience:
                 break
@@ -213,6 +235,8 @@ class AdvancedTrainer(BaseTrainer):
             "val": self.evaluate("val"),
             "test": self.evaluate("test"),
         }
+        if self.start_metrics is not None:
+            final["start_val"] = self.start_metrics
         self._write_metrics(final)
         plot_history(self.history, self.output_dir / "history.png", self.learner.monitor)
         return final

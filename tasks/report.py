@@ -109,6 +109,27 @@ def image_markdown(path: Path | None, alt: str) -> str:
     return f"![{alt}](data:image/png;base64,{encoded})"
 
 
+def _started_from(training: dict) -> str:
+    """How training began: from the champion (what was carried over) or from scratch (why)."""
+    start = training.get("started_from") or {}
+    if not start.get("warm"):
+        reason = start.get("reason")
+        return f"Started from scratch ({reason})." if reason else "Started from scratch."
+    new = start.get("new", {})
+    initial = training.get("start_val", {})
+    monitor = "rmse" if "rmse" in initial and "recall@10" not in initial else "recall@10"
+    line = (
+        f"Warm start from champion v{start['version']}: {start['kept'].get('users', 0):,} users"
+        f" and {start['kept'].get('items', 0):,} items carried over, {new.get('users', 0):,} new"
+        f" users and {new.get('items', 0):,} new items added."
+    )
+    if "rmse" in initial:
+        line += f" Val RMSE at the start {initial['rmse']:.4f}."
+    elif monitor in initial:
+        line += f" Val Recall@10 at the start {initial[monitor]:.4f}."
+    return line
+
+
 def model_section(outcome: dict) -> list[str]:
     title = f"### {outcome['model']} on `{outcome['dataset']}`"
     if outcome.get("snapshot_id") is not None:
@@ -119,7 +140,7 @@ def model_section(outcome: dict) -> list[str]:
         lines.append(
             f"Training: best epoch {training['best_epoch']} of {training['epochs_run']},"
             f" {training['seconds']:.1f} s ({training['seconds_to_best']:.1f} s to the best),"
-            f" outputs in `{training['run_dir']}`."
+            f" outputs in `{training['run_dir']}`. {_started_from(training)}"
         )
         lines.append("")
     gate = outcome.get("gate")

@@ -10,17 +10,49 @@ from prefect.artifacts import create_markdown_artifact
 from tasks.ingest import IO_RETRIES, artifact_key
 from tasks.warehouse.registry import ensure_registry
 from tasks.warehouse.schema import warehouse
-from tasks.warehouse.scoring import score_dataset
+from tasks.warehouse.scoring import (
+    ScoringPlan,
+    load_scored_parts,
+    plan_scoring,
+    score_user_range,
+)
+
+
+@task(name="plan scoring", task_run_name="plan scoring of {dataset} ({kind})", **IO_RETRIES)
+def plan_scoring_task(
+    warehouse_path: str, dataset: str, kind: str, exports_dir: str
+) -> ScoringPlan:
+    """Check the champion and write what scoring workers read (they never open the warehouse)."""
+    with warehouse(Path(warehouse_path)) as con:
+        return plan_scoring(con, kind, dataset, Path(exports_dir) / "scoring")
 
 
 @task(
-    name="batch score",
-    task_run_name="score {dataset} with the {kind} champion",
+    name="score users",
+    task_run_name="score {plan.dataset} users {start}-{stop} ({plan.kind})",
     **IO_RETRIES,
 )
-def batch_score_task(warehouse_path: str, dataset: str, kind: str, exports_dir: str) -> dict:
+def score_range_task(plan: ScoringPlan, start: int, stop: int) -> dict:
+    """One user range's top-K into a Parquet part: runs on any worker that sees the files."""
+    return score_user_range(plan, start, stop)
+
+
+@task(
+    name="load scores",
+    task_run_name="load {plan.dataset} recommendations ({plan.kind})",
+    **IO_RETRIES,
+)
+def load_scores_task(
+    warehouse_path: str, plan: ScoringPlan, parts: list[dict], exports_dir: str, seconds: float
+) -> dict:
+    """The parts into `recommendations` in one transaction, and the Parquet export."""
     with warehouse(Path(warehouse_path)) as con:
-        result = score_dataset(con, kind, dataset, Path(exports_dir))
+        result = {**load_scored_parts(con, plan, parts, Path(exports_dir)), "seconds": seconds}
+    _scoring_artifact(plan.dataset, plan.kind, result)
+    return result
+
+
+def _scoring_artifact(dataset: str, kind: str, result: dict) -> None:
     create_markdown_artifact(
         key=artifact_key(f"scoring-{dataset}-{kind}"),
         markdown=(
@@ -31,7 +63,6 @@ def batch_score_task(warehouse_path: str, dataset: str, kind: str, exports_dir: 
             f" {result['rows']:,} | {result['seconds']:.1f} |\n\nParquet: `{result['parquet']}`"
         ),
     )
-    return result
 
 
 @task(name="list champions")

@@ -17,6 +17,7 @@ from prefect.logging import get_run_logger
 from tasks.ingest import IO_RETRIES, artifact_key
 from tasks.report import image_markdown
 from tasks.warehouse.export import export_interactions
+from tasks.warehouse.registry import champion, verify_artifacts
 from tasks.warehouse.schema import warehouse
 
 
@@ -32,6 +33,24 @@ def export_snapshot_task(
     reads files only)."""
     with warehouse(Path(warehouse_path)) as con:
         return export_interactions(con, dataset, Path(out_dir) / f"{dataset}.parquet", snapshot_id)
+
+
+@task(
+    name="find warm start",
+    task_run_name="find the {model} champion of {dataset} to start from",
+    **IO_RETRIES,
+)
+def warm_start_source_task(warehouse_path: str, dataset: str, model: str) -> dict | None:
+    """The champion's best checkpoint (checksums verified), or None when there is no champion."""
+    with warehouse(Path(warehouse_path)) as con:
+        row = champion(con, model, dataset)
+    if row is None:
+        return None
+    verify_artifacts(row)
+    checkpoint = Path(row["artifact_dir"]) / "best_model.pt"
+    return (
+        {"version": row["version"], "checkpoint": str(checkpoint)} if checkpoint.exists() else None
+    )
 
 
 class TrainingProgress:
@@ -90,26 +109,35 @@ def _summary_markdown(model: str, dataset: str, export: dict, final: dict, out_d
 
 
 @task(name="train model", task_run_name="train {model} on {dataset} snapshot {export[snapshot_id]}")
-def train_model_task(export: dict, dataset: str, model: str, config: dict, runs_dir: str) -> dict:
+def train_model_task(
+    export: dict,
+    dataset: str,
+    model: str,
+    config: dict,
+    runs_dir: str,
+    warm_start: dict | None = None,
+) -> dict:
     """AdvancedTrainer on the export; returns the run's final metrics and where it lives.
 
-    The UI follows it through a progress artifact (epochs, val metric) and, when done, a table
-    artifact of the per-epoch curve and a markdown summary with the curves' image.
+    `warm_start` ({"version", "checkpoint", "config"}) starts from that champion's weights with
+    its own (shorter) config; a champion of another shape is reported and training starts cold.
+    The UI follows the run through a progress artifact (epochs, val metric) and, when done, a
+    table artifact of the per-epoch curve and a markdown summary with the curves' image.
     """
     from models_src.config import TrainConfig
     from models_src.learners import prepare_learner
-    from models_src.trainers import AdvancedTrainer
 
     logger = get_run_logger()
-    train_config = TrainConfig.from_dict({**config, "model": model})
-    learner, artifacts = prepare_learner(train_config, export["path"])
+    cold_config = TrainConfig.from_dict({**config, "model": model})
+    learner, artifacts = prepare_learner(cold_config, export["path"])
+    train_config, started_from = cold_config, _start_cold(warm_start)
+    if warm_start is not None:
+        warm_config = TrainConfig.from_dict({**warm_start["config"], "model": model})
+        started_from = _try_warm_start(learner, artifacts, warm_start, logger)
+        if started_from["warm"]:
+            train_config = warm_config
     out_dir = Path(runs_dir) / f"{dataset}-{model}-snapshot{export['snapshot_id']}"
-    progress = TrainingProgress(model, dataset, train_config.epochs, learner.monitor)
-    trainer = AdvancedTrainer(
-        learner, train_config, out_dir, artifacts=artifacts, log=logger.info, on_epoch=progress
-    )
-    final = trainer.fit()
-    progress.finish(final)
+    trainer, final = _fit(learner, train_config, out_dir, artifacts, started_from, dataset, logger)
     key = artifact_key(f"{dataset}-{model}")
     create_table_artifact(
         table=trainer.history,
@@ -119,4 +147,50 @@ def train_model_task(export: dict, dataset: str, model: str, config: dict, runs_
     create_markdown_artifact(
         key=f"train-{key}", markdown=_summary_markdown(model, dataset, export, final, out_dir)
     )
-    return {"run_dir": str(out_dir), "model": model, "device": str(learner.device), **final}
+    return {
+        "run_dir": str(out_dir),
+        "model": model,
+        "device": str(learner.device),
+        "started_from": started_from,
+        **final,
+    }
+
+
+def _start_cold(warm_start: dict | None) -> dict:
+    reason = "no champion to start from" if warm_start is None else ""
+    return {"warm": False, "reason": reason}
+
+
+def _try_warm_start(learner, artifacts: dict, warm_start: dict, logger) -> dict:
+    """Load the champion into the learner; on a shape mismatch say why and stay cold."""
+    from models_src.warm_start import WarmStartIncompatible
+    from models_src.warm_start import warm_start as load_warm
+
+    try:
+        report = load_warm(learner, artifacts, Path(warm_start["checkpoint"]))
+    except WarmStartIncompatible as mismatch:
+        logger.warning(f"training from scratch: champion v{warm_start['version']}: {mismatch}")
+        return {"warm": False, "reason": f"champion v{warm_start['version']}: {mismatch}"}
+    artifacts["warm_start"] = {"version": warm_start["version"], **report.to_dict()}
+    logger.info(
+        f"warm start from champion v{warm_start['version']}: kept {report.kept}, new {report.new}"
+    )
+    return {"warm": True, "version": warm_start["version"], **report.to_dict()}
+
+
+def _fit(learner, config, out_dir: Path, artifacts: dict, started_from: dict, dataset, logger):
+    from models_src.trainers import AdvancedTrainer
+
+    progress = TrainingProgress(config.model, dataset, config.epochs, learner.monitor)
+    trainer = AdvancedTrainer(
+        learner,
+        config,
+        out_dir,
+        score_start=started_from["warm"],
+        artifacts=artifacts,
+        log=logger.info,
+        on_epoch=progress,
+    )
+    final = trainer.fit()
+    progress.finish(final)
+    return trainer, final

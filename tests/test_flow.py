@@ -18,7 +18,6 @@ def prefect_server():
         yield
 
 
-
 def test_flow_ingests_validates_and_is_idempotent(flow_home):
     write_days(flow_home, range(3))
     first = ingest()

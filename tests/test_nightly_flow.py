@@ -14,7 +14,12 @@ from uuid import UUID
 import pytest
 from conftest import write_days
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.nightly import NightlyRunFailed, nightly_retrain
@@ -137,28 +142,33 @@ def test_first_night_promotes_scores_reports_and_a_quiet_night_does_nothing(nigh
     assert len(registry(night_home)) == 2
 
 
-def test_subflow_and_tasks_say_what_they_did_and_training_reports_progress(night_home):
+def test_tasks_say_what_they_did_carry_tags_and_training_reports_progress(night_home):
     state = nightly_retrain(quick(models={"sample-ratings": []}), return_state=True)
     assert state.is_completed(), state.message
+    run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
-        flow_runs = client.read_flow_runs()
-        names = {run.name: run for run in flow_runs}
-        branch = names["retrain gat-bpr on sample-listens snapshot 1"]
-        assert {"gat-bpr", "dataset:sample-listens"} <= set(branch.tags)
-        task_names = {t.name for t in client.read_task_runs()}
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+        )
+        tasks = {t.name: t for t in runs}
+        train = tasks["train gat-bpr on sample-listens snapshot 1"]
         progress = [
-            a
-            for a in client.read_artifacts()
-            if a.type == "progress" and a.flow_run_id == branch.id
+            a for a in client.read_artifacts() if a.type == "progress" and a.task_run_id == train.id
         ]
-    assert "train gat-bpr on sample-listens snapshot 1" in task_names
+    assert {"gat-bpr", "dataset:sample-listens"} <= set(train.tags)
+    for name in (
+        "export sample-listens",
+        "gate v1 on sample-listens",
+        "load sample-listens recommendations (gat-bpr)",
+    ):
+        assert {"gat-bpr", "dataset:sample-listens"} <= set(tasks[name].tags), name
     assert len(progress) == 1 and progress[0].data == 100.0
     assert "done after 3 epochs" in progress[0].description
-    branch_artifacts = artifacts_of(branch.id)
+    artifacts = artifacts_of(run_id)
     assert {"training-curve-sample-listens-gat-bpr", "metrics-sample-listens-gat-bpr"} <= set(
-        branch_artifacts
+        artifacts
     )
-    curve = branch_artifacts["training-curve-sample-listens-gat-bpr"].data
+    curve = artifacts["training-curve-sample-listens-gat-bpr"].data
     assert curve.count("val_recall@10") == 3  # one row per epoch
 
 
@@ -197,7 +207,7 @@ def test_a_challenger_that_is_not_better_is_rejected_and_the_champion_rescored(n
     assert all(o["scoring"]["model_version"] == before[o["model"]] for o in outcomes)
 
 
-def test_a_better_model_the_next_night_is_promoted(night_home):
+def test_a_better_model_the_next_night_is_promoted_warm_started_from_the_champion(night_home):
     weak = {"gat_bpr": {"epochs": 1, "lr": 0.001}, "models": {"sample-ratings": []}}
     nightly_retrain(quick(**weak))
     first = champions(night_home)["gat-bpr"]
@@ -207,6 +217,9 @@ def test_a_better_model_the_next_night_is_promoted(night_home):
     assert outcome["status"] == "promoted", outcome["gate"]["reasons"]
     assert outcome["gate"]["champion_before"] == first
     assert outcome["snapshot_id"] > 1
+    started = outcome["training"]["started_from"]  # warm start is the default with a champion
+    assert started["warm"] and started["version"] == first
+    assert started["kept"]["users"] > 0 and "start_val" in outcome["training"]
     tables = outcome["gate"]["tables"]
     assert tables["challenger"]["test"]["recall@10"] > tables["champion"]["test"]["recall@10"]
     assert champions(night_home)["gat-bpr"] == outcome["gate"]["version"]

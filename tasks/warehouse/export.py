@@ -51,7 +51,7 @@ def export_interactions(
            WHERE dataset = ? AND item_group IS NOT NULL GROUP BY item_idx""",
         [dataset],
     ).fetchall()
-    item_group = None
+    item_group, names = None, []
     if groups:
         names = sorted({g for _, g in groups})
         code = {name: i for i, name in enumerate(names)}
@@ -59,7 +59,15 @@ def export_interactions(
         for item, group in groups:
             item_group[item] = code[group]
     has_ts = not np.all(np.isnan(rows["ts"].astype(float))) if len(rows["ts"]) else False
-    meta = {"name": dataset, "snapshot_id": snapshot_id, "user_ids": user_ids, "item_ids": item_ids}
+    meta = {
+        "name": dataset,
+        "snapshot_id": snapshot_id,
+        "user_ids": user_ids,
+        "item_ids": item_ids,
+        # Group codes follow the sorted names, so a new artist shifts them: warm start maps
+        # a champion's group rows by name.
+        "group_ids": names,
+    }
     if kind == "explicit":
         meta["rating_scale"] = [low, high]
     data = Interactions(

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import duckdb
@@ -89,16 +89,33 @@ def _check_scorer(
         )
 
 
-def score_dataset(
-    con: duckdb.DuckDBPyConnection,
-    kind: str,
-    dataset: str,
-    exports_dir: Path,
-    chunk_users: int = 2048,
-    threads: int | None = None,
-) -> dict:
-    """Score every user of `dataset` with the champion of `kind`; returns counts and timings."""
-    started = time.perf_counter()
+@dataclass(frozen=True)
+class ScoringPlan:
+    """What scoring a dataset needs, on disk, so any process can score a range of users without
+    the warehouse (DuckDB has one writer; scoring workers never open it)."""
+
+    dataset: str
+    kind: str
+    version: int
+    scorer: str  # the champion's scorer.onnx
+    seen: str  # .npz with the seen-items CSR (rowptr, items)
+    popular: list[tuple[int, int]]  # (item_idx, interactions), most first: the fallback
+    num_users: int  # tonight's users
+    model_users: int  # users the model knows (a prefix of tonight's)
+    model_items: int
+    k: int
+    parts_dir: str
+
+    def ranges(self, parts: int) -> list[tuple[int, int]]:
+        """`parts` contiguous user ranges of near-equal size covering every user."""
+        bounds = np.linspace(0, self.num_users, max(1, parts) + 1).round().astype(int)
+        return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
+def plan_scoring(
+    con: duckdb.DuckDBPyConnection, kind: str, dataset: str, work_dir: Path
+) -> ScoringPlan:
+    """Check the champion of `kind` on `dataset` and write what scoring workers read."""
     row = champion(con, kind, dataset)
     if row is None:
         raise RegistryError(f"no champion {kind} model for {dataset}: nothing to score with")
@@ -113,103 +130,211 @@ def score_dataset(
         item_ids,
         sizes,
     )
-    session = open_session(directory / "scorer.onnx", threads)
+    parts_dir = work_dir / f"scoring-{dataset}-{kind}-v{row['version']}"
+    if parts_dir.exists():
+        shutil.rmtree(parts_dir)  # parts of an interrupted run of the same version
+    parts_dir.mkdir(parents=True)
     rowptr, seen = _seen(con, dataset, len(user_ids))
-    rows = _Rows()
-    _score_known_users(session, rowptr, seen, sizes, chunk_users, rows)
-    _popular_fallback(
-        con, dataset, range(sizes["num_users"], len(user_ids)), rowptr, seen, sizes["k"], rows
+    np.savez(parts_dir / "seen.npz", rowptr=rowptr, items=seen)
+    popular = con.execute(
+        "SELECT item_idx, count(*) AS n FROM training_interactions WHERE dataset = ?"
+        " GROUP BY 1 ORDER BY n DESC, item_idx LIMIT ?",
+        [dataset, sizes["k"] + 1000],
+    ).fetchall()
+    return ScoringPlan(
+        dataset=dataset,
+        kind=kind,
+        version=row["version"],
+        scorer=str(directory / "scorer.onnx"),
+        seen=str(parts_dir / "seen.npz"),
+        popular=[(int(i), int(n)) for i, n in popular],
+        num_users=len(user_ids),
+        model_users=sizes["num_users"],
+        model_items=sizes["num_items"],
+        k=sizes["k"],
+        parts_dir=str(parts_dir),
     )
-    table = rows.table(dataset, kind, row["version"], user_ids, item_ids)
-    path = _write_parquet(table, exports_dir / f"recommendations_{dataset}_{kind}.parquet")
-    _replace(con, dataset, kind, path)
+
+
+def score_user_range(
+    plan: ScoringPlan,
+    start: int,
+    stop: int,
+    chunk_users: int = 2048,
+    threads: int | None = None,
+) -> dict:
+    """Top-K of users [start, stop) into one Parquet part (indices, not ids); no warehouse."""
+    started = time.perf_counter()
+    with np.load(plan.seen) as csr:
+        rowptr, seen = csr["rowptr"], csr["items"]
+    rows = _Rows()
+    known_stop = min(stop, plan.model_users)
+    if known_stop > start:
+        session = open_session(Path(plan.scorer), threads)
+        _score_known_users(
+            session,
+            rowptr,
+            seen,
+            plan.model_items,
+            plan.k,
+            range(start, known_stop),
+            chunk_users,
+            rows,
+        )
+    _popular_fallback(
+        plan.popular, range(max(start, plan.model_users), stop), rowptr, seen, plan.k, rows
+    )
+    path = _write_parquet(rows.table(), Path(plan.parts_dir) / f"part-{start:010d}.parquet")
     return {
-        "dataset": dataset,
-        "kind": kind,
-        "model_version": row["version"],
-        "users": len(user_ids),
-        "model_users": sizes["num_users"],
-        "fallback_users": max(0, len(user_ids) - sizes["num_users"]),
-        "rows": table.num_rows,
-        "parquet": str(path),
+        "path": str(path),
+        "users": stop - start,
+        "rows": len(rows),
         "seconds": time.perf_counter() - started,
     }
 
 
+def load_scored_parts(
+    con: duckdb.DuckDBPyConnection, plan: ScoringPlan, parts: list[dict], exports_dir: Path
+) -> dict:
+    """One transaction: tonight's parts replace the (dataset, kind) set, ids mapped in SQL;
+    then the same rows, with ids, to exports_dir's Parquet file."""
+    paths = sorted(part["path"] for part in parts)
+    covered = sum(part["users"] for part in parts)
+    if covered != plan.num_users:
+        raise RuntimeError(
+            f"scoring parts cover {covered} users of {plan.num_users} in {plan.dataset}"
+        )
+    con.execute(RECOMMENDATIONS_SCHEMA)
+    with transaction(con):
+        con.execute(
+            "DELETE FROM recommendations WHERE dataset = ? AND model_kind = ?",
+            [plan.dataset, plan.kind],
+        )
+        con.execute(
+            """INSERT INTO recommendations
+               SELECT ?, u.external_id, p.rank, i.external_id, p.score, ?, ?, now()::TIMESTAMP,
+                      p.source
+               FROM read_parquet(?) p
+               JOIN user_ids u ON u.dataset = ? AND u.idx = p.user_idx
+               JOIN item_ids i ON i.dataset = ? AND i.idx = p.item_idx""",
+            [plan.dataset, plan.kind, plan.version, paths, plan.dataset, plan.dataset],
+        )
+    path = exports_dir / f"recommendations_{plan.dataset}_{plan.kind}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".parquet.partial")
+    con.execute(
+        f"""COPY (SELECT * FROM recommendations WHERE dataset = ? AND model_kind = ?
+                 ORDER BY user_id, rank) TO '{_sql_path(partial)}' (FORMAT parquet)""",
+        [plan.dataset, plan.kind],
+    )
+    os.replace(partial, path)
+    shutil.rmtree(plan.parts_dir, ignore_errors=True)
+    rows = sum(part["rows"] for part in parts)
+    return {
+        "dataset": plan.dataset,
+        "kind": plan.kind,
+        "model_version": plan.version,
+        "users": plan.num_users,
+        "model_users": min(plan.model_users, plan.num_users),
+        "fallback_users": max(0, plan.num_users - plan.model_users),
+        "rows": rows,
+        "parts": len(parts),
+        "parquet": str(path),
+        "scoring_seconds": sum(part["seconds"] for part in parts),
+    }
+
+
+def _sql_path(path: Path) -> str:
+    return str(path).replace("'", "''")
+
+
+def score_dataset(
+    con: duckdb.DuckDBPyConnection,
+    kind: str,
+    dataset: str,
+    exports_dir: Path,
+    chunk_users: int = 2048,
+    threads: int | None = None,
+    parts: int = 1,
+) -> dict:
+    """Score every user of `dataset` with the champion of `kind` in this process; returns counts
+    and timings. The Dask path runs the same three steps with the ranges on workers."""
+    started = time.perf_counter()
+    plan = plan_scoring(con, kind, dataset, exports_dir / "scoring")
+    scored = [
+        score_user_range(plan, start, stop, chunk_users, threads)
+        for start, stop in plan.ranges(parts)
+    ]
+    result = load_scored_parts(con, plan, scored, exports_dir)
+    return {**result, "seconds": time.perf_counter() - started}
+
+
 @dataclass
 class _Rows:
-    """Recommendation rows as index arrays, gathered chunk by chunk, named at the end."""
+    """Recommendation rows as index arrays, gathered chunk by chunk."""
 
     parts: list[dict[str, np.ndarray]] = field(default_factory=list)
 
     def add(self, users, ranks, items, scores, source: str) -> None:
         self.parts.append(
             {
-                "user": np.asarray(users, np.int64),
+                "user_idx": np.asarray(users, np.int64),
                 "rank": np.asarray(ranks, np.int32),
-                "item": np.asarray(items, np.int64),
+                "item_idx": np.asarray(items, np.int64),
                 "score": np.asarray(scores, np.float64),
                 "source": np.full(len(users), source, dtype=object),
             }
         )
 
-    def column(self, name: str) -> np.ndarray:
-        return np.concatenate([part[name] for part in self.parts]) if self.parts else np.array([])
+    def __len__(self) -> int:
+        return sum(len(part["user_idx"]) for part in self.parts)
 
-    def table(
-        self, dataset: str, kind: str, version: int, user_ids: list[str], item_ids: list[str]
-    ) -> pa.Table:
-        users, items = self.column("user").astype(np.int64), self.column("item").astype(np.int64)
-        n = len(users)
+    def table(self) -> pa.Table:
+        types = {
+            "user_idx": pa.int64(),
+            "rank": pa.int32(),
+            "item_idx": pa.int64(),
+            "score": pa.float64(),
+            "source": pa.string(),
+        }
         return pa.table(
             {
-                "dataset": pa.array([dataset] * n, pa.string()),
-                "user_id": pa.array(
-                    np.array(user_ids, dtype=object)[users] if n else [], pa.string()
-                ),
-                "rank": pa.array(self.column("rank"), pa.int32()),
-                "item_id": pa.array(
-                    np.array(item_ids, dtype=object)[items] if n else [], pa.string()
-                ),
-                "score": pa.array(self.column("score"), pa.float64()),
-                "model_kind": pa.array([kind] * n, pa.string()),
-                "model_version": pa.array([version] * n, pa.int32()),
-                "generated_at": pa.array([datetime.now()] * n, pa.timestamp("us")),
-                "source": pa.array(self.column("source"), pa.string()),
+                name: pa.array(
+                    np.concatenate([p[name] for p in self.parts]) if self.parts else [], kind
+                )
+                for name, kind in types.items()
             }
         )
 
 
-def _score_known_users(session, rowptr, seen, sizes: dict, chunk_users: int, rows: _Rows) -> None:
-    """The scorer over every user the model knows, seen items masked through `exclude`."""
-    k, known_users, known_items = sizes["k"], sizes["num_users"], sizes["num_items"]
-    for start in range(0, known_users, chunk_users):
-        users = np.arange(start, min(start + chunk_users, known_users))
-        exclude = np.zeros((len(users), known_items), dtype=bool)
-        for row_index, user in enumerate(users):
+def _score_known_users(
+    session, rowptr, seen, known_items: int, k: int, users: range, chunk_users: int, rows: _Rows
+) -> None:
+    """The scorer over `users` (all known to the model), seen items masked through `exclude`."""
+    for chunk_start in range(users.start, users.stop, chunk_users):
+        chunk = np.arange(chunk_start, min(chunk_start + chunk_users, users.stop))
+        exclude = np.zeros((len(chunk), known_items), dtype=bool)
+        for row_index, user in enumerate(chunk):
             items = seen[rowptr[user] : rowptr[user + 1]]
             exclude[row_index, items[items < known_items]] = True
-        top_items, top_scores = session.run(None, {"users": users, "exclude": exclude})
+        top_items, top_scores = session.run(None, {"users": chunk, "exclude": exclude})
         valid = np.isfinite(top_scores)  # a user who has seen nearly everything gets fewer
         rows.add(
-            np.repeat(users, k)[valid.ravel()],
-            np.tile(np.arange(1, k + 1), len(users))[valid.ravel()],
+            np.repeat(chunk, k)[valid.ravel()],
+            np.tile(np.arange(1, k + 1), len(chunk))[valid.ravel()],
             top_items[valid],
             top_scores[valid],
             "model",
         )
 
 
-def _popular_fallback(con, dataset: str, users: range, rowptr, seen, k: int, rows: _Rows) -> None:
+def _popular_fallback(
+    popular: list[tuple[int, int]], users: range, rowptr, seen, k: int, rows: _Rows
+) -> None:
     """Most interacted-with items the user has not seen, for users the model does not know."""
-    counts = con.execute(
-        "SELECT item_idx, count(*) AS n FROM training_interactions WHERE dataset = ?"
-        " GROUP BY 1 ORDER BY n DESC, item_idx LIMIT ?",
-        [dataset, k + 1000],
-    ).fetchall()
     for user in users:
         already = set(seen[rowptr[user] : rowptr[user + 1]].tolist())
-        picks = [(item, n) for item, n in counts if item not in already][:k]
+        picks = [(item, n) for item, n in popular if item not in already][:k]
         rows.add(
             [user] * len(picks),
             range(1, len(picks) + 1),
@@ -225,12 +350,3 @@ def _write_parquet(table: pa.Table, path: Path) -> Path:
     pq.write_table(table, partial)
     os.replace(partial, path)
     return path
-
-
-def _replace(con, dataset: str, kind: str, path: Path) -> None:
-    con.execute(RECOMMENDATIONS_SCHEMA)
-    with transaction(con):
-        con.execute(
-            "DELETE FROM recommendations WHERE dataset = ? AND model_kind = ?", [dataset, kind]
-        )
-        con.execute("INSERT INTO recommendations SELECT * FROM read_parquet(?)", [str(path)])
