@@ -25,6 +25,8 @@ from models_src.data import (
     split_interactions,
 )
 from models_src.datasets import load_source
+from models_src.distributed import SINGLE_PROCESS, DataParallel
+from models_src.distributed import current as current_data_parallel
 from models_src.metrics import evaluate_ranking, mae, rmse
 from models_src.models import GATBPR, RatingModel
 
@@ -48,6 +50,7 @@ class Learner(ABC):
     device: torch.device
     monitor: str
     mode: str  # "max" or "min": the direction in which `monitor` improves
+    parallel: DataParallel = SINGLE_PROCESS  # this process's share of a torchrun run
 
     @abstractmethod
     def train_epoch(self, optimizer: torch.optim.Optimizer, epoch: int) -> float:
@@ -62,12 +65,39 @@ class Learner(ABC):
         """The constructor arguments that rebuild the model from a checkpoint."""
 
 
+class BPRStep(nn.Module):
+    """One BPR step's loss as a module's forward: DistributedDataParallel synchronises the
+    gradients of what runs through a forward call, and GATBPR's training step is not its
+    forward (that scores pairs)."""
+
+    def __init__(self, model: GATBPR, l2: float) -> None:
+        super().__init__()
+        self.model, self.l2 = model, l2
+
+    def forward(self, edge_index: Tensor, users: Tensor, positives: Tensor, negatives: Tensor):
+        offset = self.model.num_users
+        embedding = self.model.get_embedding(edge_index)
+        user_emb = embedding[users]
+        pos_scores = (user_emb * embedding[offset + positives]).sum(-1)
+        neg_scores = (user_emb.unsqueeze(1) * embedding[offset + negatives]).sum(-1)
+        layer0 = self.model.embedding.weight
+        return self.model.loss(
+            pos_scores,
+            neg_scores,
+            [layer0[users], layer0[offset + positives], layer0[offset + negatives].flatten(0, 1)],
+            self.l2,
+        )
+
+
 class BPRLearner(Learner):
     """GAT-BPR on implicit feedback.
 
     Each step propagates the whole graph once and scores a large batch of positives against
     several sampled negatives: propagation dominates the cost of a step, so big batches with
     several negatives get the most learning out of each propagation (DESIGN.md's levers).
+
+    Under torchrun (models_src/distributed.py) every process draws the same batches and
+    negatives and takes its shard of each; DistributedDataParallel averages the gradients.
     """
 
     mode = "max"
@@ -92,6 +122,11 @@ class BPRLearner(Learner):
         # Sorted (user * num_items + item) keys: membership tests for negative sampling.
         self.seen_keys = torch.unique(self.users * self.num_items + self.items)
         self.csr = {name: positives_csr(data) for name, data in splits.items()}
+        self.parallel = current_data_parallel()
+        self.step: nn.Module = BPRStep(self.model, config.l2)
+        if self.parallel.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.step = nn.parallel.DistributedDataParallel(self.step, device_ids=ids)
 
     def model_args(self) -> dict:
         m = self.model
@@ -125,30 +160,20 @@ class BPRLearner(Learner):
     def train_epoch(self, optimizer: torch.optim.Optimizer, epoch: int) -> float:
         self.model.train()
         total, steps = 0.0, 0
-        offset = self.num_users
         for batch in _batches(len(self.users), self.config.batch_size, f"epoch {epoch}"):
             batch = batch.to(self.device)
             users, positives = self.users[batch], self.items[batch]
+            # Drawn for the whole batch, so every process consumes the RNG alike and the
+            # batches and negatives stay the same everywhere.
             negatives = self.sample_negatives(users)
-            embedding = self.model.get_embedding(self.edge_index)
-            user_emb = embedding[users]
-            pos_scores = (user_emb * embedding[offset + positives]).sum(-1)
-            neg_scores = (user_emb.unsqueeze(1) * embedding[offset + negatives]).sum(-1)
-            layer0 = self.model.embedding.weight
-            loss = self.model.loss(
-                pos_scores,
-                neg_scores,
-                [
-                    layer0[users],
-                    layer0[offset + positives],
-                    layer0[offset + negatives].flatten(0, 1),
-                ],
-                self.config.l2,
-            )
+            mine = self.parallel.shard(len(batch))
+            # Weighted so the processes' mean is the whole batch's mean, shards of any size.
+            share = (mine.stop - mine.start) * self.parallel.world_size / len(batch)
+            loss = share * self.step(self.edge_index, users[mine], positives[mine], negatives[mine])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss.detach())
+            total += float(self.parallel.mean(loss.detach()))
             steps += 1
         return total / max(steps, 1)
 
@@ -184,6 +209,8 @@ class RatingLearner(Learner):
         train = splits["train"]
         if train.rating is None:
             raise ValueError("the rating model needs explicit ratings; this source has none")
+        if current_data_parallel().enabled:
+            raise ValueError("data-parallel (torchrun) training is implemented for GAT-BPR only")
         self.splits, self.config, self.device = splits, config, device
         low, high = float(train.rating.min()), float(train.rating.max())
         scale = train.meta.get("rating_scale") or (low, high)

@@ -3,6 +3,8 @@
 python -m models_src.train_improved --epochs 50 --patience 5
 python -m models_src.train_improved --model rating --data sample-ratings --use-scheduler
 python -m models_src.train_improved --resume --output-dir data/runs/my-run
+torchrun --standalone --nproc-per-node 2 -m models_src.train_improved --data export.parquet
+    (GAT-BPR, data-parallel: gloo on CPU, nccl with one GPU per process; models_src/distributed.py)
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from models_src.cli import (
     config_from_args,
     default_output_dir,
 )
+from models_src.distributed import init_from_torchrun, shutdown
 from models_src.learners import prepare_learner
 from models_src.trainers import AdvancedTrainer
 
@@ -48,13 +51,22 @@ def main(argv: list[str] | None = None) -> dict:
         test_ratio=args.test_ratio,
         split=args.split,
     )
-    learner, artifacts = prepare_learner(config, args.data)
-    output_dir = args.output_dir or default_output_dir(config.model)
-    trainer = AdvancedTrainer(learner, config, output_dir, artifacts=artifacts)
-    if args.resume:
-        trainer.resume()
-    final = trainer.fit()
-    k = config.k
+    parallel = init_from_torchrun(config.device)
+    try:
+        learner, artifacts = prepare_learner(config, args.data)
+        output_dir = args.output_dir or default_output_dir(config.model)
+        trainer = AdvancedTrainer(learner, config, output_dir, artifacts=artifacts)
+        if args.resume:
+            trainer.resume()
+        final = trainer.fit()
+    finally:
+        shutdown()
+    if parallel.is_main:
+        _print_summary(final, config.k, output_dir)
+    return final
+
+
+def _print_summary(final: dict, k: int, output_dir) -> None:
     for split in ("val", "test"):
         metrics = final[split]
         line = (
@@ -64,7 +76,6 @@ def main(argv: list[str] | None = None) -> dict:
             line += f", rmse {metrics['rmse']:.4f}, mae {metrics['mae']:.4f}"
         print(line)
     print(f"Best epoch {final['best_epoch']}; outputs in {output_dir}")
-    return final
 
 
 if __name__ == "__main__":

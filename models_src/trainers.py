@@ -42,7 +42,10 @@ class BaseTrainer:
         log: Log = print,
         on_epoch: Callable[[dict], None] | None = None,
     ) -> None:
-        self.learner, self.config, self.log = learner, config, log
+        self.learner, self.config = learner, config
+        # In a torchrun run every process trains; only the main one logs and writes files.
+        self.is_main = learner.parallel.is_main
+        self.log = log if self.is_main else (lambda line: None)
         self.artifacts = artifacts or {}
         self.on_epoch = on_epoch or (lambda row: None)
         weight_decay = config.weight_decay
@@ -137,6 +140,7 @@ class AdvancedTrainer(BaseTrainer):
             "config": self.config.to_dict(),
             "artifacts": self.artifacts,
             "rng_state": torch.get_rng_state(),
+            "world_size": self.learner.parallel.world_size,
         }
 
     def resume(self) -> bool:
@@ -166,7 +170,7 @@ class AdvancedTrainer(BaseTrainer):
         val = self.evaluate("val")
         self.start_metrics = val
         self.best_value, self.best_epoch = val[self.learner.monitor], 0
-        save_checkpoint(self.output_dir / "best_model.pt", self.state(0))
+        self._save("best_model.pt", 0)
         self.log(f"Starting point: val {_label(self.learner.monitor)} {self.best_value:.4f}")
 
     def fit(self) -> dict:
@@ -196,12 +200,12 @@ class AdvancedTrainer(BaseTrainer):
             if improved(val[monitor], self.best_value, learner.mode):
                 self.best_value, self.best_epoch, self.bad_epochs = val[monitor], epoch, 0
                 self.seconds_to_best = self.elapsed
-                save_checkpoint(self.output_dir / "best_model.pt", self.state(epoch))
+                self._save("best_model.pt", epoch)
                 self.log(f"New best model! Val {_label(monitor)}: {val[monitor]:.4f}")
             else:
                 self.bad_epochs += 1
             if epoch % config.checkpoint_every == 0:
-                save_checkpoint(self.output_dir / f"checkpoint_epoch_{epoch}.pt", self.state(epoch))
+                self._save(f"checkpoint_epoch_{epoch}.pt", epoch)
             self.on_epoch(row)
             self._write_metrics(final=None)
         if self.bad_epochs >= config.patience:
@@ -223,7 +227,8 @@ class AdvancedTrainer(BaseTrainer):
     def _finish(self) -> dict:
         """Keep the last weights as final_model.pt, reload the best, score val and test."""
         last_epoch = self.history[-1]["epoch"] if self.history else 0
-        save_checkpoint(self.output_dir / "final_model.pt", self.state(last_epoch))
+        self._save("final_model.pt", last_epoch)
+        self.learner.parallel.barrier()  # the main process has written best_model.pt
         if (self.output_dir / "best_model.pt").exists():
             best = load_checkpoint(self.output_dir / "best_model.pt")
             self.learner.model.load_state_dict(best["model"])
@@ -238,10 +243,17 @@ class AdvancedTrainer(BaseTrainer):
         if self.start_metrics is not None:
             final["start_val"] = self.start_metrics
         self._write_metrics(final)
-        plot_history(self.history, self.output_dir / "history.png", self.learner.monitor)
+        if self.is_main:
+            plot_history(self.history, self.output_dir / "history.png", self.learner.monitor)
         return final
 
+    def _save(self, name: str, epoch: int) -> None:
+        if self.is_main:
+            save_checkpoint(self.output_dir / name, self.state(epoch))
+
     def _write_metrics(self, final: dict | None) -> None:
+        if not self.is_main:
+            return
         document = {
             "model": self.config.model,
             "config": self.config.to_dict(),

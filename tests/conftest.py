@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="encore-tests-"))
@@ -15,6 +16,7 @@ os.environ["ENCORE_HOME"] = str(_SESSION_HOME)
 os.environ["PREFECT_HOME"] = str(_SESSION_HOME / "prefect")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from models_src.data import Interactions  # noqa: E402
 from models_src.sample_data import SampleConfig, write_sample_days  # noqa: E402
 from tasks.home import EncoreHome, configure_environment  # noqa: E402
 from tasks.sources import PRESETS, DatasetSpec, SourceFormat  # noqa: E402
@@ -73,3 +75,33 @@ def flow_home(tmp_path: Path, monkeypatch) -> EncoreHome:
     monkeypatch.setenv("ENCORE_HOME", str(home.root))
     home.sources_file.write_text(SAMPLE_SOURCES)
     return home
+
+
+def planted(users: int, items_per_group: int, groups: list[str], seed: int) -> Interactions:
+    """Users each like one group's items (and rate them high): structure a model can learn.
+    Ids are external strings; group codes follow sorted names, as the warehouse export does."""
+    rng = np.random.default_rng(seed)
+    names = sorted(groups)
+    item_group = np.repeat([names.index(g) for g in groups], items_per_group)
+    n_items = len(item_group)
+    user, item = [], []
+    for u in range(users):
+        liked = np.flatnonzero(item_group == names.index(groups[u % len(groups)]))
+        for i in rng.choice(liked, size=min(10, len(liked)), replace=False):
+            user.append(u)
+            item.append(i)
+    rating = np.where(rng.random(len(user)) < 0.8, 5.0, 3.0).astype(np.float32)
+    return Interactions(
+        np.array(user),
+        np.array(item),
+        users,
+        n_items,
+        rating=rating,
+        item_group=item_group,
+        meta={
+            "user_ids": [f"user-{u}" for u in range(users)],
+            "item_ids": [f"item-{i}" for i in range(n_items)],
+            "group_ids": names,
+            "rating_scale": [1.0, 5.0],
+        },
+    )

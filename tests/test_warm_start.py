@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import planted
 
 from models_src.config import TrainConfig
 from models_src.data import Interactions, split_interactions
@@ -14,36 +15,6 @@ from models_src.trainers import AdvancedTrainer
 from models_src.warm_start import WarmStartIncompatible, warm_start
 
 GROUPS = ["pop", "rock", "jazz", "folk"]
-
-
-def planted(users: int, items_per_group: int, groups: list[str], seed: int) -> Interactions:
-    """Users each like one group's items (and rate them high): structure a model can learn.
-    Ids are external strings; group codes follow sorted names, as the warehouse export does."""
-    rng = np.random.default_rng(seed)
-    names = sorted(groups)
-    item_group = np.repeat([names.index(g) for g in groups], items_per_group)
-    n_items = len(item_group)
-    user, item = [], []
-    for u in range(users):
-        liked = np.flatnonzero(item_group == names.index(groups[u % len(groups)]))
-        for i in rng.choice(liked, size=min(10, len(liked)), replace=False):
-            user.append(u)
-            item.append(i)
-    rating = np.where(rng.random(len(user)) < 0.8, 5.0, 3.0).astype(np.float32)
-    return Interactions(
-        np.array(user),
-        np.array(item),
-        users,
-        n_items,
-        rating=rating,
-        item_group=item_group,
-        meta={
-            "user_ids": [f"user-{u}" for u in range(users)],
-            "item_ids": [f"item-{i}" for i in range(n_items)],
-            "group_ids": names,
-            "rating_scale": [1.0, 5.0],
-        },
-    )
 
 
 def grown(before: Interactions, new_users: int, seed: int) -> Interactions:
