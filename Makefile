@@ -6,7 +6,7 @@ ENCORE := $(VENV)/bin/encore
 STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv run server deploy worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly clean-data
+.PHONY: venv run server deploy deploy-docker deploy-kubernetes worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly clean-data
 
 # The venv is rebuilt when pyproject.toml changes. torch goes first and pinned so that no other
 # package can pull a multi-GB CUDA build.
@@ -45,6 +45,32 @@ deploy: venv
 	env $(PREFECT_ENV) ENCORE_PROJECT_ROOT="$(CURDIR)" ENCORE_CRON="$(ENCORE_CRON)" \
 		ENCORE_TIMEZONE="$(ENCORE_TIMEZONE)" \
 		$(VENV)/bin/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
+
+# --- The same deployments on a Docker or Kubernetes work pool (deployments/README.md, "Moving to
+# Docker or Kubernetes"): the project image (deployments/Dockerfile) is built here and pushed to
+# ENCORE_IMAGE, a registry the workers pull from (needs a Docker daemon and `docker login`).
+ENCORE_IMAGE       ?=
+ENCORE_IMAGE_TAG   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev)
+ENCORE_DATA_VOLUME ?= encore-data
+ENCORE_NAMESPACE   ?= encore
+IMAGE_ENV = ENCORE_IMAGE="$(ENCORE_IMAGE)" ENCORE_IMAGE_TAG="$(ENCORE_IMAGE_TAG)" \
+	ENCORE_CRON="$(ENCORE_CRON)" ENCORE_TIMEZONE="$(ENCORE_TIMEZONE)"
+NEED_IMAGE = @test -n "$(ENCORE_IMAGE)" || { echo "set ENCORE_IMAGE=<registry>/<repo>/encore" >&2; exit 1; }
+
+## The encore-docker work pool and deployments/prefect-docker.yaml (server running; ENCORE_IMAGE).
+deploy-docker: venv
+	$(NEED_IMAGE)
+	env $(PREFECT_ENV) $(VENV)/bin/prefect work-pool create encore-docker --type docker --overwrite
+	env $(PREFECT_ENV) $(IMAGE_ENV) ENCORE_DATA_VOLUME="$(ENCORE_DATA_VOLUME)" \
+		$(VENV)/bin/prefect --no-prompt deploy --all --prefect-file deployments/prefect-docker.yaml
+
+## The encore-kubernetes work pool (with the data home's PVC) and deployments/prefect-kubernetes.yaml.
+deploy-kubernetes: venv
+	$(NEED_IMAGE)
+	env $(PREFECT_ENV) $(VENV)/bin/prefect work-pool create encore-kubernetes --type kubernetes \
+		--base-job-template deployments/kubernetes-base-job-template.json --overwrite
+	env $(PREFECT_ENV) $(IMAGE_ENV) ENCORE_NAMESPACE="$(ENCORE_NAMESPACE)" \
+		$(VENV)/bin/prefect --no-prompt deploy --all --prefect-file deployments/prefect-kubernetes.yaml
 
 ## A worker that runs the pool's flow runs (foreground; stop it before the server).
 worker: venv
