@@ -3,15 +3,25 @@
 A *format* says how to parse a file and which of its columns are the canonical fields
 (user_id, item_id, rating, weight, ts, item_group). A *dataset* is a named stream of such files
 (one landing folder, one format, one kind), and owns its id maps and snapshots in the warehouse.
+
+A landing is local (a file, or a folder and a glob `pattern`, `**` for any depth) or, for
+Parquet, remote: an object-storage prefix (`s3://bucket/events/`, `gs://`, `r2://`) or an
+`https://` file, listed and read by DuckDB's httpfs extension (see `RemoteFile`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from datetime import datetime
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
+from urllib.parse import unquote
+
+import duckdb
 
 Kind = Literal["implicit", "explicit"]
 TimestampUnit = Literal["epoch_s", "epoch_ms", "iso"]
@@ -30,6 +40,10 @@ TIMESTAMP_READ_TYPES = {"epoch_s": "BIGINT", "epoch_ms": "BIGINT", "iso": "TIMES
 
 class SourceConfigError(ValueError):
     """A dataset or format declaration is inconsistent (names the offending key)."""
+
+
+class RemoteSourceError(SourceConfigError):
+    """A remote landing cannot be read on this machine (httpfs missing, listing refused)."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +165,156 @@ PRESETS: dict[str, SourceFormat] = {
 }
 
 LANDING_SUFFIXES = (".csv", ".tsv", ".dat", ".data", ".txt", ".parquet")
+# Schemes DuckDB's httpfs extension reads. Azure (az://, abfss://) needs another extension.
+REMOTE_SCHEMES = ("s3", "s3a", "s3n", "r2", "gs", "gcs", "http", "https", "hf")
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# What `Path("s3://bucket/key")` turns a URL into: the scheme's "//" collapsed to "/".
+_COLLAPSED_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/(?!/)")
+
+
+def as_location(value: Path | str | RemoteFile) -> Path | str:
+    """A local path as a `Path`, a remote one as its URL string.
+
+    Also undoes what `Path()` does to a URL (`s3://b/k` becomes `s3:/b/k`), so a URL that went
+    through a `Path` on its way (a task's file list) is still read remotely. Object keys with
+    empty segments (`a//b`) do not survive that trip.
+    """
+    if isinstance(value, RemoteFile):
+        return value.url
+    text = str(value)
+    url = _URL.match(text)
+    if url:
+        if url.group(1).lower() not in REMOTE_SCHEMES:
+            raise SourceConfigError(
+                f"{text!r}: scheme {url.group(1)}:// is not supported; remote landings use "
+                f"{', '.join(s + '://' for s in REMOTE_SCHEMES)} (read by DuckDB's httpfs)"
+            )
+        return text
+    collapsed = _COLLAPSED_URL.match(text)
+    if collapsed and collapsed.group(1).lower() in REMOTE_SCHEMES:
+        return f"{collapsed.group(1)}://{text[collapsed.end() :]}"
+    return Path(value)
+
+
+def _hidden(parts: tuple[str, ...]) -> bool:
+    """Hive/Spark convention: names starting with `_` or `.` are not data (`_SUCCESS`,
+    `_temporary/` of a job still writing, `.crc` checksums)."""
+    return any(part.startswith(("_", ".")) for part in parts)
+
+
+def partition_values(relative: str | PurePosixPath) -> dict[str, str | None]:
+    """`key=value` folders of a path below the landing, e.g. `date=2026-11-01/part-0.parquet`
+    gives {"date": "2026-11-01"}; values are URL-decoded as Hive writes them, and Hive's
+    `__HIVE_DEFAULT_PARTITION__` is NULL."""
+    values: dict[str, str | None] = {}
+    for part in PurePosixPath(relative).parts[:-1]:
+        key, sep, value = part.partition("=")
+        if sep and key:
+            value = unquote(value)
+            values[unquote(key)] = None if value == HIVE_NULL else value
+    return values
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One object under a remote landing, as DuckDB's httpfs lists it.
+
+    Its identity (what the warehouse's `source_files.sha256` holds for it, instead of a digest
+    of the bytes) is the sha256 of URL, size and last-modified time. Hashing the content would
+    mean downloading every object every night just to plan; object stores give size and
+    last-modified with the listing, and an object's last-modified changes on every write. So:
+    the same object unchanged is never read twice; an object rewritten in place (or the same
+    bytes uploaded again, or copied to a new key) is read again, and its rows then count as
+    duplicates of the earlier load (natural-key dedupe), never twice in the training data.
+    A server that sends no Last-Modified (plain https) is identified by URL and size alone.
+    """
+
+    url: str
+    size_bytes: int
+    last_modified: datetime | None
+
+    def __str__(self) -> str:
+        return self.url
+
+    @property
+    def name(self) -> str:
+        return self.url.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def mtime(self) -> float | None:
+        return self.last_modified.timestamp() if self.last_modified else None
+
+    @property
+    def identity(self) -> str:
+        stamp = self.last_modified.isoformat() if self.last_modified else ""
+        key = f"remote\n{self.url}\n{self.size_bytes}\n{stamp}"
+        return hashlib.sha256(key.encode()).hexdigest()
+
+
+def require_httpfs(con: duckdb.DuckDBPyConnection, dataset: str, location: str) -> None:
+    """Load DuckDB's httpfs extension, which must already be installed: Encore never downloads
+    at run time. Auto-install is switched off on this connection first, so no remote read can
+    fetch an extension behind our back either."""
+    con.execute("SET autoinstall_known_extensions = false")
+    row = con.execute(
+        "SELECT installed, loaded FROM duckdb_extensions() WHERE extension_name = 'httpfs'"
+    ).fetchone()
+    installed, loaded = row or (False, False)
+    if loaded:
+        return
+    if installed:
+        try:
+            con.execute("LOAD httpfs")
+            return
+        except duckdb.Error as err:
+            problem = f"httpfs is installed but does not load ({err})"
+    else:
+        problem = "httpfs is not installed"
+    version = con.execute("SELECT library_version FROM pragma_version()").fetchone()[0]
+    platform = con.execute("PRAGMA platform").fetchone()[0]
+    folder = con.execute("SELECT current_setting('extension_directory')").fetchone()[0]
+    folder = Path(folder) if folder else Path.home() / ".duckdb" / "extensions"
+    expected = folder / version / platform / "httpfs.duckdb_extension"
+    raise RemoteSourceError(
+        f"dataset '{dataset}': landing {location!r} is remote, which DuckDB reads through its "
+        f"httpfs extension, and {problem} (DuckDB {version}, {platform}; looked for {expected})."
+        " Encore never downloads extensions while it runs: install httpfs beforehand, e.g. run"
+        f" `INSTALL httpfs` in DuckDB {version} on a machine with internet and copy the"
+        f" extension file to {expected.parent}/ here, or `INSTALL '/path/to/"
+        "httpfs.duckdb_extension'` from a local copy."
+    )
+
+
+def stat_remote(
+    con: duckdb.DuckDBPyConnection, dataset: str, urls: list[str], scheme: str | None = None
+) -> list[RemoteFile]:
+    """Size and last-modified of each URL (httpfs: one HEAD each, content is not fetched),
+    in the order given. `scheme` is put back on names the filesystem returns without it."""
+    if not urls:
+        return []
+    try:
+        found = con.execute(
+            "SELECT filename, size, last_modified FROM read_blob(?)", [urls]
+        ).fetchall()
+    except duckdb.IOException:
+        raise  # unreachable store, timeout: worth a retry (the ingest tasks retry I/O errors)
+    except duckdb.Error as err:
+        raise RemoteSourceError(
+            f"dataset '{dataset}': cannot read size and last-modified of {len(urls)} file(s),"
+            f" first {urls[0]!r}: {err}"
+        ) from err
+    by_name = {_with_scheme(name, scheme): (size, modified) for name, size, modified in found}
+    missing = [url for url in urls if url not in by_name]
+    if missing:
+        raise RemoteSourceError(f"dataset '{dataset}': no size for {missing[:3]} from read_blob")
+    return [RemoteFile(url, *by_name[url]) for url in urls]
+
+
+def _with_scheme(name: str, scheme: str | None) -> str:
+    if scheme is None or _URL.match(name):
+        return name
+    return f"{scheme}://{name}"
 
 
 @dataclass(frozen=True)
@@ -159,22 +323,109 @@ class DatasetSpec:
 
     name: str
     format: SourceFormat
-    landing: Path
+    landing: Path | str  # a local file or folder (Path), or a remote URL (str); see as_location
     pattern: str = "*"
     item_names: Path | None = None  # optional side file of item names (titles, artists)
     item_names_format: str | None = None
 
-    def landing_files(self) -> list[Path]:
-        """Files waiting in the landing folder, oldest name first (names carry the date)."""
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "landing", as_location(self.landing))
+        if not self.is_remote:
+            return
+        if self.format.file_type != "parquet":
+            raise SourceConfigError(
+                f"dataset '{self.name}': remote landing {self.landing!r} needs a Parquet format;"
+                " text files are counted from their local bytes, so they must be local"
+            )
+        http = self.landing.lower().startswith(("http://", "https://"))
+        if http and not self.remote_is_file and any(c in self.pattern for c in "*?["):
+            raise SourceConfigError(
+                f"dataset '{self.name}': an http(s) server cannot be listed, so {self.landing!r}"
+                f" with pattern {self.pattern!r} matches nothing; name the file in `landing`"
+                " (https://host/path/events.parquet) or use s3://, gs:// or r2://"
+            )
+
+    @property
+    def is_remote(self) -> bool:
+        return isinstance(self.landing, str)
+
+    @property
+    def remote_is_file(self) -> bool:
+        """A remote landing naming one object (`.../events.parquet`), not a prefix."""
+        return self.is_remote and self.landing.lower().endswith(LANDING_SUFFIXES)
+
+    def landing_files(self, con: duckdb.DuckDBPyConnection | None = None) -> list:
+        """Files waiting in the landing, in name order (names carry the date: day files, or
+        `date=...` partition folders).
+
+        Local: `Path`s, the landing file or the folder's files matching `pattern`. Remote:
+        `RemoteFile`s listed by DuckDB's `glob()` on `landing` + `pattern` through httpfs,
+        on `con` or a private in-memory connection (either sees persistent DuckDB secrets).
+        Parquet datasets skip names starting with `_` or `.` below the landing (`_SUCCESS`,
+        `_temporary/`); every dataset takes only names ending in one of LANDING_SUFFIXES.
+        """
+        if self.is_remote:
+            return self._remote_files(con)
         if self.landing.is_file():
             return [self.landing]
         if not self.landing.is_dir():
             return []
+        parquet = self.format.file_type == "parquet"
         return sorted(
             p
             for p in self.landing.glob(self.pattern)
-            if p.is_file() and p.suffix.lower() in LANDING_SUFFIXES
+            if p.is_file()
+            and p.suffix.lower() in LANDING_SUFFIXES
+            and not (parquet and _hidden(p.relative_to(self.landing).parts))
         )
+
+    def _remote_files(self, con: duckdb.DuckDBPyConnection | None) -> list[RemoteFile]:
+        own = con is None
+        con = duckdb.connect() if own else con
+        try:
+            require_httpfs(con, self.name, self.landing)
+            scheme = _URL.match(self.landing).group(1)
+            if self.remote_is_file:
+                return stat_remote(con, self.name, [self.landing], scheme)
+            pattern = self.landing.rstrip("/") + "/" + self.pattern.lstrip("/")
+            try:
+                names = [
+                    row[0] for row in con.execute("SELECT file FROM glob(?)", [pattern]).fetchall()
+                ]
+            except duckdb.IOException:
+                raise  # unreachable store, timeout: the ingest tasks retry I/O errors
+            except duckdb.Error as err:
+                raise RemoteSourceError(
+                    f"dataset '{self.name}': cannot list {pattern!r}: {err}"
+                ) from err
+            urls = sorted(
+                url
+                for url in (_with_scheme(name, scheme) for name in names)
+                if url.lower().endswith(LANDING_SUFFIXES)
+                and not _hidden(PurePosixPath(self.relative(url)).parts)
+            )
+            return stat_remote(con, self.name, urls, scheme)
+        finally:
+            if own:
+                con.close()
+
+    def relative(self, location: Path | str | RemoteFile) -> str:
+        """The file's path below the landing, '' when the landing is the file (or elsewhere)."""
+        where = as_location(location)
+        if self.is_remote:
+            root = self.landing.rstrip("/") + "/"
+            return where[len(root) :] if isinstance(where, str) and where.startswith(root) else ""
+        if isinstance(where, str):
+            return ""
+        try:
+            return where.resolve().relative_to(self.landing.resolve()).as_posix()
+        except ValueError:
+            return ""
+
+    def partitions(self, location: Path | str | RemoteFile) -> dict[str, str | None]:
+        """Hive partition values of a file below the landing (see `partition_values`)."""
+        relative = self.relative(location)
+        return partition_values(relative) if relative else {}
 
 
 def format_from_table(table: Mapping[str, Any], where: str) -> SourceFormat:
@@ -236,17 +487,22 @@ def load_datasets(sources_file: Path) -> list[DatasetSpec]:
             names_path = Path(names) if Path(names).is_absolute() else sources_file.parent / names
         if not landing:
             raise SourceConfigError(f"{where}: 'landing' (a folder or a file) is required")
-        landing_path = Path(landing)
-        if not landing_path.is_absolute():
-            landing_path = sources_file.parent / landing_path
-        datasets.append(
-            DatasetSpec(
-                name,
-                format_from_table(table, where),
-                landing_path,
-                pattern,
-                names_path,
-                names_format,
+        try:
+            landing_path = as_location(landing)
+            if isinstance(landing_path, Path) and not landing_path.is_absolute():
+                landing_path = sources_file.parent / landing_path
+            datasets.append(
+                DatasetSpec(
+                    name,
+                    format_from_table(table, where),
+                    landing_path,
+                    pattern,
+                    names_path,
+                    names_format,
+                )
             )
-        )
+        except SourceConfigError as err:
+            if str(err).startswith(where):
+                raise
+            raise SourceConfigError(f"{where}: {err}") from err
     return datasets

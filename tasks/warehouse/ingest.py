@@ -6,6 +6,10 @@ real check and not a tautology: a row DuckDB dropped silently would break it and
 
 The file loads inside one transaction. A crash at any point leaves nothing of it, and because the
 file is only registered (by sha256) in that same transaction, the next run simply loads it again.
+
+Remote Parquet (s3://, gs://, https://, read through DuckDB's httpfs) has no local bytes to hash
+or count: its registry key is `RemoteFile.identity` (URL, size, last-modified; see there) and its
+rows read come from the Parquet footer, as for local Parquet.
 """
 
 from __future__ import annotations
@@ -21,7 +25,16 @@ from pathlib import Path
 
 import duckdb
 
-from tasks.sources import FIELD_TYPES, TIMESTAMP_READ_TYPES, DatasetSpec, SourceFormat
+from tasks.sources import (
+    FIELD_TYPES,
+    TIMESTAMP_READ_TYPES,
+    DatasetSpec,
+    RemoteFile,
+    SourceFormat,
+    as_location,
+    require_httpfs,
+    stat_remote,
+)
 from tasks.warehouse.schema import transaction
 
 SCAN_BLOCK_BYTES = 8 << 20
@@ -35,7 +48,7 @@ class IngestFileError(ValueError):
     """A file that cannot be loaded at all; the message names the file, line and column."""
 
     def __init__(
-        self, path: Path, message: str, line: int | None = None, column: str | None = None
+        self, path: Path | str, message: str, line: int | None = None, column: str | None = None
     ):
         where = f"{path}" + (f", line {line}" if line is not None else "")
         where += f", column '{column}'" if column else ""
@@ -49,10 +62,11 @@ class AccountingError(RuntimeError):
 
 @dataclass(frozen=True)
 class FileScan:
-    sha256: str
+    sha256: str  # of the bytes; for a remote file, its RemoteFile.identity
     size_bytes: int
     lines: int  # non-blank physical lines, header included
     blank_lines: tuple[int, ...]  # 1-based numbers of empty lines (DuckDB skips them)
+    mtime: float | None = None  # remote files only (local ones are stat'ed when registered)
 
 
 @dataclass
@@ -79,8 +93,12 @@ class FileResult:
         return asdict(self)
 
 
-def scan_file(path: Path) -> FileScan:
-    """sha256, size and line counts in one streaming pass (bounded memory for any file size)."""
+def scan_file(path: Path | RemoteFile) -> FileScan:
+    """sha256, size and line counts in one streaming pass (bounded memory for any file size).
+
+    A listed remote file is not read: its identity stands for the sha256 (no lines: Parquet)."""
+    if isinstance(path, RemoteFile):
+        return remote_scan(path)
     digest = hashlib.sha256()
     size = lines = 0
     blank: list[int] = []
@@ -99,6 +117,15 @@ def scan_file(path: Path) -> FileScan:
     if carry.strip(b"\r"):
         lines += 1  # a last line without a trailing newline still is a line
     return FileScan(digest.hexdigest(), size, lines - len(blank), tuple(blank))
+
+
+def remote_scan(remote: RemoteFile) -> FileScan:
+    return FileScan(remote.identity, remote.size_bytes, 0, (), remote.mtime)
+
+
+def stat_remote_file(con: duckdb.DuckDBPyConnection, spec: DatasetSpec, url: str) -> RemoteFile:
+    require_httpfs(con, spec.name, url)
+    return stat_remote(con, spec.name, [url], url.split("://", 1)[0])[0]
 
 
 def sql_str(value: str) -> str:
@@ -180,8 +207,15 @@ class _Stage:
 
     `_staged` is a view, not a copy: at 10M rows each materialisation costs seconds."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, fmt: SourceFormat):
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        path: Path | str,
+        fmt: SourceFormat,
+        partitions: dict[str, str | None] | None = None,
+    ):
         self.con, self.path, self.fmt = con, path, fmt
+        self.partitions = partitions or {}
         self.scan: FileScan | None = None
 
     def read(self) -> None:
@@ -288,16 +322,27 @@ class _Stage:
         return "ts_raw" if self.fmt.timestamp_unit in ("epoch_s", "epoch_ms") else "NULL::BIGINT"
 
     def _stage_parquet(self) -> None:
-        """Parquet has no rejects store: cast with TRY_CAST and reject what did not convert."""
-        source = f"read_parquet({sql_str(str(self.path))}, file_row_number=true)"
+        """Parquet has no rejects store: cast with TRY_CAST and reject what did not convert.
+
+        The file's own columns are read as they are (DuckDB's hive_partitioning is off: it would
+        replace a file column by a same-named `key=value` folder of the path, any folder up to
+        the root). A mapped name the file lacks may instead be a partition key of a folder below
+        the landing (`date=2026-11-01/`), read as text, the same value for all the file's rows.
+        """
+        source = (
+            f"read_parquet({sql_str(str(self.path))}, file_row_number=true,"
+            " hive_partitioning=false)"
+        )
         present = {
             row[0] for row in self.con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()
         }
         for canonical, name in self.fmt.columns.items():
-            if name not in present:
+            if name not in present and name not in self.partitions:
+                keys = f"; partition keys {sorted(self.partitions)}" if self.partitions else ""
+                has = sorted(present - {"file_row_number"})
                 raise IngestFileError(
                     self.path,
-                    f"missing column '{name}' (for {canonical}); has {sorted(present)}",
+                    f"missing column '{name}' (for {canonical}); has {has}{keys}",
                     column=name,
                 )
         casts, failures = [], []
@@ -308,7 +353,11 @@ class _Stage:
                 else FIELD_TYPES[canonical]
             )
             alias = "ts_raw" if canonical == "ts" else canonical
-            quoted = '"' + name.replace('"', '""') + '"'
+            if name in present:
+                quoted = '"' + name.replace('"', '""') + '"'
+            else:
+                value = self.partitions[name]
+                quoted = "NULL::VARCHAR" if value is None else f"{sql_str(value)}::VARCHAR"
             casts.append(f"TRY_CAST({quoted} AS {target}) AS {alias}")
             failures.append(
                 f"CASE WHEN {quoted} IS NOT NULL AND TRY_CAST({quoted} AS {target}) IS NULL "
@@ -447,13 +496,20 @@ def open_snapshot(con: duckdb.DuckDBPyConnection, dataset: str) -> int:
     ).fetchone()[0]
 
 
-def is_known_unchanged(con: duckdb.DuckDBPyConnection, dataset: str, path: Path) -> bool:
-    """Loaded before from this path with the same size and mtime: no need to hash it again."""
-    stat = path.resolve().stat()
+def is_known_unchanged(
+    con: duckdb.DuckDBPyConnection, dataset: str, path: Path | RemoteFile
+) -> bool:
+    """Loaded before from this path with the same size and mtime: no need to hash it again.
+    (A listed remote file: the same URL, size and last-modified, i.e. its identity.)"""
+    if isinstance(path, RemoteFile):
+        key = [path.url, path.size_bytes, path.mtime]
+    else:
+        stat = path.resolve().stat()
+        key = [str(path.resolve()), stat.st_size, stat.st_mtime]
     return con.execute(
         "SELECT count(*) > 0 FROM source_files WHERE dataset = ? AND status = 'loaded'"
         " AND path = ? AND size_bytes = ? AND mtime = ?",
-        [dataset, str(path.resolve()), stat.st_size, stat.st_mtime],
+        [dataset, *key],
     ).fetchone()[0]
 
 
@@ -465,7 +521,9 @@ def already_loaded(con: duckdb.DuckDBPyConnection, dataset: str, sha256: str) ->
     return row[0] if row else None
 
 
-def rows_read(con: duckdb.DuckDBPyConnection, path: Path, fmt: SourceFormat, scan: FileScan) -> int:
+def rows_read(
+    con: duckdb.DuckDBPyConnection, path: Path | str, fmt: SourceFormat, scan: FileScan
+) -> int:
     """Rows the file holds, counted apart from the load: non-blank lines less the header for
     text; the row count in the footer for Parquet."""
     if fmt.file_type == "parquet":
@@ -477,8 +535,8 @@ def rows_read(con: duckdb.DuckDBPyConnection, path: Path, fmt: SourceFormat, sca
     return max(0, scan.lines - int(fmt.header))
 
 
-def _check_not_empty(path: Path, fmt: SourceFormat, rows: int) -> None:
-    if path.stat().st_size == 0:
+def _check_not_empty(path: Path | str, fmt: SourceFormat, rows: int, size_bytes: int) -> None:
+    if size_bytes == 0:
         raise IngestFileError(path, "file is empty (0 bytes)")
     if rows == 0 and fmt.header and fmt.file_type == "delimited":
         raise IngestFileError(path, "file has a header but no data rows", line=1)
@@ -487,7 +545,7 @@ def _check_not_empty(path: Path, fmt: SourceFormat, rows: int) -> None:
 
 
 def _record_error(
-    con, spec: DatasetSpec, path: Path, scan: FileScan, snapshot_id: int, error: str
+    con, spec: DatasetSpec, path: Path | str, scan: FileScan, snapshot_id: int, error: str
 ) -> None:
     """An unreadable file is refused whole: all of its rows count as rejected, under one reject
     row for the file (line NULL), so the accounting still holds and the report says why."""
@@ -520,7 +578,10 @@ def crash_point(stage: str) -> None:
 
 
 def ingest_file(
-    con: duckdb.DuckDBPyConnection, spec: DatasetSpec, path: Path, snapshot_id: int
+    con: duckdb.DuckDBPyConnection,
+    spec: DatasetSpec,
+    path: Path | str | RemoteFile,
+    snapshot_id: int,
 ) -> FileResult:
     """Load one file into `interactions` in a single transaction; see the module docstring.
 
@@ -528,14 +589,27 @@ def ingest_file(
     both are passes over the same bytes, and hashlib releases the GIL. Content already loaded is
     detected once the hash is known and the transaction is rolled back (the ingest flow checks
     hashes before it gets here, so that waste only happens on direct calls).
+
+    A remote file (a URL, or a `Path` a URL was squeezed into, see `as_location`) is stat'ed
+    first, which needs httpfs: without it a RemoteSourceError names the dataset and records
+    nothing. Its identity replaces the byte scan.
     """
     started = time.perf_counter()
-    path = path.resolve()
+    location = as_location(path)
+    if isinstance(location, str):
+        remote = stat_remote_file(con, spec, location)
+        pending_scan: Future = Future()
+        pending_scan.set_result(remote_scan(remote))
+    else:
+        location = location.resolve()
+    path = location
     result = FileResult(spec.name, str(path), "skipped", snapshot_id=snapshot_id)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encore-scan") as pool:
-        pending_scan = pool.submit(scan_file, path)
+        if isinstance(path, Path):
+            pending_scan = pool.submit(scan_file, path)
         try:
-            if path.stat().st_size == 0:
+            size = path.stat().st_size if isinstance(path, Path) else remote.size_bytes
+            if size == 0:
                 raise IngestFileError(path, "file is empty (0 bytes)")
             with transaction(con):
                 result = _load(con, spec, path, pending_scan, snapshot_id, result)
@@ -561,17 +635,22 @@ def ingest_file(
 
 
 def _load(
-    con, spec: DatasetSpec, path: Path, pending_scan: Future, snapshot_id: int, result: FileResult
+    con,
+    spec: DatasetSpec,
+    path: Path | str,
+    pending_scan: Future,
+    snapshot_id: int,
+    result: FileResult,
 ) -> FileResult:
     fmt = spec.format
-    stage = _Stage(con, path, fmt)
+    stage = _Stage(con, path, fmt, spec.partitions(path) if fmt.file_type == "parquet" else None)
     stage.read()
     scan: FileScan = pending_scan.result()
     existing = already_loaded(con, spec.name, scan.sha256)
     if existing is not None:
         raise _AlreadyLoaded(existing, scan.sha256)
     result.rows_read = rows_read(con, path, fmt, scan)
-    _check_not_empty(path, fmt, result.rows_read)
+    _check_not_empty(path, fmt, result.rows_read, scan.size_bytes)
     stage.finish(scan)
     crash_point("staged")
     duplicates = _drop_duplicates(con, spec.name, fmt)
@@ -603,7 +682,7 @@ def _load(
             str(path),
             scan.sha256,
             scan.size_bytes,
-            path.stat().st_mtime,
+            path.stat().st_mtime if isinstance(path, Path) else scan.mtime,
             snapshot_id,
             result.rows_read,
             loaded,
