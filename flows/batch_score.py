@@ -26,14 +26,17 @@ def score_champion(
     """Every user of `dataset` scored by the `kind` champion, `parts` user ranges on `runner`."""
     started = time.perf_counter()
     plan = plan_scoring_task(warehouse_path, dataset, kind, exports_dir)
+    ranges_started = time.perf_counter()
     futures = [
         runner.submit(score_range_task, {"plan": plan, "start": start, "stop": stop})
         for start, stop in plan.ranges(parts)
     ]
     scored = [future.result() for future in futures]
-    return load_scores_task(
+    ranges_seconds = time.perf_counter() - ranges_started
+    loaded = load_scores_task(
         warehouse_path, plan, scored, exports_dir, time.perf_counter() - started
     )
+    return {**loaded, "ranges_wall_seconds": ranges_seconds}
 
 
 def _run_name() -> str:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-import duckdb
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import task_run
 
 from tasks.home import EncoreHome
+from tasks.retries import IO_RETRIES, artifact_key  # noqa: F401 - re-exported
 from tasks.sources import DatasetSpec, load_datasets
 from tasks.warehouse.ingest import (
     IngestFileError,
@@ -25,27 +24,6 @@ from tasks.warehouse.ingest import (
 from tasks.warehouse.names import load_item_names
 from tasks.warehouse.schema import warehouse
 from tasks.warehouse.validation import ValidationThresholds, report_markdown, validate_snapshot
-
-
-def retry_on_io_error(task, task_run, state) -> bool:
-    """Retry only what a retry can fix: file-system errors and a warehouse locked by another
-    process. Bad data fails the same way every time, so it is never retried."""
-    try:
-        state.result()
-    except (OSError, duckdb.IOException):
-        return True
-    except Exception:
-        return False
-    return False
-
-
-# The retry policy of every task that touches files or the warehouse: `@task(..., **IO_RETRIES)`.
-IO_RETRIES = {"retries": 2, "retry_delay_seconds": 5, "retry_condition_fn": retry_on_io_error}
-
-
-def artifact_key(text: str) -> str:
-    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
-    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
 
 
 def find_dataset(sources_file: Path, name: str) -> DatasetSpec:

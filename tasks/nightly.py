@@ -11,8 +11,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from models_src.gate import GateThresholds
-from tasks.ingest import IO_RETRIES, artifact_key
 from tasks.report import metrics_rows, nightly_report_markdown
+from tasks.retries import IO_RETRIES, artifact_key
 from tasks.warehouse.export import latest_passed_snapshot
 from tasks.warehouse.gating import gate_version
 from tasks.warehouse.publish import publish_run

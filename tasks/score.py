@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from tasks.ingest import IO_RETRIES, artifact_key
+from tasks.retries import IO_RETRIES, artifact_key
 from tasks.warehouse.registry import ensure_registry
 from tasks.warehouse.schema import warehouse
 from tasks.warehouse.scoring import (

@@ -14,8 +14,8 @@ from prefect.artifacts import (
 )
 from prefect.logging import get_run_logger
 
-from tasks.ingest import IO_RETRIES, artifact_key
 from tasks.report import image_markdown
+from tasks.retries import IO_RETRIES, artifact_key
 from tasks.warehouse.export import export_interactions
 from tasks.warehouse.registry import champion, verify_artifacts
 from tasks.warehouse.schema import warehouse

@@ -134,7 +134,7 @@ def test_only_io_errors_are_retried():
     import duckdb
     from prefect.states import Completed, Failed
 
-    from tasks.ingest import IO_RETRIES
+    from tasks.retries import IO_RETRIES
 
     retry = IO_RETRIES["retry_condition_fn"]
     assert IO_RETRIES["retries"] > 0
