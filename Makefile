@@ -6,7 +6,7 @@ ENCORE := $(VENV)/bin/encore
 STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv run server deploy deploy-docker deploy-kubernetes worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly clean-data
+.PHONY: venv run server deploy deploy-docker deploy-kubernetes worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly bench-warm-start bench-scale clean-data
 
 # The venv is rebuilt when pyproject.toml changes. torch goes first and pinned so that no other
 # package can pull a multi-GB CUDA build.
@@ -113,6 +113,13 @@ bench-nightly: venv
 	$(PY) -m bench.bench_nightly
 
 ## Ingest throughput vs a bare DuckDB read_csv, on a generated 10M-row listens file.
+bench-warm-start: venv
+	$(PY) -m bench.bench_warm_start
+
+# 10M listens + 2M ratings through the whole nightly flow on a 2-worker Dask LocalCluster.
+bench-scale: venv
+	$(PY) -m bench.bench_scale
+
 bench-ingest: venv
 	$(PY) -m bench.bench_ingest --rows 10000000
 
