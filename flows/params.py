@@ -29,6 +29,12 @@ class GatBprParams(_Params):
     num_layers: int = Field(1, ge=1, description="GATConv layers (propagation hops).")
     l2: float = Field(1e-3, ge=0, description="L2 on the batch's layer-0 embeddings.")
     use_scheduler: bool = Field(True, description="ReduceLROnPlateau on val Recall@K.")
+    minibatch: Literal["auto", "full", "sampled"] = Field(
+        "auto",
+        description="Train on the full graph, or on subgraphs sampled around each batch; auto "
+        "samples when a full-graph step would not fit in memory.",
+    )
+    fanout: int = Field(10, ge=1, description="Sampled neighbours per node and layer.")
 
 
 class RatingParams(_Params):

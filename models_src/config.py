@@ -38,6 +38,10 @@ class TrainConfig:
     rating_threshold: float | None = None  # relevant = rating >= this (default: 4 on 1-5, scaled)
     eval_batch_size: int = 1024
     checkpoint_every: int = 1
+    # GAT-BPR steps: the full graph, or sampled subgraphs around each batch (models_src/
+    # sampling.py); auto samples when a full-graph step would not fit in memory.
+    minibatch: Literal["auto", "full", "sampled"] = "auto"
+    fanout: int = 10  # neighbours sampled per node and layer
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

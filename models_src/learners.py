@@ -29,6 +29,7 @@ from models_src.distributed import SINGLE_PROCESS, DataParallel
 from models_src.distributed import current as current_data_parallel
 from models_src.metrics import evaluate_ranking, mae, rmse
 from models_src.models import GATBPR, RatingModel
+from models_src.sampling import NeighborSampler, full_graph_fits
 
 # Items never ranked when scoring a split: train items; train and val items for test.
 EXCLUDED_BEFORE = {"train": (), "val": ("train",), "test": ("train", "val")}
@@ -74,13 +75,22 @@ class BPRStep(nn.Module):
         super().__init__()
         self.model, self.l2 = model, l2
 
-    def forward(self, edge_index: Tensor, users: Tensor, positives: Tensor, negatives: Tensor):
-        offset = self.model.num_users
-        embedding = self.model.get_embedding(edge_index)
+    def forward(
+        self,
+        edge_index: Tensor,
+        users: Tensor,
+        positives: Tensor,
+        negatives: Tensor,
+        nodes: Tensor | None = None,
+    ) -> Tensor:
+        """The batch's BPR loss. Node ids are global, or positions in `nodes` when the step runs
+        on a sampled subgraph (then items are already offset past the users)."""
+        offset = self.model.num_users if nodes is None else 0
+        embedding = self.model.get_embedding(edge_index, nodes)
         user_emb = embedding[users]
         pos_scores = (user_emb * embedding[offset + positives]).sum(-1)
         neg_scores = (user_emb.unsqueeze(1) * embedding[offset + negatives]).sum(-1)
-        layer0 = self.model.embedding.weight
+        layer0 = self.model.embedding.weight if nodes is None else self.model.embedding(nodes)
         return self.model.loss(
             pos_scores,
             neg_scores,
@@ -123,6 +133,7 @@ class BPRLearner(Learner):
         self.seen_keys = torch.unique(self.users * self.num_items + self.items)
         self.csr = {name: positives_csr(data) for name, data in splits.items()}
         self.parallel = current_data_parallel()
+        self.sampler = self._sampler(config, device)
         self.step: nn.Module = BPRStep(self.model, config.l2)
         if self.parallel.enabled:
             ids = [device.index] if device.type == "cuda" else None
@@ -169,13 +180,39 @@ class BPRLearner(Learner):
             mine = self.parallel.shard(len(batch))
             # Weighted so the processes' mean is the whole batch's mean, shards of any size.
             share = (mine.stop - mine.start) * self.parallel.world_size / len(batch)
-            loss = share * self.step(self.edge_index, users[mine], positives[mine], negatives[mine])
+            loss = share * self._step_loss(users[mine], positives[mine], negatives[mine])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total += float(self.parallel.mean(loss.detach()))
             steps += 1
         return total / max(steps, 1)
+
+    def _sampler(self, config: TrainConfig, device: torch.device) -> NeighborSampler | None:
+        """Sampled subgraphs when asked, or (auto) when a full-graph step would not fit."""
+        fits = full_graph_fits(self.edge_index.shape[1], config.heads, config.embedding_dim, device)
+        if config.minibatch == "full" or (config.minibatch == "auto" and fits):
+            return None
+        nodes = self.model.embedding.num_embeddings
+        fanouts = [config.fanout] * config.num_layers
+        return NeighborSampler(self.edge_index, nodes, fanouts, config.seed + self.parallel.rank)
+
+    def _step_loss(self, users: Tensor, positives: Tensor, negatives: Tensor) -> Tensor:
+        if self.sampler is None:
+            return self.step(self.edge_index, users, positives, negatives)
+        offset = self.num_users
+        seeds = torch.cat([users, offset + positives, offset + negatives.flatten()])
+        graph = self.sampler.sample(seeds)
+        nodes = graph.nodes.to(self.device)
+        local = torch.empty(int(nodes.max()) + 1, dtype=torch.long, device=self.device)
+        local[nodes] = torch.arange(len(nodes), device=self.device)
+        return self.step(
+            graph.edge_index.to(self.device),
+            local[users],
+            local[offset + positives],
+            local[offset + negatives],
+            nodes,
+        )
 
     @torch.no_grad()
     def item_scores(self) -> tuple[Tensor, Tensor]:

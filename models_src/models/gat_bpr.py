@@ -61,9 +61,10 @@ class GATBPR(nn.Module):
                 eye = torch.eye(self.embedding_dim).repeat(self.heads, 1)
                 conv.lin.weight.copy_(eye)
 
-    def get_embedding(self, edge_index: Tensor) -> Tensor:
-        """Final embedding of every node: the mean over layers 0..L."""
-        x = self.embedding.weight
+    def get_embedding(self, edge_index: Tensor, nodes: Tensor | None = None) -> Tensor:
+        """Final embedding of every node: the mean over layers 0..L. With `nodes`, of a
+        subgraph: `edge_index` is in positions of `nodes` (models_src/sampling.py)."""
+        x = self.embedding.weight if nodes is None else self.embedding(nodes)
         layers = [x]
         for conv in self.convs:
             x = conv(x, edge_index)

@@ -1,0 +1,88 @@
+"""Mini-batches of the user-item graph for GAT-BPR when a full-graph step would not fit.
+
+What PyG's LinkNeighborLoader does for a batch of links: take the batch's nodes (users, their
+positive and negative items) as seeds and sample, per GAT layer, a fixed number of incoming
+neighbours of the current frontier; the model then propagates over that subgraph only, and the
+seeds' embeddings are exact functions of their sampled neighbourhoods.
+
+Why not LinkNeighborLoader itself: its sampler needs `pyg-lib` or `torch-sparse`, and neither
+installs here for torch 2.13 (no pyg-lib on the registry; torch-sparse 0.6.18 is a 2023 source
+release that would compile on every install). This is the same sampling in plain torch
+(uniform, with replacement, as `LinkNeighborLoader(..., replace=True)`); swap it for the loader
+where pyg-lib is available. It draws from its own generator, so data-parallel processes keep
+drawing the same batches and negatives from the global one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+# Bytes a full-graph step keeps per (edge, head, channel): the gathered source features, the
+# attention-weighted messages and their gradients (float32), with slack. Checked against
+# bench-scale's GAT-BPR worker (bench/results/scale.md).
+BYTES_PER_EDGE_CHANNEL = 16
+
+
+@dataclass
+class SampledGraph:
+    """A subgraph: `nodes` (global ids, seeds first) and its edges in local ids."""
+
+    nodes: Tensor
+    edge_index: Tensor
+    num_seeds: int
+
+
+class NeighborSampler:
+    def __init__(
+        self, edge_index: Tensor, num_nodes: int, fanouts: list[int], seed: int = 0
+    ) -> None:
+        """`edge_index` as PyG's (source, target); `fanouts[h]`: neighbours per node at hop h."""
+        source, target = edge_index.cpu()
+        order = torch.argsort(target, stable=True)
+        self.sources = source[order]
+        counts = torch.bincount(target, minlength=num_nodes)
+        self.rowptr = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+        self.fanouts = list(fanouts)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def neighbours(self, nodes: Tensor, fanout: int) -> tuple[Tensor, Tensor]:
+        """(neighbour, node) pairs: `fanout` incoming neighbours per node, drawn uniformly with
+        replacement; a node without neighbours gets none."""
+        start, degree = self.rowptr[nodes], self.rowptr[nodes + 1] - self.rowptr[nodes]
+        has = degree > 0
+        nodes, start, degree = nodes[has], start[has], degree[has]
+        draw = torch.rand(len(nodes), fanout, generator=self.generator)
+        offsets = (draw * degree.unsqueeze(1)).long().clamp(max=(degree - 1).unsqueeze(1))
+        picked = self.sources[start.unsqueeze(1) + offsets]
+        return picked.flatten(), nodes.repeat_interleave(fanout)
+
+    def sample(self, seeds: Tensor) -> SampledGraph:
+        """The seeds' sampled computation graph, one hop per fanout (the model's layers)."""
+        seeds = torch.unique(seeds.cpu())
+        frontier, sources, targets = seeds, [], []
+        for fanout in self.fanouts:
+            neighbour, node = self.neighbours(frontier, fanout)
+            sources.append(neighbour)
+            targets.append(node)
+            frontier = torch.unique(neighbour)
+        others = torch.cat([*sources, seeds])
+        others = others[~torch.isin(others, seeds)]
+        nodes = torch.cat([seeds, torch.unique(others)])
+        local = torch.full((int(nodes.max()) + 1,), -1, dtype=torch.long)
+        local[nodes] = torch.arange(len(nodes))
+        edges = torch.stack([local[torch.cat(sources)], local[torch.cat(targets)]])
+        return SampledGraph(nodes, edges, len(seeds))
+
+
+def full_graph_fits(num_edges: int, heads: int, channels: int, device: torch.device) -> bool:
+    """Would a full-graph training step fit in half the device's memory?"""
+    need = num_edges * heads * channels * BYTES_PER_EDGE_CHANNEL
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return need < free // 2
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return need < total // 2
