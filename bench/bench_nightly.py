@@ -69,6 +69,20 @@ def prepare_home(root: Path, workload: str) -> None:
 # --- the two ways of running one night (in the child process) ------------------------------
 
 
+def ingest_and_validate(con, specs, params, reports: Path) -> None:
+    """Every dataset's landing files into the warehouse, then its snapshot validated (the
+    warehouse calls the `ingest` flow makes, without Prefect)."""
+    from tasks.warehouse.ingest import ingest_file, open_snapshot, register_dataset
+    from tasks.warehouse.validation import validate_snapshot
+
+    for spec in specs:
+        register_dataset(con, spec)
+        snapshot = open_snapshot(con, spec.name)
+        for path in spec.landing_files():
+            ingest_file(con, spec, path, snapshot)
+        validate_snapshot(con, snapshot, params.validation, reports)
+
+
 def direct_night(home, params) -> tuple[dict[str, float], list[dict]]:
     """The nightly stages called directly: no Prefect anywhere."""
     from models_src.config import TrainConfig
@@ -80,23 +94,16 @@ def direct_night(home, params) -> tuple[dict[str, float], list[dict]]:
     from tasks.sources import load_datasets
     from tasks.warehouse.export import export_interactions
     from tasks.warehouse.gating import gate_version
-    from tasks.warehouse.ingest import ingest_file, open_snapshot, register_dataset
     from tasks.warehouse.publish import publish_run
     from tasks.warehouse.schema import warehouse
     from tasks.warehouse.scoring import score_dataset
-    from tasks.warehouse.validation import validate_snapshot
 
     timings: dict[str, float] = {}
     models = []
     specs = load_datasets(home.sources_file)
     with warehouse(home.warehouse, temp_dir=home.tmp) as con:
         with stage_clock(timings, "ingest + validate"):
-            for spec in specs:
-                register_dataset(con, spec)
-                snapshot = open_snapshot(con, spec.name)
-                for path in spec.landing_files():
-                    ingest_file(con, spec, path, snapshot)
-                validate_snapshot(con, snapshot, params.validation, home.reports)
+            ingest_and_validate(con, specs, params, home.reports)
         for spec in specs:
             for model in DEFAULT_MODELS[spec.format.kind]:
                 with stage_clock(timings, "export"):

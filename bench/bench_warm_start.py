@@ -30,18 +30,12 @@ METRICS = ("recall@10", "ndcg@10", "rmse")
 
 def load_day(con, home, specs, params, day: int) -> None:
     """Write day `day` of both samples into the landing folders and ingest + validate it."""
+    from bench.bench_nightly import ingest_and_validate
     from models_src.sample_data import default_configs, write_sample_days
-    from tasks.warehouse.ingest import ingest_file, open_snapshot, register_dataset
-    from tasks.warehouse.validation import validate_snapshot
 
     for kind, config in default_configs().items():
         write_sample_days(home.landing / f"sample-{kind}", kind, config, range(day + 1))
-    for spec in specs:
-        register_dataset(con, spec)
-        snapshot = open_snapshot(con, spec.name)
-        for path in spec.landing_files():
-            ingest_file(con, spec, path, snapshot)
-        validate_snapshot(con, snapshot, params.validation, home.reports)
+    ingest_and_validate(con, specs, params, home.reports)
 
 
 def train(export_path: str, config, run_dir: Path, warm_from: Path | None) -> dict:

@@ -21,10 +21,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-# Bytes a full-graph step keeps per (edge, head, channel): the gathered source features, the
-# attention-weighted messages and their gradients (float32), with slack. Checked against
-# bench-scale's GAT-BPR worker (bench/results/scale.md).
-BYTES_PER_EDGE_CHANNEL = 16
+# Peak process memory per (edge, head, channel) of full-graph GAT-BPR training: measured in
+# bench-scale (bench/results/scale.md), a worker peaked at 9.6 GB training on ~9.5M directed
+# edges (4.6M train pairs and the item-artist links, both ways) x 1 head x 32 channels:
+# about 32 bytes, everything in the process included.
+BYTES_PER_EDGE_CHANNEL = 32
 
 
 @dataclass

@@ -77,7 +77,18 @@ def test_dask_runner_gives_the_in_process_recommendations(flow_home, tmp_path, m
         runs = client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[on_dask["run_id"]]))
         )
-    names = {run.name for run in runs}
-    assert "train gat-bpr on sample-listens snapshot 1" in names
-    ranges = [name for name in names if name.startswith("score sample-listens users")]
+    by_name = {run.name: run for run in runs}
+    ranges = [name for name in by_name if name.startswith("score sample-listens users")]
     assert len(ranges) == 3
+    # Both models were submitted before either was gated: they trained side by side.
+    listens = by_name["train gat-bpr on sample-listens snapshot 1"]
+    ratings = by_name["train rating on sample-ratings snapshot 2"]
+    assert listens.start_time < ratings.end_time and ratings.start_time < listens.end_time
+
+    # The batch-score flow on the cluster re-scores the same champions to the same rows.
+    from flows.batch_score import batch_score
+
+    results = batch_score(task_runner={**DASK, "scoring_parts": 5})
+    assert {r["parts"] for r in results} == {5}
+    rescored = recommendations(EncoreHome(twin))
+    assert [row[:-1] for row in rescored] == [row[:-1] for row in expected]
