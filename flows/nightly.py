@@ -120,6 +120,7 @@ def _start_training(
                 "config": params.train_config(model),
                 "runs_dir": str(home.root / "runs" / stamp),
                 "warm_start": warm,
+                "processes": params.gat_bpr.processes if model == "gat-bpr" else 1,
             },
         )
 

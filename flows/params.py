@@ -35,6 +35,12 @@ class GatBprParams(_Params):
         "samples when a full-graph step would not fit in memory.",
     )
     fanout: int = Field(10, ge=1, description="Sampled neighbours per node and layer.")
+    processes: int = Field(
+        1,
+        ge=1,
+        description="Data-parallel training processes under torchrun (gloo on CPU, nccl with "
+        "one GPU each); 1 trains in the task's own process.",
+    )
 
 
 class RatingParams(_Params):

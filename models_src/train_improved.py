@@ -10,6 +10,8 @@ torchrun --standalone --nproc-per-node 2 -m models_src.train_improved --data exp
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from models_src.cli import (
     add_common_options,
@@ -18,6 +20,7 @@ from models_src.cli import (
 )
 from models_src.distributed import init_from_torchrun, shutdown
 from models_src.learners import prepare_learner
+from models_src.runs import train_run
 from models_src.trainers import AdvancedTrainer
 
 
@@ -36,7 +39,16 @@ def main(argv: list[str] | None = None) -> dict:
     add("--test-ratio", type=float, default=0.15)
     add("--split", choices=["hash", "time"], default="hash")
     add("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    add(
+        "--run-spec",
+        type=Path,
+        default=None,
+        help="a JSON run (config, data, out_dir, warm) written by the nightly train task;"
+        " the other options are ignored",
+    )
     args = parser.parse_args(argv)
+    if args.run_spec:
+        return _run_spec(args.run_spec)
     if args.resume and args.output_dir is None:
         parser.error("--resume needs --output-dir (the run to continue)")
     config = config_from_args(
@@ -63,6 +75,23 @@ def main(argv: list[str] | None = None) -> dict:
         shutdown()
     if parallel.is_main:
         _print_summary(final, config.k, output_dir)
+    return final
+
+
+def _run_spec(path: Path) -> dict:
+    """The nightly flow's run, in this (torchrun) process: models_src.runs.train_run."""
+    spec = json.loads(path.read_text())
+    parallel = init_from_torchrun(spec["config"].get("device", "auto"))
+    try:
+        _, final = train_run(
+            spec["config"],
+            spec["data"],
+            Path(spec["out_dir"]),
+            spec.get("warm"),
+            log=print if parallel.is_main else (lambda line: None),
+        )
+    finally:
+        shutdown()
     return final
 
 

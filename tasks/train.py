@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -116,81 +119,71 @@ def train_model_task(
     config: dict,
     runs_dir: str,
     warm_start: dict | None = None,
+    processes: int = 1,
 ) -> dict:
-    """AdvancedTrainer on the export; returns the run's final metrics and where it lives.
+    """Train on the export (models_src/runs.py); returns the run's final metrics and where it
+    lives. `warm_start` ({"version", "checkpoint", "config"}) starts from that champion.
 
-    `warm_start` ({"version", "checkpoint", "config"}) starts from that champion's weights with
-    its own (shorter) config; a champion of another shape is reported and training starts cold.
-    The UI follows the run through a progress artifact (epochs, val metric) and, when done, a
-    table artifact of the per-epoch curve and a markdown summary with the curves' image.
+    `processes` > 1 trains GAT-BPR data-parallel under torchrun (gloo on CPU, nccl on GPU),
+    each process running the same run. The UI follows an in-process run through a progress
+    artifact (epochs, val metric); every run ends with a table artifact of the per-epoch curve
+    and a markdown summary with the curves' image.
     """
-    from models_src.config import TrainConfig
-    from models_src.learners import prepare_learner
-
     logger = get_run_logger()
-    cold_config = TrainConfig.from_dict({**config, "model": model})
-    learner, artifacts = prepare_learner(cold_config, export["path"])
-    train_config, started_from = cold_config, _start_cold(warm_start)
-    if warm_start is not None:
-        warm_config = TrainConfig.from_dict({**warm_start["config"], "model": model})
-        started_from = _try_warm_start(learner, artifacts, warm_start, logger)
-        if started_from["warm"]:
-            train_config = warm_config
     out_dir = Path(runs_dir) / f"{dataset}-{model}-snapshot{export['snapshot_id']}"
-    trainer, final = _fit(learner, train_config, out_dir, artifacts, started_from, dataset, logger)
+    config = {**config, "model": model}
+    if processes > 1:
+        history, final = _train_with_torchrun(
+            config, export["path"], out_dir, warm_start, processes
+        )
+    else:
+        from models_src.config import TrainConfig
+        from models_src.runs import train_run
+
+        epochs = (warm_start or {}).get("config", config)["epochs"]
+        monitor = "rmse" if model == "rating" else f"recall@{TrainConfig.from_dict(config).k}"
+        progress = TrainingProgress(model, dataset, epochs, monitor)
+        trainer, final = train_run(
+            config, export["path"], out_dir, warm_start, log=logger.info, on_epoch=progress
+        )
+        progress.finish(final)
+        history = trainer.history
     key = artifact_key(f"{dataset}-{model}")
     create_table_artifact(
-        table=trainer.history,
+        table=history,
         key=f"training-curve-{key}",
         description=f"{model} on {dataset}: one row per epoch (loss, LR, val metrics)",
     )
     create_markdown_artifact(
         key=f"train-{key}", markdown=_summary_markdown(model, dataset, export, final, out_dir)
     )
-    return {
-        "run_dir": str(out_dir),
-        "model": model,
-        "device": str(learner.device),
-        "started_from": started_from,
-        **final,
-    }
+    return {"run_dir": str(out_dir), "model": model, **final}
 
 
-def _start_cold(warm_start: dict | None) -> dict:
-    reason = "no champion to start from" if warm_start is None else ""
-    return {"warm": False, "reason": reason}
+def _train_with_torchrun(
+    config: dict, data: str, out_dir: Path, warm: dict | None, processes: int
+) -> tuple[list[dict], dict]:
+    """`torchrun --nproc-per-node N -m models_src.train_improved --run-spec`; its output goes to
+    the task's log, and its result file back to the flow."""
+    from models_src.runs import RESULT_FILE
 
-
-def _try_warm_start(learner, artifacts: dict, warm_start: dict, logger) -> dict:
-    """Load the champion into the learner; on a shape mismatch say why and stay cold."""
-    from models_src.warm_start import WarmStartIncompatible
-    from models_src.warm_start import warm_start as load_warm
-
-    try:
-        report = load_warm(learner, artifacts, Path(warm_start["checkpoint"]))
-    except WarmStartIncompatible as mismatch:
-        logger.warning(f"training from scratch: champion v{warm_start['version']}: {mismatch}")
-        return {"warm": False, "reason": f"champion v{warm_start['version']}: {mismatch}"}
-    artifacts["warm_start"] = {"version": warm_start["version"], **report.to_dict()}
-    logger.info(
-        f"warm start from champion v{warm_start['version']}: kept {report.kept}, new {report.new}"
+    logger = get_run_logger()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    spec = out_dir / "run_spec.json"
+    spec.write_text(
+        json.dumps({"config": config, "data": data, "out_dir": str(out_dir), "warm": warm})
     )
-    return {"warm": True, "version": warm_start["version"], **report.to_dict()}
-
-
-def _fit(learner, config, out_dir: Path, artifacts: dict, started_from: dict, dataset, logger):
-    from models_src.trainers import AdvancedTrainer
-
-    progress = TrainingProgress(config.model, dataset, config.epochs, learner.monitor)
-    trainer = AdvancedTrainer(
-        learner,
-        config,
-        out_dir,
-        score_start=started_from["warm"],
-        artifacts=artifacts,
-        log=logger.info,
-        on_epoch=progress,
-    )
-    final = trainer.fit()
-    progress.finish(final)
-    return trainer, final
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc-per-node={processes}", "-m", "models_src.train_improved", "--run-spec", str(spec),
+    ]  # fmt: skip
+    logger.info(" ".join(command))
+    done = subprocess.run(command, capture_output=True, text=True)
+    for line in done.stdout.splitlines():
+        logger.info(line)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"torchrun training failed (exit {done.returncode}): {done.stderr[-2000:]}"
+        )
+    result = json.loads((out_dir / RESULT_FILE).read_text())
+    return result["history"], result["final"]

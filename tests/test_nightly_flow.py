@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from uuid import UUID
 
 import pytest
@@ -287,3 +288,17 @@ def test_subflows_leave_heartbeats_to_the_parent_run():
     with parent_heartbeat_only():
         assert get_current_settings().flows.heartbeat_frequency is None
     assert get_current_settings().flows.heartbeat_frequency == before
+
+
+def test_gat_bpr_trains_data_parallel_under_torchrun(night_home):
+    from models_src.checkpoint import load_checkpoint
+
+    params = quick(gat_bpr={"processes": 2}, models={"sample-ratings": []})
+    state = nightly_retrain(params, return_state=True)
+    assert state.is_completed(), state.message
+    (outcome,) = state.result()["outcomes"]
+    assert outcome["status"] == "promoted", outcome["gate"]["reasons"]
+    assert outcome["training"]["processes"] == 2 and outcome["training"]["epochs_run"] == 3
+    run_dir = Path(outcome["training"]["run_dir"])
+    assert load_checkpoint(run_dir / "best_model.pt")["world_size"] == 2
+    assert served_versions(night_home)["gat-bpr"] == {outcome["gate"]["version"]}
