@@ -30,14 +30,16 @@ from models_src.distributed import current as current_data_parallel
 from models_src.metrics import evaluate_ranking, mae, rmse
 from models_src.models import GATBPR, RatingModel
 from models_src.sampling import NeighborSampler, full_graph_fits
+from models_src.seeding import run_generator, seeded_global_rng
 
 # Items never ranked when scoring a split: train items; train and val items for test.
 EXCLUDED_BEFORE = {"train": (), "val": ("train",), "test": ("train", "val")}
 
 
-def _batches(n: int, batch_size: int, desc: str) -> Iterator[Tensor]:
-    """Shuffled index batches; a progress bar only when a person watches a terminal."""
-    order = torch.randperm(n)
+def _batches(n: int, batch_size: int, desc: str, generator: torch.Generator) -> Iterator[Tensor]:
+    """Shuffled index batches (on the generator's device); a progress bar only when a person
+    watches a terminal."""
+    order = torch.randperm(n, generator=generator, device=generator.device)
     starts = range(0, n, batch_size)
     bar = tqdm(starts, desc=desc, leave=False, disable=not sys.stderr.isatty())
     for start in bar:
@@ -52,6 +54,7 @@ class Learner(ABC):
     monitor: str
     mode: str  # "max" or "min": the direction in which `monitor` improves
     parallel: DataParallel = SINGLE_PROCESS  # this process's share of a torchrun run
+    generator: torch.Generator | None = None  # the run's own random stream (models_src/seeding.py)
 
     @abstractmethod
     def train_epoch(self, optimizer: torch.optim.Optimizer, epoch: int) -> float:
@@ -64,6 +67,15 @@ class Learner(ABC):
     @abstractmethod
     def model_args(self) -> dict:
         """The constructor arguments that rebuild the model from a checkpoint."""
+
+    def rng_state(self) -> dict[str, Tensor]:
+        """Where the run's random streams stand, for a checkpoint to resume from."""
+        return {} if self.generator is None else {"generator": self.generator.get_state()}
+
+    def set_rng_state(self, state: dict[str, Tensor]) -> None:
+        if self.generator is not None and "generator" in state:
+            # .cpu(): a checkpoint loaded with map_location="cuda" moves the state tensors too.
+            self.generator.set_state(state["generator"].cpu())
 
 
 class BPRStep(nn.Module):
@@ -118,14 +130,17 @@ class BPRLearner(Learner):
         train = splits["train"]
         self.num_users, self.num_items = train.num_users, train.num_items
         num_groups = train.num_groups if config.use_groups else 0
-        self.model = GATBPR(
-            train.num_users,
-            train.num_items,
-            num_groups,
-            embedding_dim=config.embedding_dim,
-            heads=config.heads,
-            num_layers=config.num_layers,
-        ).to(device)
+        with seeded_global_rng(config.seed):
+            model = GATBPR(
+                train.num_users,
+                train.num_items,
+                num_groups,
+                embedding_dim=config.embedding_dim,
+                heads=config.heads,
+                num_layers=config.num_layers,
+            )
+        self.model = model.to(device)
+        self.generator = run_generator(config.seed, device)
         self.edge_index = bipartite_edge_index(train, with_groups=num_groups > 0).to(device)
         self.users = torch.from_numpy(train.user).to(device)
         self.items = torch.from_numpy(train.item).to(device)
@@ -155,7 +170,11 @@ class BPRLearner(Learner):
         those that hit a seen item until none does. Only a user who has seen (nearly) every
         item could exhaust the rounds; such a user keeps the last draws."""
         negatives = torch.randint(
-            0, self.num_items, (len(users), self.config.negatives), device=self.device
+            0,
+            self.num_items,
+            (len(users), self.config.negatives),
+            device=self.device,
+            generator=self.generator,
         )
         for _ in range(64):
             keys = users.unsqueeze(1) * self.num_items + negatives
@@ -164,15 +183,21 @@ class BPRLearner(Learner):
             if not clash.any():
                 break
             negatives[clash] = torch.randint(
-                0, self.num_items, (int(clash.sum()),), device=self.device
+                0,
+                self.num_items,
+                (int(clash.sum()),),
+                device=self.device,
+                generator=self.generator,
             )
         return negatives
 
     def train_epoch(self, optimizer: torch.optim.Optimizer, epoch: int) -> float:
         self.model.train()
         total, steps = 0.0, 0
-        for batch in _batches(len(self.users), self.config.batch_size, f"epoch {epoch}"):
-            batch = batch.to(self.device)
+        batches = _batches(
+            len(self.users), self.config.batch_size, f"epoch {epoch}", self.generator
+        )
+        for batch in batches:
             users, positives = self.users[batch], self.items[batch]
             # Drawn for the whole batch, so every process consumes the RNG alike and the
             # batches and negatives stay the same everywhere.
@@ -187,6 +212,17 @@ class BPRLearner(Learner):
             total += float(self.parallel.mean(loss.detach()))
             steps += 1
         return total / max(steps, 1)
+
+    def rng_state(self) -> dict[str, Tensor]:
+        state = super().rng_state()
+        if self.sampler is not None:
+            state["sampler"] = self.sampler.generator.get_state()
+        return state
+
+    def set_rng_state(self, state: dict[str, Tensor]) -> None:
+        super().set_rng_state(state)
+        if self.sampler is not None and "sampler" in state:
+            self.sampler.generator.set_state(state["sampler"].cpu())
 
     def _sampler(self, config: TrainConfig, device: torch.device) -> NeighborSampler | None:
         """Sampled subgraphs when asked, or (auto) when a full-graph step would not fit."""
@@ -253,13 +289,16 @@ class RatingLearner(Learner):
         scale = train.meta.get("rating_scale") or (low, high)
         self.rating_range = (float(scale[0]), float(scale[1]))
         self.threshold = relevance_threshold(*self.rating_range, config.rating_threshold)
-        self.model = RatingModel(
-            train.num_users,
-            train.num_items,
-            config.embedding_dim,
-            global_mean=float(train.rating.mean()),
-            rating_range=self.rating_range,
-        ).to(device)
+        with seeded_global_rng(config.seed):
+            model = RatingModel(
+                train.num_users,
+                train.num_items,
+                config.embedding_dim,
+                global_mean=float(train.rating.mean()),
+                rating_range=self.rating_range,
+            )
+        self.model = model.to(device)
+        self.generator = run_generator(config.seed, device)
         self.tensors = {
             name: tuple(
                 torch.from_numpy(np.asarray(a)).to(device)
@@ -287,8 +326,7 @@ class RatingLearner(Learner):
         self.model.train()
         users, items, ratings = self.tensors["train"]
         total, count = 0.0, 0
-        for batch in _batches(len(users), self.config.batch_size, f"epoch {epoch}"):
-            batch = batch.to(self.device)
+        for batch in _batches(len(users), self.config.batch_size, f"epoch {epoch}", self.generator):
             u, i = users[batch], items[batch]
             loss = self.model.loss(self.model(u, i), ratings[batch], u, i, self.config.l2)
             optimizer.zero_grad()
@@ -328,9 +366,9 @@ def split_for_training(data: Interactions, config: TrainConfig) -> dict[str, Int
 
 
 def prepare_learner(config: TrainConfig, data_source: str, holdout: bool = True):
-    """Seed, load, split (or not: the simple trainer uses all data), build the learner on the
-    chosen device; also return what a checkpoint must carry (data, snapshot, id maps)."""
-    torch.manual_seed(config.seed)
+    """Load, split (or not: the simple trainer uses all data), build the learner on the chosen
+    device (seeded from config.seed); also return what a checkpoint must carry (data, snapshot,
+    id maps)."""
     data = load_source(data_source)
     splits = split_for_training(data, config) if holdout else {"train": data}
     artifacts = {

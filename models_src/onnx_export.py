@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from models_src.models import GATBPR, RatingModel
+from models_src.seeding import GLOBAL_RNG_LOCK
 
 
 class TopKScorer(nn.Module):
@@ -140,7 +141,8 @@ def _export(
 
     batch = torch.export.Dim("batch")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
+    # The exporter saves and restores torch's global RNG around its tracing (models_src/seeding.py).
+    with GLOBAL_RNG_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module,

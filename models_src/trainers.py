@@ -139,7 +139,7 @@ class AdvancedTrainer(BaseTrainer):
             "history": self.history,
             "config": self.config.to_dict(),
             "artifacts": self.artifacts,
-            "rng_state": torch.get_rng_state(),
+            "rng_state": self.learner.rng_state(),
             "world_size": self.learner.parallel.world_size,
         }
 
@@ -160,7 +160,7 @@ class AdvancedTrainer(BaseTrainer):
         self.seconds_to_best, self.elapsed = state["seconds_to_best"], state["elapsed"]
         self.start_metrics = state.get("start_metrics")
         self.start_epoch = state["epoch"] + 1
-        torch.set_rng_state(state["rng_state"])
+        self.learner.set_rng_state(state["rng_state"])
         self.log(f"Resumed from {checkpoints[-1].name} (epoch {state['epoch']})")
         return True
 

@@ -22,7 +22,7 @@ from models_src.data import (
     split_interactions,
     time_split,
 )
-from models_src.learners import BPRLearner, Learner, RatingLearner
+from models_src.learners import BPRLearner, Learner, RatingLearner, make_learner
 from models_src.models import GATBPR
 from models_src.trainers import AdvancedTrainer, improved
 
@@ -226,6 +226,31 @@ def test_resume_ends_where_an_uninterrupted_run_would(tmp_path):
     b = load_checkpoint(tmp_path / "interrupted" / "final_model.pt")["model"]
     assert all(torch.equal(a[name], b[name]) for name in a)
     assert [r["train_loss"] for r in straight.history] == [r["train_loss"] for r in resumed.history]
+
+
+@pytest.mark.parametrize("kind", ["gat-bpr", "rating"])
+def test_training_is_reproducible_whatever_else_uses_the_global_rng(kind):
+    """The in-process night trains one model while the flow's thread exports another to ONNX,
+    and the exporter rewinds torch's global RNG (models_src/seeding.py). A run's weights and
+    losses must follow from its seed alone."""
+    data = tiny_splits(planted())
+    config = TrainConfig(model=kind, lr=0.05, batch_size=64, embedding_dim=8, heads=2)
+
+    def train(disturb: bool) -> tuple[list[float], dict]:
+        torch.manual_seed(1000 if disturb else 0)  # another global state before the build
+        learner = make_learner(data, config, torch.device("cpu"))
+        optimizer = torch.optim.Adam(learner.model.parameters(), lr=config.lr)
+        losses = []
+        for epoch in range(3):
+            if disturb:  # what another thread's draws, seeds or restores do meanwhile
+                torch.manual_seed(epoch)
+                torch.rand(1000)
+            losses.append(learner.train_epoch(optimizer, epoch))
+        return losses, learner.model.state_dict()
+
+    (quiet_losses, quiet), (busy_losses, busy) = train(disturb=False), train(disturb=True)
+    assert busy_losses == quiet_losses
+    assert all(torch.equal(quiet[name], busy[name]) for name in quiet)
 
 
 def test_checkpoints_load_with_weights_only(tmp_path):
