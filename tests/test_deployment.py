@@ -32,6 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+# One API request's socket timeout. Generous: while the flow run trains on both cores, the server
+# (SQLite, one event loop) can stall for seconds; a CI run once timed a poll out at 10 s.
+REQUEST_TIMEOUT = 60
 QUICK_PARAMS = {
     "params": {
         "gat_bpr": {"epochs": 3, "batch_size": 4096},
@@ -58,7 +61,7 @@ class Deployed:
     deploy_output: str
 
     def get(self, path: str) -> dict | list:
-        with urllib.request.urlopen(f"{self.api}{path}", timeout=10) as response:
+        with urllib.request.urlopen(f"{self.api}{path}", timeout=REQUEST_TIMEOUT) as response:
             return json.load(response)
 
     def post(self, path: str, body: dict) -> dict | list:
@@ -67,7 +70,7 @@ class Deployed:
             data=json.dumps(body).encode(),
             headers={"Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:
             return json.load(response)
 
 
@@ -108,14 +111,22 @@ def _prefect(env: dict, *args: str, timeout: float = 120) -> str:
 
 
 def _wait_for_run(deployed: Deployed, worker_log: Path, timeout: float = 400) -> dict:
+    """Poll the run until it ends. A poll that fails (a socket timeout or reset while the server is
+    starved of CPU) is retried until the deadline: the run's outcome, not one poll, is the test."""
     deadline = time.monotonic() + timeout
+    last_error: OSError | None = None
     while time.monotonic() < deadline:
-        run = deployed.get(f"/flow_runs/{deployed.run_id}")
-        if run["state"]["type"] in TERMINAL:
-            return run
+        try:
+            run = deployed.get(f"/flow_runs/{deployed.run_id}")
+        except OSError as error:
+            last_error = error
+        else:
+            if run["state"]["type"] in TERMINAL:
+                return run
         time.sleep(1)
     raise TimeoutError(
-        f"flow run not finished after {timeout} s:\n{worker_log.read_text()[-4000:]}"
+        f"flow run not finished after {timeout} s (last poll error: {last_error!r}):\n"
+        f"{worker_log.read_text()[-4000:]}"
     )
 
 
