@@ -110,7 +110,9 @@ def _prefect(env: dict, *args: str, timeout: float = 120) -> str:
     return output
 
 
-def _wait_for_run(deployed: Deployed, worker_log: Path, timeout: float = 400) -> dict:
+def _wait_for_run(
+    deployed: Deployed, worker_log: Path, server_log: Path, timeout: float = 400
+) -> dict:
     """Poll the run until it ends. A poll that fails (a socket timeout or reset while the server is
     starved of CPU) is retried until the deadline: the run's outcome, not one poll, is the test."""
     deadline = time.monotonic() + timeout
@@ -126,7 +128,7 @@ def _wait_for_run(deployed: Deployed, worker_log: Path, timeout: float = 400) ->
         time.sleep(1)
     raise TimeoutError(
         f"flow run not finished after {timeout} s (last poll error: {last_error!r}):\n"
-        f"{worker_log.read_text()[-4000:]}"
+        f"worker:\n{worker_log.read_text()[-4000:]}\nserver:\n{server_log.read_text()[-3000:]}"
     )
 
 
@@ -185,7 +187,7 @@ def deployed(tmp_path_factory) -> Iterator[Deployed]:
         )
         run_id = re.search(r"UUID: ([0-9a-f-]{36})", output).group(1)
         result = Deployed(api, f"http://127.0.0.1:{port}", env, home, run_id, deploy_output)
-        _wait_for_run(result, worker_log)
+        _wait_for_run(result, worker_log, server_log)
         yield result
     finally:
         _stop(worker, grace=20)  # the worker first: it reports to the server
