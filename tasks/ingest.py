@@ -93,7 +93,8 @@ def ingest_files_task(
     with warehouse(Path(warehouse_path), temp_dir=home.tmp) as con:
         for path in paths:
             try:
-                result = ingest_file(con, spec, Path(path), snapshot_id)
+                # The string as planned: Path() would squeeze a URL's `//` (s3://b/a//k).
+                result = ingest_file(con, spec, path, snapshot_id)
             except IngestFileError as unreadable:
                 logger.warning("%s", unreadable)
                 continue
