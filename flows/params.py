@@ -153,7 +153,10 @@ class NightlyParams(_Params):
         "exists (new users and items get new rows); train from scratch otherwise.",
     )
     warm_start_epochs: int = Field(
-        20, ge=1, description="Epoch budget of a warm-started run (early stopping still applies)."
+        10,
+        ge=1,
+        description="Epoch budget of a warm-started run (early stopping still applies); 20 let "
+        "the warm rating model run longer than a cold one (bench/results/warm_start*.md).",
     )
     warm_start_patience: int = Field(
         3, ge=1, description="Early-stopping patience of a warm-started run."
