@@ -2,9 +2,10 @@
 
 The in-process nightly run trains one model in a worker thread while the flow's thread exports
 the previous model to ONNX, and torch's exporter saves and restores the *global* RNG state around
-its tracing: measured, a thread drawing from the global RNG during an export had its stream
-rewound (304 draws in, the draws repeated). A training run that shuffles and samples from the
-global RNG is then not reproducible from its seed.
+its tracing: measured, a thread drawing from the global RNG during one export left the stream
+of an undisturbed run at its 304th draw. A training run that shuffles and samples from the
+global RNG is then not reproducible from its seed (the rating model of an in-process night was
+not: its epoch-1 loss differed from the same run's on Dask).
 
 So a training run draws from generators of its own (`Learner.generator`, the neighbour sampler's),
 and the one thing that must use the global RNG, module initialisation inside the model

@@ -58,8 +58,8 @@ def test_dask_runner_gives_the_in_process_recommendations(flow_home, tmp_path, m
 
     # Dask's nanny starts workers with OMP_NUM_THREADS=1; torch's multi-threaded reductions
     # round differently, so the in-process run uses one thread too, for an exact comparison.
-    # onnxruntime too (OMP_NUM_THREADS, as open_session reads it): the rating scorer clips to
-    # the scale, and TopK may order tied scores differently with another thread count.
+    # onnxruntime too (OMP_NUM_THREADS, as open_session reads it): both sides score with the
+    # same thread count, as ranks are compared exactly.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
