@@ -15,6 +15,13 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterTaskRunId,
+    ArtifactFilterType,
+)
+from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
 from tasks.report import image_markdown
@@ -61,6 +68,11 @@ class TrainingProgress:
 
     Updated at most every `every_seconds` (each update is a call to the server, which on a small
     machine shares the cores with training), and always at the end.
+
+    Prefect's client re-sends a request that timed out, POSTs included, so a server slower than
+    PREFECT_API_REQUEST_TIMEOUT (60 s) can store the "starting" artifact twice (seen in CI: two
+    progress bars on one task run, one stuck at 0 %). Artifacts have no client-chosen id to make
+    the create idempotent, so `finish` deletes this task run's other progress artifacts instead.
     """
 
     def __init__(
@@ -71,6 +83,8 @@ class TrainingProgress:
         self.artifact_id = create_progress_artifact(
             progress=0.0, description=f"{self.label}: starting"
         )
+        task_run = TaskRunContext.get()
+        self.task_run_id = task_run.task_run.id if task_run else None
 
     def __call__(self, row: dict) -> None:
         """The trainer's on_epoch hook."""
@@ -91,6 +105,24 @@ class TrainingProgress:
             description=f"{self.label}: done after {final['epochs_run']} epochs (best"
             f" {final['best_epoch']}), test {self.monitor} {final['test'][self.monitor]:.4f}",
         )
+        self.drop_duplicates()
+
+    def drop_duplicates(self) -> None:
+        """Delete the copies a re-sent create left on this task run (see the class docstring)."""
+        if self.task_run_id is None:
+            return
+        with get_client(sync_client=True) as client:
+            copies = client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    task_run_id=ArtifactFilterTaskRunId(any_=[self.task_run_id]),
+                    type=ArtifactFilterType(any_=["progress"]),
+                )
+            )
+            for copy in copies:
+                if copy.id != self.artifact_id and (copy.description or "").startswith(
+                    f"{self.label}:"
+                ):
+                    client.delete_artifact(copy.id)
 
 
 def _summary_markdown(model: str, dataset: str, export: dict, final: dict, out_dir: Path) -> str:

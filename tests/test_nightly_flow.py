@@ -14,13 +14,17 @@ from uuid import UUID
 
 import pytest
 from conftest import write_days
+from prefect import flow, task
+from prefect.artifacts import create_progress_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
+    ArtifactFilterTaskRunId,
     FlowRunFilter,
     FlowRunFilterId,
 )
+from prefect.context import TaskRunContext
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.nightly import NightlyRunFailed, nightly_retrain
@@ -28,6 +32,7 @@ from flows.params import DEFAULT_PARAMS, NightlyParams
 from models_src.config import tuned_defaults
 from tasks.home import EncoreHome
 from tasks.lock import LockHeld, exclusive_lock
+from tasks.train import TrainingProgress
 from tasks.warehouse.schema import warehouse
 
 pytestmark = pytest.mark.slow
@@ -171,6 +176,33 @@ def test_tasks_say_what_they_did_carry_tags_and_training_reports_progress(night_
     )
     curve = artifacts["training-curve-sample-listens-gat-bpr"].data
     assert curve.count("val_recall@10") == 3  # one row per epoch
+
+
+def test_a_progress_artifact_stored_twice_by_a_resent_create_ends_as_one():
+    """Prefect's client re-sends a create that timed out; CI once got two progress bars."""
+
+    @task
+    def train_with_a_resent_create() -> UUID:
+        progress = TrainingProgress("gat-bpr", "sample-listens", epochs=3, monitor="recall@10")
+        # What the server stores when the first POST times out but commits, and is re-sent.
+        create_progress_artifact(progress=0.0, description="gat-bpr on sample-listens: starting")
+        create_progress_artifact(progress=50.0, description="another bar this task owns")
+        progress.finish({"epochs_run": 3, "best_epoch": 2, "test": {"recall@10": 0.25}})
+        return TaskRunContext.get().task_run.id
+
+    @flow
+    def one_training() -> UUID:
+        return train_with_a_resent_create()
+
+    task_run_id = one_training()
+    with get_client(sync_client=True) as client:
+        bars = client.read_artifacts(
+            artifact_filter=ArtifactFilter(task_run_id=ArtifactFilterTaskRunId(any_=[task_run_id]))
+        )
+    assert sorted((a.data, a.description.split(":")[0]) for a in bars) == [
+        (50.0, "another bar this task owns"),
+        (100.0, "gat-bpr on sample-listens"),
+    ]
 
 
 def test_a_bad_delivery_fails_its_branch_only_and_the_champion_keeps_serving(night_home):
