@@ -64,7 +64,10 @@ def configure_environment(home: EncoreHome | None = None) -> EncoreHome:
         "PREFECT_HOME": str(home.prefect_home),
         "MPLCONFIGDIR": str(home.cache / "matplotlib"),
         "XDG_CACHE_HOME": str(home.cache),
+        # Both phone home; a scheduler without internet got a `database is locked` traceback
+        # from Prefect's telemetry service in the first seconds of `make run`.
         "GX_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     for name, value in defaults.items():
         os.environ.setdefault(name, value)

@@ -48,6 +48,8 @@ def test_nightly_runs_end_to_end_and_says_where_things_are(tmp_path):
     assert encore(home, "generate-sample", "--days", "2").returncode == 0
     night = encore(home, "nightly", "--epochs", "2")
     assert night.returncode == 0, night.stderr[-3000:]
+    # A healthy night logs no tracebacks (Prefect's telemetry service once did, offline).
+    assert "Traceback" not in night.stderr, night.stderr[-3000:]
     lines = night.stdout.splitlines()
     assert any(re.match(r"gat-bpr on sample-listens: (PROMOTED|REJECTED) v\d", x) for x in lines)
     assert any(re.match(r"rating on sample-ratings: (PROMOTED|REJECTED) v\d", x) for x in lines)
@@ -62,3 +64,15 @@ def test_help_lists_the_commands():
     shown = subprocess.run([str(ENCORE), "--help"], capture_output=True, text=True, timeout=60)
     for command in ("generate-sample", "nightly", "ingest", "validate", "status", "models"):
         assert command in shown.stdout
+
+
+def test_prefect_and_gx_are_kept_from_phoning_home_unless_the_user_says_otherwise(
+    tmp_path, monkeypatch
+):
+    from tasks.home import EncoreHome, configure_environment
+
+    monkeypatch.delenv("PREFECT_SERVER_ANALYTICS_ENABLED", raising=False)
+    monkeypatch.setenv("GX_ANALYTICS_ENABLED", "true")
+    configure_environment(EncoreHome(tmp_path / "home"))
+    assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert os.environ["GX_ANALYTICS_ENABLED"] == "true"  # the user's own choice stands
