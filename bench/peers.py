@@ -1,8 +1,9 @@
 """Peer baselines for the training benchmark, scored by the same split and metric code as Encore.
 
 Ranking peers (MostPopular, PyG LightGCN, implicit ALS / BPR) return val and test metrics from
-`ranking_eval`, so a difference between two rows is the model's, not the protocol's: full ranking
-over all items, train items excluded on val, train and val items excluded on test. Rating peers
+`ranking_eval` (Encore's evaluation module), so a difference between two rows is the model's, not
+the protocol's: full ranking over all items, train items excluded on val, train and val items
+excluded on test. Rating peers
 (global mean, bias baseline, Surprise SVD, PyTorch MF with biases) return RMSE/MAE on val and test
 with predictions clipped to the train rating range.
 
@@ -25,12 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from models_src.data import Interactions, bipartite_edge_index, positives_csr
-from models_src.metrics import evaluate_ranking, mae, rmse
+from models_src.data import Interactions, bipartite_edge_index
+from models_src.evaluation import Protocol, evaluate_parts
+from models_src.metrics import mae, rmse
 
 NUM_THREADS = 2
 Scorer = Callable[[torch.Tensor], torch.Tensor]
-CSR = tuple[torch.Tensor, torch.Tensor]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -38,33 +39,21 @@ CSR = tuple[torch.Tensor, torch.Tensor]
 # ---------------------------------------------------------------------------------------------
 
 
-def _csrs(split: dict[str, Interactions]) -> dict[str, CSR]:
-    return {name: positives_csr(split[name]) for name in ("train", "val", "test")}
-
-
 def ranking_eval(
     score_users: Scorer,
     split: dict[str, Interactions],
     k: int = 10,
-    csrs: dict[str, CSR] | None = None,
+    protocol: Protocol | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Val (train excluded) and test (train and val excluded) ranking metrics, the same protocol
-    for every model. `csrs` lets a caller that evaluates often reuse the CSR arrays."""
-    csrs = csrs or _csrs(split)
-    n_items = split["train"].num_items
-    return {
-        "val": evaluate_ranking(score_users, csrs["val"], [csrs["train"]], n_items, k),
-        "test": evaluate_ranking(
-            score_users, csrs["test"], [csrs["train"], csrs["val"]], n_items, k
-        ),
-    }
+    """Val and test metrics under Encore's one evaluation protocol (models_src/evaluation.py),
+    the same for every model. `protocol` lets a caller that evaluates often build it once."""
+    protocol = protocol or Protocol(split)
+    return {part: r.summary for part, r in evaluate_parts(protocol, score_users, k).items()}
 
 
-def _val_recall(score_users: Scorer, split: dict[str, Interactions], csrs: dict[str, CSR]) -> float:
+def _val_recall(score_users: Scorer, protocol: Protocol) -> float:
     """Val Recall@10 alone: the early-stopping and grid-selection signal."""
-    n_items = split["train"].num_items
-    metrics = evaluate_ranking(score_users, csrs["val"], [csrs["train"]], n_items, 10)
-    return metrics["recall@10"]
+    return protocol.evaluate(score_users, "val", 10).summary["recall@10"]
 
 
 def _ranking_result(
@@ -229,7 +218,7 @@ def lightgcn(
     generator = torch.Generator().manual_seed(seed)
     train = split["train"]
     n_users, n_items = train.num_users, train.num_items
-    csrs = _csrs(split)
+    protocol = Protocol(split)
     started = time.perf_counter()
     adj = _normalized_adjacency(train)
     pos_users, pos_items = (torch.from_numpy(a) for a in _unique_pairs(train))
@@ -246,13 +235,13 @@ def lightgcn(
             optimizer.step()
 
     def val_recall() -> float:
-        return _val_recall(_lightgcn_scorer(model, adj, n_users), split, csrs)
+        return _val_recall(_lightgcn_scorer(model, adj, n_users), protocol)
 
     setup = time.perf_counter() - started
     run = _early_stopping(
         run_epoch, val_recall, model, max_epochs, patience, True, eval_every, max_seconds - setup
     )
-    metrics = ranking_eval(_lightgcn_scorer(model, adj, n_users), split, csrs=csrs)
+    metrics = ranking_eval(_lightgcn_scorer(model, adj, n_users), split, protocol=protocol)
     params = {"dim": dim, "layers": layers, "lr": lr, "lambda_reg": lambda_reg}
     return _ranking_result(
         "LightGCN (PyG)",
@@ -296,7 +285,7 @@ def _implicit_grid(
     """
     from threadpoolctl import threadpool_limits
 
-    csrs = _csrs(split)
+    protocol = Protocol(split)
     user_items = _user_items(split["train"])
     tried, best = [], None
     for params in grid:
@@ -306,12 +295,12 @@ def _implicit_grid(
             model.fit(user_items, show_progress=False)
             seconds = time.perf_counter() - started
         scorer = _factor_scorer(model.user_factors, model.item_factors)
-        recall = _val_recall(scorer, split, csrs)
+        recall = _val_recall(scorer, protocol)
         tried.append({**params, "val_recall@10": recall, "train_seconds": seconds})
         if best is None or recall > best[0]:
             best = (recall, params, scorer, seconds)
     _, params, scorer, seconds = best
-    metrics = ranking_eval(scorer, split, csrs=csrs)
+    metrics = ranking_eval(scorer, split, protocol=protocol)
     tuning = {"grid": tried, "chosen": params, "seconds": sum(t["train_seconds"] for t in tried)}
     return _ranking_result(
         name, metrics, seconds, seconds / iterations, None, iterations, tuning=tuning

@@ -9,7 +9,6 @@ DuckDB has one writer, and readers see the old set or the new one, never a mix).
 from __future__ import annotations
 
 import time
-from typing import Literal
 
 from prefect import flow
 from prefect.task_runners import TaskRunner
@@ -21,11 +20,12 @@ from tasks.score import list_champions_task, load_scores_task, plan_scoring_task
 
 
 def score_champion(
-    runner: TaskRunner, parts: int, warehouse_path: str, dataset: str, kind: str, exports_dir: str
+    runner: TaskRunner, parts: int, warehouse_path: str, dataset: str, exports_dir: str
 ) -> dict:
-    """Every user of `dataset` scored by the `kind` champion, `parts` user ranges on `runner`."""
+    """Every user of `dataset` scored by what serves for its ranking champion, `parts` user
+    ranges on `runner`."""
     started = time.perf_counter()
-    plan = plan_scoring_task(warehouse_path, dataset, kind, exports_dir)
+    plan = plan_scoring_task(warehouse_path, dataset, exports_dir)
     ranges_started = time.perf_counter()
     futures = [
         runner.submit(score_range_task, {"plan": plan, "start": start, "stop": stop})
@@ -43,29 +43,25 @@ def _run_name() -> str:
     from prefect.runtime import flow_run
 
     p = flow_run.parameters
-    return f"batch-score {p.get('dataset') or 'all datasets'} ({p.get('kind') or 'all kinds'})"
+    return f"batch-score {p.get('dataset') or 'all datasets'}"
 
 
 @flow(name="batch-score", flow_run_name=_run_name)
 def batch_score(
     dataset: str | None = None,
-    kind: Literal["gat-bpr", "rating"] | None = None,
     task_runner: TaskRunnerParams = TaskRunnerParams(),  # noqa: B008 - frozen pydantic model
 ) -> list[dict]:
-    """Replace the `recommendations` with the current champions' top-K.
+    """Replace the `recommendations` with the current ranking champions' top-K.
 
     Args:
-        dataset: only this dataset (default: every dataset with a champion).
-        kind: only this model kind, gat-bpr or rating (default: both).
+        dataset: only this dataset (default: every dataset with a ranking champion).
         task_runner: where user ranges are scored (in-process, or a Dask cluster).
     """
     home = EncoreHome.from_env().ensure()
     warehouse_path, exports_dir = str(home.warehouse), str(home.root / "exports")
-    champions = list_champions_task(warehouse_path, dataset, kind)
+    datasets = list_champions_task(warehouse_path, dataset)
     with night_task_runner(task_runner) as runner:
         return [
-            score_champion(
-                runner, scoring_parts(task_runner), warehouse_path, name, model, exports_dir
-            )
-            for name, model in champions
+            score_champion(runner, scoring_parts(task_runner), warehouse_path, name, exports_dir)
+            for name in datasets
         ]

@@ -145,6 +145,8 @@ def nightly(
         typer.echo(f"{outcome['model']} on {outcome['dataset']}: {headline(outcome)}")
         if outcome.get("scoring"):
             typer.echo(f"  recommendations: {outcome['scoring']['parquet']}")
+    for warning in night.get("warnings", []):
+        typer.echo(f"WARNING: {warning}", err=True)
     typer.echo(f"recommendations table: {home.warehouse} (encore recommend USER --dataset D)")
     typer.echo(f"run report: {night['report_path']}")
 
@@ -197,28 +199,40 @@ def status() -> None:
 def models(
     dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
 ) -> None:
-    """Model versions in the registry, with their status and test metrics."""
+    """Model versions: family, slot, role, status, val metrics, and the gate's rule for each."""
     from tasks.warehouse.registry import ensure_registry
 
     with open_warehouse() as con:
         ensure_registry(con)
         rows = con.execute(
-            """SELECT version, kind, dataset, snapshot_id, status,
-                      json_extract(metrics_json, '$.test."recall@10"')::DOUBLE,
-                      json_extract(metrics_json, '$.test."ndcg@10"')::DOUBLE,
-                      json_extract(metrics_json, '$.test.rmse')::DOUBLE,
-                      strftime(created_at, '%Y-%m-%d %H:%M')
-               FROM model_versions WHERE ? IS NULL OR dataset = ? ORDER BY version DESC""",
+            """SELECT v.version, v.kind, v.slot, v.dataset, v.snapshot_id, v.status, v.refit_of,
+                      json_extract(v.metrics_json, '$.val."recall@10"')::DOUBLE,
+                      json_extract(v.metrics_json, '$.val."ndcg@10"')::DOUBLE,
+                      json_extract(v.metrics_json, '$.val.rmse')::DOUBLE,
+                      strftime(v.created_at, '%Y-%m-%d %H:%M'),
+                      (SELECT p.rule FROM promotions p WHERE p.challenger = v.version
+                       ORDER BY p.promotion_id DESC LIMIT 1)
+               FROM model_versions v WHERE ? IS NULL OR v.dataset = ?
+               ORDER BY v.version DESC""",
             [dataset, dataset],
         ).fetchall()
     if not rows:
         typer.echo("no model versions yet")
-    for version, kind, data, snapshot, status, recall, ndcg, rmse, created in rows:
-        metrics = f"test recall@10 {recall:.4f} ndcg@10 {ndcg:.4f}" if recall is not None else ""
-        metrics += f" rmse {rmse:.4f}" if rmse is not None else ""
-        typer.echo(
-            f"v{version:<4} {kind:8} {data:16} snapshot {snapshot}  {status:9} {metrics}  {created}"
-        )
+    for row in rows:
+        typer.echo(_version_line(*row))
+
+
+def _version_line(
+    version, kind, slot, data, snapshot, status, refit_of, recall, ndcg, rmse, created, rule
+) -> str:
+    metrics = f"val recall@10 {recall:.4f} ndcg@10 {ndcg:.4f}" if recall is not None else ""
+    metrics += f" rmse {rmse:.4f}" if rmse is not None else ""
+    state = f"serves v{refit_of}" if refit_of is not None else status
+    why = f"  ({rule})" if rule else ""
+    return (
+        f"v{version:<4} {kind:12} {slot:8} {data:16} snapshot {snapshot}  {state:10}"
+        f" {metrics}  {created}{why}"
+    )
 
 
 @app.command()
@@ -232,32 +246,35 @@ def promote(
 
     with open_warehouse(RegistryError) as con:
         row = promote_version(con, version, actor)
-    typer.echo(f"v{row['version']} is now the {row['kind']} champion of {row['dataset']}")
+    typer.echo(
+        f"v{row['version']} ({row['kind']}) is now the {row['slot']} champion of {row['dataset']}"
+    )
 
 
 @app.command()
 def rollback(
-    kind: str,
     dataset: Annotated[str, typer.Option(help="The dataset whose champion to roll back.")],
+    slot: Annotated[
+        str, typer.Option(help="ranking (the lists) or rating (predicted stars).")
+    ] = "ranking",
     actor: Annotated[str, typer.Option(help="Who decides (logged).")] = "human",
 ) -> None:
-    """Go back to the previous champion of KIND (logged)."""
+    """Go back to the previous champion of SLOT (logged); re-score with `batch-score` after."""
     from tasks.warehouse.registry import RegistryError
-    from tasks.warehouse.registry import rollback as rollback_kind
+    from tasks.warehouse.registry import rollback as rollback_slot
 
     with open_warehouse(RegistryError) as con:
-        row = rollback_kind(con, kind, dataset, actor)
-    typer.echo(f"v{row['version']} is the {kind} champion of {dataset} again")
+        row = rollback_slot(con, slot, dataset, actor)
+    typer.echo(f"v{row['version']} ({row['kind']}) is the {slot} champion of {dataset} again")
 
 
 @app.command()
 def recommend(
     user_id: str,
     dataset: Annotated[str, typer.Option(help="Dataset the user belongs to.")],
-    kind: Annotated[str, typer.Option(help="gat-bpr or rating.")] = "gat-bpr",
     k: Annotated[int, typer.Option("-k", help="How many to show.")] = 10,
 ) -> None:
-    """A user's latest batch recommendations."""
+    """A user's latest batch recommendations (from the dataset's ranking champion)."""
     from tasks.warehouse.names import NAMES_SCHEMA
     from tasks.warehouse.scoring import RECOMMENDATIONS_SCHEMA
 
@@ -266,20 +283,18 @@ def recommend(
         con.execute(NAMES_SCHEMA)
         rows = con.execute(
             """SELECT r.rank, r.item_id || coalesce(' ' || chr(8212) || ' ' || n.name, ''),
-                      r.score, r.source, r.model_version
+                      r.score, r.source, r.model_kind, r.model_version
                FROM recommendations r
                LEFT JOIN item_names n ON n.dataset = r.dataset AND n.external_id = r.item_id
-               WHERE r.dataset = ? AND r.model_kind = ? AND r.user_id = ? AND r.rank <= ?
+               WHERE r.dataset = ? AND r.user_id = ? AND r.rank <= ?
                ORDER BY r.rank""",
-            [dataset, kind, user_id, k],
+            [dataset, user_id, k],
         ).fetchall()
     if not rows:
-        typer.echo(
-            f"no recommendations for {user_id} in {dataset} ({kind}); run batch scoring", err=True
-        )
+        typer.echo(f"no recommendations for {user_id} in {dataset}; run batch scoring", err=True)
         raise typer.Exit(1)
-    for rank, item, score, source, version in rows:
-        typer.echo(f"{rank:>3}. {item}  score {score:.4f}  ({source}, model v{version})")
+    for rank, item, score, source, kind, version in rows:
+        typer.echo(f"{rank:>3}. {item}  score {score:.4f}  ({source}, {kind} v{version})")
 
 
 @app.command()

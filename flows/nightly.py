@@ -1,4 +1,4 @@
-"""The nightly retrain: ingest -> validate -> per model: train -> gate -> score -> run report.
+"""The nightly retrain: ingest -> validate -> per model: train -> gate -> refit -> score -> report.
 
 The flow only composes; every step is a task in `tasks/`. It reads as the night does:
 
@@ -6,12 +6,13 @@ The flow only composes; every step is a task in `tasks/`. It reads as the night 
 2. the `ingest` flow loads and validates tonight's files (a failed snapshot stops only its
    dataset: the others go on, and the champion of the failed one keeps serving);
 3. per dataset and model that is due: export the snapshot and find the champion to warm-start
-   from, then train. Training runs on the night's task runner (flows/runners.py: in-process,
-   or Dask, where the models train side by side on separate workers);
+   from, then train, and fit tonight's baselines on the same split. Both run on the night's task
+   runner (flows/runners.py: in-process, or Dask, where they run side by side);
 4. per model, in the flow's process (DuckDB has one writer): publish a candidate (ONNX), gate it
-   against the champion and MostPopular on the same splits, and batch-score with whoever is
-   champion afterwards (user ranges on the task runner, loaded in one transaction). A model
-   that fails does not stop the next one;
+   against tonight's baselines and the champion (paired per user on val, test confirming); when
+   the gate crowns a new champion, refit its configuration on all of the snapshot (on the
+   runner) and register that as what serves; then batch-score the lists with it (user ranges on
+   the task runner, loaded in one transaction). A model that fails does not stop the next one;
 5. the run report (markdown + table artifacts, and a file under `reports/`).
 
 The run ends Failed when a snapshot failed validation or a model's branch raised, after the
@@ -24,6 +25,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 
 from prefect import flow, tags
 from prefect.futures import PrefectFuture
@@ -44,9 +46,16 @@ from tasks.nightly import (
     plan_training,
     publish_candidate_task,
     publish_night_report,
+    publish_serving_task,
 )
 from tasks.report import stage_clock
-from tasks.train import export_snapshot_task, train_model_task, warm_start_source_task
+from tasks.train import (
+    export_snapshot_task,
+    fit_baselines_task,
+    refit_serving_task,
+    train_model_task,
+    warm_start_source_task,
+)
 
 
 class NightlyRunFailed(RuntimeError):
@@ -78,7 +87,9 @@ class _Branch:
         self.item = item
         self.outcome: dict = {**item, "timings": {}}
         self.export: dict | None = None
+        self.warm_source: dict | None = None
         self.training: PrefectFuture | None = None
+        self.baselines: PrefectFuture | None = None
 
     @property
     def labels(self) -> tuple[str, str]:
@@ -99,28 +110,46 @@ def _start_training(
     """Export the snapshot and find the champion to start from (both read the warehouse, so
     in this process), then hand training to the runner (it reads the export file only)."""
     dataset, model = branch.item["dataset"], branch.item["model"]
-    warehouse_path = str(home.warehouse)
+    warehouse_path, config = str(home.warehouse), params.train_config(model)
+    runs_dir = str(home.root / "runs" / stamp)
     with tags(*branch.labels):
         with stage_clock(branch.outcome["timings"], "export"):
             branch.export = export_snapshot_task(
                 warehouse_path, dataset, str(home.root / "exports"), branch.item["snapshot_id"]
             )
             source = (
-                warm_start_source_task(warehouse_path, dataset, model)
+                warm_start_source_task(
+                    warehouse_path, dataset, model, branch.export["path"], config
+                )
                 if params.warm_start
                 else None
             )
-        warm = {**source, "config": params.warm_train_config(model)} if source else None
+        branch.warm_source = source
+        warm = source
+        if source and "refused" not in source:
+            warm = {**source, "config": params.warm_train_config(model)}
         branch.training = runner.submit(
             train_model_task,
             {
                 "export": branch.export,
                 "dataset": dataset,
                 "model": model,
-                "config": params.train_config(model),
-                "runs_dir": str(home.root / "runs" / stamp),
+                "config": config,
+                "runs_dir": runs_dir,
                 "warm_start": warm,
                 "processes": params.gat_bpr.processes if model == "gat-bpr" else 1,
+            },
+        )
+        families = [] if model == "rating" else list(params.gate.baselines)
+        branch.baselines = runner.submit(
+            fit_baselines_task,
+            {
+                "export": branch.export,
+                "dataset": dataset,
+                "model": model,
+                "config": config,
+                "runs_dir": runs_dir,
+                "families": families,
             },
         )
 
@@ -128,12 +157,15 @@ def _start_training(
 def _gate_and_serve(
     branch: _Branch, params: NightlyParams, home: EncoreHome, runner: TaskRunner
 ) -> None:
-    """Wait for the model, publish it as a candidate, gate it, and score with the champion."""
+    """Wait for the model and the baselines, publish the model as a candidate, gate it, refit
+    a new champion on all of the snapshot, and score the lists with what serves."""
     outcome, timings = branch.outcome, branch.outcome["timings"]
     dataset, model = branch.item["dataset"], branch.item["model"]
     warehouse_path = str(home.warehouse)
     with stage_clock(timings, "train"):
         outcome["training"] = branch.training.result()
+    with stage_clock(timings, "baselines"):
+        baseline_files = branch.baselines.result()
     with tags(*branch.labels):
         with stage_clock(timings, "publish (ONNX export)"):
             published = publish_candidate_task(
@@ -147,19 +179,67 @@ def _gate_and_serve(
                 dataset,
                 branch.export["path"],
                 params.gate_thresholds(),
+                baseline_files,
             )
         outcome["gate"] = gate
-        if gate["promote"] or (params.score_kept_champion and gate["champion_before"]):
+        new_champion = gate["champion_after"] != gate["champion_before"]
+        if new_champion and params.gate.serving_refit:
+            with stage_clock(timings, "serving refit"):
+                outcome["serving"] = _refit(branch, gate, baseline_files, params, home, runner)
+        rescore = new_champion or (params.score_kept_champion and gate["champion_before"])
+        if model != "rating" and gate["champion_after"] is not None and rescore:
             with stage_clock(timings, "batch scoring"):
                 outcome["scoring"] = score_champion(
                     runner,
                     scoring_parts(params.task_runner),
                     warehouse_path,
                     dataset,
-                    model,
                     str(home.root / "exports"),
                 )
-    outcome["status"] = "promoted" if gate["promote"] else "rejected"
+    outcome["status"] = _status(gate)
+
+
+def _status(gate: dict) -> str:
+    """promoted (the challenger serves), baseline (a baseline serves: a warning), kept (the
+    champion serves on) or rejected (nothing serves yet)."""
+    if gate["serve_role"] == "challenger":
+        return "promoted"
+    if gate["serve_role"] == "baseline":
+        return "baseline"
+    return "kept" if gate["champion_after"] is not None else "rejected"
+
+
+def _refit(
+    branch: _Branch,
+    gate: dict,
+    baseline_files: dict[str, str],
+    params: NightlyParams,
+    home: EncoreHome,
+    runner: TaskRunner,
+) -> dict:
+    """The new champion's configuration trained on all of the snapshot (on the runner), then
+    checked and registered as what serves for it."""
+    training, version = branch.outcome["training"], gate["champion_after"]
+    family = gate["champion_after_family"]
+    from_baseline = gate["serve_role"] == "baseline"
+    started = training.get("started_from") or {}
+    warm = (branch.warm_source or {}).get("serving_checkpoint") if started.get("warm") else None
+    refit = runner.submit(
+        refit_serving_task,
+        {
+            "family": family,
+            "version": version,
+            "dataset": branch.item["dataset"],
+            "export_path": branch.export["path"],
+            "gated_run": None if from_baseline else training["run_dir"],
+            "baseline_file": baseline_files[family] if from_baseline else None,
+            "warm_checkpoint": warm,
+            "out_dir": str(Path(training["run_dir"]).parent / f"serving-v{version}"),
+        },
+    ).result()
+    return publish_serving_task(
+        str(home.warehouse), version, refit, branch.export["path"], params.gate_thresholds()
+    )
 
 
 def _run_branches(plan: list[dict], params: NightlyParams, home: EncoreHome) -> list[dict]:
@@ -183,6 +263,21 @@ def _run_branches(plan: list[dict], params: NightlyParams, home: EncoreHome) -> 
                 branch.fail("train" if "training" not in branch.outcome else "gate", error)
     outcomes = {id(branch.item): branch.outcome for branch in branches}
     return [outcomes.get(id(item), item) for item in plan]
+
+
+def _warnings(outcomes: list[dict]) -> list[str]:
+    """What a person should know although nothing failed: a baseline serves, a serving refit
+    was refused."""
+    found = []
+    for o in outcomes:
+        where = f"{o['model']} on {o['dataset']}"
+        found += [f"{where}: {w}" for w in (o.get("gate") or {}).get("warnings", [])]
+        refused = (o.get("serving") or {}).get("refused")
+        if refused:
+            found.append(
+                f"{where}: the serving refit was refused ({refused}); the evaluated champion serves"
+            )
+    return found
 
 
 def _problems(ingested: dict, outcomes: list[dict]) -> list[str]:
@@ -237,9 +332,12 @@ def _night(home: EncoreHome, params: NightlyParams) -> dict:
         "ingest": {"reports": ingested["reports"], "idle": ingested["idle"]},
         "outcomes": outcomes,
         "problems": _problems(ingested, outcomes),
+        "warnings": _warnings(outcomes),
         "timings": timings,
         "seconds": time.perf_counter() - started,
     }
+    for warning in night["warnings"]:
+        get_run_logger().warning(warning)
     report = publish_night_report(night, str(home.reports))
     night["report_path"] = report["path"]
     if night["problems"]:

@@ -29,6 +29,11 @@ class GatBprParams(_Params):
     num_layers: int = Field(1, ge=1, description="GATConv layers (propagation hops).")
     l2: float = Field(1e-3, ge=0, description="L2 on the batch's layer-0 embeddings.")
     use_scheduler: bool = Field(True, description="ReduceLROnPlateau on val Recall@K.")
+    positives: Literal["all", "liked"] = Field(
+        "all",
+        description="Explicit ratings: learn the lists from every rated item, or from the liked "
+        "ones only (held-out liked items are what the lists are judged on either way).",
+    )
     minibatch: Literal["auto", "full", "sampled"] = Field(
         "auto",
         description="Train on the full graph, or on subgraphs sampled around each batch; auto "
@@ -59,34 +64,73 @@ class SplitParams(_Params):
     """How interactions split into train / val / test. Stable: a pair keeps its split as data
     grows, so tonight's champion and challenger are compared on held-out data neither saw."""
 
-    method: Literal["hash", "time"] = Field(
-        "hash", description="hash: by (user, item); time: whole days by a hash of the day."
+    method: Literal["hash", "time", "day-hash"] = Field(
+        "hash",
+        description="hash: each (user, item) pair by a hash of it and the salt; time: a forward "
+        "holdout, the latest events are test and the ones before them val; day-hash: whole "
+        "days by a hash of the day and the salt.",
     )
     val_ratio: float = Field(0.15, gt=0, lt=0.5, description="Share of pairs for validation.")
     test_ratio: float = Field(0.15, gt=0, lt=0.5, description="Share of pairs for test.")
-    salt: str = Field("encore", description="Changing it reshuffles every split (and the gate).")
+    salt: str = Field(
+        "encore",
+        description="Changing it reshuffles the hash splits: champions evaluated under the old "
+        "salt are then judged by first-night rules and not warm-started from.",
+    )
 
 
 class GateParams(_Params):
-    """When tonight's challenger replaces the champion (see models_src/gate.py)."""
+    """Who serves tonight: the challenger, tonight's baselines or the champion, compared paired
+    per user on val, test confirming (see models_src/gate.py)."""
 
-    tolerance: float = Field(
-        0.005, ge=0, description="How much worse than the champion a secondary metric may be."
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="Two-sided confidence of every paired interval."
     )
-    min_gain: float = Field(
-        0.0, description="How much better test Recall@K must be (0: a tie promotes)."
+    tolerance: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="Non-inferiority margin on Recall@K and NDCG@K, as a share of the "
+        "champion's value: the interval's lower bound must stay above -margin.",
     )
     rmse_tolerance: float = Field(
-        0.005, ge=0, description="Rating model: how much worse test RMSE may be."
-    )
-    popularity_margin: float = Field(
         0.01,
-        description="GAT-BPR: how far above MostPopular's test Recall@K the challenger must be.",
+        ge=0,
+        lt=1,
+        description="Non-inferiority margin on RMSE, as a share of the champion's.",
     )
-    baseline_rmse_margin: float = Field(
+    min_gain: float = Field(
         0.0,
-        description="Rating model: how far below the training mean's test RMSE the challenger's "
-        "must be.",
+        ge=0,
+        description="Significantly better means the lower bound of the primary metric's "
+        "difference is above this.",
+    )
+    max_champion_age_days: float = Field(
+        7.0,
+        gt=0,
+        description="A champion whose newest event is this many days older than tonight's is "
+        "stale: a non-inferior challenger replaces it.",
+    )
+    max_data_growth: float = Field(
+        0.2,
+        gt=0,
+        description="A champion is stale when tonight's snapshot has this share more "
+        "interactions than the one it was trained on.",
+    )
+    cold_user_guardrail: bool = Field(
+        True,
+        description="Reject a challenger whose Recall@K on cold users (at most 5 train "
+        "interactions) is significantly worse than the champion's.",
+    )
+    baselines: list[Literal["most-popular", "als"]] = Field(
+        default_factory=lambda: ["most-popular", "als"],
+        description="Baselines fitted each night on the same split; a model significantly worse "
+        "than the best of them does not serve, and when nothing trained passes, the best serves.",
+    )
+    serving_refit: bool = Field(
+        True,
+        description="After a new champion is chosen, train its configuration on all of the "
+        "snapshot and serve that (checked for parity and collapse).",
     )
 
 
@@ -125,8 +169,13 @@ class NightlyParams(_Params):
     )
     models: dict[str, list[ModelKind]] = Field(
         default_factory=dict,
-        description='Models to train per dataset, e.g. {"ml-100k": ["gat-bpr", "rating"]}.'
-        " Default: gat-bpr for implicit datasets, rating for explicit ones.",
+        description='Models to train per dataset, e.g. {"ml-100k": ["gat-bpr"]}. Default: '
+        "gat-bpr (the lists) for every dataset, and rating (predicted stars) for explicit ones.",
+    )
+    like_threshold: float | None = Field(
+        None,
+        description="Explicit ratings: a rating at or above this is 'liked' (what the lists are "
+        "judged on). Default: the scale's upper 40 % (4 and 5 on 1-5).",
     )
     validation: ValidationThresholds = Field(default_factory=ValidationThresholds)
     gat_bpr: GatBprParams = Field(default_factory=GatBprParams)
@@ -174,11 +223,6 @@ class NightlyParams(_Params):
         "skipping this one.",
     )
 
-    def models_for(self, dataset: str, kind: str) -> list[ModelKind]:
-        if dataset in self.models:
-            return list(self.models[dataset])
-        return ["gat-bpr"] if kind == "implicit" else ["rating"]
-
     def train_config(self, model: ModelKind) -> dict[str, Any]:
         """The TrainConfig fields for `model` (models_src.config.TrainConfig.from_dict)."""
         knobs = self.gat_bpr if model == "gat-bpr" else self.rating
@@ -189,6 +233,7 @@ class NightlyParams(_Params):
             "val_ratio": self.split.val_ratio,
             "test_ratio": self.split.test_ratio,
             "split_salt": self.split.salt,
+            "rating_threshold": self.like_threshold,
             "k": self.k,
             "device": self.device,
         }
@@ -204,7 +249,8 @@ class NightlyParams(_Params):
 
     def gate_thresholds(self) -> dict[str, Any]:
         """The models_src.gate.GateThresholds fields."""
-        return {**self.gate.model_dump(), "k": self.k}
+        knobs = self.gate.model_dump(exclude={"baselines", "serving_refit"})
+        return {**knobs, "k": self.k}
 
 
 DEFAULT_PARAMS = NightlyParams()

@@ -29,13 +29,15 @@ class TrainConfig:
     use_scheduler: bool = False
     val_ratio: float = 0.15
     test_ratio: float = 0.15
-    split: Literal["hash", "time"] = "hash"
+    split: Literal["hash", "time", "day-hash"] = "hash"
     split_salt: str = "encore"
     k: int = 10
     device: str = "auto"
     seed: int = 42
     use_groups: bool = True  # side nodes (artist, genre) join the graph when the source has them
-    rating_threshold: float | None = None  # relevant = rating >= this (default: 4 on 1-5, scaled)
+    rating_threshold: float | None = None  # liked = rating >= this (default: the scale's top 40 %)
+    # GAT-BPR on explicit ratings: learn from every rated pair, or from the liked ones only.
+    positives: Literal["all", "liked"] = "all"
     eval_batch_size: int = 1024
     checkpoint_every: int = 1
     # GAT-BPR steps: the full graph, or sampled subgraphs around each batch (models_src/
@@ -66,12 +68,28 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+LIKED_SHARE_OF_SCALE = 0.4
+
+
 def relevance_threshold(low: float, high: float, threshold: float | None) -> float:
-    """4 on a 1-5 scale, the same share of the range on other scales (3.875 on 0.5-5, 7.75 on
-    1-10): 'the user liked it'."""
+    """'The user liked it': a rating in the scale's upper 40 % (>= 3.4 on 1-5, so 4 and 5;
+    >= 3.2 on 0.5-5; >= 6.4 on 1-10), unless the source sets its own threshold."""
     if threshold is not None:
         return threshold
-    return low + 0.75 * (high - low)
+    return low + (1.0 - LIKED_SHARE_OF_SCALE) * (high - low)
+
+
+def rating_scale(data) -> tuple[float, float]:
+    """The source's rating scale (from the export's metadata), else the observed range."""
+    scale = data.meta.get("rating_scale") or (float(data.rating.min()), float(data.rating.max()))
+    return float(scale[0]), float(scale[1])
+
+
+def like_threshold(data, configured: float | None = None) -> float | None:
+    """The like threshold of explicit data (`data.rating` set); None for implicit data."""
+    if data.rating is None:
+        return None
+    return relevance_threshold(*rating_scale(data), configured)
 
 
 def tuned_defaults(model: ModelKind) -> dict[str, Any]:

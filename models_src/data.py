@@ -6,6 +6,7 @@ models_src never reads the warehouse: a Prefect task exports a snapshot to Parqu
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,8 +38,9 @@ class Interactions:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.user = np.asarray(self.user, dtype=np.int64)
-        self.item = np.asarray(self.item, dtype=np.int64)
+        # Writeable (a Parquet read gives read-only arrays, which torch.from_numpy warns about).
+        self.user = np.require(self.user, np.int64, ["W"])
+        self.item = np.require(self.item, np.int64, ["W"])
         if len(self.user) != len(self.item):
             raise ValueError("user and item arrays differ in length")
         if len(self.user) and (
@@ -111,17 +113,23 @@ def _splitmix64(values: np.ndarray) -> np.ndarray:
 
 
 def _salt_value(salt: str) -> np.uint64:
-    return np.uint64(int.from_bytes(salt.encode()[:8].ljust(8, b"\0"), "little"))
+    """The whole salt as 64 bits (blake2b): salts that share a prefix split differently."""
+    digest = hashlib.blake2b(salt.encode(), digest_size=8).digest()
+    return np.uint64(int.from_bytes(digest, "little"))
 
 
 def _buckets(keys: np.ndarray, val_ratio: float, test_ratio: float) -> np.ndarray:
-    if val_ratio < 0 or test_ratio < 0 or val_ratio + test_ratio >= 1:
-        raise ValueError("need 0 <= val_ratio, test_ratio and val_ratio + test_ratio < 1")
+    _check_ratios(val_ratio, test_ratio)
     unit = (_splitmix64(keys) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
     split = np.full(len(keys), TRAIN, dtype=np.int8)
     split[unit < test_ratio + val_ratio] = VAL
     split[unit < test_ratio] = TEST
     return split
+
+
+def _check_ratios(val_ratio: float, test_ratio: float) -> None:
+    if val_ratio < 0 or test_ratio < 0 or val_ratio + test_ratio >= 1:
+        raise ValueError("need 0 <= val_ratio, test_ratio and val_ratio + test_ratio < 1")
 
 
 def hash_split(
@@ -139,26 +147,72 @@ def hash_split(
         return _buckets(keys, val_ratio, test_ratio)
 
 
+def _timestamps(data: Interactions, method: str) -> np.ndarray:
+    if data.ts is None:
+        raise ValueError(
+            f"the {method} split needs timestamps; this source has none (use split method hash)"
+        )
+    return data.ts
+
+
+def time_cuts(data: Interactions, val_ratio: float, test_ratio: float) -> tuple[int, int]:
+    """The forward holdout's cut points: the first timestamp of val and of test.
+
+    The latest `test_ratio` of the events (by time) are test, the `val_ratio` before them val;
+    events at a cut's very second go to the later part, so a cut never splits one timestamp.
+    """
+    _check_ratios(val_ratio, test_ratio)
+    ts = np.sort(_timestamps(data, "time"))
+    n = len(ts)
+    if n == 0:
+        return 0, 0
+    val_cut = ts[min(n - 1, int(n * (1.0 - val_ratio - test_ratio)))]
+    test_cut = ts[min(n - 1, int(n * (1.0 - test_ratio)))]
+    return int(val_cut), int(test_cut)
+
+
 def time_split(
     data: Interactions, val_ratio: float, test_ratio: float, salt: str = "encore"
 ) -> np.ndarray:
-    """TRAIN/VAL/TEST by whole UTC days: each day's bucket is a hash of (day, salt).
+    """A forward holdout over the whole dataset: train before val before test, by timestamp.
 
-    Events of one day never straddle train and test (no same-session leakage), and a day keeps
-    its bucket when later days arrive, so the split is as stable as the hash split.
+    What a nightly system meets: the model learns the past and is judged on the latest events.
+    The cuts are per dataset (one timeline), not per user. They move forward as days arrive, so
+    an event's part can change from night to night (test today, train in a week); a model's
+    registry entry records its cuts, and the gate refuses to compare a champion that trained past
+    tonight's val cut. `salt` is unused (kept for the common signature).
     """
-    if data.ts is None:
-        raise ValueError("time split needs timestamps; this source has none (use --split hash)")
+    val_cut, test_cut = time_cuts(data, val_ratio, test_ratio)
+    split = np.full(len(data), TRAIN, dtype=np.int8)
+    split[data.ts >= val_cut] = VAL
+    split[data.ts >= test_cut] = TEST
+    return split
+
+
+def day_hash_split(
+    data: Interactions, val_ratio: float, test_ratio: float, salt: str = "encore"
+) -> np.ndarray:
+    """TRAIN/VAL/TEST by whole UTC days: each day's part is a hash of (day, salt).
+
+    Not a forward holdout (a held-out day can be older than training days), but as stable as the
+    hash split, and events of one day never straddle train and test (no same-session leakage).
+    """
+    ts = _timestamps(data, "day-hash")
     with np.errstate(over="ignore"):
-        days = (data.ts // SECONDS_PER_DAY).astype(np.int64)
+        days = (ts // SECONDS_PER_DAY).astype(np.int64)
         keys = _splitmix64(days.astype(np.uint64) ^ _salt_value(salt))
         return _buckets(keys, val_ratio, test_ratio)
+
+
+SPLIT_METHODS = {"hash": hash_split, "time": time_split, "day-hash": day_hash_split}
 
 
 def split_interactions(
     data: Interactions, how: str, val_ratio: float, test_ratio: float, salt: str = "encore"
 ) -> dict[str, Interactions]:
-    buckets = {"hash": hash_split, "time": time_split}[how](data, val_ratio, test_ratio, salt)
+    if how not in SPLIT_METHODS:
+        raise ValueError(f"unknown split method {how!r}; choose one of {sorted(SPLIT_METHODS)}")
+    buckets = SPLIT_METHODS[how](data, val_ratio, test_ratio, salt)
     return {
         name: data.subset(buckets == code)
         for name, code in (("train", TRAIN), ("val", VAL), ("test", TEST))

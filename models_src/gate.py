@@ -1,163 +1,400 @@
-"""The promotion gate: should tonight's challenger replace the champion?
+"""The promotion gate: which model serves tonight? A pure function of per-user metric vectors.
 
-A pure function of metric tables, so every verdict can be unit-tested and explained. Both models
-are scored now on tonight's val and test splits (the stable splits keep that fair: the champion
-never trained on them). The challenger is promoted when:
-- every evaluation it has is a finite number (NaN or a missing metric rejects);
-- on each of val/test x Recall@K/NDCG@K it is at least the champion's value minus `tolerance`;
-- on the primary metric (test Recall@K) it is at least the champion's plus `min_gain`;
-- for the rating model, its test RMSE is at most the champion's plus `rmse_tolerance`;
-- it beats the trivial baseline of its own task (the floor, which alone decides on the first
-  night, when there is no champion): a ranking model MostPopular's test Recall@K by
-  `popularity_margin`; a rating model the training mean's test RMSE by `baseline_rmse_margin`.
+Contenders, all evaluated under one protocol (models_src/evaluation.py) on tonight's split:
+tonight's challenger (GAT-BPR or the rating model), tonight's baselines (MostPopular and ALS for
+lists, the bias baseline for ratings; models_src/baselines.py) and the champion, when it was
+evaluated under the same split settings and protocol version. Every comparison is paired: two
+models on the same users (ratings), resampled together (models_src/significance.py), so the
+verdict rests on an interval of the difference, not on two means that noise moves apart.
 
-Why the rating model's floor is RMSE and not MostPopular: it is trained to predict how much a
-user will like an item, and its top-K ranks every unseen item by predicted rating, which favours
-rarely-rated, well-liked items. On the built-in sample that ranking is far below MostPopular
-(test Recall@10 0.028 vs 0.205 after early stopping), so a popularity floor would never let a
-rating model serve. Its ranking against MostPopular is still reported,
-and against the champion it is still required (`tolerance`), so a rating model whose lists got
-worse does not pass.
+Rules, in the order they apply:
+1. A contender whose evaluation is NaN or empty is out.
+2. Baseline floor: a contender significantly worse than tonight's best baseline on any gated val
+   metric (the interval of the difference entirely below zero) does not serve.
+3. With a comparable champion, a contender is promotable when, against the champion,
+   - it is non-inferior on every gated val metric: the interval's lower bound is above
+     -tolerance x the champion's value (relative, so one default holds for Recall@10 of 0.05 on
+     a sparse catalogue and of 0.25 on MovieLens);
+   - and it is significantly better on the primary val metric (lower bound above `min_gain`), or
+     the champion is stale (its data is `max_champion_age_days` older than tonight's, or tonight
+     has `max_data_growth` more interactions): then non-inferior is enough, so a fresher model
+     that knows tonight's users serves;
+   - test shows no significant regression on any gated metric (test confirms, never selects);
+   - (ranking) cold users' val Recall@K shows no significant regression, when the guardrail is on.
+   The best promotable contender by val primary mean is promoted. Otherwise the champion keeps
+   serving, unless it is itself significantly worse than tonight's best baseline: then the best
+   contender that passes the floor replaces it.
+4. Without a comparable champion (the first night, or a champion evaluated under other split
+   settings or another protocol version: first-night rules), the best contender by val primary
+   mean among those that pass the floor and show no significant test regression against the best
+   baseline serves. The best baseline always qualifies, so users always get something.
+Whenever a baseline serves, the verdict carries a warning saying why the challenger does not.
+Ties in the val mean go to the earlier contender: the challenger before the baselines.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from models_src.baselines import BASELINE_FAMILIES, RATING_BASELINE
+from models_src.significance import (
+    Comparison,
+    mean_statistic,
+    paired_bootstrap,
+    rmse_statistic,
+)
+
 SPLITS = ("val", "test")
+CHALLENGER, CHAMPION, BASELINE = "challenger", "champion", "baseline"
+NOT_WORSE, NON_INFERIOR, BETTER = "not worse", "non-inferior", "better"
+
+
+def _passes(test: str, c: Comparison, higher_is_better: bool, margin: float) -> tuple[bool, str]:
+    """Whether the interval of a - b passes `test`, and the condition in words (metric units)."""
+    if higher_is_better:
+        conditions = {
+            NOT_WORSE: (c.high >= 0, "upper bound >= 0"),
+            NON_INFERIOR: (c.low > -margin, f"lower bound > {-margin:+.4f}"),
+            BETTER: (c.low > margin, f"lower bound > {margin:+.4f}"),
+        }
+    else:
+        conditions = {
+            NOT_WORSE: (c.low <= 0, "lower bound <= 0"),
+            NON_INFERIOR: (c.high < margin, f"upper bound < {margin:+.4f}"),
+            BETTER: (c.high < -margin, f"upper bound < {-margin:+.4f}"),
+        }
+    ok, needs = conditions[test]
+    return bool(ok), needs
 
 
 @dataclass(frozen=True)
 class GateThresholds:
-    tolerance: float = 0.005  # how much worse than the champion a secondary metric may be
-    min_gain: float = 0.0  # how much better the primary metric must be (0: ties promote)
-    rmse_tolerance: float = 0.005
-    popularity_margin: float = 0.01
-    baseline_rmse_margin: float = 0.0  # rating model: how far below the mean predictor's RMSE
     k: int = 10
+    confidence: float = 0.95  # two-sided interval of every paired difference
+    tolerance: float = 0.05  # non-inferiority margin on ranking metrics, share of the champion's
+    rmse_tolerance: float = 0.01  # non-inferiority margin on RMSE, share of the champion's
+    min_gain: float = 0.0  # superiority: the primary's lower bound must be above this
+    max_champion_age_days: float = 7.0
+    max_data_growth: float = 0.2
+    cold_user_guardrail: bool = True
+    resamples: int = 1000
+    seed: int = 0
 
-    @property
-    def primary(self) -> str:
-        return f"recall@{self.k}"
+
+@dataclass(frozen=True)
+class GatedMetric:
+    name: str  # as reported: "recall@10", "rmse"
+    vector: str  # the per-unit vector it is computed from
+    higher_is_better: bool
+    statistic: Callable[[np.ndarray, np.ndarray], np.ndarray] = mean_statistic
+
+
+def ranking_metrics(k: int) -> tuple[GatedMetric, ...]:
+    """Recall@K (primary) and NDCG@K over users."""
+    return (
+        GatedMetric(f"recall@{k}", f"recall@{k}", True),
+        GatedMetric(f"ndcg@{k}", f"ndcg@{k}", True),
+    )
+
+
+def rating_metrics() -> tuple[GatedMetric, ...]:
+    """RMSE over ratings (from per-rating squared errors)."""
+    return (GatedMetric("rmse", "squared_error", False, rmse_statistic),)
+
+
+@dataclass
+class Contender:
+    """One model's per-unit vectors: part -> vector name -> values, aligned across contenders."""
+
+    name: str  # how the verdict names it: "challenger v12", "champion v9", "als"
+    role: str  # challenger | champion | baseline
+    family: str  # gat-bpr, rating, als, most-popular, bias
+    vectors: dict[str, dict[str, np.ndarray]]
+
+    def value(self, part: str, metric: GatedMetric) -> float:
+        values = self.vectors.get(part, {}).get(metric.vector)
+        if values is None or len(values) == 0:
+            return math.nan
+        kept = values[~np.isnan(values)]
+        if len(kept) == 0:
+            return math.nan
+        return float(metric.statistic(kept, np.arange(len(kept))))
+
+
+@dataclass(frozen=True)
+class Staleness:
+    """How far tonight's data is ahead of the champion's (None when unknown)."""
+
+    age_days: float | None = None
+    growth: float | None = None
+
+    def stale(self, t: GateThresholds) -> str | None:
+        """Why the champion is stale, or None."""
+        if self.age_days is not None and self.age_days >= t.max_champion_age_days:
+            return f"its data is {self.age_days:.1f} days older than tonight's"
+        if self.growth is not None and self.growth >= t.max_data_growth:
+            return f"tonight has {self.growth:.0%} more interactions than its snapshot"
+        return None
 
 
 @dataclass
 class Verdict:
-    promote: bool
+    serve: str | None  # name of the contender that serves tonight (None: nothing can)
+    serve_role: str | None = None
+    serve_family: str | None = None
+    promote: bool = False  # tonight's serving model is not the champion of yesterday
+    rule: str = ""
     reasons: list[str] = field(default_factory=list)
-    compared: list[dict] = field(default_factory=list)  # one row per check, for the log
+    compared: list[dict] = field(default_factory=list)  # every paired comparison, for the log
+    warnings: list[str] = field(default_factory=list)
 
 
-def _value(metrics: dict | None, split: str, name: str) -> float:
-    try:
-        value = float(metrics[split][name])
-    except (KeyError, TypeError, ValueError):
-        return math.nan
-    return value
+class _Judge:
+    """The comparisons of one night, remembered so each pair is resampled once."""
 
+    def __init__(self, metrics: tuple[GatedMetric, ...], t: GateThresholds) -> None:
+        self.metrics, self.t = metrics, t
+        self.primary = metrics[0]
+        self.verdict = Verdict(serve=None)
+        self._cache: dict[tuple, Comparison] = {}
 
-def _check(verdict: Verdict, name: str, value: float, bound: float, ok: bool, says: str) -> None:
-    verdict.compared.append({"check": name, "value": value, "bound": bound, "passed": ok})
-    if not ok:
-        verdict.promote = False
-    verdict.reasons.append(("ok: " if ok else "REJECT: ") + says)
+    def compare(
+        self, a: Contender, b: Contender, part: str, metric: GatedMetric, mask=None
+    ) -> Comparison:
+        """a's statistic minus b's, in the metric's own units (for RMSE, negative is better)."""
+        key = (a.name, b.name, part, metric.name, mask is not None)
+        if key not in self._cache:
+            va, vb = a.vectors[part][metric.vector], b.vectors[part][metric.vector]
+            if mask is not None:
+                va, vb = va[mask], vb[mask]
+            self._cache[key] = paired_bootstrap(
+                va, vb, metric.statistic, self.t.confidence, self.t.resamples, self.t.seed
+            )
+        return self._cache[key]
 
+    def check(
+        self,
+        check: str,
+        test: str,
+        a: Contender,
+        b: Contender,
+        part: str,
+        metric: GatedMetric,
+        margin: float = 0.0,
+        mask=None,
+        label: str | None = None,
+    ) -> bool:
+        """One paired comparison of a against b, logged with its interval, p-value and verdict.
 
-def _rating_floor(verdict: Verdict, challenger: dict, baseline: dict, t: GateThresholds) -> None:
-    """A rating model must predict ratings better than the training mean does."""
-    rmse, mean_rmse = _value(challenger, "test", "rmse"), _value(baseline, "test", "rmse")
-    bound = mean_rmse - t.baseline_rmse_margin
-    _check(
-        verdict,
-        "beats the mean predictor",
-        rmse,
-        bound,
-        math.isfinite(bound) and rmse <= bound,
-        f"test RMSE {rmse:.4f} vs training mean {mean_rmse:.4f} - {t.baseline_rmse_margin:g}",
-    )
-    primary, popular = _value(challenger, "test", t.primary), _value(baseline, "test", t.primary)
-    verdict.reasons.append(
-        f"note: test {t.primary} {primary:.4f} vs MostPopular {popular:.4f} (reported, not"
-        " required of a rating model)"
-    )
+        `test`: NOT_WORSE (the interval reaches the no-difference line or beyond, in a's favour),
+        NON_INFERIOR (the interval stays within `margin` of no difference on a's bad side) or
+        BETTER (the interval is past `margin` on a's good side). A comparison with no unit (no
+        cold user, say) passes: there is nothing to hold against a."""
+        c = self.compare(a, b, part, metric, mask)
+        passed, needs = _passes(test, c, metric.higher_is_better, margin)
+        ok = True if c.units == 0 else passed
+        what = label or f"{part} {metric.name}"
+        self.verdict.compared.append(
+            {
+                "check": check,
+                "contender": a.name,
+                "against": b.name,
+                "part": part,
+                "metric": what,
+                "difference": c.difference,
+                "low": c.low,
+                "high": c.high,
+                "p_value": c.p_value,
+                "units": c.units,
+                "needs": needs,
+                "passed": ok,
+            }
+        )
+        better = "higher" if metric.higher_is_better else "lower"
+        self.verdict.reasons.append(
+            f"{'ok' if ok else 'NO'}: {check}: {a.name} - {b.name}, {what} ({better} is better):"
+            f" {c.describe()}; needs {needs}"
+            if c.units
+            else f"ok: {check}: {a.name} vs {b.name}, {what}: no unit to compare"
+        )
+        return ok
+
+    def margin(self, champion: Contender, metric: GatedMetric) -> float:
+        tolerance = self.t.tolerance if metric.higher_is_better else self.t.rmse_tolerance
+        return tolerance * abs(champion.value("val", metric))
+
+    # --- the rules -----------------------------------------------------------------------
+
+    def finite(self, c: Contender) -> bool:
+        missing = [
+            f"{part} {m.name}"
+            for part in SPLITS
+            for m in self.metrics
+            if not math.isfinite(c.value(part, m))
+        ]
+        if missing:
+            self.verdict.reasons.append(
+                f"NO: {c.name} is out: its evaluation is NaN or empty ({', '.join(missing)})"
+            )
+        return not missing
+
+    def passes_floor(self, c: Contender, best: Contender | None) -> bool:
+        """Not significantly worse than the best baseline on any gated val metric."""
+        if best is None or c is best:
+            return True
+        return all(
+            [self.check("baseline floor", NOT_WORSE, c, best, "val", m) for m in self.metrics]
+        )
+
+    def no_test_regression(self, c: Contender, against: Contender) -> bool:
+        return all(
+            [self.check("test confirms", NOT_WORSE, c, against, "test", m) for m in self.metrics]
+        )
+
+    def promotable(
+        self, c: Contender, champion: Contender, stale: str | None, cold: np.ndarray | None
+    ) -> bool:
+        non_inferior = [
+            self.check(
+                "non-inferior", NON_INFERIOR, c, champion, "val", m, self.margin(champion, m)
+            )
+            for m in self.metrics
+        ]
+        if not all(non_inferior):
+            return False
+        better = self.check(
+            "significantly better", BETTER, c, champion, "val", self.primary, self.t.min_gain
+        )
+        if not better and stale is None:
+            return False
+        if not better:
+            self.verdict.reasons.append(f"ok: champion is stale ({stale}): non-inferior suffices")
+        if not self.no_test_regression(c, champion):
+            return False
+        if cold is not None and self.t.cold_user_guardrail:
+            return self.check(
+                "cold-user guardrail",
+                NOT_WORSE,
+                c,
+                champion,
+                "val",
+                self.primary,
+                mask=cold,
+                label=f"cold users' val {self.primary.name}",
+            )
+        return True
+
+    def best(self, contenders: list[Contender]) -> Contender | None:
+        """Highest val primary (lowest, for RMSE); ties go to the earlier contender."""
+        if not contenders:
+            return None
+        sign = 1.0 if self.primary.higher_is_better else -1.0
+        return max(
+            enumerate(contenders),
+            key=lambda pair: (sign * pair[1].value("val", self.primary), -pair[0]),
+        )[1]
+
+    def serve(self, c: Contender, rule: str, champion: Contender | None) -> Verdict:
+        v = self.verdict
+        v.serve, v.serve_role, v.serve_family, v.rule = c.name, c.role, c.family, rule
+        v.promote = c.role != CHAMPION
+        v.reasons.append(f"=> {c.name} serves: {rule}")
+        return v
 
 
 def decide(
-    challenger: dict,
-    champion: dict | None,
-    popularity: dict,
+    challenger: Contender | None,
+    baselines: list[Contender],
+    champion: Contender | None = None,
     thresholds: GateThresholds | None = None,
-    rating_model: bool = False,
+    metrics: tuple[GatedMetric, ...] | None = None,
+    staleness: Staleness | None = None,
+    cold: np.ndarray | None = None,
+    incomparable: str | None = None,
 ) -> Verdict:
-    """`challenger`, `champion` and `popularity` map split -> metric -> value; for a rating
-    model `popularity` also holds the training mean's `rmse` (the baseline predictor)."""
+    """Which contender serves tonight, and why (see the module docstring for the rules).
+
+    `cold` is the val cold-user mask (ranking only); `incomparable` says why a champion that
+    exists cannot be compared (then first-night rules apply, and `champion` must be None).
+    """
     t = thresholds or GateThresholds()
-    ranking_metrics = (f"recall@{t.k}", f"ndcg@{t.k}")
-    needed = [(s, m) for s in SPLITS for m in ranking_metrics]
-    if rating_model:
-        needed.append(("test", "rmse"))
-    verdict = Verdict(promote=True)
-    missing = [f"{s} {m}" for s, m in needed if not math.isfinite(_value(challenger, s, m))]
-    if missing:
-        verdict.promote = False
-        verdict.reasons.append(
-            f"REJECT: challenger evaluation is NaN or empty: {', '.join(missing)}"
+    judge = _Judge(metrics or ranking_metrics(t.k), t)
+    contenders = [c for c in [challenger, *baselines] if c is not None and judge.finite(c)]
+    usable_baselines = [c for c in contenders if c.role == BASELINE]
+    best_baseline = judge.best(usable_baselines)
+    if best_baseline is not None:
+        judge.verdict.reasons.append(
+            f"best baseline on val {judge.primary.name}: {best_baseline.name}"
+            f" ({best_baseline.value('val', judge.primary):.4f})"
         )
-        return verdict
-    primary = _value(challenger, "test", t.primary)
-    if rating_model:
-        _rating_floor(verdict, challenger, popularity, t)
+    floored = [c for c in contenders if judge.passes_floor(c, best_baseline)]
+    if champion is not None and judge.finite(champion):
+        verdict = _against_champion(judge, floored, champion, best_baseline, staleness, cold, t)
     else:
-        floor = _value(popularity, "test", t.primary) + t.popularity_margin
-        _check(
-            verdict,
-            "beats popularity",
-            primary,
-            floor,
-            primary >= floor,
-            f"test {t.primary} {primary:.4f} vs MostPopular + {t.popularity_margin:g}"
-            f" = {floor:.4f}",
-        )
-    if champion is None:
-        verdict.reasons.append("first night: no champion, the baseline floor alone decides")
-        return verdict
-    for split in SPLITS:
-        for metric in ranking_metrics:
-            new, old = _value(challenger, split, metric), _value(champion, split, metric)
-            if not math.isfinite(old):
-                verdict.reasons.append(f"note: champion has no {split} {metric}; not compared")
-                continue
-            bound = old - t.tolerance
-            _check(
-                verdict,
-                f"{split} {metric} within tolerance",
-                new,
-                bound,
-                new >= bound,
-                f"{split} {metric} {new:.4f} vs champion {old:.4f} - {t.tolerance:g}",
-            )
-    old_primary = _value(champion, "test", t.primary)
-    if math.isfinite(old_primary):
-        bound = old_primary + t.min_gain
-        _check(
-            verdict,
-            "primary gain",
-            primary,
-            bound,
-            primary >= bound,
-            f"test {t.primary} {primary:.4f} vs champion {old_primary:.4f} + {t.min_gain:g}",
-        )
-    if rating_model:
-        new_rmse, old_rmse = _value(challenger, "test", "rmse"), _value(champion, "test", "rmse")
-        if math.isfinite(old_rmse):
-            bound = old_rmse + t.rmse_tolerance
-            _check(
-                verdict,
-                "rmse not worse",
-                new_rmse,
-                bound,
-                new_rmse <= bound,
-                f"test RMSE {new_rmse:.4f} vs champion {old_rmse:.4f} + {t.rmse_tolerance:g}",
-            )
+        if incomparable:
+            judge.verdict.reasons.append(f"first-night rules: {incomparable}")
+        verdict = _first_night(judge, floored, best_baseline)
+    _warn_when_a_baseline_serves(verdict, challenger)
     return verdict
+
+
+def _against_champion(
+    judge: _Judge,
+    floored: list[Contender],
+    champion: Contender,
+    best_baseline: Contender | None,
+    staleness: Staleness | None,
+    cold: np.ndarray | None,
+    t: GateThresholds,
+) -> Verdict:
+    stale = (staleness or Staleness()).stale(t)
+    promotable = [c for c in floored if judge.promotable(c, champion, stale, cold)]
+    if promotable:
+        winner = judge.best(promotable)
+        why = (
+            "non-inferior to a stale champion"
+            if stale
+            else "significantly better than the champion"
+        )
+        return judge.serve(winner, why, champion)
+    if not judge.passes_floor(champion, best_baseline):
+        winner = judge.best(floored)
+        if winner is not None:
+            return judge.serve(
+                winner, "the champion is significantly worse than tonight's best baseline", champion
+            )
+    return judge.serve(champion, "no contender beat the champion; it keeps serving", champion)
+
+
+def _first_night(
+    judge: _Judge, floored: list[Contender], best_baseline: Contender | None
+) -> Verdict:
+    confirmed = [
+        c
+        for c in floored
+        if best_baseline is None or c is best_baseline or judge.no_test_regression(c, best_baseline)
+    ]
+    winner = judge.best(confirmed)
+    if winner is None:
+        judge.verdict.reasons.append("nothing can serve: no contender has a finite evaluation")
+        judge.verdict.rule = "nothing to serve"
+        return judge.verdict
+    return judge.serve(winner, "first night: the best contender on val that passes the floor", None)
+
+
+def _warn_when_a_baseline_serves(verdict: Verdict, challenger: Contender | None) -> None:
+    if verdict.serve_family not in (*BASELINE_FAMILIES, RATING_BASELINE):
+        return
+    if challenger is None:
+        why = "tonight's model has no evaluation"
+    elif verdict.serve_role == CHAMPION:
+        why = f"it is the champion, and {challenger.name} did not replace it"
+    else:
+        why = f"{challenger.name} did not pass the floor or did not win on val"
+    verdict.warnings.append(
+        f"the {verdict.serve_family} baseline serves, not a trained model: {why}"
+    )

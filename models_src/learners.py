@@ -17,23 +17,15 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from models_src.config import TrainConfig, relevance_threshold, resolve_device
-from models_src.data import (
-    Interactions,
-    bipartite_edge_index,
-    positives_csr,
-    split_interactions,
-)
+from models_src.config import TrainConfig, like_threshold, rating_scale, resolve_device
+from models_src.data import Interactions, bipartite_edge_index, split_interactions
 from models_src.datasets import load_source
 from models_src.distributed import SINGLE_PROCESS, DataParallel
 from models_src.distributed import current as current_data_parallel
-from models_src.metrics import evaluate_ranking, mae, rmse
+from models_src.evaluation import Protocol, rating_summary
 from models_src.models import GATBPR, RatingModel
 from models_src.sampling import NeighborSampler, full_graph_fits
 from models_src.seeding import run_generator, seeded_global_rng
-
-# Items never ranked when scoring a split: train items; train and val items for test.
-EXCLUDED_BEFORE = {"train": (), "val": ("train",), "test": ("train", "val")}
 
 
 def _batches(n: int, batch_size: int, desc: str, generator: torch.Generator) -> Iterator[Tensor]:
@@ -130,6 +122,10 @@ class BPRLearner(Learner):
         train = splits["train"]
         self.num_users, self.num_items = train.num_users, train.num_items
         num_groups = train.num_groups if config.use_groups else 0
+        # Explicit data: held-out items count as relevant when liked; training positives are
+        # every rated pair or the liked ones only (config.positives).
+        self.like_threshold = like_threshold(train, config.rating_threshold)
+        positives = training_positives(train, config, self.like_threshold)
         with seeded_global_rng(config.seed):
             model = GATBPR(
                 train.num_users,
@@ -141,12 +137,15 @@ class BPRLearner(Learner):
             )
         self.model = model.to(device)
         self.generator = run_generator(config.seed, device)
-        self.edge_index = bipartite_edge_index(train, with_groups=num_groups > 0).to(device)
-        self.users = torch.from_numpy(train.user).to(device)
-        self.items = torch.from_numpy(train.item).to(device)
-        # Sorted (user * num_items + item) keys: membership tests for negative sampling.
-        self.seen_keys = torch.unique(self.users * self.num_items + self.items)
-        self.csr = {name: positives_csr(data) for name, data in splits.items()}
+        self.edge_index = bipartite_edge_index(positives, with_groups=num_groups > 0).to(device)
+        self.users = torch.from_numpy(positives.user).to(device)
+        self.items = torch.from_numpy(positives.item).to(device)
+        # Sorted (user * num_items + item) keys of every train pair (a pair rated low is no
+        # negative either): membership tests for negative sampling.
+        self.seen_keys = torch.unique(
+            torch.from_numpy(train.user * self.num_items + train.item).to(device)
+        )
+        self.protocol = Protocol(splits, self.like_threshold)
         self.parallel = current_data_parallel()
         self.sampler = self._sampler(config, device)
         self.step: nn.Module = BPRStep(self.model, config.l2)
@@ -256,19 +255,16 @@ class BPRLearner(Learner):
         return self.model.split_embedding(self.model.get_embedding(self.edge_index))
 
     def evaluate(self, split: str) -> dict[str, float]:
-        """Full ranking on `split`: train items excluded; val items too when scoring test.
-        `train` scores the fit on the training pairs themselves (nothing excluded)."""
+        """The evaluation protocol's summary on `split` (models_src/evaluation.py). `train`
+        scores the fit on the training pairs themselves (nothing excluded)."""
         user_emb, item_emb = self.item_scores()
-        exclude = [self.csr[name] for name in EXCLUDED_BEFORE[split]]
-        return evaluate_ranking(
+        return self.protocol.evaluate(
             lambda users: user_emb[users] @ item_emb.T,
-            self.csr[split],
-            exclude,
-            self.num_items,
+            split,
             k=self.config.k,
             batch_size=self.config.eval_batch_size,
             device=self.device,
-        )
+        ).summary
 
 
 class RatingLearner(Learner):
@@ -285,10 +281,8 @@ class RatingLearner(Learner):
         if current_data_parallel().enabled:
             raise ValueError("data-parallel (torchrun) training is implemented for GAT-BPR only")
         self.splits, self.config, self.device = splits, config, device
-        low, high = float(train.rating.min()), float(train.rating.max())
-        scale = train.meta.get("rating_scale") or (low, high)
-        self.rating_range = (float(scale[0]), float(scale[1]))
-        self.threshold = relevance_threshold(*self.rating_range, config.rating_threshold)
+        self.rating_range = rating_scale(train)
+        self.threshold = like_threshold(train, config.rating_threshold)
         with seeded_global_rng(config.seed):
             model = RatingModel(
                 train.num_users,
@@ -306,11 +300,7 @@ class RatingLearner(Learner):
             )
             for name, data in splits.items()
         }
-        self.csr = {name: positives_csr(data) for name, data in splits.items()}
-        self.liked = {
-            name: positives_csr(data.subset(data.rating >= self.threshold))
-            for name, data in splits.items()
-        }
+        self.protocol = Protocol(splits, self.threshold)
 
     def model_args(self) -> dict:
         m = self.model
@@ -340,22 +330,28 @@ class RatingLearner(Learner):
     def evaluate(self, split: str) -> dict[str, float]:
         self.model.eval()
         users, items, ratings = self.tensors[split]
-        predicted = self.model.predict(users, items)
-        result = {"rmse": rmse(predicted, ratings), "mae": mae(predicted, ratings)}
-        exclude = [self.csr[name] for name in EXCLUDED_BEFORE[split]]
-        ranking = evaluate_ranking(
+        result = rating_summary(self.model.predict(users, items), ratings)
+        ranking = self.protocol.evaluate(
             self.model.score_all,
-            self.liked[split],
-            exclude,
-            self.model.num_items,
+            split,
             k=self.config.k,
             batch_size=self.config.eval_batch_size,
             device=self.device,
         )
-        result.update(ranking)
+        result.update(ranking.summary)
         if math.isnan(result["rmse"]):
             raise FloatingPointError("rating model diverged (RMSE is NaN); lower --lr")
         return result
+
+
+def training_positives(
+    train: Interactions, config: TrainConfig, threshold: float | None
+) -> Interactions:
+    """The pairs BPR learns from: every train interaction, or on explicit data with
+    `positives = "liked"` only those rated at or above the like threshold."""
+    if threshold is None or config.positives == "all":
+        return train
+    return train.subset(train.rating >= threshold)
 
 
 def split_for_training(data: Interactions, config: TrainConfig) -> dict[str, Interactions]:

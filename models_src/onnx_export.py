@@ -6,20 +6,24 @@ item embeddings (and biases, for the rating model) become initializers of a tiny
 takes a batch of user indices and a (batch, items) mask of items to exclude, and returns the
 top-K item indices and scores. The exclusion is an input, so the file's size does not grow with
 the number of interactions.
+
+The ONNX graphs are written node by node with onnx's helper rather than traced by
+torch.onnx: a trace of even this tiny module took seconds per file, and a night now exports
+several (the candidate, a winning baseline, the serving refit). The torch modules below stay the
+reference the exported graphs are tested against (tests/test_onnx_export.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from models_src.models import GATBPR, RatingModel
-from models_src.seeding import GLOBAL_RNG_LOCK
 
 
 class TopKScorer(nn.Module):
@@ -85,12 +89,10 @@ class PairScorer(nn.Module):
 
     def __init__(self, model: RatingModel) -> None:
         super().__init__()
-        for name, table in (
-            ("user_emb", model.user_embedding),
-            ("item_emb", model.item_embedding),
-            ("user_bias", model.user_bias),
-            ("item_bias", model.item_bias),
-        ):
+        self.register_buffer("user_emb", model.user_embedding.weight.detach().float().contiguous())
+        self.register_buffer("item_emb", model.item_embedding.weight.detach().float().contiguous())
+        # (n, 1) bias tables as (n,) vectors; the embeddings keep their (n, dim) shape, dim 1 too.
+        for name, table in (("user_bias", model.user_bias), ("item_bias", model.item_bias)):
             self.register_buffer(name, table.weight.detach().float().squeeze(-1).contiguous())
         self.register_buffer("offset", model.global_mean.detach().float().clone())
         self.register_buffer("low", model.rating_range[0].detach().clone())
@@ -112,51 +114,141 @@ class PairScorer(nn.Module):
         return torch.clamp(rating, self.low, self.high), both
 
 
+# Opset 17: TopK with K as an input, Unsqueeze/ReduceSum with axes as inputs; onnxruntime >= 1.14.
+OPSET = 17
+
+
+def _initializer(name: str, tensor: Tensor, dtype=np.float32):
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype), name)
+
+
+def _constant(name: str, value, dtype) -> object:
+    from onnx import numpy_helper
+
+    return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+
+
 def export_scorer(scorer: TopKScorer, path: Path, metadata: dict[str, str]) -> Path:
-    """The top-K scorer as ONNX (batch size dynamic), `metadata` in its metadata_props."""
-    users = torch.arange(min(2, len(scorer.user_emb)))
-    exclude = torch.zeros(len(users), len(scorer.item_emb), dtype=torch.bool)
-    full = {"k": str(scorer.k), "num_items": str(len(scorer.item_emb)), **metadata}
-    return _export(scorer, (users, exclude), ["users", "exclude"], ["items", "scores"], path, full)
+    """The top-K scorer as ONNX, built node by node from its tables (no torch tracing, so an
+    export takes milliseconds whatever the model): users and a (users x items) exclusion mask
+    in, the top-K item indices and scores out; batch size dynamic; `metadata` in its
+    metadata_props. The same arithmetic, in the same order, as `TopKScorer.forward`."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("Gather", ["user_emb", "users"], ["user_rows"], axis=0),
+        helper.make_node("MatMul", ["user_rows", "item_emb_t"], ["dot"]),
+        helper.make_node("Gather", ["user_bias", "users"], ["user_bias_rows"], axis=0),
+        helper.make_node("Unsqueeze", ["user_bias_rows", "axis_1"], ["user_bias_column"]),
+        helper.make_node("Add", ["dot", "user_bias_column"], ["with_user_bias"]),
+        helper.make_node("Add", ["with_user_bias", "item_bias"], ["with_item_bias"]),
+        helper.make_node("Add", ["with_item_bias", "offset"], ["scores_all"]),
+        helper.make_node("Where", ["exclude", "minus_infinity", "scores_all"], ["masked"]),
+        helper.make_node("TopK", ["masked", "k"], ["scores", "items"], axis=1),
+    ]
+    initializers = [
+        _initializer("user_emb", scorer.user_emb),
+        _initializer("item_emb_t", scorer.item_emb.T),
+        _initializer("user_bias", scorer.user_bias),
+        _initializer("item_bias", scorer.item_bias),
+        _initializer("offset", scorer.offset),
+        _constant("axis_1", [1], np.int64),
+        _constant("minus_infinity", -np.inf, np.float32),
+        _constant("k", [scorer.k], np.int64),
+    ]
+    items = len(scorer.item_emb)
+    graph = helper.make_graph(
+        nodes,
+        "encore_top_k_scorer",
+        [
+            helper.make_tensor_value_info("users", TensorProto.INT64, ["batch"]),
+            helper.make_tensor_value_info("exclude", TensorProto.BOOL, ["batch", items]),
+        ],
+        [
+            helper.make_tensor_value_info("items", TensorProto.INT64, ["batch", scorer.k]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", scorer.k]),
+        ],
+        initializers,
+    )
+    full = {"k": str(scorer.k), "num_items": str(items), **metadata}
+    return _save(graph, path, full)
 
 
 def export_pair_scorer(scorer: PairScorer, path: Path, metadata: dict[str, str]) -> Path:
-    """The pair scorer as ONNX: users, items in; rating and a 1/0 'model knew both' out."""
-    # Two distinct example tensors: the exporter would fold one tensor passed twice into a
-    # single graph input.
-    users, items = torch.zeros(2, dtype=torch.long), torch.ones(2, dtype=torch.long)
-    return _export(scorer, (users, items), ["users", "items"], ["rating", "known"], path, metadata)
+    """The pair scorer as ONNX, built node by node: users, items in; the clipped rating and a
+    1/0 'the model knew both' out. The same arithmetic, in the same order, as
+    `PairScorer.forward` (an index past the tables falls back to the biases it knows)."""
+    from onnx import TensorProto, helper
+
+    n_users, n_items = scorer.user_emb.shape[0], scorer.item_emb.shape[0]
+    nodes = [
+        helper.make_node("Less", ["users", "num_users"], ["known_user"]),
+        helper.make_node("Less", ["items", "num_items"], ["known_item"]),
+        helper.make_node("Min", ["users", "last_user"], ["user_rows"]),
+        helper.make_node("Min", ["items", "last_item"], ["item_rows"]),
+        helper.make_node("And", ["known_user", "known_item"], ["known_both"]),
+        helper.make_node("Cast", ["known_both"], ["known"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["known_user"], ["known_user_f"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["known_item"], ["known_item_f"], to=TensorProto.FLOAT),
+        helper.make_node("Gather", ["user_emb", "user_rows"], ["user_vectors"], axis=0),
+        helper.make_node("Gather", ["item_emb", "item_rows"], ["item_vectors"], axis=0),
+        helper.make_node("Mul", ["user_vectors", "item_vectors"], ["products"]),
+        helper.make_node("ReduceSum", ["products", "axis_1"], ["raw_dot"], keepdims=0),
+        helper.make_node("Mul", ["raw_dot", "known"], ["dot"]),
+        helper.make_node("Gather", ["user_bias", "user_rows"], ["user_bias_rows"], axis=0),
+        helper.make_node("Gather", ["item_bias", "item_rows"], ["item_bias_rows"], axis=0),
+        helper.make_node("Mul", ["user_bias_rows", "known_user_f"], ["user_term"]),
+        helper.make_node("Mul", ["item_bias_rows", "known_item_f"], ["item_term"]),
+        helper.make_node("Add", ["offset", "user_term"], ["with_user"]),
+        helper.make_node("Add", ["with_user", "item_term"], ["with_item"]),
+        helper.make_node("Add", ["with_item", "dot"], ["unclipped"]),
+        helper.make_node("Clip", ["unclipped", "low", "high"], ["rating"]),
+    ]
+    initializers = [
+        _initializer("user_emb", scorer.user_emb),
+        _initializer("item_emb", scorer.item_emb),
+        _initializer("user_bias", scorer.user_bias),
+        _initializer("item_bias", scorer.item_bias),
+        _initializer("offset", scorer.offset),
+        _initializer("low", scorer.low),
+        _initializer("high", scorer.high),
+        _constant("num_users", n_users, np.int64),
+        _constant("num_items", n_items, np.int64),
+        _constant("last_user", n_users - 1, np.int64),
+        _constant("last_item", n_items - 1, np.int64),
+        _constant("axis_1", [1], np.int64),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "encore_pair_scorer",
+        [
+            helper.make_tensor_value_info("users", TensorProto.INT64, ["pairs"]),
+            helper.make_tensor_value_info("items", TensorProto.INT64, ["pairs"]),
+        ],
+        [
+            helper.make_tensor_value_info("rating", TensorProto.FLOAT, ["pairs"]),
+            helper.make_tensor_value_info("known", TensorProto.FLOAT, ["pairs"]),
+        ],
+        initializers,
+    )
+    return _save(graph, path, metadata)
 
 
-def _export(
-    module: nn.Module,
-    example: tuple,
-    inputs: list[str],
-    outputs: list[str],
-    path: Path,
-    metadata: dict[str, str],
-) -> Path:
-    """torch.onnx (dynamo exporter) with a dynamic batch, metadata, and onnx.checker."""
+def _save(graph, path: Path, metadata: dict[str, str]) -> Path:
+    """The graph as a checked model file, with `metadata` in its metadata_props."""
     import onnx
+    from onnx import helper
 
-    batch = torch.export.Dim("batch")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The exporter saves and restores torch's global RNG around its tracing (models_src/seeding.py).
-    with GLOBAL_RNG_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module,
-            example,
-            input_names=inputs,
-            output_names=outputs,
-            dynamic_shapes=tuple({0: batch} for _ in example),
-            dynamo=True,
-            verbose=False,
-        )
-    model = program.model_proto
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="encore"
+    )
+    model.ir_version = 8  # what onnxruntime >= 1.14 reads
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, str(value)
-    onnx.checker.check_model(model)
+    onnx.checker.check_model(model, full_check=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, path)
     return path

@@ -8,6 +8,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from models_src.config import TrainConfig
 from models_src.learners import prepare_learner
 from models_src.trainers import AdvancedTrainer
@@ -27,12 +29,15 @@ def train_run(
     """Train `config` (TrainConfig fields) on `data` into `out_dir`.
 
     `warm` ({"version", "checkpoint", "config"}) starts from that champion's weights with its
-    own (shorter) config; a champion of another shape is reported and training starts cold.
+    own (shorter) config; a champion of another shape is reported and training starts cold, and
+    so does {"refused": why} (a champion tonight's model must not start from).
     Returns the trainer and the final metrics, with `started_from` saying which it was.
     """
     cold = TrainConfig.from_dict(config)
     learner, artifacts = prepare_learner(cold, data)
     train_config, started = cold, {"warm": False, "reason": "no champion to start from"}
+    if warm is not None and "refused" in warm:  # a champion tonight's model must not start from
+        started, warm = {"warm": False, "reason": warm["refused"]}, None
     if warm is not None:
         try:
             report = warm_start(learner, artifacts, Path(warm["checkpoint"]))
@@ -66,3 +71,130 @@ def train_run(
             json.dumps({"final": final, "history": trainer.history}, default=float)
         )
     return trainer, final
+
+
+BASELINE_SUFFIX = ".baseline.pt"
+
+
+def fit_baselines_run(
+    config: dict, data: str, out_dir: Path, families: list[str], seed: int = 0
+) -> dict[str, str]:
+    """Tonight's baselines of `config`'s slot on its train split, each saved to
+    `out_dir/<family>.baseline.pt`; returns family -> file. Ranking: `families` (MostPopular,
+    ALS), judged on the protocol's liked items for explicit data. Rating: the bias baseline."""
+    from models_src.baselines import bias_on_val, fit_ranking_baselines
+    from models_src.config import like_threshold
+    from models_src.datasets import load_source
+    from models_src.evaluation import Protocol
+    from models_src.learners import split_for_training, training_positives
+
+    train_config = TrainConfig.from_dict(config)
+    source = load_source(data)
+    splits = split_for_training(source, train_config)
+    if train_config.model == "rating":
+        fitted = {"bias": bias_on_val(splits)}
+    else:
+        threshold = like_threshold(source, train_config.rating_threshold)
+        protocol = Protocol(splits, threshold)
+        positives = {
+            **splits,
+            "train": training_positives(splits["train"], train_config, threshold),
+        }
+        fitted = fit_ranking_baselines(
+            positives, protocol, tuple(families), train_config.k, seed=seed
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for family, baseline in fitted.items():
+        path = out_dir / f"{family}{BASELINE_SUFFIX}"
+        save_baseline(baseline, path)
+        files[family] = str(path)
+    return files
+
+
+def save_baseline(baseline, path: Path) -> None:
+    from models_src.checkpoint import save_checkpoint
+
+    save_checkpoint(
+        path,
+        {
+            "family": baseline.family,
+            "buffers": baseline.buffers,
+            "params": json.loads(json.dumps(baseline.params, default=float)),
+            "seconds": baseline.seconds,
+        },
+    )
+
+
+def load_baseline(path: Path):
+    from models_src.baselines import FittedBaseline
+    from models_src.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    return FittedBaseline(state["family"], state["buffers"], state["params"], state["seconds"])
+
+
+def refit_run(
+    gated_run: Path,
+    data: str,
+    out_dir: Path,
+    warm_checkpoint: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """The serving model: the gated run's configuration trained on every interaction.
+
+    It runs the gated run's epochs up to its best one, each at the learning rate that epoch had
+    (the schedule was chosen on val; there is no val to choose on here), from the same kind of
+    starting point: from scratch when the gated run was, else from `warm_checkpoint` (the
+    champion's serving refit, or its evaluated checkpoint when it has none). Writes
+    best_model.pt (the checkpoint publish reads) into `out_dir`."""
+    from models_src.checkpoint import load_checkpoint, save_checkpoint
+    from models_src.learners import prepare_learner
+
+    gated = load_checkpoint(gated_run / "best_model.pt")
+    config = TrainConfig.from_dict(gated["config"])
+    learner, artifacts = prepare_learner(config, data, holdout=False)
+    artifacts["holdout"] = False
+    started = {"warm": False}
+    if warm_checkpoint is not None:
+        report = warm_start(learner, artifacts, Path(warm_checkpoint))
+        started = {"warm": True, "checkpoint": warm_checkpoint, **report.to_dict()}
+    schedule = [row["lr"] for row in gated["history"] if row["epoch"] <= gated["best_epoch"]]
+    optimizer = torch.optim.Adam(
+        learner.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    losses = []
+    for epoch, lr in enumerate(schedule, start=1):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        losses.append(learner.train_epoch(optimizer, epoch))
+        log(
+            f"Serving refit epoch {epoch}/{len(schedule)} - train_loss: {losses[-1]:.4f}, lr {lr:g}"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(
+        out_dir / "best_model.pt",
+        {
+            "model": learner.model.state_dict(),
+            "model_args": learner.model_args(),
+            "model_kind": config.model,
+            "epoch": len(schedule),
+            "config": config.to_dict(),
+            "artifacts": artifacts,
+            "history": [
+                {"epoch": e, "train_loss": loss, "lr": lr}
+                for e, (loss, lr) in enumerate(zip(losses, schedule, strict=True), 1)
+            ],
+        },
+    )
+    return {"run_dir": str(out_dir), "epochs": len(schedule), "started_from": started}
+
+
+def refit_baseline_run(baseline_file: str, data: str, out_file: Path, seed: int = 0) -> str:
+    """A baseline's serving refit: the same family and settings on every interaction."""
+    from models_src.baselines import refit_on_all
+    from models_src.datasets import load_source
+
+    refit = refit_on_all(load_baseline(Path(baseline_file)), load_source(data), seed=seed)
+    save_baseline(refit, out_file)
+    return str(out_file)

@@ -1,16 +1,13 @@
 """Reproducible training when one process does several things at once.
 
-The in-process nightly run trains one model in a worker thread while the flow's thread exports
-the previous model to ONNX, and torch's exporter saves and restores the *global* RNG state around
-its tracing: measured, a thread drawing from the global RNG during one export left the stream
-of an undisturbed run at its 304th draw. A training run that shuffles and samples from the
-global RNG is then not reproducible from its seed (the rating model of an in-process night was
-not: its epoch-1 loss differed from the same run's on Dask).
-
-So a training run draws from generators of its own (`Learner.generator`, the neighbour sampler's),
-and the one thing that must use the global RNG, module initialisation inside the model
-constructors (PyTorch and PyG draw their initial weights from it), runs under
-`seeded_global_rng`, which the ONNX export takes too.
+The in-process nightly run trains one model in a worker thread while the flow's thread does
+other work (publishing, gating, fitting baselines). Anything that draws from, reseeds, or saves
+and restores torch's *global* RNG in one thread moves the stream another thread draws from (the
+torch.onnx exporter Encore once used did the last: a training run beside an export was not
+reproducible from its seed). So a training run draws from generators of its own
+(`Learner.generator`, the neighbour sampler's), and the one thing that must use the global RNG,
+module initialisation inside the model constructors (PyTorch and PyG draw their initial weights
+from it), runs under `seeded_global_rng`, which holds a process-wide lock.
 """
 
 from __future__ import annotations

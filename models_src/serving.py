@@ -13,8 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from models_src.data import Interactions, positives_csr
-from models_src.metrics import evaluate_ranking, mae, rmse
+from models_src.data import Interactions
 
 
 class ServedModel:
@@ -61,33 +60,3 @@ class ServedModel:
 
 def popularity_counts(train: Interactions) -> Tensor:
     return torch.bincount(torch.from_numpy(train.item), minlength=train.num_items)
-
-
-def evaluate_served(
-    score_users, splits: dict[str, Interactions], k: int = 10, like_threshold: float | None = None
-) -> dict:
-    """Val (train excluded) and test (train and val excluded), the trainers' protocol. With
-    `like_threshold` (rating data), only ratings at or above it are relevant."""
-    csr = {name: positives_csr(data) for name, data in splits.items()}
-    relevant = dict(csr)
-    if like_threshold is not None:
-        for name in ("val", "test"):
-            data = splits[name]
-            relevant[name] = positives_csr(data.subset(data.rating >= like_threshold))
-    n_items = splits["train"].num_items
-    return {
-        "val": evaluate_ranking(score_users, relevant["val"], [csr["train"]], n_items, k),
-        "test": evaluate_ranking(
-            score_users, relevant["test"], [csr["train"], csr["val"]], n_items, k
-        ),
-    }
-
-
-def evaluate_rating_served(model: ServedModel, splits: dict[str, Interactions]) -> dict:
-    result = {}
-    for name in ("val", "test"):
-        data = splits[name]
-        predicted = model.predict_pairs(torch.from_numpy(data.user), torch.from_numpy(data.item))
-        target = torch.from_numpy(data.rating)
-        result[name] = {"rmse": rmse(predicted, target), "mae": mae(predicted, target)}
-    return result

@@ -68,6 +68,9 @@ def configure_environment(home: EncoreHome | None = None) -> EncoreHome:
         # from Prefect's telemetry service in the first seconds of `make run`.
         "GX_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # The temporary server of `encore nightly` creates its database on a fresh data home,
+        # which on a 2-core machine takes about as long as Prefect's 20 s default wait.
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     }
     for name, value in defaults.items():
         os.environ.setdefault(name, value)

@@ -1,5 +1,6 @@
 """Prefect tasks of the nightly retrain that are not ingest, training or scoring: what is due,
-publishing a candidate, the gate, and the run report (each thin: I/O around one call)."""
+publishing a candidate, the gate, registering the serving refit, and the run report (each thin:
+I/O around one call)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.logging import get_run_logger
 
 from models_src.gate import GateThresholds
 from tasks.report import metrics_rows, nightly_report_markdown
@@ -16,10 +18,13 @@ from tasks.retries import IO_RETRIES, artifact_key
 from tasks.warehouse.export import latest_passed_snapshot
 from tasks.warehouse.gating import gate_version
 from tasks.warehouse.publish import publish_run
-from tasks.warehouse.registry import champion, ensure_registry
+from tasks.warehouse.refit import publish_serving_refit
+from tasks.warehouse.registry import champion, ensure_registry, slot_of, version_row
 from tasks.warehouse.schema import warehouse
 
-DEFAULT_MODELS = {"implicit": ["gat-bpr"], "explicit": ["rating"]}
+# Lists for every dataset (GAT-BPR, judged on liked items for ratings); predicted stars too for
+# explicit ones.
+DEFAULT_MODELS = {"implicit": ["gat-bpr"], "explicit": ["gat-bpr", "rating"]}
 
 
 def _due(con, dataset: str, model: str, retrain: bool) -> dict:
@@ -31,8 +36,12 @@ def _due(con, dataset: str, model: str, retrain: bool) -> dict:
         " ORDER BY snapshot_id DESC LIMIT 1",
         [dataset],
     ).fetchone() or (None, None)
-    current = champion(con, model, dataset)
-    serving = f"champion v{current['version']} keeps serving" if current else "no champion yet"
+    current = champion(con, slot_of(model), dataset)
+    serving = (
+        f"champion v{current['version']} ({current['kind']}) keeps serving"
+        if current
+        else "no champion yet"
+    )
     if snapshot is None:
         return {**item, "status": "skipped", "reason": f"no passed snapshot yet; {serving}"}
     if newest != snapshot and status != "passed":
@@ -44,7 +53,7 @@ def _due(con, dataset: str, model: str, retrain: bool) -> dict:
         }
     trained = con.execute(
         "SELECT version, status FROM model_versions WHERE kind = ? AND dataset = ?"
-        " AND snapshot_id = ? ORDER BY version DESC LIMIT 1",
+        " AND snapshot_id = ? AND role = 'evaluated' ORDER BY version DESC LIMIT 1",
         [model, dataset, snapshot],
     ).fetchone()
     if trained and not retrain:
@@ -102,30 +111,82 @@ def publish_candidate_task(warehouse_path: str, run: dict, dataset: str, k: int)
 
 @task(name="gate", task_run_name="gate v{version} on {dataset}")
 def gate_candidate_task(
-    warehouse_path: str, version: int, dataset: str, export_path: str, thresholds: dict
+    warehouse_path: str,
+    version: int,
+    dataset: str,
+    export_path: str,
+    thresholds: dict,
+    baseline_files: dict[str, str],
 ) -> dict:
-    """Challenger vs champion vs MostPopular on tonight's splits; promotes or rejects (logged)."""
+    """Challenger vs tonight's baselines vs the champion, paired on tonight's val (test
+    confirms): the winner is crowned (a baseline registered first), every decision logged."""
     gate = GateThresholds(**thresholds)
+    logger = get_run_logger()
     with warehouse(Path(warehouse_path)) as con:
-        row = con.execute("SELECT kind FROM model_versions WHERE version = ?", [version]).fetchone()
-        before = champion(con, row[0], dataset)
-        verdict, tables = gate_version(con, version, Path(export_path), gate)
+        row = version_row(con, version)
+        before = champion(con, row["slot"], dataset)
+        verdict, tables = gate_version(
+            con,
+            version,
+            Path(export_path),
+            Path(warehouse_path).parent / "models",
+            gate,
+            baseline_files,
+        )
+        after = champion(con, row["slot"], dataset)
+    for line in verdict.reasons:
+        logger.info(line)
+    for warning in verdict.warnings:
+        logger.warning(warning)
     result = {
         "version": version,
+        "model": row["kind"],
         "promote": verdict.promote,
+        "serve": verdict.serve,
+        "serve_role": verdict.serve_role,
+        "serve_family": verdict.serve_family,
+        "rule": verdict.rule,
         "reasons": verdict.reasons,
+        "warnings": verdict.warnings,
         "compared": verdict.compared,
         "tables": tables,
         "thresholds": asdict(gate),
         "champion_before": before["version"] if before else None,
+        "champion_after": after["version"] if after else None,
+        "champion_after_family": after["kind"] if after else None,
     }
     create_table_artifact(
-        table=metrics_rows({"dataset": dataset, "model": row[0], "gate": result}),
-        key=artifact_key(f"metrics-{dataset}-{row[0]}"),
-        description=f"v{version} vs champion vs MostPopular: "
-        + ("promoted" if verdict.promote else "rejected"),
+        table=metrics_rows({"dataset": dataset, "model": row["kind"], "gate": result}),
+        key=artifact_key(f"metrics-{dataset}-{row['kind']}"),
+        description=f"v{version} vs tonight's baselines vs the champion: {verdict.serve} serves",
     )
     return json.loads(json.dumps(result, default=float))
+
+
+@task(
+    name="publish serving refit",
+    task_run_name="check and register the serving refit of v{version}",
+    **IO_RETRIES,
+)
+def publish_serving_task(
+    warehouse_path: str, version: int, refit: dict, export_path: str, thresholds: dict
+) -> dict:
+    """Check the refit (finite, ONNX parity, no collapse) and register it as `version`'s serving
+    model; a refused refit leaves the evaluated champion serving, with a warning."""
+    with warehouse(Path(warehouse_path)) as con:
+        result = publish_serving_refit(
+            con,
+            version,
+            refit,
+            Path(export_path),
+            Path(warehouse_path).parent / "models",
+            GateThresholds(**thresholds),
+        )
+    if "refused" in result:
+        get_run_logger().warning(
+            f"serving refit of v{version} refused ({result['refused']}); v{version} itself serves"
+        )
+    return result
 
 
 @task(name="run report", task_run_name="run report")

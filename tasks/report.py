@@ -61,44 +61,99 @@ def data_section(reports: list[dict], idle: dict[str, str]) -> list[str]:
     return lines
 
 
+# The report's metric rows, in this order (those a contender lacks are left out).
+REPORTED = (
+    "recall@{k}",
+    "ndcg@{k}",
+    "cold_recall@{k}",
+    "tail_recall@{k}",
+    "coverage@{k}",
+    "popularity@{k}",
+    "rmse",
+    "mae",
+    "users",
+    "cold_users",
+)
+
+
+def _columns(tables: dict) -> list[tuple[str, str]]:
+    """(column key, table name) of each contender: challenger, champion, then the baselines."""
+    columns = []
+    for name in tables:
+        if name.startswith("challenger"):
+            columns.insert(0, ("challenger", name))
+        elif name.startswith("champion"):
+            columns.append(("champion", name))
+    columns += [(name, name) for name in tables if not name.startswith(("challenger", "champion"))]
+    return columns
+
+
 def metrics_rows(outcome: dict) -> list[dict]:
-    """One row per (split, metric): challenger vs champion vs MostPopular (the table artifact)."""
+    """One row per (split, metric), one column per contender (the table artifact)."""
     gate = outcome.get("gate") or {}
     tables = gate.get("tables") or {}
-    names = sorted(
-        {m for split in SPLITS for m in (tables.get("challenger") or {}).get(split, {})} - {"users"}
-    )
+    k = (gate.get("thresholds") or {}).get("k", 10)
+    columns = _columns(tables)
+    present = {m for t in tables.values() for part in t.values() for m in part}
     rows = []
     for split in SPLITS:
-        for metric in names:
-            rows.append(
-                {
-                    "dataset": outcome["dataset"],
-                    "model": outcome["model"],
-                    "split": split,
-                    "metric": metric,
-                    "challenger": tables.get("challenger", {}).get(split, {}).get(metric),
-                    "champion": tables.get("champion", {}).get(split, {}).get(metric),
-                    "popularity": tables.get("popularity", {}).get(split, {}).get(metric),
-                }
-            )
+        for template in REPORTED:
+            metric = template.format(k=k)
+            if metric not in present:
+                continue
+            row = {"dataset": outcome["dataset"], "model": outcome["model"], "split": split}
+            row["metric"] = metric
+            for key, name in columns:
+                row[key] = tables[name].get(split, {}).get(metric)
+            rows.append(row)
     return rows
 
 
+def baseline_ratios(gate: dict) -> list[str]:
+    """The challenger's val and test Recall@K and NDCG@K as a share of the best baseline's."""
+    tables, k = gate.get("tables") or {}, (gate.get("thresholds") or {}).get("k", 10)
+    challenger = next((t for n, t in tables.items() if n.startswith("challenger")), None)
+    baselines = {n: t for n, t in tables.items() if not n.startswith(("challenger", "champion"))}
+    if challenger is None or not baselines:
+        return []
+    primary = "rmse" if "rmse" in challenger.get("val", {}) else f"recall@{k}"
+    pick = min if primary == "rmse" else max
+    best = pick(baselines, key=lambda n: baselines[n]["val"].get(primary, float("nan")))
+    lines = []
+    for metric in (primary,) if primary == "rmse" else (f"recall@{k}", f"ndcg@{k}"):
+        ratios = [
+            f"{split} {challenger[split][metric] / baselines[best][split][metric]:.2f}x"
+            for split in SPLITS
+            if baselines[best][split].get(metric)
+        ]
+        lines.append(f"{gate.get('model', 'challenger')} / {best} {metric}: {', '.join(ratios)}")
+    return lines
+
+
 def headline(outcome: dict) -> str:
-    """One line: what happened to this model tonight."""
+    """One line: what happened to this model tonight, and what serves."""
     gate = outcome.get("gate")
     if outcome["status"] == "skipped":
         return f"SKIPPED: {outcome['reason']}"
     if outcome["status"] == "failed":
         return f"FAILED in {outcome.get('stage', 'a stage')}: {outcome['reason']}"
-    previous = gate.get("champion_before")
-    if gate["promote"]:
-        replaces = f" (replaces v{previous})" if previous else " (first champion)"
-        return f"PROMOTED v{gate['version']}{replaces}"
-    if previous:
-        return f"KEPT champion v{previous}: challenger v{gate['version']} rejected"
-    return f"REJECTED v{gate['version']}: no champion yet, nothing is served"
+    previous, after = gate.get("champion_before"), gate.get("champion_after")
+    replaces = f" (replaces v{previous})" if previous and previous != after else ""
+    if previous is None and after is not None:
+        replaces = " (first champion)"
+    if gate["serve_role"] == "challenger":
+        return f"PROMOTED v{gate['version']}{replaces}: {gate['rule']}"
+    if gate["serve_role"] == "baseline":
+        return (
+            f"BASELINE SERVES: {gate['serve']}{replaces}; challenger v{gate['version']} did not"
+            f" ({gate['rule']})"
+        )
+    if after is not None:
+        return (
+            f"KEPT champion v{after} ({gate['champion_after_family']}): challenger"
+            f" v{gate['version']} rejected"
+        )
+    return f"REJECTED v{gate['version']}: nothing can serve yet"
 
 
 def image_markdown(path: Path | None, alt: str) -> str:
@@ -145,32 +200,22 @@ def model_section(outcome: dict) -> list[str]:
         lines.append("")
     gate = outcome.get("gate")
     if gate:
-        rows = metrics_rows(outcome)
-        previous = gate.get("champion_before")
-        champion = f"champion v{previous}" if previous else "champion"
+        lines += _gate_lines(outcome, gate)
+    serving = outcome.get("serving")
+    if serving:
         lines += [
-            f"| split | metric | challenger v{gate['version']} | {champion} | baseline¹ |",
-            "|---|---|---:|---:|---:|",
-        ]
-        for row in rows:
-            lines.append(
-                f"| {row['split']} | {row['metric']} | {_number(row['challenger'])} |"
-                f" {_number(row['champion'])} | {_number(row['popularity'])} |"
-            )
-        lines += [
-            "",
-            "¹ MostPopular for the ranking metrics, the training mean rating for RMSE/MAE.",
-            "",
-            "Gate:",
+            f"Serving refit on all of the snapshot: v{serving['version']}."
+            if "version" in serving
+            else f"**Serving refit refused** ({serving['refused']}): the evaluated model serves.",
             "",
         ]
-        lines += [f"- {reason}" for reason in gate["reasons"]] + [""]
     scoring = outcome.get("scoring")
     if scoring:
         lines += [
-            f"Scoring with v{scoring['model_version']}: {scoring['users']:,} users"
-            f" ({scoring['model_users']:,} by the model, {scoring['fallback_users']:,} by the"
-            f" popularity fallback), {scoring['rows']:,} rows in {scoring['seconds']:.1f} s"
+            f"Lists scored by {scoring['kind']} v{scoring['model_version']} (serving for champion"
+            f" v{scoring['champion']}, rows marked `{scoring['source']}`): {scoring['users']:,}"
+            f" users ({scoring['model_users']:,} by the model, {scoring['fallback_users']:,} by"
+            f" the popularity fallback), {scoring['rows']:,} rows in {scoring['seconds']:.1f} s"
             f" -> `recommendations` table and `{scoring['parquet']}`.",
             "",
         ]
@@ -185,6 +230,31 @@ def model_section(outcome: dict) -> list[str]:
     return lines
 
 
+def _gate_lines(outcome: dict, gate: dict) -> list[str]:
+    """Every contender's metrics on val and test, the ratios to the best baseline, and the
+    gate's checks with their intervals and p-values."""
+    columns = _columns(gate.get("tables") or {})
+    lines = [
+        "| split | metric | " + " | ".join(name for _, name in columns) + " |",
+        "|---|---|" + "---:|" * len(columns),
+    ]
+    for row in metrics_rows(outcome):
+        values = " | ".join(_number(row[key]) for key, _ in columns)
+        lines.append(f"| {row['split']} | {row['metric']} | {values} |")
+    lines += [
+        "",
+        "cold: users with at most 5 train items; tail: items outside the most popular"
+        " 20 %; popularity: mean share of users who had each recommended item.",
+        "",
+    ]
+    ratios = baseline_ratios(gate)
+    if ratios:
+        lines += ["Against the best baseline: " + "; ".join(ratios) + ".", ""]
+    lines += [f"**WARNING: {w}**" for w in gate.get("warnings", [])]
+    lines += ["", "Gate (paired bootstrap over users, or ratings for RMSE):", ""]
+    return lines + [f"- {reason}" for reason in gate["reasons"]] + [""]
+
+
 def timings_section(timings: dict[str, float], total: float) -> list[str]:
     lines = ["## Timings", "", "| stage | seconds | share |", "|---|---:|---:|"]
     for stage, seconds in timings.items():
@@ -197,11 +267,15 @@ def timings_section(timings: dict[str, float], total: float) -> list[str]:
 def nightly_report_markdown(night: dict) -> str:
     """`night`: status, problems, started_at, home, ingest {reports, idle}, outcomes, timings,
     seconds."""
-    status = "COMPLETED" if not night["problems"] else "FAILED"
+    status = "FAILED" if night["problems"] else "COMPLETED"
+    if not night["problems"] and night.get("warnings"):
+        status = "COMPLETED WITH WARNINGS"
     lines = [f"# Nightly retrain {night['started_at']}: {status}", ""]
     for problem in night["problems"]:
         lines.append(f"- **{problem}**")
-    if night["problems"]:
+    for warning in night.get("warnings", []):
+        lines.append(f"- **WARNING: {warning}**")
+    if night["problems"] or night.get("warnings"):
         lines.append("")
     lines += [f"Data home: `{night['home']}`", ""]
     lines += data_section(night["ingest"]["reports"], night["ingest"]["idle"])

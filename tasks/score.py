@@ -18,13 +18,12 @@ from tasks.warehouse.scoring import (
 )
 
 
-@task(name="plan scoring", task_run_name="plan scoring of {dataset} ({kind})", **IO_RETRIES)
-def plan_scoring_task(
-    warehouse_path: str, dataset: str, kind: str, exports_dir: str
-) -> ScoringPlan:
-    """Check the champion and write what scoring workers read (they never open the warehouse)."""
+@task(name="plan scoring", task_run_name="plan scoring of {dataset}", **IO_RETRIES)
+def plan_scoring_task(warehouse_path: str, dataset: str, exports_dir: str) -> ScoringPlan:
+    """Check the ranking champion and write what scoring workers read (they never open the
+    warehouse)."""
     with warehouse(Path(warehouse_path)) as con:
-        return plan_scoring(con, kind, dataset, Path(exports_dir) / "scoring")
+        return plan_scoring(con, dataset, Path(exports_dir) / "scoring")
 
 
 @task(
@@ -54,9 +53,10 @@ def load_scores_task(
 
 def _scoring_artifact(dataset: str, kind: str, result: dict) -> None:
     create_markdown_artifact(
-        key=artifact_key(f"scoring-{dataset}-{kind}"),
+        key=artifact_key(f"scoring-{dataset}"),
         markdown=(
-            f"## Batch scoring of `{dataset}` with {kind} version {result['model_version']}\n\n"
+            f"## Batch scoring of `{dataset}` with {kind} v{result['model_version']}"
+            f" (serving for champion v{result['champion']})\n\n"
             "| users | by the model | popularity fallback | rows | seconds |\n"
             "|---:|---:|---:|---:|---:|\n"
             f"| {result['users']:,} | {result['model_users']:,} | {result['fallback_users']:,} |"
@@ -66,18 +66,17 @@ def _scoring_artifact(dataset: str, kind: str, result: dict) -> None:
 
 
 @task(name="list champions")
-def list_champions_task(
-    warehouse_path: str, dataset: str | None, kind: str | None
-) -> list[tuple[str, str]]:
-    """(dataset, kind) of every champion, optionally of one dataset and/or kind."""
+def list_champions_task(warehouse_path: str, dataset: str | None) -> list[str]:
+    """Every dataset with a ranking champion (or just `dataset`)."""
     with warehouse(Path(warehouse_path)) as con:
         ensure_registry(con)
         rows = con.execute(
-            """SELECT dataset, kind FROM model_versions WHERE status = 'champion'
-                 AND (? IS NULL OR dataset = ?) AND (? IS NULL OR kind = ?) ORDER BY 1, 2""",
-            [dataset, dataset, kind, kind],
+            """SELECT dataset FROM model_versions WHERE status = 'champion' AND slot = 'ranking'
+                 AND (? IS NULL OR dataset = ?) ORDER BY 1""",
+            [dataset, dataset],
         ).fetchall()
     if not rows:
-        wanted = " ".join(filter(None, [kind, dataset])) or "any dataset"
-        raise LookupError(f"no champion model for {wanted}: nothing to score with")
-    return [tuple(row) for row in rows]
+        raise LookupError(
+            f"no ranking champion for {dataset or 'any dataset'}: nothing to score with"
+        )
+    return [row[0] for row in rows]

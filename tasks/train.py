@@ -50,17 +50,85 @@ def export_snapshot_task(
     task_run_name="find the {model} champion of {dataset} to start from",
     **IO_RETRIES,
 )
-def warm_start_source_task(warehouse_path: str, dataset: str, model: str) -> dict | None:
-    """The champion's best checkpoint (checksums verified), or None when there is no champion."""
+def warm_start_source_task(
+    warehouse_path: str, dataset: str, model: str, export_path: str, config: dict
+) -> dict | None:
+    """The champion's evaluated checkpoint (checksums verified) and its serving refit's, for
+    the serving refit to start from; None when there is no champion; {"refused": why} when
+    there is one tonight's model must not start from: another family, or evaluated under other
+    split settings (it may have trained on tonight's held-out pairs)."""
+    from models_src.data import Interactions
+    from tasks.warehouse.gating import champion_incompatibility
+    from tasks.warehouse.registry import serving_version, slot_of
+
     with warehouse(Path(warehouse_path)) as con:
-        row = champion(con, model, dataset)
+        row = champion(con, slot_of(model), dataset)
+        serving = serving_version(con, row) if row is not None else None
     if row is None:
         return None
+    if row["kind"] != model:
+        return {"refused": f"champion v{row['version']} is a {row['kind']} model, not {model}"}
+    data = Interactions.from_parquet(Path(export_path))
+    incompatible = champion_incompatibility(row, data, config, config.get("k", 10))
+    if incompatible:
+        get_run_logger().warning(f"warm start refused: {incompatible}")
+        return {"refused": incompatible}
     verify_artifacts(row)
     checkpoint = Path(row["artifact_dir"]) / "best_model.pt"
-    return (
-        {"version": row["version"], "checkpoint": str(checkpoint)} if checkpoint.exists() else None
+    if not checkpoint.exists():
+        return None
+    verify_artifacts(serving)
+    serving_checkpoint = Path(serving["artifact_dir"]) / "best_model.pt"
+    return {
+        "version": row["version"],
+        "checkpoint": str(checkpoint),
+        "serving_checkpoint": str(
+            serving_checkpoint if serving_checkpoint.exists() else checkpoint
+        ),
+    }
+
+
+@task(
+    name="fit baselines",
+    task_run_name="fit the {model} slot's baselines on {dataset} snapshot {export[snapshot_id]}",
+)
+def fit_baselines_task(
+    export: dict, dataset: str, model: str, config: dict, runs_dir: str, families: list[str]
+) -> dict[str, str]:
+    """Tonight's baselines on the same train split as the challenger (models_src/baselines.py):
+    family -> file. Runs on the task runner, beside training."""
+    from models_src.runs import fit_baselines_run
+
+    out_dir = Path(runs_dir) / f"{dataset}-{model}-baselines-snapshot{export['snapshot_id']}"
+    files = fit_baselines_run({**config, "model": model}, export["path"], out_dir, families)
+    get_run_logger().info(f"baselines of {model} on {dataset}: {sorted(files)} in {out_dir}")
+    return files
+
+
+@task(name="serving refit", task_run_name="refit {family} v{version} on all of {dataset}")
+def refit_serving_task(
+    family: str,
+    version: int,
+    dataset: str,
+    export_path: str,
+    gated_run: str | None,
+    baseline_file: str | None,
+    warm_checkpoint: str | None,
+    out_dir: str,
+) -> dict:
+    """The new champion's configuration on every interaction of the snapshot (for serving):
+    {"run_dir"} for a trained model, {"baseline_file"} for a baseline."""
+    from models_src.runs import refit_baseline_run, refit_run
+
+    logger = get_run_logger()
+    if baseline_file is not None:
+        out = Path(out_dir) / f"{family}-serving.baseline.pt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return {"baseline_file": refit_baseline_run(baseline_file, export_path, out)}
+    result = refit_run(
+        Path(gated_run), export_path, Path(out_dir), warm_checkpoint, log=logger.info
     )
+    return {"run_dir": result["run_dir"], "epochs": result["epochs"]}
 
 
 class TrainingProgress:

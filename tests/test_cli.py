@@ -51,13 +51,21 @@ def test_nightly_runs_end_to_end_and_says_where_things_are(tmp_path):
     # A healthy night logs no tracebacks (Prefect's telemetry service once did, offline).
     assert "Traceback" not in night.stderr, night.stderr[-3000:]
     lines = night.stdout.splitlines()
-    assert any(re.match(r"gat-bpr on sample-listens: (PROMOTED|REJECTED) v\d", x) for x in lines)
-    assert any(re.match(r"rating on sample-ratings: (PROMOTED|REJECTED) v\d", x) for x in lines)
+    served = r"(PROMOTED v\d+|BASELINE SERVES: [a-z-]+ v\d+) \(first champion\)"
+    for model, dataset in (("gat-bpr", "listens"), ("gat-bpr", "ratings"), ("rating", "ratings")):
+        assert any(re.match(rf"{model} on sample-{dataset}: {served}", x) for x in lines), lines
+    for dataset in ("listens", "ratings"):
+        parquet = home / "exports" / f"recommendations_sample-{dataset}_ranking.parquet"
+        assert f"  recommendations: {parquet}" in lines
+    # A baseline serving is said on stderr, one line per model, never silently.
+    baselines = [x for x in lines if "BASELINE SERVES" in x]
+    warnings = [x for x in night.stderr.splitlines() if x.startswith("WARNING: ")]
+    assert len(warnings) == len(baselines)
     (report,) = [x.split(": ", 1)[1] for x in lines if x.startswith("run report: ")]
     assert Path(report).parent == home / "reports" and Path(report).exists()
     quiet = encore(home, "nightly", "--epochs", "2")
     assert quiet.returncode == 0, quiet.stderr[-3000:]
-    assert quiet.stdout.count("SKIPPED: no new data") == 2
+    assert quiet.stdout.count("SKIPPED: no new data") == 3
 
 
 def test_help_lists_the_commands():

@@ -70,7 +70,7 @@ def test_nightly_is_on_the_templated_cron_and_scoring_has_no_schedule(config):
         ("flows/nightly.py:nightly_retrain", {}),
         ("flows/nightly.py:nightly_retrain", {"params": {"gat_bpr": {"epochs": 20}}}),
         ("flows/batch_score.py:batch_score", {}),
-        ("flows/batch_score.py:batch_score", {"dataset": "sample-listens", "kind": "rating"}),
+        ("flows/batch_score.py:batch_score", {"dataset": "sample-listens"}),
     ],
 )
 def test_entrypoints_load_as_flows_and_accept_their_run_parameters(entrypoint, parameters):

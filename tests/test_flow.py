@@ -115,14 +115,14 @@ def test_batch_score_flow_scores_with_the_champion(flow_home):
             con, Path(run["run_dir"]), "sample-listens", run, flow_home.root / "models"
         )
         record_gate_decision(con, version, True, ["first night"], [], {})
-    (result,) = batch_score(dataset="sample-listens", kind="gat-bpr")
-    (every,) = batch_score()  # no arguments: every champion
+    (result,) = batch_score(dataset="sample-listens")
+    (every,) = batch_score()  # no arguments: every ranking champion
     assert (every["dataset"], every["kind"], every["model_version"]) == (
         "sample-listens",
         "gat-bpr",
         version,
     )
-    with pytest.raises(LookupError, match="no champion model for sample-ratings"):
+    with pytest.raises(LookupError, match="no ranking champion for sample-ratings"):
         batch_score(dataset="sample-ratings")
     assert result["model_version"] == version and result["fallback_users"] == 0
     assert result["rows"] == result["users"] * 10

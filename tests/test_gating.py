@@ -1,21 +1,27 @@
-"""The gate, run on real trained models: first night, a better model, a worse one."""
+"""The gate, run on real trained models and baselines: first night, a better model, a worse one,
+a baseline that serves, a champion under other settings, and the serving refit."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 from conftest import spec_for
 
+from models_src.checkpoint import load_checkpoint, save_checkpoint
 from models_src.config import TrainConfig
 from models_src.data import Interactions, split_interactions
 from models_src.gate import GateThresholds
 from models_src.learners import make_learner
+from models_src.runs import fit_baselines_run, refit_run
 from models_src.trainers import AdvancedTrainer
 from tasks.warehouse.export import export_interactions
 from tasks.warehouse.gating import gate_version
 from tasks.warehouse.ingest import ingest_file, open_snapshot, register_dataset
 from tasks.warehouse.publish import publish_run
+from tasks.warehouse.refit import publish_serving_refit
+from tasks.warehouse.registry import champion, serving_version, version_row
 from tasks.warehouse.validation import ValidationThresholds, validate_snapshot
 
 
@@ -43,7 +49,6 @@ def planted_listens(con, write_file) -> Path:
 
 def train_version(con, home, export: Path, name: str, lr: float, epochs: int) -> int:
     data = Interactions.from_parquet(export)
-    torch.manual_seed(0)
     config = TrainConfig(
         epochs=epochs,
         lr=lr,
@@ -68,29 +73,120 @@ def train_version(con, home, export: Path, name: str, lr: float, epochs: int) ->
     return publish_run(con, run, "listens", final, home.root / "models")
 
 
+def baselines(home, export: Path, families=("most-popular",)) -> dict[str, str]:
+    config = TrainConfig().to_dict()
+    return fit_baselines_run(config, str(export), home.root / "runs" / "baselines", list(families))
+
+
+def gate(con, home, version: int, export: Path, files: dict) -> tuple:
+    return gate_version(con, version, export, home.root / "models", GateThresholds(), files)
+
+
+def statuses(con) -> dict[int, tuple[str, str]]:
+    rows = con.execute("SELECT version, kind, status FROM model_versions ORDER BY 1").fetchall()
+    return {version: (kind, status) for version, kind, status in rows}
+
+
 def test_first_night_better_and_worse_challengers(con, home, write_file):
     export = planted_listens(con, write_file)
-    thresholds = GateThresholds(popularity_margin=0.05)
+    files = baselines(home, export)
     first = train_version(con, home, export, "good", lr=0.05, epochs=15)
-    verdict, tables = gate_version(con, first, export, thresholds)
-    assert verdict.promote, verdict.reasons
-    assert "first night" in verdict.reasons[-1]
-    assert (
-        tables["challenger"]["test"]["recall@10"] > tables["popularity"]["test"]["recall@10"] + 0.05
-    )
+    verdict, tables = gate(con, home, first, export, files)
+    assert verdict.serve == f"challenger v{first}" and verdict.promote, verdict.reasons
+    assert verdict.rule.startswith("first night")
+    challenger = tables[f"challenger v{first}"]
+    assert challenger["val"]["recall@10"] > tables["most-popular"]["val"]["recall@10"]
 
     worse = train_version(con, home, export, "barely-trained", lr=1e-5, epochs=1)
-    verdict, tables = gate_version(con, worse, export, thresholds)
-    assert not verdict.promote
-    assert any(r.startswith("REJECT: test recall@10") for r in verdict.reasons)
-    statuses = dict(con.execute("SELECT version, status FROM model_versions").fetchall())
-    assert statuses == {first: "champion", worse: "rejected"}
+    verdict, tables = gate(con, home, worse, export, files)
+    assert not verdict.promote and verdict.serve == f"champion v{first}"
+    assert any(r.startswith("NO: non-inferior") for r in verdict.reasons)
+    assert statuses(con) == {first: ("gat-bpr", "champion"), worse: ("gat-bpr", "rejected")}
     logged = con.execute(
-        "SELECT challenger, promoted, compared_json IS NOT NULL, thresholds_json FROM promotions"
-        " ORDER BY promotion_id"
+        "SELECT challenger, promoted, compared_json IS NOT NULL, thresholds_json, rule"
+        " FROM promotions ORDER BY promotion_id"
     ).fetchall()
-    assert [(c, p, has) for c, p, has, _ in logged] == [(first, True, True), (worse, False, True)]
-    assert '"popularity_margin": 0.05' in logged[0][3]
+    assert [(c, p, has) for c, p, has, _, _ in logged] == [
+        (first, True, True),
+        (worse, False, True),
+    ]
+    assert '"tolerance": 0.05' in logged[0][3]
+    assert logged[1][4] == "no contender beat the champion; it keeps serving"
+    evaluated = json.loads(version_row(con, first)["evaluation_json"])
+    assert evaluated["split"] == {"method": "hash", "val_ratio": 0.15, "test_ratio": 0.15,
+                                  "salt": "encore"}  # fmt: skip
+
+
+def test_a_baseline_that_wins_the_first_night_serves_flagged_and_stays_until_beaten(
+    con, home, write_file
+):
+    export = planted_listens(con, write_file)
+    files = baselines(home, export, ("most-popular", "als"))
+    weak = train_version(con, home, export, "barely-trained", lr=1e-5, epochs=1)
+    verdict, tables = gate(con, home, weak, export, files)
+    assert verdict.serve_family == "als" and verdict.serve_role == "baseline", tables
+    assert verdict.warnings[0].startswith("the als baseline serves, not a trained model")
+    als = champion(con, "ranking", "listens")
+    assert (als["kind"], als["slot"], als["role"]) == ("als", "ranking", "evaluated")
+    assert json.loads(als["config_json"])["baseline"]["regularization"] > 0  # chosen on val
+    assert statuses(con)[weak] == ("gat-bpr", "rejected")
+    # ALS fits this planted data almost perfectly: a good GAT-BPR ties it, so ALS keeps serving,
+    # and the night still says that a baseline serves.
+    good = train_version(con, home, export, "good", lr=0.05, epochs=15)
+    verdict, _ = gate(con, home, good, export, files)
+    assert verdict.serve == f"champion v{als['version']}" and not verdict.promote
+    assert "it is the champion, and challenger" in verdict.warnings[0]
+
+
+def test_a_champion_evaluated_under_another_salt_is_not_compared(con, home, write_file):
+    export = planted_listens(con, write_file)
+    files = baselines(home, export)
+    first = train_version(con, home, export, "good", lr=0.05, epochs=15)
+    gate(con, home, first, export, files)
+    con.execute(
+        "UPDATE model_versions SET evaluation_json = replace(evaluation_json,"
+        ' \'"salt": "encore"\', \'"salt": "encore-2025"\') WHERE version = ?',
+        [first],
+    )
+    second = train_version(con, home, export, "good-again", lr=0.05, epochs=15)
+    verdict, tables = gate(con, home, second, export, files)
+    assert not any(name.startswith("champion") for name in tables)
+    assert any("first-night rules: champion v1 cannot be compared: its split was" in r
+               for r in verdict.reasons)  # fmt: skip
+
+
+def test_serving_refit_is_registered_and_a_collapsed_one_refused(con, home, write_file):
+    export = planted_listens(con, write_file)
+    files = baselines(home, export)
+    first = train_version(con, home, export, "good", lr=0.05, epochs=15)
+    gate(con, home, first, export, files)
+    refit = refit_run(home.root / "runs" / "good", str(export), home.root / "runs" / "all")
+    assert refit["epochs"] == load_checkpoint(home.root / "runs/good/best_model.pt")["best_epoch"]
+    thresholds = GateThresholds()
+    done = publish_serving_refit(
+        con, first, {"run_dir": refit["run_dir"]}, export, home.root / "models", thresholds
+    )
+    row = version_row(con, done["version"])
+    assert (row["role"], row["refit_of"], row["status"]) == ("serving", first, "refit")
+    assert serving_version(con, champion(con, "ranking", "listens"))["version"] == row["version"]
+    # A refit whose embeddings collapsed to one vector ranks no better than chance.
+    state = load_checkpoint(Path(refit["run_dir"]) / "best_model.pt")
+    state["model"]["embedding.weight"][:] = 0.1
+    collapsed = home.root / "runs" / "collapsed"
+    collapsed.mkdir()
+    save_checkpoint(collapsed / "best_model.pt", state)
+    refused = publish_serving_refit(
+        con, first, {"run_dir": str(collapsed)}, export, home.root / "models", thresholds
+    )
+    assert "it looks collapsed" in refused["refused"]
+    state["model"]["embedding.weight"][0, 0] = float("nan")
+    broken = home.root / "runs" / "nan"
+    broken.mkdir()
+    save_checkpoint(broken / "best_model.pt", state)
+    refused = publish_serving_refit(
+        con, first, {"run_dir": str(broken)}, export, home.root / "models", thresholds
+    )
+    assert "NaN or infinite" in refused["refused"]
 
 
 def test_served_model_scores_unknown_ids_as_it_would_serve_them():

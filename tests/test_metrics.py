@@ -1,15 +1,19 @@
-"""Metrics on hand-computed cases, and against torchmetrics' independent implementation."""
+"""Metrics and the evaluation protocol on hand-computed cases, and against torchmetrics'
+independent implementation."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
-from torchmetrics.retrieval import RetrievalNormalizedDCG, RetrievalRecall
+from torchmetrics.functional.retrieval import retrieval_normalized_dcg, retrieval_recall
+from torchmetrics.retrieval import RetrievalRecall
 
+from models_src.data import Interactions
+from models_src.evaluation import Protocol, SliceSettings
 from models_src.metrics import (
-    evaluate_ranking,
     hit_rate_at_k,
     mae,
     mrr_at_k,
@@ -17,12 +21,6 @@ from models_src.metrics import (
     recall_at_k,
     rmse,
 )
-
-
-def csr(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.tensor([len(r) for r in rows])
-    rowptr = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-    return rowptr, torch.tensor([i for r in rows for i in r], dtype=torch.long)
 
 
 def test_hand_computed_ranking_metrics():
@@ -45,31 +43,95 @@ def test_rating_errors():
     assert math.isclose(mae(predicted, target), 1.0)
 
 
-def test_evaluate_ranking_excludes_train_items_and_skips_users_without_relevant():
+def interactions(
+    pairs: list[tuple[int, int]], users: int, items: int, ratings=None
+) -> Interactions:
+    user, item = zip(*pairs, strict=True) if pairs else ((), ())
+    rating = None if ratings is None else np.asarray(ratings, dtype=np.float32)
+    return Interactions(np.array(user), np.array(item), users, items, rating=rating)
+
+
+def test_protocol_excludes_what_came_before_and_skips_users_without_relevant():
+    splits = {
+        "train": interactions([(0, 0), (1, 1)], 3, 4),
+        # user 0 listens to train item 0 again: a repeat, not something to find
+        "val": interactions([(0, 0), (0, 1), (2, 3)], 3, 4),
+        "test": interactions([(0, 1), (0, 2), (1, 1)], 3, 4),
+    }
+    protocol = Protocol(splits)
+    assert protocol.users_with_relevant("val").tolist() == [0, 2]
+    assert protocol.users_with_relevant("test").tolist() == [
+        0
+    ]  # item 1 was in val; user 1's in train
     scores = torch.tensor([[0.9, 0.8, 0.1, 0.0], [0.0, 0.1, 0.2, 0.3], [1.0, 0.0, 0.0, 0.0]])
-    relevant = csr([[1], [], [3]])
-    train = csr([[0], [], []])
-    result = evaluate_ranking(lambda users: scores[users], relevant, [train], 4, k=1)
-    # user 0: item 0 excluded, so item 1 ranks first (hit); user 2 ranks item 0 first (miss)
-    assert result["recall@1"] == 0.5 and result["users"] == 2
-    assert result["coverage@1"] == 0.5
+    val = protocol.evaluate(lambda users: scores[users], "val", k=1)
+    # user 0: item 0 excluded (train), item 1 ranks first (hit); user 2 ranks item 0 first (miss)
+    assert val.per_user["recall@1"].tolist() == [1.0, 0.0]
+    assert val.summary["recall@1"] == 0.5 and val.summary["users"] == 2
+    assert val.summary["coverage@1"] == 0.5
+    test = protocol.evaluate(lambda users: scores[users], "test", k=1)
+    # user 0: items 0 (train) and 1 (val) excluded, item 2 first: a hit
+    assert test.per_user["recall@1"].tolist() == [1.0]
 
 
-def test_matches_torchmetrics_on_random_scores():
+def test_liked_items_are_the_relevant_ones_of_explicit_data():
+    splits = {
+        "train": interactions([(0, 0)], 1, 4, [5.0]),
+        "val": interactions([(0, 1), (0, 2)], 1, 4, [2.0, 4.0]),
+        "test": interactions([(0, 3)], 1, 4, [1.0]),
+    }
+    protocol = Protocol(splits, like_threshold=3.4)
+    assert protocol.relevant["val"][1].tolist() == [2]
+    assert protocol.users_with_relevant("test").tolist() == []  # disliked: nothing to find
+    # ...but a disliked val item is still excluded when scoring test (the user has seen it)
+    assert protocol.exclude["test"][1].tolist() == [0, 1, 2]
+
+
+def test_slices_cold_users_long_tail_and_popularity():
+    # 6 items; train users per item: item 0 has 3, item 1 has 2, items 2-5 one each (user 0).
+    train = [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1)] + [(0, i) for i in range(2, 6)]
+    splits = {
+        "train": interactions(train, 3, 6),
+        "val": interactions([(1, 5), (2, 4)], 3, 6),
+        "test": interactions([], 3, 6),
+    }
+    protocol = Protocol(splits, slices=SliceSettings(cold_user_max=2, head_share=0.34))
+    assert protocol.tail.tolist() == [False, False, True, True, True, True]
+    scores = torch.tensor([[0.0, 0, 0, 0, 0, 0], [0.0, 0, 0, 0, 1, 2], [9.0, 0, 0, 0, 1, 0]])
+    result = protocol.evaluate(lambda users: scores[users], "val", k=1)
+    # user 1 (2 train items: cold) finds item 5; for user 2 (1 train item: cold) item 0 is
+    # excluded (train), so item 4 ranks first: a hit too. Both are tail items.
+    assert result.cold.tolist() == [True, True]
+    assert result.summary["cold_recall@1"] == 1.0 and result.summary["cold_users"] == 2
+    assert result.summary["tail_recall@1"] == 1.0
+    assert result.summary["popularity@1"] == pytest.approx(1 / 3)  # 1 of 3 train users each
+
+
+def test_matches_torchmetrics_per_user_on_random_scores():
     torch.manual_seed(0)
     users, items, k = 50, 40, 10
     scores = torch.randn(users, items)
-    relevant_rows = [
-        torch.randperm(items)[: int(torch.randint(1, 8, (1,)))].tolist() for _ in range(users)
+    pairs = [
+        (u, i)
+        for u in range(users)
+        for i in torch.randperm(items)[: int(torch.randint(1, 8, (1,)))].tolist()
     ]
-    ours = evaluate_ranking(lambda u: scores[u], csr(relevant_rows), [], items, k=k)
+    splits = {
+        "train": interactions([], users, items),
+        "val": interactions(pairs, users, items),
+        "test": interactions([], users, items),
+    }
+    ours = Protocol(splits).evaluate(lambda u: scores[u], "val", k=k)
     target = torch.zeros(users, items, dtype=torch.bool)
-    for u, row in enumerate(relevant_rows):
-        target[u, row] = True
+    for u, i in pairs:
+        target[u, i] = True
+    for user in range(users):
+        recall = retrieval_recall(scores[user], target[user], top_k=k)
+        ndcg = retrieval_normalized_dcg(scores[user], target[user], top_k=k)
+        assert math.isclose(ours.per_user[f"recall@{k}"][user], float(recall), rel_tol=1e-5)
+        assert math.isclose(ours.per_user[f"ndcg@{k}"][user], float(ndcg), rel_tol=1e-5)
     indexes = torch.arange(users).unsqueeze(1).expand(users, items)
-    recall = RetrievalRecall(top_k=k)(scores.flatten(), target.flatten(), indexes=indexes.flatten())
-    ndcg = RetrievalNormalizedDCG(top_k=k)(
+    mean_recall = RetrievalRecall(top_k=k)(
         scores.flatten(), target.flatten(), indexes=indexes.flatten()
     )
-    assert math.isclose(ours[f"recall@{k}"], float(recall), rel_tol=1e-5)
-    assert math.isclose(ours[f"ndcg@{k}"], float(ndcg), rel_tol=1e-5)
+    assert math.isclose(ours.summary[f"recall@{k}"], float(mean_recall), rel_tol=1e-5)

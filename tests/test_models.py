@@ -18,8 +18,10 @@ from models_src.data import (
     VAL,
     Interactions,
     bipartite_edge_index,
+    day_hash_split,
     hash_split,
     split_interactions,
+    time_cuts,
     time_split,
 )
 from models_src.learners import BPRLearner, Learner, RatingLearner, make_learner
@@ -68,15 +70,51 @@ def test_hash_split_is_stable_and_close_to_the_ratios():
     assert not np.array_equal(hash_split(data, 0.1, 0.1, salt="other"), first)
 
 
-def test_time_split_keeps_whole_days_together():
-    ts = np.repeat(np.arange(200) * 86_400 + 1_700_000_000, 5) + np.tile(np.arange(5) * 60, 200)
-    data = Interactions(np.arange(1000) % 7, np.arange(1000) % 11, 7, 11, ts=ts)
+def test_salts_that_share_a_prefix_split_differently():
+    data = Interactions(np.repeat(np.arange(500), 40), np.tile(np.arange(40), 500), 500, 40)
+    # The first 8 bytes agree: a salt cut to 8 bytes would make these two splits identical.
+    assert not np.array_equal(
+        hash_split(data, 0.1, 0.1, salt="encore-2025"),
+        hash_split(data, 0.1, 0.1, salt="encore-2026"),
+    )
+
+
+def days_of_events(days: int = 200, per_day: int = 5) -> Interactions:
+    ts = np.repeat(np.arange(days) * 86_400 + 1_700_000_000, per_day) + np.tile(
+        np.arange(per_day) * 60, days
+    )
+    n = days * per_day
+    return Interactions(np.arange(n) % 7, np.arange(n) % 11, 7, 11, ts=ts)
+
+
+def test_time_split_is_a_forward_holdout():
+    data = days_of_events()
     buckets = time_split(data, 0.15, 0.15)
+    last_train = data.ts[buckets == TRAIN].max()
+    assert last_train < data.ts[buckets == VAL].min()
+    assert data.ts[buckets == VAL].max() < data.ts[buckets == TEST].min()
+    shares = np.bincount(buckets, minlength=3) / len(buckets)
+    assert shares.tolist() == pytest.approx([0.70, 0.15, 0.15], abs=0.01)
+    assert time_cuts(data, 0.15, 0.15) == (
+        data.ts[buckets == VAL].min(),
+        data.ts[buckets == TEST].min(),
+    )
+    # One timestamp is never cut in two: equal times go to the later part.
+    same_time = Interactions(np.arange(10) % 3, np.arange(10) % 4, 3, 4, ts=np.full(10, 5))
+    assert set(time_split(same_time, 0.2, 0.2).tolist()) == {TEST}
+    with pytest.raises(ValueError, match="needs timestamps"):
+        time_split(Interactions(np.zeros(2), np.zeros(2), 1, 1), 0.1, 0.1)
+
+
+def test_day_hash_split_keeps_whole_days_together():
+    data = days_of_events()
+    buckets = day_hash_split(data, 0.15, 0.15)
     per_day = buckets.reshape(200, 5)
     assert (per_day == per_day[:, :1]).all()
     assert set(np.unique(buckets)) == {TRAIN, VAL, TEST}
-    with pytest.raises(ValueError, match="needs timestamps"):
-        time_split(Interactions(np.zeros(2), np.zeros(2), 1, 1), 0.1, 0.1)
+    assert set(split_interactions(data, "day-hash", 0.15, 0.15)) == {"train", "val", "test"}
+    with pytest.raises(ValueError, match="unknown split method 'days'"):
+        split_interactions(data, "days", 0.15, 0.15)
 
 
 def test_bipartite_graph_is_undirected_with_group_nodes():

@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import spec_for
 
+from models_src.baselines import bias_baseline
 from models_src.checkpoint import load_checkpoint
 from models_src.config import TrainConfig
 from models_src.data import Interactions, split_interactions
@@ -19,7 +20,7 @@ from models_src.trainers import AdvancedTrainer
 from tasks.warehouse.export import export_interactions
 from tasks.warehouse.ingest import ingest_file, open_snapshot, register_dataset
 from tasks.warehouse.predict import predict_pairs
-from tasks.warehouse.publish import build_model, publish_run
+from tasks.warehouse.publish import build_model, publish_baseline, publish_run
 from tasks.warehouse.registry import record_gate_decision, version_row
 from tasks.warehouse.validation import ValidationThresholds, validate_snapshot
 
@@ -95,3 +96,17 @@ def test_encore_predict_with_the_champion_rating_model(con, home, write_file, tm
     bad.write_text("user,item\nu1,m3\n")
     with pytest.raises(ValueError, match="missing column"):
         predict_pairs(con, "movies", bad, tmp_path / "never.csv")
+    # The bias baseline as the serving refit of the champion: `encore predict` uses the refit.
+    baseline = bias_baseline(data, regularization=5.0)
+    refit = publish_baseline(
+        con, baseline, data, "movies", tmp_path / "bias", home.root / "models", 10, {}, None,
+        {"model": "bias"}, refit_of=version,
+    )  # fmt: skip
+    result = predict_pairs(con, "movies", pairs, tmp_path / "refit.csv")
+    assert result["model_version"] == refit
+    out = pacsv.read_csv(tmp_path / "refit.csv").to_pylist()
+    b = baseline.buffers
+    expected = float(b["offset"] + b["user_bias"][u] + b["item_bias"][m])
+    assert out[0]["predicted_rating"] == pytest.approx(min(5.0, max(1.0, expected)), abs=1e-5)
+    new_user = float(b["offset"] + b["item_bias"][m])
+    assert out[1]["predicted_rating"] == pytest.approx(min(5.0, max(1.0, new_user)), abs=1e-5)

@@ -17,6 +17,7 @@ from tasks.warehouse.registry import (
     record_gate_decision,
     register_candidate,
     rollback,
+    serving_version,
     verify_artifacts,
     version_row,
 )
@@ -79,9 +80,9 @@ def test_manual_promote_and_rollback_are_logged(con, tmp_path):
     versions = [register(con, tmp_path, n) for n in "abc"]
     for version in versions:
         record_gate_decision(con, version, True, ["ok"], [], {})
-    assert champion(con, "gat-bpr", "listens")["version"] == 3
-    assert rollback(con, "gat-bpr", "listens", actor="ops")["version"] == 2
-    assert rollback(con, "gat-bpr", "listens")["version"] == 1  # two steps back, not a toggle
+    assert champion(con, "ranking", "listens")["version"] == 3
+    assert rollback(con, "ranking", "listens", actor="ops")["version"] == 2
+    assert rollback(con, "ranking", "listens")["version"] == 1  # two steps back, not a toggle
     assert promote(con, 3, actor="alice")["status"] == "champion"
     actions = con.execute("SELECT action, actor FROM promotions ORDER BY promotion_id").fetchall()
     assert actions[-3:] == [("rollback", "ops"), ("rollback", "human"), ("manual-promote", "alice")]
@@ -96,7 +97,7 @@ def test_tampered_model_file_is_refused(con, tmp_path):
     path.write_bytes(b"evil")
     with pytest.raises(RegistryError, match="refusing a tampered or corrupt model file"):
         promote(con, version)
-    assert champion(con, "gat-bpr", "listens") is None
+    assert champion(con, "ranking", "listens") is None
 
 
 @pytest.mark.parametrize("stage", ["retired old champion", "crowned new champion"])
@@ -121,7 +122,63 @@ def test_crash_mid_switch_leaves_exactly_one_verified_champion(home, tmp_path, s
     con = connect(home.warehouse)
     try:
         assert statuses(con) == {old: "champion", new: "candidate"}
-        verify_artifacts(champion(con, "gat-bpr", "listens"))
+        verify_artifacts(champion(con, "ranking", "listens"))
         assert con.execute("SELECT count(*) FROM promotions").fetchone()[0] == 1
     finally:
         con.close()
+
+
+def test_one_champion_per_slot_whatever_its_family_and_refits_serve_for_it(con, tmp_path):
+    trained = register(con, tmp_path, "gat")
+    record_gate_decision(con, trained, True, ["first night"], [], {}, rule="first night")
+    als = register(con, tmp_path, "als", kind="als")
+    record_gate_decision(con, als, True, ["als better"], [], {}, rule="significantly better")
+    rating = register(con, tmp_path, "stars", kind="rating")
+    record_gate_decision(con, rating, True, ["first night"], [], {})
+    assert champion(con, "ranking", "listens")["kind"] == "als"
+    assert champion(con, "rating", "listens")["version"] == rating
+    assert statuses(con)[trained] == "retired"
+    assert serving_version(con, champion(con, "ranking", "listens"))["version"] == als
+    refit = register_candidate(
+        con, "als", "listens", 1, {}, {}, run_dir(tmp_path, "als-all"), tmp_path / "models",
+        refit_of=als,
+    )  # fmt: skip
+    row = version_row(con, refit)
+    assert (row["role"], row["status"], row["slot"]) == ("serving", "refit", "ranking")
+    assert serving_version(con, champion(con, "ranking", "listens"))["version"] == refit
+    with pytest.raises(RegistryError, match=f"serving refit of v{als}; promote v{als}"):
+        promote(con, refit)
+    rule = con.execute("SELECT rule FROM promotions WHERE challenger = ?", [als]).fetchone()
+    assert rule == ("significantly better",)
+
+
+# The registry as Encore created it before slots, serving refits and evaluation records.
+REGISTRY_BEFORE_SLOTS = """
+CREATE TABLE model_versions (
+    version INTEGER PRIMARY KEY, kind VARCHAR NOT NULL, dataset VARCHAR NOT NULL,
+    snapshot_id INTEGER, config_json VARCHAR NOT NULL, metrics_json VARCHAR NOT NULL,
+    artifact_dir VARCHAR NOT NULL, checksums_json VARCHAR NOT NULL, status VARCHAR NOT NULL,
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+);
+CREATE TABLE promotions (
+    promotion_id INTEGER PRIMARY KEY, decided_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    kind VARCHAR NOT NULL, dataset VARCHAR NOT NULL, action VARCHAR NOT NULL,
+    challenger INTEGER NOT NULL, previous_champion INTEGER, promoted BOOLEAN NOT NULL,
+    compared_json VARCHAR, thresholds_json VARCHAR, reasons VARCHAR NOT NULL,
+    actor VARCHAR NOT NULL
+);
+INSERT INTO model_versions (version, kind, dataset, snapshot_id, config_json, metrics_json,
+    artifact_dir, checksums_json, status)
+VALUES (1, 'gat-bpr', 'l', 1, '{}', '{}', '/x', '{}', 'champion'),
+       (2, 'rating', 'r', 1, '{}', '{}', '/y', '{}', 'champion');
+"""
+
+
+def test_a_registry_from_before_slots_is_migrated(home):
+    con = connect(home.warehouse)
+    con.execute(REGISTRY_BEFORE_SLOTS)
+    assert champion(con, "ranking", "l")["version"] == 1
+    assert champion(con, "rating", "r")["role"] == "evaluated"
+    assert champion(con, "ranking", "l")["evaluation_json"] is None  # first-night rules for it
+    assert "rule" in {c[0] for c in con.execute("DESCRIBE promotions").fetchall()}
+    con.close()

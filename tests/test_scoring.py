@@ -68,11 +68,12 @@ def scored(con, home, write_file):
     version = train_and_publish(con, home)
     record_gate_decision(con, version, True, ["first night"], [], {})
     night(con, write_file, "day2.csv", range(25, 35), 2)  # u30..u34 are new tonight
-    return score_dataset(con, "gat-bpr", "listens", home.root / "exports", chunk_users=7)
+    return score_dataset(con, "listens", home.root / "exports", chunk_users=7)
 
 
 def test_every_user_gets_k_unseen_items_new_users_from_popularity(con, scored):
     assert scored["users"] == 35 and scored["fallback_users"] == 5
+    assert scored["source"] == "model" and scored["model_version"] == scored["champion"] == 1
     rows = con.execute("SELECT user_id, rank, item_id, source FROM recommendations").fetchall()
     assert len(rows) == scored["rows"] == 35 * 5
     seen = set(con.execute("SELECT user_id, item_id FROM training_interactions").fetchall())
@@ -98,7 +99,7 @@ def test_parquet_export_matches_the_table_and_a_rescore_replaces_it(con, home, s
         "generated_at",
         "source",
     }
-    again = score_dataset(con, "gat-bpr", "listens", home.root / "exports")
+    again = score_dataset(con, "listens", home.root / "exports")
     assert con.execute("SELECT count(*) FROM recommendations").fetchone()[0] == again["rows"]
 
 
@@ -107,7 +108,7 @@ def test_tampered_scorer_is_refused(con, home, scored):
     path.chmod(0o644)
     path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(RegistryError, match="tampered or corrupt"):
-        score_dataset(con, "gat-bpr", "listens", home.root / "exports")
+        score_dataset(con, "listens", home.root / "exports")
 
 
 def test_cli_lists_models_shows_recommendations_and_guards_overrides(con, home, scored):
@@ -130,17 +131,47 @@ def test_cli_lists_models_shows_recommendations_and_guards_overrides(con, home, 
         return subprocess.run([str(encore), *args], capture_output=True, text=True, env=env)
 
     listed = run("models")
-    assert listed.returncode == 0 and "v1    gat-bpr  listens" in listed.stdout
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("v1    gat-bpr      ranking  listens")
     assert "champion" in listed.stdout
     shown = run("recommend", "u3", "--dataset", "listens", "-k", "3")
     assert shown.returncode == 0, shown.stderr
     first = shown.stdout.splitlines()[0]
-    assert first.startswith("  1. t") and "(model, model v1)" in first
+    assert first.startswith("  1. t") and "(model, gat-bpr v1)" in first
     item = first.split()[1]
     assert f"{item} \u2014 Track {item[1:]}" in first  # the item's name, from item_names
     newcomer = run("recommend", "u31", "--dataset", "listens")
-    assert "(fallback, model v1)" in newcomer.stdout
+    assert "(fallback, gat-bpr v1)" in newcomer.stdout
     again = run("promote", "1")
     assert again.returncode == 1 and "already is the champion" in again.stderr
-    back = run("rollback", "gat-bpr", "--dataset", "listens")
+    back = run("rollback", "--dataset", "listens")
     assert back.returncode == 1 and "has no predecessor" in back.stderr
+
+
+def test_a_serving_refit_scores_for_its_champion_and_a_baseline_marks_its_rows(con, home, scored):
+    from models_src.baselines import most_popular
+    from tasks.warehouse.publish import publish_baseline
+
+    export = export_interactions(con, "listens", home.root / "exports" / "listens.parquet")
+    data = Interactions.from_parquet(Path(export["path"]))  # both days: every user is known
+    baseline = most_popular(data)
+    config = {"model": "most-popular"}
+    version = publish_baseline(
+        con, baseline, data, "listens", home.root / "runs" / "mp", home.root / "models", 5,
+        {}, None, config,
+    )  # fmt: skip
+    record_gate_decision(con, version, True, ["baseline"], [], {})
+    refit = publish_baseline(
+        con, baseline, data, "listens", home.root / "runs" / "mp-all", home.root / "models", 5,
+        {}, None, config, refit_of=version,
+    )  # fmt: skip
+    result = score_dataset(con, "listens", home.root / "exports")
+    assert (result["model_version"], result["champion"], result["source"]) == (
+        refit,
+        version,
+        "baseline",
+    )
+    rows = con.execute("SELECT DISTINCT model_kind, model_version, source FROM recommendations")
+    assert set(rows.fetchall()) == {("most-popular", refit, "baseline")}  # everyone is known
+    assert not (home.root / "exports" / "recommendations_listens_gat-bpr.parquet").exists()
+    assert Path(result["parquet"]).name == "recommendations_listens_ranking.parquet"

@@ -1,96 +1,232 @@
-"""The gate, run: challenger, champion and MostPopular scored now on tonight's splits."""
+"""The gate, run: tonight's challenger, tonight's baselines and the champion, evaluated now under
+one protocol on tonight's split, compared paired (models_src/gate.py), and the verdict applied.
+
+Each contender is scored as it would serve (models_src/serving.py): the champion knows a prefix
+of tonight's users and items; users it never saw get the popularity fallback, items it never saw
+it cannot recommend. When a baseline wins, it is registered as a version of its own (with its
+ONNX scorer) and crowned; the challenger is logged as rejected with the same checks.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import torch
 
+from models_src.baselines import FittedBaseline
 from models_src.checkpoint import load_checkpoint
-from models_src.config import TrainConfig, relevance_threshold
+from models_src.config import TrainConfig, like_threshold, rating_scale
 from models_src.data import Interactions
-from models_src.gate import GateThresholds, Verdict, decide
-from models_src.learners import split_for_training
-from models_src.metrics import mae, rmse
-from models_src.serving import (
-    ServedModel,
-    evaluate_rating_served,
-    evaluate_served,
-    popularity_counts,
+from models_src.evaluation import (
+    HELD_OUT,
+    Protocol,
+    evaluation_record,
+    incompatibility,
+    rating_errors,
+    rating_summary,
 )
-from tasks.warehouse.publish import EMBEDDINGS_FILE
-from tasks.warehouse.registry import champion, record_gate_decision, verify_artifacts, version_row
+from models_src.gate import (
+    BASELINE,
+    CHALLENGER,
+    CHAMPION,
+    Contender,
+    GateThresholds,
+    Staleness,
+    Verdict,
+    decide,
+    ranking_metrics,
+    rating_metrics,
+)
+from models_src.learners import split_for_training
+from models_src.runs import load_baseline
+from models_src.serving import ServedModel, popularity_counts
+from tasks.warehouse.publish import EMBEDDINGS_FILE, publish_baseline
+from tasks.warehouse.registry import (
+    champion,
+    record_evaluation,
+    record_gate_decision,
+    slot_of,
+    verify_artifacts,
+    version_row,
+)
+
+SECONDS_PER_DAY = 86_400
 
 
-def _served(row: dict, popularity: torch.Tensor) -> ServedModel:
+@dataclass
+class Night:
+    """Tonight's data under one config's split settings: what every contender is scored on."""
+
+    data: Interactions
+    splits: dict[str, Interactions]
+    protocol: Protocol
+    record: dict  # the evaluation record every version registered tonight carries
+    rating: bool  # the rating slot (RMSE) rather than the ranking one
+    popularity: torch.Tensor
+
+    @classmethod
+    def load(cls, export_path: Path, config: dict, k: int) -> Night:
+        data = Interactions.from_parquet(export_path)
+        train_config = TrainConfig.from_dict(config)
+        splits = split_for_training(data, train_config)
+        return cls(
+            data,
+            splits,
+            Protocol(splits, like_threshold(data, train_config.rating_threshold)),
+            night_record(data, config, k),
+            slot_of(config.get("model", "gat-bpr")) == "rating",
+            popularity_counts(splits["train"]),
+        )
+
+    def served(self, buffers: dict, scale: tuple[float, float] | None = None) -> ServedModel:
+        if self.rating and scale is None:
+            scale = rating_scale(self.data)
+        return ServedModel(buffers, self.popularity, scale)
+
+    def contender(
+        self, name: str, role: str, family: str, model: ServedModel, k: int
+    ) -> tuple[Contender, dict]:
+        """Per-unit vectors for the gate and the summaries for the report."""
+        vectors, tables = {}, {}
+        for part in HELD_OUT:
+            ranked = self.protocol.evaluate(model.score_users, part, k)
+            tables[part] = dict(ranked.summary)
+            vectors[part] = dict(ranked.per_user)
+            if self.rating:
+                data = self.splits[part]
+                users, items = torch.from_numpy(data.user), torch.from_numpy(data.item)
+                predicted = model.predict_pairs(users, items)
+                target = torch.from_numpy(data.rating)
+                vectors[part]["squared_error"] = rating_errors(predicted, target)
+                tables[part].update(rating_summary(predicted, target))
+        return Contender(name, role, family, vectors), tables
+
+    def cold(self) -> np.ndarray | None:
+        """The val cold-user mask of the ranking guardrail (None for the rating slot)."""
+        return None if self.rating else self.protocol.cold_users("val")
+
+
+def night_record(data: Interactions, config: dict, k: int) -> dict:
+    """The evaluation record of tonight's models trained with `config` on `data`."""
+    c = TrainConfig.from_dict(config)
+    like = like_threshold(data, c.rating_threshold)
+    return evaluation_record(c.split, c.val_ratio, c.test_ratio, c.split_salt, data, like, k)
+
+
+def champion_incompatibility(row: dict, data: Interactions, config: dict, k: int) -> str | None:
+    """Why champion `row` cannot be compared with (or warm-start) tonight's models, or None."""
+    record = json.loads(row["evaluation_json"]) if row.get("evaluation_json") else None
+    why = incompatibility(record, night_record(data, config, k))
+    return f"champion v{row['version']} cannot be compared: {why}" if why else None
+
+
+def _version_model(night: Night, row: dict) -> ServedModel:
     verify_artifacts(row)
     state = load_checkpoint(Path(row["artifact_dir"]) / EMBEDDINGS_FILE)
     scale = state.get("rating_range")
-    return ServedModel(state["buffers"], popularity, tuple(scale) if scale else None)
+    return night.served(state["buffers"], tuple(scale) if scale else None)
 
 
-def _metrics(model: ServedModel, splits: dict, k: int, threshold: float | None) -> dict:
-    metrics = evaluate_served(model.score_users, splits, k, threshold)
-    if threshold is not None:
-        for split, values in evaluate_rating_served(model, splits).items():
-            metrics[split].update(values)
-    return metrics
-
-
-def mean_predictor_errors(splits: dict) -> dict:
-    """RMSE and MAE of predicting the training mean for every val/test rating: the floor a
-    rating model must beat."""
-    mean = float(np.mean(splits["train"].rating))
-    errors = {}
-    for split in ("val", "test"):
-        target = torch.from_numpy(splits[split].rating.astype(np.float32))
-        predicted = torch.full_like(target, mean)
-        errors[split] = {"rmse": rmse(predicted, target), "mae": mae(predicted, target)}
-    return errors
+def staleness(champion_record: dict | None, tonight: dict) -> Staleness:
+    """How far tonight's data is ahead of what the champion was evaluated on."""
+    if not champion_record:
+        return Staleness()
+    age = None
+    if champion_record.get("data_until") is not None and tonight.get("data_until") is not None:
+        age = (tonight["data_until"] - champion_record["data_until"]) / SECONDS_PER_DAY
+    growth = None
+    if champion_record.get("interactions"):
+        growth = tonight["interactions"] / champion_record["interactions"] - 1.0
+    return Staleness(age, growth)
 
 
 def gate_version(
     con: duckdb.DuckDBPyConnection,
     version: int,
     export_path: Path,
+    models_root: Path,
     thresholds: GateThresholds | None = None,
+    baseline_files: dict[str, str] | None = None,
 ) -> tuple[Verdict, dict]:
-    """Score the challenger `version`, the current champion and MostPopular on tonight's export
-    (split with the challenger's own split settings), decide, and record the decision."""
-    thresholds = thresholds or GateThresholds()
+    """Decide who serves tonight among the challenger `version`, the fitted baselines
+    (family -> file) and the champion, apply it to the registry, and return the verdict and the
+    report's tables (contender -> part -> metrics)."""
+    t = thresholds or GateThresholds()
     row = version_row(con, version)
-    config = json.loads(row["config_json"])
-    data = Interactions.from_parquet(export_path)
-    splits = split_for_training(data, TrainConfig.from_dict(config))
-    popularity = popularity_counts(splits["train"])
-    threshold = None
-    if row["kind"] == "rating":
-        low, high = data.meta.get("rating_scale") or (data.rating.min(), data.rating.max())
-        threshold = relevance_threshold(float(low), float(high), config.get("rating_threshold"))
-    k = thresholds.k
-    tables = {"challenger": _metrics(_served(row, popularity), splits, k, threshold)}
-    current = champion(con, row["kind"], row["dataset"])
+    night = Night.load(export_path, json.loads(row["config_json"]), t.k)
+    tables: dict[str, dict] = {}
+    challenger_name = f"challenger v{version}"
+    challenger, tables[challenger_name] = night.contender(
+        challenger_name, CHALLENGER, row["kind"], _version_model(night, row), t.k
+    )
+    fitted = {family: load_baseline(Path(path)) for family, path in (baseline_files or {}).items()}
+    baselines = []
+    for family, baseline in fitted.items():
+        contender, tables[family] = night.contender(
+            family, BASELINE, family, night.served(baseline.buffers), t.k
+        )
+        baselines.append(contender)
+    current = champion(con, row["slot"], row["dataset"])
+    incomparable, holder = None, None
     if current is not None:
-        tables["champion"] = _metrics(_served(current, popularity), splits, k, threshold)
-    log_popularity = torch.log1p(popularity.float())
-    tables["popularity"] = evaluate_served(
-        lambda users: log_popularity.expand(len(users), -1), splits, k, threshold
-    )
-    if row["kind"] == "rating":
-        for split, values in mean_predictor_errors(splits).items():
-            tables["popularity"][split].update(values)
+        incomparable = champion_incompatibility(
+            current, night.data, json.loads(row["config_json"]), t.k
+        )
+        if incomparable is None:
+            name = f"champion v{current['version']}"
+            holder, tables[name] = night.contender(
+                name, CHAMPION, current["kind"], _version_model(night, current), t.k
+            )
     verdict = decide(
-        tables["challenger"],
-        tables.get("champion"),
-        tables["popularity"],
-        thresholds,
-        rating_model=row["kind"] == "rating",
+        challenger,
+        baselines,
+        holder,
+        t,
+        rating_metrics() if night.rating else ranking_metrics(t.k),
+        staleness(json.loads(current["evaluation_json"]) if holder else None, night.record),
+        night.cold() if holder else None,
+        incomparable,
     )
-    record_gate_decision(
-        con, version, verdict.promote, verdict.reasons, verdict.compared, asdict(thresholds)
-    )
+    _apply(con, verdict, row, fitted, night, tables, t, models_root, baseline_files or {})
     return verdict, tables
+
+
+def _apply(
+    con: duckdb.DuckDBPyConnection,
+    verdict: Verdict,
+    row: dict,
+    fitted: dict[str, FittedBaseline],
+    night: Night,
+    tables: dict,
+    t: GateThresholds,
+    models_root: Path,
+    baseline_files: dict[str, str],
+) -> None:
+    """The registry after the verdict: the winner crowned (a baseline registered first), the
+    challenger rejected unless it won; one log row per version decided on."""
+    log = {"compared": verdict.compared, "thresholds": asdict(t), "rule": verdict.rule}
+    reasons = verdict.reasons + verdict.warnings
+    record_evaluation(con, row["version"], night.record)
+    if verdict.serve_role == BASELINE:
+        family = verdict.serve_family
+        baseline_version = publish_baseline(
+            con,
+            fitted[family],
+            night.data,
+            row["dataset"],
+            Path(baseline_files[family]).parent / f"{family}-version",
+            models_root,
+            t.k,
+            tables[family],
+            night.record,
+            json.loads(row["config_json"]),
+        )
+        verdict.serve = f"{family} v{baseline_version}"
+        record_gate_decision(con, row["version"], False, reasons, **log)
+        record_gate_decision(con, baseline_version, True, reasons, **log)
+        return
+    record_gate_decision(con, row["version"], verdict.serve_role == CHALLENGER, reasons, **log)

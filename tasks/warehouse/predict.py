@@ -1,4 +1,5 @@
-"""`encore predict`: the champion rating model's predicted rating for each (user, item) pair."""
+"""`encore predict`: the champion rating model's predicted rating for each (user, item) pair
+(from its serving refit when it has one: the model that saw all of the snapshot)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pyarrow.parquet as pq
 
 from tasks.warehouse.ingest import sql_str
 from tasks.warehouse.publish import PAIRS_FILE
-from tasks.warehouse.registry import RegistryError, champion, verify_artifacts
+from tasks.warehouse.registry import RegistryError, champion, serving_version, verify_artifacts
 from tasks.warehouse.scoring import open_session
 
 UNKNOWN = np.int64(2**31)  # past any index the model knows: it falls back to the biases
@@ -30,9 +31,10 @@ def _read_pairs(con: duckdb.DuckDBPyConnection, path: Path) -> str:
 
 def predict_pairs(con: duckdb.DuckDBPyConnection, dataset: str, pairs: Path, out: Path) -> dict:
     """Predictions in the input's row order (joins do not keep order, so it is carried along)."""
-    row = champion(con, "rating", dataset)
-    if row is None:
+    current = champion(con, "rating", dataset)
+    if current is None:
         raise RegistryError(f"no champion rating model for {dataset}")
+    row = serving_version(con, current)
     verify_artifacts(row)
     source = _read_pairs(con, pairs)
     frame = con.execute(

@@ -1,19 +1,29 @@
-"""From a finished training run to a registered candidate with its ONNX scorer."""
+"""From a trained run or a fitted baseline to a registered version with its ONNX scorer.
+
+Every version, whatever its family, ships the same files: `scorer.onnx` (top-K), the embedding
+tables it was built from (`embeddings.pt`, so the gate can score it again on a later night),
+`scorer_meta.json`, and for rating models `pairs.onnx` (predicted rating of (user, item) pairs).
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
+import numpy as np
+import torch
 
+from models_src.baselines import FittedBaseline
 from models_src.checkpoint import load_checkpoint, save_checkpoint
-from models_src.config import TrainConfig
+from models_src.config import TrainConfig, like_threshold
 from models_src.data import Interactions, bipartite_edge_index
-from models_src.learners import split_for_training
+from models_src.learners import split_for_training, training_positives
 from models_src.models import GATBPR, RatingModel
 from models_src.onnx_export import (
     PairScorer,
+    TopKScorer,
     export_pair_scorer,
     export_scorer,
     gat_bpr_scorer,
@@ -25,6 +35,10 @@ from tasks.warehouse.registry import allocate_version, register_candidate
 SCORER_FILE = "scorer.onnx"
 PAIRS_FILE = "pairs.onnx"
 EMBEDDINGS_FILE = "embeddings.pt"
+META_FILE = "scorer_meta.json"
+
+# A last look at a version's exported files before it is registered (raises to refuse it).
+Check = Callable[[Path, TopKScorer], None]
 
 
 def build_model(state: dict) -> GATBPR | RatingModel:
@@ -37,14 +51,77 @@ def build_model(state: dict) -> GATBPR | RatingModel:
     return model
 
 
-def build_scorer(state: dict, k: int):
+def training_graph(state: dict, num_groups: int) -> torch.Tensor:
+    """The graph a GAT-BPR checkpoint was trained on: its train split's positives, or every
+    interaction for a serving refit (`artifacts.holdout` false)."""
+    data = Interactions.from_parquet(Path(state["artifacts"]["data"]))
+    config = TrainConfig.from_dict(state["config"])
+    train = (
+        split_for_training(data, config)["train"]
+        if state["artifacts"].get("holdout", True)
+        else data
+    )
+    positives = training_positives(train, config, like_threshold(train, config.rating_threshold))
+    return bipartite_edge_index(positives, with_groups=num_groups > 0)
+
+
+def build_scorer(state: dict, k: int) -> TopKScorer:
     """A checkpoint as a TopKScorer (GAT-BPR: its training graph propagated once)."""
-    model, config = build_model(state), state["config"]
+    model = build_model(state)
     if isinstance(model, RatingModel):
         return rating_scorer(model, k)
-    data = Interactions.from_parquet(Path(state["artifacts"]["data"]))
-    train = split_for_training(data, TrainConfig.from_dict(config))["train"]
-    return gat_bpr_scorer(model, bipartite_edge_index(train, with_groups=model.num_groups > 0), k)
+    return gat_bpr_scorer(model, training_graph(state, model.num_groups), k)
+
+
+def _register(
+    con: duckdb.DuckDBPyConnection,
+    scorer: TopKScorer,
+    record: dict,
+    run_dir: Path,
+    models_root: Path,
+    pair_model: RatingModel | None = None,
+    check: Check | None = None,
+) -> int:
+    """Export the scorer(s) stamped with the version they will have, save the embeddings, run
+    `check` on them (it raises to refuse), and register the directory. `record`: kind, dataset,
+    snapshot_id, config, metrics, user_ids, item_ids, evaluation, refit_of, rating_range."""
+    version = allocate_version(con)
+    stamp = {
+        "model_version": str(version),
+        "kind": record["kind"],
+        "dataset": record["dataset"],
+        "id_map_sha256": id_map_checksum(record["user_ids"], record["item_ids"]),
+    }
+    run_dir.mkdir(parents=True, exist_ok=True)
+    export_scorer(scorer, run_dir / SCORER_FILE, stamp)
+    if pair_model is not None:
+        export_pair_scorer(PairScorer(pair_model), run_dir / PAIRS_FILE, stamp)
+    meta = {"num_users": len(scorer.user_emb), "num_items": len(scorer.item_emb), "k": scorer.k}
+    (run_dir / META_FILE).write_text(json.dumps(meta))
+    save_checkpoint(
+        run_dir / EMBEDDINGS_FILE,
+        {
+            "kind": record["kind"],
+            "buffers": dict(scorer.state_dict()),
+            "rating_range": record.get("rating_range"),
+            "config": record["config"],
+        },
+    )
+    if check is not None:
+        check(run_dir, scorer)
+    return register_candidate(
+        con,
+        record["kind"],
+        record["dataset"],
+        record["snapshot_id"],
+        record["config"],
+        record["metrics"],
+        run_dir,
+        models_root,
+        version=version,
+        evaluation=record.get("evaluation"),
+        refit_of=record.get("refit_of"),
+    )
 
 
 def publish_run(
@@ -54,42 +131,88 @@ def publish_run(
     metrics: dict,
     models_root: Path,
     k: int = 10,
+    evaluation: dict | None = None,
+    refit_of: int | None = None,
+    check: Check | None = None,
 ) -> int:
-    """Export the run's scorer to ONNX (stamped with its future version) and register the run
-    as a candidate; returns the version."""
+    """Export a training run's best checkpoint and register it: a candidate, or with
+    `refit_of` the serving refit of that version. Returns the version."""
     state = load_checkpoint(run_dir / "best_model.pt")
-    scorer = build_scorer(state, k)
     artifacts = state["artifacts"]
-    version = allocate_version(con)
-    stamp = {
-        "model_version": str(version),
+    rating = state["model_kind"] == "rating"
+    record = {
         "kind": state["model_kind"],
         "dataset": dataset,
-        "id_map_sha256": id_map_checksum(artifacts["user_ids"], artifacts["item_ids"]),
+        "snapshot_id": artifacts.get("snapshot_id"),
+        "config": state["config"],
+        "metrics": metrics,
+        "user_ids": artifacts["user_ids"],
+        "item_ids": artifacts["item_ids"],
+        "evaluation": evaluation,
+        "refit_of": refit_of,
+        "rating_range": state["model_args"].get("rating_range"),
     }
-    export_scorer(scorer, run_dir / SCORER_FILE, stamp)
-    if state["model_kind"] == "rating":
-        export_pair_scorer(PairScorer(build_model(state)), run_dir / PAIRS_FILE, stamp)
-    meta = {"num_users": len(scorer.user_emb), "num_items": len(scorer.item_emb), "k": k}
-    (run_dir / "scorer_meta.json").write_text(json.dumps(meta))
-    # The final embeddings, so the gate can score this version again on any later night.
-    save_checkpoint(
-        run_dir / EMBEDDINGS_FILE,
-        {
-            "kind": state["model_kind"],
-            "buffers": dict(scorer.state_dict()),
-            "rating_range": state["model_args"].get("rating_range"),
-            "config": state["config"],
-        },
+    scorer = build_scorer(state, k)
+    pair_model = build_model(state) if rating else None
+    return _register(con, scorer, record, run_dir, models_root, pair_model, check)
+
+
+def bias_rating_model(fitted: FittedBaseline, rating_range: tuple[float, float]) -> RatingModel:
+    """The bias baseline as a rating model with empty taste vectors, for the pair scorer."""
+    b = fitted.buffers
+    model = RatingModel(
+        len(b["user_bias"]), len(b["item_bias"]), 1, float(b["offset"]), rating_range
     )
-    return register_candidate(
-        con,
-        state["model_kind"],
-        dataset,
-        artifacts.get("snapshot_id"),
-        state["config"],
-        metrics,
-        run_dir,
-        models_root,
-        version=version,
+    with torch.no_grad():
+        model.user_embedding.weight.zero_()
+        model.item_embedding.weight.zero_()
+        model.user_bias.weight.copy_(b["user_bias"].unsqueeze(1))
+        model.item_bias.weight.copy_(b["item_bias"].unsqueeze(1))
+    return model
+
+
+def publish_baseline(
+    con: duckdb.DuckDBPyConnection,
+    fitted: FittedBaseline,
+    data: Interactions,
+    dataset: str,
+    run_dir: Path,
+    models_root: Path,
+    k: int,
+    metrics: dict,
+    evaluation: dict | None,
+    config: dict,
+    refit_of: int | None = None,
+    check: Check | None = None,
+) -> int:
+    """Register a fitted baseline (MostPopular, ALS, bias) like any trained model."""
+    b = fitted.buffers
+    scorer = TopKScorer(
+        b["user_emb"], b["item_emb"], k, b["user_bias"], b["item_bias"], float(b["offset"])
     )
+    rating_range = None
+    pair_model = None
+    if fitted.family == "bias":
+        low, high = data.meta.get("rating_scale") or (
+            float(np.min(data.rating)),
+            float(np.max(data.rating)),
+        )
+        rating_range = (float(low), float(high))
+        pair_model = bias_rating_model(fitted, rating_range)
+    record = {
+        "kind": fitted.family,
+        "dataset": dataset,
+        "snapshot_id": data.meta.get("snapshot_id"),
+        "config": {**config, "model": fitted.family, "baseline": _plain(fitted.params)},
+        "metrics": metrics,
+        "user_ids": data.meta.get("user_ids", []),
+        "item_ids": data.meta.get("item_ids", []),
+        "evaluation": evaluation,
+        "refit_of": refit_of,
+        "rating_range": list(rating_range) if rating_range else None,
+    }
+    return _register(con, scorer, record, run_dir, models_root, pair_model, check)
+
+
+def _plain(params: dict) -> dict:
+    return json.loads(json.dumps(params, default=float))

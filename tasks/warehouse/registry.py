@@ -1,9 +1,15 @@
 """The model registry in the warehouse: versions, their artifacts, and who is champion.
 
-- `model_versions`: one row per trained model (kind, dataset, snapshot, config, metrics, artifact
-  directory and the sha256 of each artifact, status candidate | champion | retired | rejected).
+- `model_versions`: one row per model (kind = its family: gat-bpr, rating, als, most-popular,
+  bias; slot = what it serves: `ranking` lists or `rating` predictions; dataset, snapshot,
+  config, metrics, artifact directory and the sha256 of each artifact, the evaluation settings
+  it was judged under, status candidate | champion | retired | rejected | refit).
+  A version is either `evaluated` (trained on the train split, judged by the gate, the one
+  tomorrow's gate compares against) or `serving`: the accepted configuration refit on all of the
+  snapshot, linked to its evaluated version by `refit_of`. Batch scoring and `encore predict`
+  use the champion's latest serving refit, or the champion itself when it has none.
 - `promotions`: append-only log of every decision (gate verdicts, manual promotions, rollbacks)
-  with the metrics compared, the thresholds and the reasons in words.
+  with the metrics compared, the thresholds, the rule that fired and the reasons in words.
 
 Artifacts are copied into an immutable per-version directory (files read-only) before the row
 exists. Every status change is one transaction, so a crash at any point leaves exactly one
@@ -35,7 +41,11 @@ CREATE TABLE IF NOT EXISTS model_versions (
     artifact_dir VARCHAR NOT NULL,
     checksums_json VARCHAR NOT NULL,
     status VARCHAR NOT NULL,
-    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+    created_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+    slot VARCHAR,
+    role VARCHAR,
+    refit_of INTEGER,
+    evaluation_json VARCHAR
 );
 CREATE SEQUENCE IF NOT EXISTS promotion_ids START 1;
 CREATE TABLE IF NOT EXISTS promotions (
@@ -50,9 +60,31 @@ CREATE TABLE IF NOT EXISTS promotions (
     compared_json VARCHAR,
     thresholds_json VARCHAR,
     reasons VARCHAR NOT NULL,
-    actor VARCHAR NOT NULL
+    actor VARCHAR NOT NULL,
+    rule VARCHAR
 );
 """
+
+# Warehouses registered before slots, serving refits and evaluation records: every old version
+# is an evaluated one of the slot its kind served then (and, with no evaluation record, the gate
+# treats it as evaluated under other settings).
+REGISTRY_MIGRATIONS = """
+ALTER TABLE model_versions ADD COLUMN IF NOT EXISTS slot VARCHAR;
+ALTER TABLE model_versions ADD COLUMN IF NOT EXISTS role VARCHAR;
+ALTER TABLE model_versions ADD COLUMN IF NOT EXISTS refit_of INTEGER;
+ALTER TABLE model_versions ADD COLUMN IF NOT EXISTS evaluation_json VARCHAR;
+ALTER TABLE promotions ADD COLUMN IF NOT EXISTS rule VARCHAR;
+UPDATE model_versions SET slot = CASE WHEN kind = 'rating' THEN 'rating' ELSE 'ranking' END
+    WHERE slot IS NULL;
+UPDATE model_versions SET role = 'evaluated' WHERE role IS NULL;
+"""
+
+SLOTS = ("ranking", "rating")
+
+
+def slot_of(kind: str) -> str:
+    """The slot a model family serves: the rating model predicts ratings, the rest rank."""
+    return "rating" if kind in ("rating", "bias") else "ranking"
 
 
 class RegistryError(RuntimeError):
@@ -61,6 +93,14 @@ class RegistryError(RuntimeError):
 
 def ensure_registry(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(REGISTRY_SCHEMA)
+    columns = {
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = 'model_versions'"
+        ).fetchall()
+    }
+    if "evaluation_json" not in columns:
+        con.execute(REGISTRY_MIGRATIONS)
 
 
 def crash_point(stage: str) -> None:
@@ -100,10 +140,14 @@ def register_candidate(
     source_dir: Path,
     models_root: Path,
     version: int | None = None,
+    evaluation: dict | None = None,
+    refit_of: int | None = None,
 ) -> int:
     """Copy the run's artifacts into models_root/<kind>/<dataset>/v<version> and register them
-    as a candidate. The directory is complete (copied under a temp name, then renamed) before
-    the row that points at it is committed."""
+    as a candidate (or, with `refit_of`, as the serving refit of that version). The directory is
+    complete (copied under a temp name, then renamed) before the row that points at it is
+    committed."""
+    ensure_registry(con)
     version = version or allocate_version(con)
     target = models_root / kind / dataset / f"v{version:05d}"
     staging = target.with_name(target.name + ".partial")
@@ -116,8 +160,9 @@ def register_candidate(
     os.replace(staging, target)
     con.execute(
         """INSERT INTO model_versions (version, kind, dataset, snapshot_id, config_json,
-               metrics_json, artifact_dir, checksums_json, status)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'candidate')""",
+               metrics_json, artifact_dir, checksums_json, status, slot, role, refit_of,
+               evaluation_json)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         [
             version,
             kind,
@@ -127,6 +172,11 @@ def register_candidate(
             json.dumps(metrics, default=float),
             str(target),
             json.dumps(checksums),
+            "candidate" if refit_of is None else "refit",
+            slot_of(kind),
+            "evaluated" if refit_of is None else "serving",
+            refit_of,
+            json.dumps(evaluation, default=float) if evaluation is not None else None,
         ],
     )
     return version
@@ -147,15 +197,34 @@ def version_row(con: duckdb.DuckDBPyConnection, version: int) -> dict:
     return dict(zip([d[0] for d in cursor.description], row, strict=True))
 
 
-def champion(con: duckdb.DuckDBPyConnection, kind: str, dataset: str) -> dict | None:
+def champion(con: duckdb.DuckDBPyConnection, slot: str, dataset: str) -> dict | None:
+    """The evaluated version that holds `slot` (ranking | rating) on `dataset`, or None."""
     ensure_registry(con)
     row = con.execute(
-        "SELECT version FROM model_versions WHERE kind = ? AND dataset = ? AND status = 'champion'",
-        [kind, dataset],
+        "SELECT version FROM model_versions WHERE slot = ? AND dataset = ? AND status = 'champion'",
+        [slot, dataset],
     ).fetchall()
     if len(row) > 1:
-        raise RegistryError(f"{kind}/{dataset} has {len(row)} champions; the registry is corrupt")
+        raise RegistryError(f"{slot}/{dataset} has {len(row)} champions; the registry is corrupt")
     return version_row(con, row[0][0]) if row else None
+
+
+def record_evaluation(con: duckdb.DuckDBPyConnection, version: int, record: dict) -> None:
+    """The settings the gate evaluated `version` under (set once: the first evaluation)."""
+    con.execute(
+        "UPDATE model_versions SET evaluation_json = ?"
+        " WHERE version = ? AND evaluation_json IS NULL",
+        [json.dumps(record, default=float), version],
+    )
+
+
+def serving_version(con: duckdb.DuckDBPyConnection, evaluated: dict) -> dict:
+    """What serves for an evaluated version: its latest serving refit, else itself."""
+    row = con.execute(
+        "SELECT max(version) FROM model_versions WHERE refit_of = ? AND role = 'serving'",
+        [evaluated["version"]],
+    ).fetchone()
+    return version_row(con, row[0]) if row and row[0] is not None else evaluated
 
 
 def verify_artifacts(row: dict) -> None:
@@ -183,11 +252,12 @@ def _log(
     actor: str,
     compared: list | None = None,
     thresholds: dict | None = None,
+    rule: str | None = None,
 ) -> None:
     con.execute(
         """INSERT INTO promotions (promotion_id, kind, dataset, action, challenger,
-               previous_champion, promoted, compared_json, thresholds_json, reasons, actor)
-           VALUES (nextval('promotion_ids'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               previous_champion, promoted, compared_json, thresholds_json, reasons, actor, rule)
+           VALUES (nextval('promotion_ids'), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         [
             row["kind"],
             row["dataset"],
@@ -199,14 +269,20 @@ def _log(
             json.dumps(thresholds) if thresholds is not None else None,
             "\n".join(reasons),
             actor,
+            rule,
         ],
     )
 
 
 def _switch(con, row: dict, action: str, reasons: list[str], actor: str, **log) -> None:
-    """Make `row` the champion of its (kind, dataset) in one transaction."""
+    """Make `row` the champion of its (slot, dataset) in one transaction."""
+    if row.get("role") == "serving":
+        raise RegistryError(
+            f"v{row['version']} is the serving refit of v{row['refit_of']};"
+            f" promote v{row['refit_of']}"
+        )
     verify_artifacts(row)
-    current = champion(con, row["kind"], row["dataset"])
+    current = champion(con, row["slot"], row["dataset"])
     with transaction(con):
         if current is not None:
             con.execute(
@@ -228,13 +304,16 @@ def record_gate_decision(
     reasons: list[str],
     compared: list[dict],
     thresholds: dict,
+    rule: str | None = None,
 ) -> None:
-    """Apply the gate's verdict: promote (one transaction) or mark rejected, and log it."""
+    """Apply the gate's verdict on `version`: promote (one transaction) or mark rejected, and
+    log it."""
     row = version_row(con, version)
+    log = {"compared": compared, "thresholds": thresholds, "rule": rule}
     if promote:
-        _switch(con, row, "gate", reasons, "gate", compared=compared, thresholds=thresholds)
+        _switch(con, row, "gate", reasons, "gate", **log)
         return
-    current = champion(con, row["kind"], row["dataset"])
+    current = champion(con, row["slot"], row["dataset"])
     with transaction(con):
         con.execute("UPDATE model_versions SET status = 'rejected' WHERE version = ?", [version])
         _log(
@@ -245,8 +324,7 @@ def record_gate_decision(
             False,
             reasons,
             "gate",
-            compared=compared,
-            thresholds=thresholds,
+            **log,
         )
 
 
@@ -259,21 +337,21 @@ def promote(con: duckdb.DuckDBPyConnection, version: int, actor: str = "human") 
     return version_row(con, version)
 
 
-def rollback(con: duckdb.DuckDBPyConnection, kind: str, dataset: str, actor: str = "human") -> dict:
+def rollback(con: duckdb.DuckDBPyConnection, slot: str, dataset: str, actor: str = "human") -> dict:
     """Back to the champion the current one replaced when it was promoted (logged). Rollbacks
     themselves are skipped, so rolling back twice goes two steps back, not back and forth."""
-    current = champion(con, kind, dataset)
+    current = champion(con, slot, dataset)
     if current is None:
-        raise RegistryError(f"{kind}/{dataset} has no champion to roll back from")
+        raise RegistryError(f"{slot}/{dataset} has no champion to roll back from")
     previous = con.execute(
         """SELECT previous_champion FROM promotions
-           WHERE kind = ? AND dataset = ? AND promoted AND challenger = ?
+           WHERE dataset = ? AND promoted AND challenger = ?
              AND previous_champion IS NOT NULL AND action <> 'rollback'
            ORDER BY promotion_id DESC LIMIT 1""",
-        [kind, dataset, current["version"]],
+        [dataset, current["version"]],
     ).fetchone()
     if previous is None:
-        raise RegistryError(f"{kind}/{dataset}: version {current['version']} has no predecessor")
+        raise RegistryError(f"{slot}/{dataset}: version {current['version']} has no predecessor")
     row = version_row(con, previous[0])
     _switch(con, row, "rollback", [f"rollback from version {current['version']} by {actor}"], actor)
     return version_row(con, row["version"])

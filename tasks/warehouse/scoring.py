@@ -1,9 +1,12 @@
-"""Batch scoring: the champion's ONNX scorer over every user, into `recommendations` + Parquet.
+"""Batch scoring: the ranking champion's ONNX scorer over every user, into `recommendations` +
+Parquet. What scores is the champion's serving refit (trained on all of the snapshot) when it has
+one, else the champion itself.
 
 Users the model knows get its top-K (items they have interacted with excluded through the
-scorer's `exclude` input); users who arrived after it was trained get the most popular items
-they have not seen, marked `fallback`. The previous set for that (dataset, model kind) is
-replaced in one transaction, so readers see either the old set or the new one, never a mix.
+scorer's `exclude` input), marked `model`, or `baseline` when the champion is a baseline
+(MostPopular, ALS) that won the gate; users who arrived after it was trained get the most popular
+items they have not seen, marked `fallback`. The dataset's previous lists are replaced in one
+transaction, so readers see either the old set or the new one, never a mix.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.warehouse.registry import RegistryError, champion, verify_artifacts
+from tasks.warehouse.registry import RegistryError, champion, serving_version, verify_artifacts
 from tasks.warehouse.schema import transaction
 
 RECOMMENDATIONS_SCHEMA = """
@@ -32,12 +35,17 @@ CREATE TABLE IF NOT EXISTS recommendations (
     rank INTEGER NOT NULL,
     item_id VARCHAR NOT NULL,
     score DOUBLE,
-    model_kind VARCHAR NOT NULL,
-    model_version INTEGER NOT NULL,
+    model_kind VARCHAR NOT NULL,     -- the family that made the list: gat-bpr, als, ...
+    model_version INTEGER NOT NULL,  -- the version that scored (the champion's serving refit)
     generated_at TIMESTAMP NOT NULL,
-    source VARCHAR NOT NULL          -- model | fallback
+    source VARCHAR NOT NULL          -- model | baseline | fallback
 );
 """
+BASELINE_FAMILIES = ("most-popular", "als")
+
+
+def recommendations_file(exports_dir: Path, dataset: str) -> Path:
+    return exports_dir / f"recommendations_{dataset}_ranking.parquet"
 
 
 def open_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
@@ -100,9 +108,11 @@ class ScoringPlan:
     the warehouse (DuckDB has one writer; scoring workers never open it)."""
 
     dataset: str
-    kind: str
-    version: int
-    scorer: str  # the champion's scorer.onnx
+    kind: str  # the serving model's family
+    version: int  # the serving version (the champion's refit, or the champion)
+    champion: int  # the evaluated champion it serves for
+    source: str  # model | baseline: what its rows are marked
+    scorer: str  # the serving version's scorer.onnx
     seen: str  # .npz with the seen-items CSR (rowptr, items)
     popular: list[tuple[int, int]]  # (item_idx, interactions), most first: the fallback
     num_users: int  # tonight's users
@@ -117,13 +127,13 @@ class ScoringPlan:
         return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
 
 
-def plan_scoring(
-    con: duckdb.DuckDBPyConnection, kind: str, dataset: str, work_dir: Path
-) -> ScoringPlan:
-    """Check the champion of `kind` on `dataset` and write what scoring workers read."""
-    row = champion(con, kind, dataset)
-    if row is None:
-        raise RegistryError(f"no champion {kind} model for {dataset}: nothing to score with")
+def plan_scoring(con: duckdb.DuckDBPyConnection, dataset: str, work_dir: Path) -> ScoringPlan:
+    """Check the ranking champion of `dataset` and what serves for it, and write what scoring
+    workers read."""
+    current = champion(con, "ranking", dataset)
+    if current is None:
+        raise RegistryError(f"no ranking champion for {dataset}: nothing to score with")
+    row = serving_version(con, current)
     verify_artifacts(row)
     directory = Path(row["artifact_dir"])
     sizes = json.loads((directory / "scorer_meta.json").read_text())
@@ -135,7 +145,7 @@ def plan_scoring(
         item_ids,
         sizes,
     )
-    parts_dir = work_dir / f"scoring-{dataset}-{kind}-v{row['version']}"
+    parts_dir = work_dir / f"scoring-{dataset}-v{row['version']}"
     if parts_dir.exists():
         shutil.rmtree(parts_dir)  # parts of an interrupted run of the same version
     parts_dir.mkdir(parents=True)
@@ -148,8 +158,10 @@ def plan_scoring(
     ).fetchall()
     return ScoringPlan(
         dataset=dataset,
-        kind=kind,
+        kind=row["kind"],
         version=row["version"],
+        champion=current["version"],
+        source="baseline" if row["kind"] in BASELINE_FAMILIES else "model",
         scorer=str(directory / "scorer.onnx"),
         seen=str(parts_dir / "seen.npz"),
         popular=[(int(i), int(n)) for i, n in popular],
@@ -197,6 +209,7 @@ def score_user_range(
             range(start, known_stop),
             chunk_users,
             rows,
+            plan.source,
         )
     _popular_fallback(
         plan.popular, range(max(start, plan.model_users), stop), rowptr, seen, plan.k, rows
@@ -213,8 +226,8 @@ def score_user_range(
 def load_scored_parts(
     con: duckdb.DuckDBPyConnection, plan: ScoringPlan, parts: list[dict], exports_dir: Path
 ) -> dict:
-    """One transaction: tonight's parts replace the (dataset, kind) set, ids mapped in SQL;
-    then the same rows, with ids, to exports_dir's Parquet file."""
+    """One transaction: tonight's parts replace the dataset's lists, ids mapped in SQL; then the
+    same rows, with ids, to exports_dir's Parquet file."""
     paths = sorted(part["path"] for part in parts)
     covered = sum(part["users"] for part in parts)
     if covered != plan.num_users:
@@ -223,10 +236,7 @@ def load_scored_parts(
         )
     con.execute(RECOMMENDATIONS_SCHEMA)
     with transaction(con):
-        con.execute(
-            "DELETE FROM recommendations WHERE dataset = ? AND model_kind = ?",
-            [plan.dataset, plan.kind],
-        )
+        con.execute("DELETE FROM recommendations WHERE dataset = ?", [plan.dataset])
         con.execute(
             """INSERT INTO recommendations
                SELECT ?, u.external_id, p.rank, i.external_id, p.score, ?, ?, now()::TIMESTAMP,
@@ -236,21 +246,25 @@ def load_scored_parts(
                JOIN item_ids i ON i.dataset = ? AND i.idx = p.item_idx""",
             [plan.dataset, plan.kind, plan.version, paths, plan.dataset, plan.dataset],
         )
-    path = exports_dir / f"recommendations_{plan.dataset}_{plan.kind}.parquet"
+    path = recommendations_file(exports_dir, plan.dataset)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".parquet.partial")
     con.execute(
-        f"""COPY (SELECT * FROM recommendations WHERE dataset = ? AND model_kind = ?
+        f"""COPY (SELECT * FROM recommendations WHERE dataset = ?
                  ORDER BY user_id, rank) TO '{_sql_path(partial)}' (FORMAT parquet)""",
-        [plan.dataset, plan.kind],
+        [plan.dataset],
     )
     os.replace(partial, path)
+    for older in ("gat-bpr", "rating"):  # per-model files of Encore before the ranking slot
+        (exports_dir / f"recommendations_{plan.dataset}_{older}.parquet").unlink(missing_ok=True)
     shutil.rmtree(plan.parts_dir, ignore_errors=True)
     rows = sum(part["rows"] for part in parts)
     return {
         "dataset": plan.dataset,
         "kind": plan.kind,
         "model_version": plan.version,
+        "champion": plan.champion,
+        "source": plan.source,
         "users": plan.num_users,
         "model_users": min(plan.model_users, plan.num_users),
         "fallback_users": max(0, plan.num_users - plan.model_users),
@@ -267,17 +281,16 @@ def _sql_path(path: Path) -> str:
 
 def score_dataset(
     con: duckdb.DuckDBPyConnection,
-    kind: str,
     dataset: str,
     exports_dir: Path,
     chunk_users: int | None = None,
     threads: int | None = None,
     parts: int = 1,
 ) -> dict:
-    """Score every user of `dataset` with the champion of `kind` in this process; returns counts
+    """Score every user of `dataset` with its ranking champion in this process; returns counts
     and timings. The Dask path runs the same three steps with the ranges on workers."""
     started = time.perf_counter()
-    plan = plan_scoring(con, kind, dataset, exports_dir / "scoring")
+    plan = plan_scoring(con, dataset, exports_dir / "scoring")
     scored = [
         score_user_range(plan, start, stop, chunk_users, threads)
         for start, stop in plan.ranges(parts)
@@ -325,7 +338,15 @@ class _Rows:
 
 
 def _score_known_users(
-    session, rowptr, seen, known_items: int, k: int, users: range, chunk_users: int, rows: _Rows
+    session,
+    rowptr,
+    seen,
+    known_items: int,
+    k: int,
+    users: range,
+    chunk_users: int,
+    rows: _Rows,
+    source: str = "model",
 ) -> None:
     """The scorer over `users` (all known to the model), seen items masked through `exclude`."""
     for chunk_start in range(users.start, users.stop, chunk_users):
@@ -341,7 +362,7 @@ def _score_known_users(
             np.tile(np.arange(1, k + 1), len(chunk))[valid.ravel()],
             top_items[valid],
             top_scores[valid],
-            "model",
+            source,
         )
 
 

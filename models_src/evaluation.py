@@ -1,0 +1,296 @@
+"""The one evaluation protocol: what the trainer, the gate, the run report and the benchmark call.
+
+Given a night's train / val / test split (models_src/data.py), a `Protocol` fixes, per user:
+- the items never ranked (excluded): everything the user had before the evaluated part, i.e.
+  train items for val, train and val items for test (and nothing for "train", the fit measure);
+- the relevant items: the user's items in the evaluated part that were not already in an earlier
+  part (a repeat listen of a train item is not a discovery), and for explicit data only those
+  rated at or above the like threshold.
+It then ranks every item for each user (full ranking, top K), and returns per-user metric vectors
+(what the gate's paired tests need) with their means, two slices and two beyond-accuracy figures:
+- cold users: users with at most `cold_user_max` distinct train items;
+- long-tail items: every item outside the head, the most popular `head_share` of the catalogue by
+  train interactions; tail Recall@K counts only tail relevant items, over users who have one;
+- coverage@K: share of the catalogue in at least one user's top K;
+- popularity@K: mean share of train users who had each recommended item (lower = less popular).
+
+The metric formulas are the small pure functions of models_src/metrics.py (RecBole-style).
+`PROTOCOL_VERSION` changes whenever any of the above would change a number; every registered
+model records the version it was evaluated under, and the gate refuses to compare across versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models_src.data import Interactions
+from models_src.metrics import RANKING_METRICS, mae, rmse
+
+PROTOCOL_VERSION = 2
+HELD_OUT = ("val", "test")
+# The parts whose items a user already had before the evaluated one.
+EARLIER_PARTS = {"train": (), "val": ("train",), "test": ("train", "val")}
+
+ScoreUsers = Callable[[Tensor], Tensor]
+CSR = tuple[Tensor, Tensor]
+
+
+@dataclass(frozen=True)
+class SliceSettings:
+    cold_user_max: int = 5
+    head_share: float = 0.2
+
+
+def pair_keys(data: Interactions) -> np.ndarray:
+    """Sorted distinct user * num_items + item keys: a user-item pair once, however often seen."""
+    return np.unique(data.user.astype(np.int64) * data.num_items + data.item.astype(np.int64))
+
+
+def keys_to_csr(keys: np.ndarray, num_users: int, num_items: int) -> CSR:
+    """(rowptr, col) of sorted pair keys."""
+    users, items = keys // num_items, keys % num_items
+    rowptr = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=num_users))])
+    return torch.from_numpy(rowptr.astype(np.int64)), torch.from_numpy(items.astype(np.int64))
+
+
+def csr_rows(rowptr: Tensor, col: Tensor, users: Tensor) -> tuple[Tensor, Tensor]:
+    """(row within the batch, column) pairs of the given users' CSR rows."""
+    starts, ends = rowptr[users], rowptr[users + 1]
+    lengths = ends - starts
+    rows = torch.repeat_interleave(torch.arange(len(users)), lengths)
+    offsets = torch.arange(int(lengths.sum())) - torch.repeat_interleave(
+        torch.cumsum(lengths, 0) - lengths, lengths
+    )
+    return rows, col[torch.repeat_interleave(starts, lengths) + offsets]
+
+
+@dataclass
+class SplitResult:
+    """One model on one part: per-user vectors (aligned on `users`) and their summary."""
+
+    users: np.ndarray  # evaluated users (at least one relevant item), ascending
+    per_user: dict[str, np.ndarray]  # "recall@10" -> one value per evaluated user
+    cold: np.ndarray  # bool per evaluated user: at most cold_user_max train items
+    summary: dict[str, float] = field(default_factory=dict)
+
+
+class Protocol:
+    """Relevant and excluded items of each part, built once per split and reused by every model
+    evaluated on it (so their per-user vectors line up for paired tests)."""
+
+    def __init__(
+        self,
+        splits: dict[str, Interactions],
+        like_threshold: float | None = None,
+        slices: SliceSettings | None = None,
+    ) -> None:
+        train = splits["train"]
+        self.num_users, self.num_items = train.num_users, train.num_items
+        self.like_threshold = like_threshold
+        self.slices = slices or SliceSettings()
+        seen = {name: pair_keys(data) for name, data in splits.items()}
+        self._exclude_keys = {
+            name: _union([seen[p] for p in EARLIER_PARTS[name]]) for name in splits
+        }
+        self._relevant_keys = {
+            name: np.setdiff1d(
+                pair_keys(self._liked(data, name)), self._exclude_keys[name], assume_unique=True
+            )
+            for name, data in splits.items()
+        }
+        self.exclude = {
+            name: keys_to_csr(keys, self.num_users, self.num_items)
+            for name, keys in self._exclude_keys.items()
+        }
+        self.relevant = {
+            name: keys_to_csr(keys, self.num_users, self.num_items)
+            for name, keys in self._relevant_keys.items()
+        }
+        train_users = seen["train"] // self.num_items
+        self.train_items_per_user = np.bincount(train_users, minlength=self.num_users)
+        item_users = np.bincount(seen["train"] % self.num_items, minlength=self.num_items)
+        self.item_popularity = item_users / max(1, int((self.train_items_per_user > 0).sum()))
+        self.tail = self._tail_items(item_users)
+
+    def _liked(self, data: Interactions, name: str) -> Interactions:
+        if self.like_threshold is None or data.rating is None or name == "train":
+            return data
+        return data.subset(data.rating >= self.like_threshold)
+
+    def _tail_items(self, item_users: np.ndarray) -> np.ndarray:
+        """Bool per item: outside the head (the most popular head_share of the catalogue)."""
+        head_size = int(round(self.slices.head_share * self.num_items))
+        order = np.argsort(-item_users, kind="stable")
+        tail = np.ones(self.num_items, dtype=bool)
+        tail[order[:head_size]] = False
+        return tail
+
+    def users_with_relevant(self, part: str) -> np.ndarray:
+        rowptr = self.relevant[part][0].numpy()
+        return np.flatnonzero(rowptr[1:] > rowptr[:-1])
+
+    def cold_users(self, part: str) -> np.ndarray:
+        """Bool per evaluated user of `part` (the order of every per-user vector): cold or not."""
+        users = self.users_with_relevant(part)
+        return self.train_items_per_user[users] <= self.slices.cold_user_max
+
+    def evaluate(
+        self,
+        score_users: ScoreUsers,
+        part: str,
+        k: int = 10,
+        batch_size: int = 1024,
+        device: torch.device | str = "cpu",
+    ) -> SplitResult:
+        """Full ranking of every item for each user with a relevant item in `part`.
+
+        `score_users` maps a batch of user indices to (batch, num_items) scores. Excluded items
+        are set to -inf before top-K, so they never count, not even as misses.
+        """
+        users_all = self.users_with_relevant(part)
+        relevant_keys = torch.from_numpy(self._relevant_keys[part])
+        tail_keys = torch.from_numpy(
+            self._relevant_keys[part][self.tail[self._relevant_keys[part] % self.num_items]]
+        )
+        rel_ptr = self.relevant[part][0]
+        n_relevant = (rel_ptr[1:] - rel_ptr[:-1]).numpy()
+        n_tail = np.bincount(tail_keys.numpy() // self.num_items, minlength=self.num_users).astype(
+            np.int64
+        )
+        per_user: dict[str, list[np.ndarray]] = {}
+        recommended = np.zeros(self.num_items, dtype=bool)
+        popularity_sum = 0.0
+        for start in range(0, len(users_all), batch_size):
+            users = torch.from_numpy(users_all[start : start + batch_size])
+            top = self._top_k(score_users, users, part, k, device)
+            keys = users.unsqueeze(1) * self.num_items + top
+            hits = torch.isin(keys, relevant_keys)
+            tail_hits = torch.isin(keys, tail_keys)
+            n_rel = torch.from_numpy(n_relevant[users.numpy()])
+            for name, metric in RANKING_METRICS.items():
+                per_user.setdefault(f"{name}@{k}", []).append(metric(hits, n_rel).double().numpy())
+            n_tail_rel = n_tail[users.numpy()]
+            tail_recall = np.where(
+                n_tail_rel > 0, tail_hits.sum(1).numpy() / np.maximum(n_tail_rel, 1), np.nan
+            )
+            per_user.setdefault(f"tail_recall@{k}", []).append(tail_recall)
+            recommended[top.flatten().numpy()] = True
+            popularity_sum += float(self.item_popularity[top.numpy()].sum())
+        vectors = {
+            name: np.concatenate(parts) if parts else np.zeros(0)
+            for name, parts in per_user.items()
+        }
+        if not vectors:
+            vectors = {f"{name}@{k}": np.zeros(0) for name in (*RANKING_METRICS, "tail_recall")}
+        result = SplitResult(users_all, vectors, self.cold_users(part))
+        result.summary = self._summary(result, k, recommended, popularity_sum)
+        return result
+
+    def _top_k(self, score_users: ScoreUsers, users: Tensor, part: str, k: int, device) -> Tensor:
+        scores = score_users(users.to(device)).float().clone()
+        rows, cols = csr_rows(*self.exclude[part], users)
+        scores[rows.to(device), cols.to(device)] = float("-inf")
+        return torch.topk(scores, min(k, scores.shape[1]), dim=1).indices.cpu()
+
+    def _summary(
+        self, result: SplitResult, k: int, recommended: np.ndarray, popularity_sum: float
+    ) -> dict[str, float]:
+        n = len(result.users)
+        summary = {name: _mean(values) for name, values in result.per_user.items()}
+        for name in (f"recall@{k}", f"ndcg@{k}"):
+            summary[f"cold_{name}"] = _mean(result.per_user[name][result.cold])
+        summary["cold_users"] = int(result.cold.sum())
+        summary[f"coverage@{k}"] = float(recommended.mean()) if self.num_items else 0.0
+        summary[f"popularity@{k}"] = popularity_sum / (n * k) if n else float("nan")
+        summary["users"] = n
+        return summary
+
+
+def _union(arrays: list[np.ndarray]) -> np.ndarray:
+    if not arrays:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.concatenate(arrays))
+
+
+def _mean(values: np.ndarray) -> float:
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if len(values) else float("nan")
+
+
+def rating_errors(predicted: Tensor, target: Tensor) -> np.ndarray:
+    """Squared error per rating: the per-rating vector the gate's paired RMSE test resamples."""
+    return ((predicted.double() - target.double()) ** 2).numpy()
+
+
+def rating_summary(predicted: Tensor, target: Tensor) -> dict[str, float]:
+    return {"rmse": rmse(predicted, target), "mae": mae(predicted, target)}
+
+
+def evaluate_parts(
+    protocol: Protocol,
+    score_users: ScoreUsers,
+    k: int = 10,
+    parts: tuple[str, ...] = HELD_OUT,
+    batch_size: int = 1024,
+) -> dict[str, SplitResult]:
+    """The same model on several parts (val and test by default)."""
+    return {part: protocol.evaluate(score_users, part, k, batch_size) for part in parts}
+
+
+def evaluation_record(
+    method: str,
+    val_ratio: float,
+    test_ratio: float,
+    salt: str,
+    data: Interactions,
+    like: float | None,
+    k: int,
+) -> dict:
+    """What a model version was evaluated under, as the registry keeps it: the split settings,
+    the protocol version, the like threshold, K, and where tonight's data stands (for the gate's
+    staleness rule and the time split's no-leak check)."""
+    from models_src.data import time_cuts
+
+    record = {
+        "protocol": PROTOCOL_VERSION,
+        "split": {
+            "method": method,
+            "val_ratio": val_ratio,
+            "test_ratio": test_ratio,
+            "salt": None if method == "time" else salt,
+        },
+        "like_threshold": like,
+        "k": k,
+        "interactions": len(data),
+        "data_until": int(data.ts.max()) if data.ts is not None and len(data) else None,
+        "snapshot_id": data.meta.get("snapshot_id"),
+    }
+    if method == "time" and len(data):
+        record["train_until"] = time_cuts(data, val_ratio, test_ratio)[0]
+    return record
+
+
+def incompatibility(champion: dict | None, tonight: dict) -> str | None:
+    """Why a champion evaluated under `champion` cannot be compared with tonight's models (or
+    warm-started from), or None when it can. A mismatch means its numbers answer another question,
+    or that it may have trained on tonight's held-out pairs."""
+    if champion is None:
+        return "it has no evaluation record (registered before evaluation protocol 2)"
+    if champion.get("protocol") != tonight["protocol"]:
+        return (
+            f"it was evaluated under protocol {champion.get('protocol')},"
+            f" tonight's is {tonight['protocol']}"
+        )
+    for name in ("split", "like_threshold", "k"):
+        if champion.get(name) != tonight.get(name):
+            what = name.replace("_", " ")
+            return f"its {what} was {champion.get(name)}, tonight's is {tonight.get(name)}"
+    trained_until, cut = champion.get("train_until"), tonight.get("train_until")
+    if trained_until is not None and cut is not None and trained_until > cut:
+        return "it trained on events after tonight's val cut (the time split moved back)"
+    return None
