@@ -6,7 +6,7 @@ ENCORE := $(VENV)/bin/encore
 STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv run server deploy deploy-docker deploy-kubernetes worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly bench-warm-start bench-scale clean-data
+.PHONY: venv run server deploy deploy-docker deploy-kubernetes worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly bench-warm-start bench-scale bench-gate bench-served clean-data
 
 # The venv is rebuilt when pyproject.toml changes. torch goes first and pinned so that no other
 # package can pull a multi-GB CUDA build.
@@ -112,7 +112,17 @@ bench-score: venv
 bench-nightly: venv
 	$(PY) -m bench.bench_nightly
 
-## Ingest throughput vs a bare DuckDB read_csv, on a generated 10M-row listens file.
+## The gate over simulated nights on ../shared/data: no champion flip on noise, a clearly better
+## challenger promoted on its first night.
+bench-gate: venv
+	$(PY) -m bench.bench_gate
+
+## The served lists scored on held-out interactions (ml-100k, Last.fm, a sparse Last.fm), next to
+## MostPopular and the night's own ALS baseline.
+bench-served: venv
+	$(PY) -m bench.bench_served
+
+## Warm vs cold start over 5 simulated nights: quality and training time.
 bench-warm-start: venv
 	$(PY) -m bench.bench_warm_start
 
@@ -120,6 +130,7 @@ bench-warm-start: venv
 bench-scale: venv
 	$(PY) -m bench.bench_scale
 
+## Ingest throughput vs a bare DuckDB read_csv, on a generated 10M-row listens file.
 bench-ingest: venv
 	$(PY) -m bench.bench_ingest --rows 10000000
 

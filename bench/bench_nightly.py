@@ -88,6 +88,7 @@ def direct_night(home, params) -> tuple[dict[str, float], list[dict]]:
     from models_src.config import TrainConfig
     from models_src.gate import GateThresholds
     from models_src.learners import prepare_learner
+    from models_src.runs import fit_baselines_run
     from models_src.trainers import AdvancedTrainer
     from tasks.nightly import DEFAULT_MODELS
     from tasks.report import stage_clock
@@ -101,6 +102,7 @@ def direct_night(home, params) -> tuple[dict[str, float], list[dict]]:
     timings: dict[str, float] = {}
     models = []
     specs = load_datasets(home.sources_file)
+    thresholds = GateThresholds(**params.gate_thresholds())
     with warehouse(home.warehouse, temp_dir=home.tmp) as con:
         with stage_clock(timings, "ingest + validate"):
             ingest_and_validate(con, specs, params, home.reports)
@@ -110,26 +112,62 @@ def direct_night(home, params) -> tuple[dict[str, float], list[dict]]:
                     export = export_interactions(
                         con, spec.name, home.root / "exports" / f"{spec.name}.parquet"
                     )
+                config = params.train_config(model)
+                run_dir = home.root / "runs" / f"{spec.name}-{model}"
                 with stage_clock(timings, "train"):
-                    config = TrainConfig.from_dict(params.train_config(model))
-                    learner, artifacts = prepare_learner(config, export["path"])
-                    run_dir = home.root / "runs" / f"{spec.name}-{model}"
+                    learner, artifacts = prepare_learner(
+                        TrainConfig.from_dict(config), export["path"]
+                    )
                     final = AdvancedTrainer(
-                        learner, config, run_dir, artifacts=artifacts, log=lambda line: None
+                        learner, learner.config, run_dir, artifacts=artifacts, log=lambda _: None
                     ).fit()
+                with stage_clock(timings, "baselines"):
+                    families = [] if model == "rating" else list(params.gate.baselines)
+                    files = fit_baselines_run(
+                        {**config, "model": model},
+                        export["path"],
+                        run_dir.with_name(run_dir.name + "-baselines"),
+                        families,
+                    )
                 with stage_clock(timings, "publish (ONNX export)"):
                     metrics = {split: final[split] for split in ("val", "test")}
                     version = publish_run(
                         con, run_dir, spec.name, metrics, home.root / "models", params.k
                     )
                 with stage_clock(timings, "gate"):
-                    thresholds = GateThresholds(**params.gate_thresholds())
-                    verdict, _ = gate_version(con, version, Path(export["path"]), thresholds)
+                    verdict, _ = gate_version(
+                        con, version, Path(export["path"]), home.root / "models", thresholds, files
+                    )
                 if verdict.promote:
+                    with stage_clock(timings, "serving refit"):
+                        _serving_refit(con, home, verdict, version, files, export, run_dir,
+                                       thresholds)  # fmt: skip
+                if verdict.promote and model != "rating":
                     with stage_clock(timings, "batch scoring"):
-                        score_dataset(con, model, spec.name, home.root / "exports")
-                models.append(_model_row(spec.name, model, final, verdict.promote))
+                        score_dataset(con, spec.name, home.root / "exports")
+                served = verdict.serve_role == "challenger"
+                models.append(_model_row(spec.name, model, final, served))
     return timings, models
+
+
+def _serving_refit(con, home, verdict, version, files, export, run_dir, thresholds) -> None:
+    """What the flow does after a promotion: refit the new champion on all of the snapshot,
+    check it and register it."""
+    from models_src.runs import refit_baseline_run, refit_run
+    from tasks.warehouse.refit import publish_serving_refit
+    from tasks.warehouse.registry import champion, version_row
+
+    row = champion(con, version_row(con, version)["slot"], export["dataset"])
+    out = run_dir.with_name(run_dir.name + "-serving")
+    if verdict.serve_role == "baseline":
+        out.mkdir(parents=True, exist_ok=True)
+        refit = {"baseline_file": refit_baseline_run(
+            files[row["kind"]], export["path"], out / "serving.baseline.pt")}  # fmt: skip
+    else:
+        refit = {"run_dir": refit_run(run_dir, export["path"], out, log=lambda _: None)["run_dir"]}
+    publish_serving_refit(
+        con, row["version"], refit, Path(export["path"]), home.root / "models", thresholds
+    )
 
 
 def _model_row(dataset: str, model: str, final: dict, promoted: bool) -> dict:

@@ -35,7 +35,6 @@ SCALE_PARAMS = {
     # and an epoch to a few steps; a few epochs are enough to measure the night.
     "gat_bpr": {"epochs": 3, "patience": 2, "batch_size": 1_000_000, "heads": 1},
     "rating": {"epochs": 5, "patience": 2, "batch_size": 65_536},
-    "gate": {"popularity_margin": -1.0, "baseline_rmse_margin": -1.0},
     "warm_start": False,
 }
 
@@ -136,12 +135,12 @@ def night(home: Path, workers: int) -> dict:
     }
 
 
-def rescore(kind: str, workers: int) -> dict:
+def rescore(workers: int) -> dict:
     from flows.batch_score import batch_score
 
     runner = {"kind": "dask", "workers": workers} if workers else {"kind": "in-process"}
     with RssSampler() as sampler:
-        (result,) = batch_score(dataset="sample-listens", kind=kind, task_runner=runner)
+        (result,) = batch_score(dataset="sample-listens", task_runner=runner)
     return {
         "runner": "in-process" if not workers else f"dask x{workers}",
         "users": result["users"],
@@ -159,7 +158,7 @@ def child(home: Path, out: Path, workers: int) -> None:
 
     configure_environment(EncoreHome(home))
     results = {"night": night(home, workers)}
-    results["scoring"] = [rescore("gat-bpr", w) for w in (1, 2, 0)]
+    results["scoring"] = [rescore(w) for w in (1, 2, 0)]
     out.write_text(json.dumps(results, indent=2, default=str))
 
 

@@ -186,6 +186,11 @@ class NightlyParams(_Params):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Training device; auto picks CUDA when present."
     )
+    seed: int = Field(
+        42,
+        description="Seed of training and of the baselines: the same data and seed give the "
+        "same models and the same verdict.",
+    )
     retrain_without_new_data: bool = Field(
         False,
         description="Train even when the latest passed snapshot already has a model version.",
@@ -236,6 +241,7 @@ class NightlyParams(_Params):
             "rating_threshold": self.like_threshold,
             "k": self.k,
             "device": self.device,
+            "seed": self.seed,
         }
 
     def warm_train_config(self, model: ModelKind) -> dict[str, Any]:

@@ -132,6 +132,7 @@ def fit_als(
         "alpha": alpha,
         "factors": factors,
         "iterations": iterations,
+        "seed": seed,
     }
     return FittedBaseline("als", buffers, params, time.perf_counter() - started)
 
@@ -176,13 +177,14 @@ def fit_ranking_baselines(
     return {family: fitters[family]() for family in families}
 
 
-def refit_on_all(baseline: FittedBaseline, data: Interactions, seed: int = 0) -> FittedBaseline:
-    """The same baseline with the same settings, fitted on every interaction (for serving)."""
+def refit_on_all(baseline: FittedBaseline, data: Interactions) -> FittedBaseline:
+    """The same baseline with the same settings (and seed), fitted on every interaction, for
+    serving."""
     if baseline.family == "most-popular":
         return most_popular(data)
     if baseline.family == "als":
-        settings = {k: baseline.params[k] for k in ("regularization", "alpha", "factors")}
-        return fit_als(data, iterations=baseline.params["iterations"], seed=seed, **settings)
+        settings = {k: baseline.params[k] for k in ("regularization", "alpha", "factors", "seed")}
+        return fit_als(data, iterations=baseline.params["iterations"], **settings)
     if baseline.family == RATING_BASELINE:
         return bias_baseline(data, baseline.params["regularization"])
     raise ValueError(f"no refit for baseline family {baseline.family!r}")

@@ -77,7 +77,7 @@ BASELINE_SUFFIX = ".baseline.pt"
 
 
 def fit_baselines_run(
-    config: dict, data: str, out_dir: Path, families: list[str], seed: int = 0
+    config: dict, data: str, out_dir: Path, families: list[str]
 ) -> dict[str, str]:
     """Tonight's baselines of `config`'s slot on its train split, each saved to
     `out_dir/<family>.baseline.pt`; returns family -> file. Ranking: `families` (MostPopular,
@@ -101,8 +101,12 @@ def fit_baselines_run(
             "train": training_positives(splits["train"], train_config, threshold),
         }
         fitted = fit_ranking_baselines(
-            positives, protocol, tuple(families), train_config.k, seed=seed
+            positives, protocol, tuple(families), train_config.k, seed=train_config.seed
         )
+        for baseline in fitted.values():  # what its serving refit must learn from too
+            baseline.params["liked_only_from"] = (
+                threshold if threshold is not None and train_config.positives == "liked" else None
+            )
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {}
     for family, baseline in fitted.items():
@@ -190,11 +194,15 @@ def refit_run(
     return {"run_dir": str(out_dir), "epochs": len(schedule), "started_from": started}
 
 
-def refit_baseline_run(baseline_file: str, data: str, out_file: Path, seed: int = 0) -> str:
+def refit_baseline_run(baseline_file: str, data: str, out_file: Path) -> str:
     """A baseline's serving refit: the same family and settings on every interaction."""
     from models_src.baselines import refit_on_all
     from models_src.datasets import load_source
 
-    refit = refit_on_all(load_baseline(Path(baseline_file)), load_source(data), seed=seed)
+    baseline, every = load_baseline(Path(baseline_file)), load_source(data)
+    liked_from = baseline.params.get("liked_only_from")
+    if liked_from is not None:
+        every = every.subset(every.rating >= liked_from)
+    refit = refit_on_all(baseline, every)
     save_baseline(refit, out_file)
     return str(out_file)

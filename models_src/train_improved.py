@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     add("--use-scheduler", action="store_true", help="ReduceLROnPlateau on the val metric")
     add("--val-ratio", type=float, default=0.15)
     add("--test-ratio", type=float, default=0.15)
-    add("--split", choices=["hash", "time"], default="hash")
+    add("--split", choices=["hash", "time", "day-hash"], default="hash")
     add("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
     add(
         "--run-spec",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import spec_for
 
@@ -14,12 +15,12 @@ from models_src.config import TrainConfig
 from models_src.data import Interactions, split_interactions
 from models_src.gate import GateThresholds
 from models_src.learners import make_learner
-from models_src.runs import fit_baselines_run, refit_run
+from models_src.runs import fit_baselines_run, load_baseline, refit_run, train_run
 from models_src.trainers import AdvancedTrainer
 from tasks.warehouse.export import export_interactions
-from tasks.warehouse.gating import gate_version
+from tasks.warehouse.gating import Night, gate_version
 from tasks.warehouse.ingest import ingest_file, open_snapshot, register_dataset
-from tasks.warehouse.publish import publish_run
+from tasks.warehouse.publish import build_scorer, publish_run
 from tasks.warehouse.refit import publish_serving_refit
 from tasks.warehouse.registry import champion, serving_version, version_row
 from tasks.warehouse.validation import ValidationThresholds, validate_snapshot
@@ -207,3 +208,39 @@ def test_served_model_scores_unknown_ids_as_it_would_serve_them():
     pairs = model.predict_pairs(torch.tensor([0, 0, 1]), torch.tensor([0, 2, 1]))
     # known pair: 3 + 0.5 + 0 + 2 -> clipped to 5; unknown item: 3 + 0.5; unknown user: 3 + 0.25
     assert pairs.tolist() == [5.0, 3.5, 3.25]
+
+
+def test_the_same_snapshot_and_parameters_give_the_same_metrics(con, home, write_file):
+    """Reproducible to 1e-6 on CPU: training, the baselines and the gate's evaluation."""
+    export = planted_listens(con, write_file)
+    config = {
+        **TrainConfig(epochs=3, embedding_dim=16, heads=2, num_layers=1, batch_size=512).to_dict(),
+        "model": "gat-bpr",
+    }
+    runs = [train_run(config, str(export), home.root / "runs" / f"twin-{i}", log=lambda _: None)
+            for i in range(2)]  # fmt: skip
+    (_, first), (_, second) = runs
+    for part in ("val", "test"):
+        for metric, value in first[part].items():
+            assert second[part][metric] == pytest.approx(value, abs=1e-6), (part, metric)
+    files = [
+        fit_baselines_run(config, str(export), home.root / f"baselines-{i}", ["als"])["als"]
+        for i in range(2)
+    ]
+    fitted = [load_baseline(Path(path)) for path in files]
+    for name, table in fitted[0].buffers.items():
+        assert torch.allclose(table, fitted[1].buffers[name], atol=1e-6), name
+    night = Night.load(export, config, 10)
+    tables = [
+        night.contender("twin", "challenger", "gat-bpr", night.served(_buffers(run)), 10)[1]
+        for run in runs
+    ]
+    for part, metrics in tables[0].items():
+        for metric, value in metrics.items():
+            assert tables[1][part][metric] == pytest.approx(value, abs=1e-6, nan_ok=True)
+
+
+def _buffers(run) -> dict:
+    trainer, _ = run
+    state = load_checkpoint(trainer.output_dir / "best_model.pt")
+    return dict(build_scorer(state, 10).state_dict())
