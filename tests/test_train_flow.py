@@ -7,6 +7,7 @@ import pytest
 from conftest import spec_for
 
 from models_src.data import Interactions
+from tasks.sources import SourceFormat
 from tasks.warehouse.export import export_interactions
 from tasks.warehouse.ingest import ingest_file, open_snapshot, register_dataset
 from tasks.warehouse.validation import ValidationThresholds, validate_snapshot
@@ -43,6 +44,24 @@ def test_export_round_trips_ids_groups_scale_and_only_passed_rows(con, write_fil
     assert data.rating.tolist() == [4.0, 3.5]
     assert data.item_group.tolist() == [1, 0]  # Comedy=0, Drama=1
     assert np.all(data.ts >= 1_790_000_000)
+
+
+def test_an_export_of_a_source_without_timestamps_carries_none(con, write_file, tmp_path):
+    path = write_file("plays.tsv", "user\tartist\tplays\nu1\ta1\t3\nu2\ta1\t5\nu2\ta2\t1\n")
+    fmt = SourceFormat(
+        kind="implicit",
+        delimiter="\t",
+        header=True,
+        columns={"user_id": "user", "item_id": "artist", "weight": "plays"},
+    )
+    spec = spec_for(fmt, path, "plays")
+    register_dataset(con, spec)
+    snapshot_id = open_snapshot(con, "plays")
+    ingest_file(con, spec, path, snapshot_id)
+    validate_snapshot(con, snapshot_id, LOOSE)
+    export_interactions(con, "plays", tmp_path / "plays.parquet")
+    data = Interactions.from_parquet(tmp_path / "plays.parquet")
+    assert len(data) == 3 and data.ts is None
 
 
 def test_export_refuses_a_dataset_without_passed_snapshot(con, tmp_path):

@@ -58,7 +58,9 @@ def export_interactions(
         item_group = np.full(len(item_ids), -1, dtype=np.int64)
         for item, group in groups:
             item_group[item] = code[group]
-    has_ts = not np.all(np.isnan(rows["ts"].astype(float))) if len(rows["ts"]) else False
+    # DuckDB hands a column with NULLs over as a masked array: a source without timestamps has
+    # every ts masked, and then the export carries none (np.isnan of masked values is masked).
+    has_ts = bool(len(rows["ts"])) and not np.ma.getmaskarray(rows["ts"]).any()
     meta = {
         "name": dataset,
         "snapshot_id": snapshot_id,
@@ -76,7 +78,7 @@ def export_interactions(
         len(user_ids),
         len(item_ids),
         rows["rating"].astype(np.float32) if kind == "explicit" else None,
-        rows["ts"].astype(np.int64) if has_ts else None,
+        np.ma.getdata(rows["ts"]).astype(np.int64) if has_ts else None,
         item_group,
         meta,
     )
