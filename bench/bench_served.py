@@ -4,14 +4,17 @@ would have served.
     python -m bench.bench_served                   (make bench-served)
     python -m bench.bench_served --datasets lastfm-sparse
 
-For each dataset (ml-100k, Last.fm, and Last.fm cut to 7 artists per user, the sparse shape):
+For each dataset (ml-100k and Last.fm as implicit feedback, Last.fm cut to 7 artists per user
+(the sparse shape), MovieLens latest-small as explicit ratings):
 1. a per-user random 80/10/10 split (seed 2026; each user's rows shuffled, int(0.1 n) to valid
    and to test, users with fewer than 3 rows all in train): the protocol of
    ../shared/tools/served_quality.py, reimplemented here so the benchmark runs without it;
 2. train + valid become one delimited landing file (bench/user_data.py), `encore nightly` runs
    with its defaults in a fresh data home;
 3. the exported lists are scored on test: Recall@10 and NDCG@10 over every user with a test item
-   (a user without a list counts 0);
+   (a user without a list counts 0); for explicit ratings the relevant test items are the liked
+   ones (rating in the scale's upper 40 %, Encore's default), and the predicted stars of
+   `encore predict` on the test pairs are scored by RMSE next to the training mean's;
 4. beside them: MostPopular on the same split, and the night's own strong baseline (its ALS,
    with the setting its grid chose on Encore's val) refit on train + valid as a serving refit
    would be, scored the same way.
@@ -22,6 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -126,16 +132,53 @@ def nightly_als_refit(home: Path, name: str) -> tuple[pd.DataFrame, dict]:
     return lists, settings
 
 
+def liked(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    """The rows a list is judged on: every row of implicit data, liked ones of ratings."""
+    if "rating" not in frame.columns:
+        return frame
+    from models_src.config import relevance_threshold
+
+    low, high, _ = user_data.RATING_SCALES[name]
+    return frame[frame["rating"] >= relevance_threshold(low, high, None)]
+
+
+def predicted_stars(home: Path, name: str, given: pd.DataFrame, test: pd.DataFrame) -> dict:
+    """`encore predict` on the test pairs, scored by RMSE, next to the training mean's."""
+    pairs, out = home / "test_pairs.csv", home / "predicted.csv"
+    test[["user", "item"]].rename(columns={"user": "user_id", "item": "item_id"}).to_csv(
+        pairs, index=False
+    )
+    encore = Path(sys.executable).with_name("encore")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ENCORE_"))}
+    done = subprocess.run(
+        [str(encore), "predict", "--dataset", name, "--pairs", str(pairs), "--out", str(out)],
+        env={**env, "ENCORE_HOME": str(home)},
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-2000:])
+    predicted = pd.read_csv(out)["predicted_rating"].to_numpy()
+    target = test["rating"].to_numpy()
+    mean = given["rating"].mean()
+    return {
+        "rmse": float(np.sqrt(np.mean((predicted - target) ** 2))),
+        "training_mean_rmse": float(np.sqrt(np.mean((mean - target) ** 2))),
+        "served_by": done.stdout.strip(),
+    }
+
+
 def run(name: str, work: Path) -> dict:
     frame, columns = user_data.load(name)
     train, valid, test = (p.astype({"user": str, "item": str}) for p in per_user_split(frame))
     given = pd.concat([train, valid])
     home = user_data.write_home(work / name, name, given, columns)
     (night,) = user_data.run_nights(home, [{}], work / f"{name}.json")
-    (outcome,) = night["outcomes"]
+    outcome = next(o for o in night["outcomes"] if o["model"] == "gat-bpr")
     gate = outcome.get("gate") or {}
     served = served_lists(home, name)
     als, settings = nightly_als_refit(home, name)
+    judged = liked(test, name)
     result = {
         "dataset": name,
         "rows": len(frame),
@@ -149,11 +192,17 @@ def run(name: str, work: Path) -> dict:
         "rule": gate.get("rule"),
         "warnings": night["warnings"],
         "seconds": night["seconds"],
-        "most_popular": score(most_popular(given, test["user"].unique()), test),
-        "als_refit": {**score(als, test), "settings": settings},
-        "served": score(served, test) if served is not None else None,
+        "most_popular": score(most_popular(given, judged["user"].unique()), judged),
+        "als_refit": {**score(als, judged), "settings": settings},
+        "served": score(served, judged) if served is not None else None,
         "sources": served["source"].value_counts().to_dict() if served is not None else {},
+        "gate_tables": {
+            contender: {part: {m: t[part][m] for m in ("recall@10", "ndcg@10")} for part in t}
+            for contender, t in (gate.get("tables") or {}).items()
+        },
     }
+    if "rating" in frame.columns:
+        result["stars"] = predicted_stars(home, name, given, test)
     if result["served"]:
         result["served_vs_als"] = result["served"]["recall@10"] / result["als_refit"]["recall@10"]
     return result
@@ -185,12 +234,39 @@ def markdown(results: list[dict]) -> str:
     lines += [""]
     for r in results:
         lines.append(f"- {r['dataset']}: {r['rule']}. " + " ".join(r["warnings"]))
+    stars = [r for r in results if "stars" in r]
+    if stars:
+        lines += [
+            "",
+            "Predicted stars (`encore predict` on the test pairs): RMSE.",
+            "",
+            "| dataset | served by | test RMSE | training mean's RMSE |",
+            "|---|---|---:|---:|",
+        ]
+        for r in stars:
+            s = r["stars"]
+            lines.append(
+                f"| {r['dataset']} | {s['served_by']} | {s['rmse']:.4f} |"
+                f" {s['training_mean_rmse']:.4f} |"
+            )
+    lines += [
+        "",
+        "Encore's own gate on its internal split (val Recall@10 of each contender, first night):",
+        "",
+    ]
+    for r in results:
+        val = {c: t["val"]["recall@10"] for c, t in r["gate_tables"].items()}
+        lines.append(f"- {r['dataset']}: " + ", ".join(f"{c} {v:.4f}" for c, v in val.items()))
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="*", default=["ml-100k", "lastfm", "lastfm-sparse"])
+    parser.add_argument(
+        "--datasets",
+        nargs="*",
+        default=["ml-100k", "lastfm", "lastfm-sparse", "ml-latest-small-ratings"],
+    )
     args = parser.parse_args()
     names = [n for n in args.datasets if user_data.available(n)]
     if not names:

@@ -46,12 +46,27 @@ def _lastfm_sparse() -> tuple[pd.DataFrame, dict]:
     return kept.sort_values(["user", "item"]).reset_index(drop=True), columns
 
 
-DATASETS = {"ml-100k": _ml100k, "lastfm": _lastfm, "lastfm-sparse": _lastfm_sparse}
+def _ml_latest_small_ratings() -> tuple[pd.DataFrame, dict]:
+    """MovieLens latest-small as what it is, explicit ratings (0.5-5 in half stars): the lists
+    are judged on the movies a user liked, and the rating model serves predicted stars."""
+    frame = pd.read_csv(SHARED_DATA / "ml-latest-small/ratings.csv")
+    frame = frame.rename(columns={"userId": "user", "movieId": "item", "timestamp": "ts"})
+    return frame[["user", "item", "rating", "ts"]], {"rating": "rating", "ts": "ts"}
+
+
+DATASETS = {
+    "ml-100k": _ml100k,
+    "lastfm": _lastfm,
+    "lastfm-sparse": _lastfm_sparse,
+    "ml-latest-small-ratings": _ml_latest_small_ratings,
+}
 FILES = {
     "ml-100k": "ml-100k/u.data",
     "lastfm": "hetrec2011-lastfm-2k/user_artists.dat",
     "lastfm-sparse": "hetrec2011-lastfm-2k/user_artists.dat",
+    "ml-latest-small-ratings": "ml-latest-small/ratings.csv",
 }
+RATING_SCALES = {"ml-latest-small-ratings": (0.5, 5.0, 0.5)}
 
 
 def available(name: str) -> bool:
@@ -72,10 +87,11 @@ def write_home(home: Path, name: str, frame: pd.DataFrame, extra_columns: dict) 
     )
     mapping = {"user_id": "user", "item_id": "item", **extra_columns}
     columns = ", ".join(f'{key} = "{value}"' for key, value in mapping.items())
+    explicit = "rating" in extra_columns
     toml = [
         f"[datasets.{name}]",
         'format = "delimited"',
-        'kind = "implicit"',
+        f'kind = "{"explicit" if explicit else "implicit"}"',
         f'landing = "{landing}"',
         'delimiter = "\\t"',
         "header = true",
@@ -83,6 +99,9 @@ def write_home(home: Path, name: str, frame: pd.DataFrame, extra_columns: dict) 
     ]
     if "ts" in extra_columns:
         toml.append('timestamp_unit = "epoch_s"')
+    if explicit:
+        low, high, step = RATING_SCALES[name]
+        toml.append(f"rating_scale = [{low}, {high}, {step}]")
     (home / "sources.toml").write_text("\n".join(toml) + "\n")
     return home
 

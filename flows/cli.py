@@ -121,6 +121,14 @@ def nightly(
         bool, typer.Option("--retrain", help="Train even without new data since the last model.")
     ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    fail_on_warning: Annotated[
+        bool,
+        typer.Option(
+            "--fail-on-warning",
+            help="Exit 2 when the night completed with warnings (a baseline serves, a serving "
+            "refit was refused), for schedulers that should page someone.",
+        ),
+    ] = False,
 ) -> None:
     """Run the nightly retrain once, here (ingest, validate, train, gate, score, report)."""
     from flows.nightly import NightlyRunFailed, nightly_retrain
@@ -149,6 +157,8 @@ def nightly(
         typer.echo(f"WARNING: {warning}", err=True)
     typer.echo(f"recommendations table: {home.warehouse} (encore recommend USER --dataset D)")
     typer.echo(f"run report: {night['report_path']}")
+    if fail_on_warning and night.get("warnings"):
+        raise typer.Exit(2)
 
 
 @app.command()

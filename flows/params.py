@@ -100,10 +100,15 @@ class GateParams(_Params):
         description="Non-inferiority margin on RMSE, as a share of the champion's.",
     )
     min_gain: float = Field(
-        0.0,
+        0.02,
         ge=0,
-        description="Significantly better means the lower bound of the primary metric's "
-        "difference is above this.",
+        description="Better enough to replace the champion: the lower bound of the val "
+        "Recall@K difference above this share of the champion's value.",
+    )
+    rmse_min_gain: float = Field(
+        0.005,
+        ge=0,
+        description="The same for the rating model: RMSE lower by at least this share.",
     )
     max_champion_age_days: float = Field(
         7.0,

@@ -15,10 +15,13 @@ Rules, in the order they apply:
    - it is non-inferior on every gated val metric: the interval's lower bound is above
      -tolerance x the champion's value (relative, so one default holds for Recall@10 of 0.05 on
      a sparse catalogue and of 0.25 on MovieLens);
-   - and it is significantly better on the primary val metric (lower bound above `min_gain`), or
-     the champion is stale (its data is `max_champion_age_days` older than tonight's, or tonight
-     has `max_data_growth` more interactions): then non-inferior is enough, so a fresher model
-     that knows tonight's users serves;
+   - and it is significantly better on the primary val metric by a margin that matters (the
+     lower bound above `min_gain` x the champion's value: two retrainings of one model on the
+     same data differ a little on a fixed val set, and a paired test over a thousand users calls
+     that significant; bench/results/gate.md), or the champion is stale (its data is
+     `max_champion_age_days` older than tonight's, or tonight has `max_data_growth` more
+     interactions): then non-inferior is enough, so a fresher model that knows tonight's users
+     serves;
    - test shows no significant regression on any gated metric (test confirms, never selects);
    - (ranking) cold users' val Recall@K shows no significant regression, when the guardrail is on.
    The best promotable contender by val primary mean is promoted. Otherwise the champion keeps
@@ -77,7 +80,8 @@ class GateThresholds:
     confidence: float = 0.95  # two-sided interval of every paired difference
     tolerance: float = 0.05  # non-inferiority margin on ranking metrics, share of the champion's
     rmse_tolerance: float = 0.01  # non-inferiority margin on RMSE, share of the champion's
-    min_gain: float = 0.0  # superiority: the primary's lower bound must be above this
+    min_gain: float = 0.02  # superiority: the lower bound above this share of the champion's
+    rmse_min_gain: float = 0.005  # the same, on RMSE
     max_champion_age_days: float = 7.0
     max_data_growth: float = 0.2
     cold_user_guardrail: bool = True
@@ -224,8 +228,14 @@ class _Judge:
         return ok
 
     def margin(self, champion: Contender, metric: GatedMetric) -> float:
+        """How much worse than the champion is still non-inferior (metric units)."""
         tolerance = self.t.tolerance if metric.higher_is_better else self.t.rmse_tolerance
         return tolerance * abs(champion.value("val", metric))
+
+    def gain(self, champion: Contender, metric: GatedMetric) -> float:
+        """How much better than the champion is better enough to replace it (metric units)."""
+        share = self.t.min_gain if metric.higher_is_better else self.t.rmse_min_gain
+        return share * abs(champion.value("val", metric))
 
     # --- the rules -----------------------------------------------------------------------
 
@@ -267,7 +277,13 @@ class _Judge:
         if not all(non_inferior):
             return False
         better = self.check(
-            "significantly better", BETTER, c, champion, "val", self.primary, self.t.min_gain
+            "significantly better",
+            BETTER,
+            c,
+            champion,
+            "val",
+            self.primary,
+            self.gain(champion, self.primary),
         )
         if not better and stale is None:
             return False

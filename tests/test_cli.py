@@ -46,8 +46,9 @@ def test_generate_ingest_next_day_status(tmp_path):
 def test_nightly_runs_end_to_end_and_says_where_things_are(tmp_path):
     home = tmp_path / "home"
     assert encore(home, "generate-sample", "--days", "2").returncode == 0
-    night = encore(home, "nightly", "--epochs", "2")
-    assert night.returncode == 0, night.stderr[-3000:]
+    night = encore(home, "nightly", "--epochs", "2", "--fail-on-warning")
+    warnings = [x for x in night.stderr.splitlines() if x.startswith("WARNING: ")]
+    assert night.returncode == (2 if warnings else 0), night.stderr[-3000:]
     # A healthy night logs no tracebacks (Prefect's telemetry service once did, offline).
     assert "Traceback" not in night.stderr, night.stderr[-3000:]
     lines = night.stdout.splitlines()
@@ -59,7 +60,6 @@ def test_nightly_runs_end_to_end_and_says_where_things_are(tmp_path):
         assert f"  recommendations: {parquet}" in lines
     # A baseline serving is said on stderr, one line per model, never silently.
     baselines = [x for x in lines if "BASELINE SERVES" in x]
-    warnings = [x for x in night.stderr.splitlines() if x.startswith("WARNING: ")]
     assert len(warnings) == len(baselines)
     (report,) = [x.split(": ", 1)[1] for x in lines if x.startswith("run report: ")]
     assert Path(report).parent == home / "reports" and Path(report).exists()

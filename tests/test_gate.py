@@ -83,6 +83,19 @@ def test_a_noise_level_win_does_not_promote():
     assert next(r for r in verdict.compared if r["check"] == "significantly better")["low"] < 0
 
 
+def test_a_significant_but_tiny_win_does_not_promote():
+    """Two retrainings of one model differ a little on a fixed val set, and a paired test over
+    a thousand users calls that significant: it must also be large enough to matter."""
+    challenger = model("challenger v2", CHALLENGER, shift=0.002, noise=0.001, seed=14)
+    champion = model("champion v1", CHAMPION)
+    verdict = decide(challenger, [most_popular()], champion)
+    better = next(r for r in verdict.compared if r["check"] == "significantly better")
+    assert better["low"] > 0 and better["p_value"] < 0.01  # significant...
+    assert not verdict.promote  # ...but below 2 % of the champion's Recall@10
+    assert better["needs"] == f"lower bound > {0.02 * BASE['recall@10'].mean():+.4f}"
+    assert decide(challenger, [most_popular()], champion, GateThresholds(min_gain=0.0)).promote
+
+
 def test_a_stale_champion_gives_way_to_a_non_inferior_challenger():
     challenger = model("challenger v2", CHALLENGER, shift=0.0, noise=0.03, seed=4)
     champion = model("champion v1", CHAMPION)
