@@ -24,9 +24,10 @@ Rules, in the order they apply:
      serves;
    - test shows no significant regression on any gated metric (test confirms, never selects);
    - (ranking) cold users' val Recall@K shows no significant regression, when the guardrail is on.
-   The best promotable contender by val primary mean is promoted. Otherwise the champion keeps
-   serving, unless it is itself significantly worse than tonight's best baseline: then the best
-   contender that passes the floor replaces it.
+   The best promotable contender by val primary mean is promoted; otherwise the champion keeps
+   serving. Tonight's baselines are contenders like the challenger: a champion that has fallen
+   below a simple model is replaced by it under these same rules (and when val and test
+   disagree about it, the champion stays).
 4. Without a comparable champion (the first night, or a champion evaluated under other split
    settings or another protocol version: first-night rules), the best contender by val primary
    mean among those that pass the floor and show no significant test regression against the best
@@ -54,6 +55,11 @@ from models_src.significance import (
 SPLITS = ("val", "test")
 CHALLENGER, CHAMPION, BASELINE = "challenger", "champion", "baseline"
 NOT_WORSE, NON_INFERIOR, BETTER = "not worse", "non-inferior", "better"
+# The rules a verdict can end on (logged with it, shown by `encore models`).
+BETTER_RULE = "significantly better than the champion"
+STALE_RULE = "non-inferior to a stale champion"
+KEPT_RULE = "no contender beat the champion; it keeps serving"
+FIRST_NIGHT_RULE = "first night: the best contender on val that passes the floor"
 
 
 def _passes(test: str, c: Comparison, higher_is_better: bool, margin: float) -> tuple[bool, str]:
@@ -267,7 +273,8 @@ class _Judge:
 
     def promotable(
         self, c: Contender, champion: Contender, stale: str | None, cold: np.ndarray | None
-    ) -> bool:
+    ) -> str | None:
+        """The rule under which `c` may replace the champion, or None."""
         non_inferior = [
             self.check(
                 "non-inferior", NON_INFERIOR, c, champion, "val", m, self.margin(champion, m)
@@ -275,7 +282,7 @@ class _Judge:
             for m in self.metrics
         ]
         if not all(non_inferior):
-            return False
+            return None
         better = self.check(
             "significantly better",
             BETTER,
@@ -286,13 +293,15 @@ class _Judge:
             self.gain(champion, self.primary),
         )
         if not better and stale is None:
-            return False
+            return None
         if not better:
             self.verdict.reasons.append(f"ok: champion is stale ({stale}): non-inferior suffices")
         if not self.no_test_regression(c, champion):
-            return False
-        if cold is not None and self.t.cold_user_guardrail:
-            return self.check(
+            return None
+        guarded = (
+            cold is None
+            or not self.t.cold_user_guardrail
+            or self.check(
                 "cold-user guardrail",
                 NOT_WORSE,
                 c,
@@ -302,7 +311,10 @@ class _Judge:
                 mask=cold,
                 label=f"cold users' val {self.primary.name}",
             )
-        return True
+        )
+        if not guarded:
+            return None
+        return BETTER_RULE if better else STALE_RULE
 
     def best(self, contenders: list[Contender]) -> Contender | None:
         """Highest val primary (lowest, for RMSE); ties go to the earlier contender."""
@@ -314,7 +326,7 @@ class _Judge:
             key=lambda pair: (sign * pair[1].value("val", self.primary), -pair[0]),
         )[1]
 
-    def serve(self, c: Contender, rule: str, champion: Contender | None) -> Verdict:
+    def serve(self, c: Contender, rule: str) -> Verdict:
         v = self.verdict
         v.serve, v.serve_role, v.serve_family, v.rule = c.name, c.role, c.family, rule
         v.promote = c.role != CHAMPION
@@ -349,7 +361,7 @@ def decide(
         )
     floored = [c for c in contenders if judge.passes_floor(c, best_baseline)]
     if champion is not None and judge.finite(champion):
-        verdict = _against_champion(judge, floored, champion, best_baseline, staleness, cold, t)
+        verdict = _against_champion(judge, floored, champion, staleness, cold, t)
     else:
         if incomparable:
             judge.verdict.reasons.append(f"first-night rules: {incomparable}")
@@ -362,28 +374,17 @@ def _against_champion(
     judge: _Judge,
     floored: list[Contender],
     champion: Contender,
-    best_baseline: Contender | None,
     staleness: Staleness | None,
     cold: np.ndarray | None,
     t: GateThresholds,
 ) -> Verdict:
     stale = (staleness or Staleness()).stale(t)
-    promotable = [c for c in floored if judge.promotable(c, champion, stale, cold)]
+    rules = {c.name: judge.promotable(c, champion, stale, cold) for c in floored}
+    promotable = [c for c in floored if rules[c.name]]
     if promotable:
         winner = judge.best(promotable)
-        why = (
-            "non-inferior to a stale champion"
-            if stale
-            else "significantly better than the champion"
-        )
-        return judge.serve(winner, why, champion)
-    if not judge.passes_floor(champion, best_baseline):
-        winner = judge.best(floored)
-        if winner is not None:
-            return judge.serve(
-                winner, "the champion is significantly worse than tonight's best baseline", champion
-            )
-    return judge.serve(champion, "no contender beat the champion; it keeps serving", champion)
+        return judge.serve(winner, rules[winner.name])
+    return judge.serve(champion, KEPT_RULE)
 
 
 def _first_night(
@@ -399,7 +400,7 @@ def _first_night(
         judge.verdict.reasons.append("nothing can serve: no contender has a finite evaluation")
         judge.verdict.rule = "nothing to serve"
         return judge.verdict
-    return judge.serve(winner, "first night: the best contender on val that passes the floor", None)
+    return judge.serve(winner, FIRST_NIGHT_RULE)
 
 
 def _warn_when_a_baseline_serves(verdict: Verdict, challenger: Contender | None) -> None:

@@ -90,7 +90,7 @@ def warm_start_source_task(
 
 @task(
     name="fit baselines",
-    task_run_name="fit the {model} slot's baselines on {dataset} snapshot {export[snapshot_id]}",
+    task_run_name="fit baselines beside {model} on {dataset} snapshot {export[snapshot_id]}",
 )
 def fit_baselines_task(
     export: dict, dataset: str, model: str, config: dict, runs_dir: str, families: list[str]

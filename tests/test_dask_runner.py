@@ -85,7 +85,7 @@ def test_dask_runner_gives_the_in_process_recommendations(flow_home, tmp_path, m
     ranges = [name for name in by_name if name.startswith("score sample-listens users")]
     assert len(ranges) == 3
     assert "train rating on sample-ratings snapshot 2" in by_name
-    assert "fit the gat-bpr slot's baselines on sample-listens snapshot 1" in by_name
+    assert "fit baselines beside gat-bpr on sample-listens snapshot 1" in by_name
 
     # The batch-score flow on the cluster re-scores the same champions to the same rows.
     from flows.batch_score import batch_score

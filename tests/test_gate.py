@@ -96,6 +96,22 @@ def test_a_significant_but_tiny_win_does_not_promote():
     assert decide(challenger, [most_popular()], champion, GateThresholds(min_gain=0.0)).promote
 
 
+def test_a_champion_below_tonights_baseline_is_replaced_by_it_unless_test_disagrees():
+    champion = model("champion v1", CHAMPION, "gat-bpr")
+    als = model("als", BASELINE, "als", shift=0.05, noise=0.02, seed=15)
+    verdict = decide(model("challenger v2", CHALLENGER), [most_popular(), als], champion)
+    assert verdict.serve == "als" and verdict.rule == "significantly better than the champion"
+    assert verdict.warnings  # a baseline serves
+    # Val says ALS, test says the champion: the champion stays.
+    split = model("als", BASELINE, "als", shift=0.05, noise=0.02, seed=15, test_shift=-0.2)
+    verdict = decide(model("challenger v2", CHALLENGER), [most_popular(), split], champion)
+    assert verdict.serve == "champion v1"
+    # A baseline only a hair better (significant, but below the 2 % margin) changes nothing.
+    hair = model("als", BASELINE, "als", shift=0.002, noise=0.001, seed=17)
+    verdict = decide(model("challenger v2", CHALLENGER), [hair], champion)
+    assert verdict.serve == "champion v1" and verdict.rule.startswith("no contender beat")
+
+
 def test_a_stale_champion_gives_way_to_a_non_inferior_challenger():
     challenger = model("challenger v2", CHALLENGER, shift=0.0, noise=0.03, seed=4)
     champion = model("champion v1", CHAMPION)

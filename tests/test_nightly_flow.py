@@ -198,7 +198,7 @@ def test_tasks_say_what_they_did_carry_tags_and_training_reports_progress(night_
     assert {"gat-bpr", "dataset:sample-listens"} <= set(train.tags)
     for name in (
         "export sample-listens",
-        "fit the gat-bpr slot's baselines on sample-listens snapshot 1",
+        "fit baselines beside gat-bpr on sample-listens snapshot 1",
         "gate v1 on sample-listens",
         f"refit {family} v{outcome['gate']['champion_after']} on all of sample-listens",
         f"load sample-listens recommendations ({family})",
