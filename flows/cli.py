@@ -220,7 +220,9 @@ def models(
                       json_extract(v.metrics_json, '$.val."ndcg@10"')::DOUBLE,
                       json_extract(v.metrics_json, '$.val.rmse')::DOUBLE,
                       strftime(v.created_at, '%Y-%m-%d %H:%M'),
-                      (SELECT p.rule FROM promotions p WHERE p.challenger = v.version
+                      (SELECT CASE WHEN p.promoted THEN 'served' ELSE 'not served' END
+                              || ': ' || p.rule
+                       FROM promotions p WHERE p.challenger = v.version AND p.rule IS NOT NULL
                        ORDER BY p.promotion_id DESC LIMIT 1)
                FROM model_versions v WHERE ? IS NULL OR v.dataset = ?
                ORDER BY v.version DESC""",
