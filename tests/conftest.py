@@ -26,6 +26,18 @@ configure_environment(EncoreHome(_SESSION_HOME))
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """One real Prefect server (Prefect's test harness: a uvicorn subprocess on a temporary
+    SQLite database) for every test that runs flows. Starting one takes ~20 s on 2 cores, so the
+    flow, nightly, Dask and CLI tests share it; yields its API URL for subprocesses."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
+
+
 @pytest.fixture
 def home(tmp_path: Path) -> EncoreHome:
     return EncoreHome(tmp_path / "home").ensure()

@@ -6,16 +6,14 @@ import shutil
 
 import pytest
 from conftest import write_days
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.ingest import SnapshotFailed, ingest
 from tasks.warehouse.schema import warehouse
 
 
-@pytest.fixture(scope="module", autouse=True)
-def prefect_server():
-    with prefect_test_harness(server_startup_timeout=60):
-        yield
+@pytest.fixture(autouse=True)
+def prefect_server(prefect_api):
+    """Flows here run against the session's Prefect server (conftest)."""
 
 
 def test_flow_ingests_validates_and_is_idempotent(flow_home):
