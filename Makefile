@@ -6,7 +6,7 @@ ENCORE := $(VENV)/bin/encore
 STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv run server deploy deploy-docker deploy-kubernetes worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly bench-warm-start bench-scale bench-gate bench-served clean-data
+.PHONY: venv run server deploy deploy-docker deploy-kubernetes worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly bench-warm-start bench-scale bench-gate bench-served bench-ablation clean-data
 
 # The venv is rebuilt when pyproject.toml changes. torch goes first and pinned so that no other
 # package can pull a multi-GB CUDA build.
@@ -121,6 +121,10 @@ bench-gate: venv
 ## MostPopular and the night's own ALS baseline.
 bench-served: venv
 	$(PY) -m bench.bench_served
+
+## GAT-BPR's levers one at a time on bench-train's split, chosen on val (bench/results/ablation.md).
+bench-ablation: venv
+	$(PY) -m bench.bench_ablation
 
 ## Warm vs cold start over 5 simulated nights: quality and training time.
 bench-warm-start: venv

@@ -34,8 +34,11 @@ def peak_rss_mb() -> float:
     return float("nan")
 
 
-def encore_model(split: dict, kind: str, seed: int = 0, max_epochs: int = 100) -> dict[str, Any]:
-    """Encore's model with its tuned defaults and the AdvancedTrainer (early stopping on val)."""
+def encore_model(
+    split: dict, kind: str, seed: int = 0, max_epochs: int = 100, overrides: dict | None = None
+) -> dict[str, Any]:
+    """Encore's model with its tuned defaults (changed by `overrides`, bench_ablation's
+    variants) and the AdvancedTrainer (early stopping on val)."""
     import tempfile
 
     import torch
@@ -48,6 +51,7 @@ def encore_model(split: dict, kind: str, seed: int = 0, max_epochs: int = 100) -
     config = TrainConfig.from_dict(
         {
             **tuned_defaults(kind),
+            **(overrides or {}),
             "epochs": max_epochs,
             "patience": 5,
             "use_scheduler": True,

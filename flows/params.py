@@ -24,11 +24,26 @@ class GatBprParams(_Params):
     lr: float = Field(0.05, gt=0, description="Adam learning rate.")
     batch_size: int = Field(32768, ge=1, description="Positive pairs per step.")
     negatives: int = Field(8, ge=1, description="Sampled negatives per positive (BPR).")
-    embedding_dim: int = Field(32, ge=1, description="Embedding size.")
-    heads: int = Field(4, ge=1, description="Attention heads per GATConv layer.")
-    num_layers: int = Field(1, ge=1, description="GATConv layers (propagation hops).")
-    l2: float = Field(1e-3, ge=0, description="L2 on the batch's layer-0 embeddings.")
+    embedding_dim: int = Field(64, ge=1, description="Embedding size.")
+    heads: int = Field(4, ge=1, description="Attention heads per GATConv layer (with attention).")
+    num_layers: int = Field(2, ge=1, description="Propagation layers (hops).")
+    l2: float = Field(3e-4, ge=0, description="L2 on the batch's layer-0 embeddings.")
     use_scheduler: bool = Field(True, description="ReduceLROnPlateau on val Recall@K.")
+    attention: bool = Field(
+        False,
+        description="Learned attention over neighbours (GATConv); off propagates with "
+        "LightGCN's fixed symmetric weights (bench/results/ablation.md).",
+    )
+    loss: Literal["bpr", "softmax"] = Field(
+        "bpr", description="BPR on dot products, or sampled softmax on cosine similarity."
+    )
+    temperature: float = Field(0.1, gt=0, description="Sampled softmax temperature.")
+    cl_weight: float = Field(
+        0.0, ge=0, description="Weight of XSimGCL's contrastive term (0: off)."
+    )
+    cl_eps: float = Field(0.1, ge=0, description="XSimGCL: length of the embedding noise.")
+    cl_temperature: float = Field(0.2, gt=0, description="XSimGCL: InfoNCE temperature.")
+    cl_layer: int = Field(1, ge=1, description="XSimGCL: the layer contrasted with the output.")
     positives: Literal["all", "liked"] = Field(
         "all",
         description="Explicit ratings: learn the lists from every rated item, or from the liked "

@@ -44,6 +44,17 @@ class TrainConfig:
     # sampling.py); auto samples when a full-graph step would not fit in memory.
     minibatch: Literal["auto", "full", "sampled"] = "auto"
     fanout: int = 10  # neighbours sampled per node and layer
+    # The ranking loss: BPR on dot products, or sampled softmax on cosine similarity at this
+    # temperature (models_src/models/gat_bpr.py).
+    loss: Literal["bpr", "softmax"] = "bpr"
+    temperature: float = 0.1
+    attention: bool = True  # False: LightGCN's symmetric propagation (no learned weights)
+    # XSimGCL's contrastive term (models_src/models/gat_bpr.py): weight (0 = off), noise length,
+    # InfoNCE temperature, and the layer whose embedding is the second view.
+    cl_weight: float = 0.0
+    cl_eps: float = 0.1
+    cl_temperature: float = 0.2
+    cl_layer: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,7 +109,10 @@ def tuned_defaults(model: ModelKind) -> dict[str, Any]:
 
     GAT-BPR: one full-graph propagation per step dominates its cost, so large batches with
     several negatives and a higher learning rate reach the best validation score in far fewer
-    propagations than the seed's 512-pair batches.
+    propagations than the seed's 512-pair batches. Depth, width, L2 and attention were chosen
+    on val in bench/bench_ablation.py: learned attention lost to LightGCN's fixed symmetric
+    propagation on both ml-100k and Last.fm, at a third of the cost per epoch, so it is off by
+    default and stays an option (`attention`).
     """
     if model == "gat-bpr":
         return {
@@ -106,9 +120,10 @@ def tuned_defaults(model: ModelKind) -> dict[str, Any]:
             "lr": 0.05,
             "batch_size": 32768,
             "negatives": 8,
-            "embedding_dim": 32,
+            "embedding_dim": 64,
             "heads": 4,
-            "num_layers": 1,
-            "l2": 1e-3,
+            "num_layers": 2,
+            "l2": 3e-4,
+            "attention": False,
         }
     return {"model": model, "lr": 3e-3, "batch_size": 1024, "embedding_dim": 50, "l2": 0.05}

@@ -11,6 +11,7 @@ import math
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -70,14 +71,41 @@ class Learner(ABC):
             self.generator.set_state(state["generator"].cpu())
 
 
+@dataclass(frozen=True)
+class Contrast:
+    """XSimGCL's contrastive term of a BPR step (TrainConfig.cl_*)."""
+
+    weight: float
+    eps: float
+    temperature: float
+    layer: int
+    max_nodes: int = 4096  # per node type and step: the InfoNCE logits are nodes x nodes
+
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> Contrast | None:
+        if config.cl_weight <= 0:
+            return None
+        layer = min(config.cl_layer, config.num_layers)
+        return cls(config.cl_weight, config.cl_eps, config.cl_temperature, layer)
+
+
 class BPRStep(nn.Module):
     """One BPR step's loss as a module's forward: DistributedDataParallel synchronises the
     gradients of what runs through a forward call, and GATBPR's training step is not its
     forward (that scores pairs)."""
 
-    def __init__(self, model: GATBPR, l2: float) -> None:
+    def __init__(
+        self,
+        model: GATBPR,
+        l2: float,
+        contrast: Contrast | None = None,
+        generator: torch.Generator | None = None,
+        temperature: float | None = None,
+    ) -> None:
+        """`temperature`: train with the sampled softmax loss (None: BPR)."""
         super().__init__()
-        self.model, self.l2 = model, l2
+        self.model, self.l2, self.temperature = model, l2, temperature
+        self.contrast, self.generator = contrast, generator
 
     def forward(
         self,
@@ -87,20 +115,51 @@ class BPRStep(nn.Module):
         negatives: Tensor,
         nodes: Tensor | None = None,
     ) -> Tensor:
-        """The batch's BPR loss. Node ids are global, or positions in `nodes` when the step runs
-        on a sampled subgraph (then items are already offset past the users)."""
+        """The batch's BPR loss (plus the contrastive term when configured). Node ids are
+        global, or positions in `nodes` when the step runs on a sampled subgraph (then items
+        are already offset past the users)."""
         offset = self.model.num_users if nodes is None else 0
-        embedding = self.model.get_embedding(edge_index, nodes)
-        user_emb = embedding[users]
-        pos_scores = (user_emb * embedding[offset + positives]).sum(-1)
-        neg_scores = (user_emb.unsqueeze(1) * embedding[offset + negatives]).sum(-1)
-        layer0 = self.model.embedding.weight if nodes is None else self.model.embedding(nodes)
-        return self.model.loss(
-            pos_scores,
-            neg_scores,
-            [layer0[users], layer0[offset + positives], layer0[offset + negatives].flatten(0, 1)],
-            self.l2,
+        contrast = self.contrast
+        embedding, view = self.model.perturbed_embedding(
+            edge_index,
+            nodes,
+            eps=contrast.eps if contrast else 0.0,
+            view_layer=contrast.layer if contrast else 0,
+            generator=self.generator,
         )
+        user_emb = embedding[users]
+        pos_emb, neg_emb = embedding[offset + positives], embedding[offset + negatives]
+        layer0 = self.model.embedding.weight if nodes is None else self.model.embedding(nodes)
+        batch0 = [
+            layer0[users],
+            layer0[offset + positives],
+            layer0[offset + negatives].flatten(0, 1),
+        ]
+        if self.temperature is not None:
+            reg = sum(e.pow(2).sum() for e in batch0) / len(users)
+            loss = self.model.softmax_loss(user_emb, pos_emb, neg_emb, self.temperature)
+            loss = loss + self.l2 * reg
+        else:
+            pos_scores = (user_emb * pos_emb).sum(-1)
+            neg_scores = (user_emb.unsqueeze(1) * neg_emb).sum(-1)
+            loss = self.model.loss(pos_scores, neg_scores, batch0, self.l2)
+        if contrast is None:
+            return loss
+        terms = [
+            self.model.contrastive_loss(embedding[ids], view[ids], contrast.temperature)
+            for ids in (self._some(users), self._some(offset + positives))
+        ]
+        return loss + contrast.weight * sum(terms)
+
+    def _some(self, ids: Tensor) -> Tensor:
+        """The batch's distinct nodes, at most `max_nodes` of them (drawn from the run's
+        generator)."""
+        unique = torch.unique(ids)
+        limit = self.contrast.max_nodes
+        if len(unique) <= limit:
+            return unique
+        pick = torch.randperm(len(unique), device=unique.device, generator=self.generator)
+        return unique[pick[:limit]]
 
 
 class BPRLearner(Learner):
@@ -134,6 +193,8 @@ class BPRLearner(Learner):
                 embedding_dim=config.embedding_dim,
                 heads=config.heads,
                 num_layers=config.num_layers,
+                cosine=config.loss == "softmax",
+                attention=config.attention,
             )
         self.model = model.to(device)
         self.generator = run_generator(config.seed, device)
@@ -148,7 +209,13 @@ class BPRLearner(Learner):
         self.protocol = Protocol(splits, self.like_threshold)
         self.parallel = current_data_parallel()
         self.sampler = self._sampler(config, device)
-        self.step: nn.Module = BPRStep(self.model, config.l2)
+        self.step: nn.Module = BPRStep(
+            self.model,
+            config.l2,
+            Contrast.from_config(config),
+            self.generator,
+            config.temperature if config.loss == "softmax" else None,
+        )
         if self.parallel.enabled:
             ids = [device.index] if device.type == "cuda" else None
             self.step = nn.parallel.DistributedDataParallel(self.step, device_ids=ids)
@@ -162,6 +229,8 @@ class BPRLearner(Learner):
             "embedding_dim": m.embedding_dim,
             "heads": m.heads,
             "num_layers": m.num_layers,
+            "cosine": m.cosine,
+            "attention": m.attention,
         }
 
     def sample_negatives(self, users: Tensor) -> Tensor:

@@ -29,7 +29,12 @@ from models_src.checkpoint import load_checkpoint
 from models_src.learners import BPRLearner, Learner, RatingLearner
 
 # Constructor arguments that must match for the champion's weights to fit tonight's model.
-SHAPE_ARGS = {"gat-bpr": ("embedding_dim", "heads", "num_layers"), "rating": ("embedding_dim",)}
+SHAPE_ARGS = {
+    "gat-bpr": ("embedding_dim", "heads", "num_layers", "attention", "cosine"),
+    "rating": ("embedding_dim",),
+}
+# GAT-BPR arguments added after the first checkpoints, at the value those checkpoints had.
+ADDED_ARGS = {"attention": True, "cosine": False}
 
 
 class WarmStartIncompatible(ValueError):
@@ -64,10 +69,10 @@ def _check_compatible(state: dict, learner: Learner, kind: str) -> None:
         raise WarmStartIncompatible(f"the champion is a {state.get('model_kind')} model")
     ours = learner.model_args()
     for name in SHAPE_ARGS[kind]:
-        if state["model_args"][name] != ours[name]:
+        theirs = state["model_args"].get(name, ADDED_ARGS.get(name))
+        if theirs != ours[name]:
             raise WarmStartIncompatible(
-                f"the champion has {name}={state['model_args'][name]}, tonight's config"
-                f" {ours[name]}"
+                f"the champion has {name}={theirs}, tonight's config {ours[name]}"
             )
 
 

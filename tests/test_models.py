@@ -171,6 +171,55 @@ def test_gat_bpr_learns_the_planted_structure():
     assert after > max(before, 0.45)
 
 
+def test_xsimgcl_noise_moves_each_propagated_layer_by_eps_and_eval_has_none():
+    model = GATBPR(3, 5, 0, embedding_dim=8, heads=2, num_layers=2)
+    edge_index = torch.tensor([[0, 3, 1, 4, 2, 5], [3, 0, 4, 1, 5, 2]])
+    clean, clean_view = model.perturbed_embedding(edge_index, view_layer=1)
+    assert torch.equal(clean, model.get_embedding(edge_index))
+    generator = torch.Generator().manual_seed(0)
+    noisy, view = model.perturbed_embedding(edge_index, eps=0.1, view_layer=1, generator=generator)
+    # Layer 1 moved by exactly eps per connected node, in its own orthant (no sign flips);
+    # nodes 6 and 7 have no edges, so a zero embedding with no orthant to move in.
+    moved = view - clean_view
+    assert torch.allclose(moved.norm(dim=-1)[:6], torch.full((6,), 0.1), atol=1e-6)
+    assert torch.equal(moved[6:], torch.zeros(2, 8))
+    assert (torch.sign(moved) * torch.sign(clean_view) >= 0).all()
+    assert not torch.allclose(noisy, clean)
+
+
+def test_contrastive_loss_rewards_views_that_agree():
+    views = torch.randn(32, 16, generator=torch.Generator().manual_seed(1))
+    agreeing = GATBPR.contrastive_loss(views, views + 0.01 * torch.randn(32, 16), 0.2)
+    shuffled = GATBPR.contrastive_loss(views, views[torch.randperm(32)], 0.2)
+    assert agreeing < 0.5 < shuffled
+
+
+def test_sampled_softmax_prefers_the_positive_and_the_model_scores_by_cosine():
+    user = torch.tensor([[1.0, 0.0]])
+    close, far = torch.tensor([[2.0, 0.1]]), torch.tensor([[[0.1, 3.0], [-1.0, 0.0]]])
+    assert GATBPR.softmax_loss(user, close, far, 0.1) < 0.01
+    assert GATBPR.softmax_loss(user, far[:, 0], torch.stack([close], 1), 0.1) > 5
+    model = GATBPR(3, 5, 0, embedding_dim=8, heads=2, num_layers=1, cosine=True)
+    users, items = model.split_embedding(model.get_embedding(torch.tensor([[0, 3], [3, 0]])))
+    assert torch.allclose(items.norm(dim=-1), torch.ones(5))
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [{"cl_weight": 0.1}, {"loss": "softmax", "temperature": 0.2}, {"attention": False}],
+    ids=["xsimgcl", "sampled-softmax", "lightgcn-propagation"],
+)
+def test_gat_bpr_variants_learn_the_planted_structure(variant):
+    config = TrainConfig(
+        lr=0.05, batch_size=256, embedding_dim=16, heads=2, negatives=4, epochs=15, **variant
+    )
+    learner = BPRLearner(tiny_splits(planted()), config, torch.device("cpu"))
+    optimizer = torch.optim.Adam(learner.model.parameters(), lr=config.lr)
+    for epoch in range(config.epochs):
+        learner.train_epoch(optimizer, epoch)
+    assert learner.evaluate("val")["recall@10"] > 0.45
+
+
 def test_rating_model_learns_and_clips_predictions():
     torch.manual_seed(0)
     config = TrainConfig(model="rating", lr=0.05, batch_size=128, embedding_dim=8)

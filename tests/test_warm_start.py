@@ -178,3 +178,10 @@ def test_a_champion_of_another_shape_is_refused_with_the_reason(nights):
     learner = tonight(after, gat_config(embedding_dim=16))
     with pytest.raises(WarmStartIncompatible, match="embedding_dim=32"):
         warm_start(learner, artifacts_of(after), checkpoint)
+    # Another propagation or scoring rule fits the tensors but means something else.
+    for change, reason in (
+        ({"attention": False}, "attention=True"),
+        ({"loss": "softmax"}, "cosine"),
+    ):
+        with pytest.raises(WarmStartIncompatible, match=reason):
+            warm_start(tonight(after, gat_config(**change)), artifacts_of(after), checkpoint)

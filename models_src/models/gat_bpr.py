@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch_geometric.nn import GATConv
+from torch_geometric.nn import GATConv, LGConv
 
 
 class GATBPR(nn.Module):
@@ -31,9 +31,16 @@ class GATBPR(nn.Module):
         heads: int = 4,
         num_layers: int = 2,
         attention_dropout: float = 0.0,
+        cosine: bool = False,
+        attention: bool = True,
     ) -> None:
+        """`cosine`: users and items are compared by the angle of their embeddings (a model
+        trained with `softmax_loss`), so `split_embedding` returns them normalised.
+        `attention` False propagates with LightGCN's fixed symmetric weights (PyG's LGConv)
+        instead of learned attention: the ablation's control, kept as an option."""
         super().__init__()
         self.num_users, self.num_items, self.num_groups = num_users, num_items, num_groups
+        self.cosine, self.attention = cosine, attention
         self.embedding_dim, self.heads, self.num_layers = embedding_dim, heads, num_layers
         self.embedding = nn.Embedding(num_users + num_items + num_groups, embedding_dim)
         # concat=False averages the heads, so every layer keeps the embedding size.
@@ -47,6 +54,8 @@ class GATBPR(nn.Module):
                 bias=False,
                 dropout=attention_dropout,
             )
+            if attention
+            else LGConv()
             for _ in range(num_layers)
         )
         self.reset_parameters()
@@ -55,6 +64,8 @@ class GATBPR(nn.Module):
         nn.init.normal_(self.embedding.weight, std=0.1)
         for conv in self.convs:
             conv.reset_parameters()
+            if not isinstance(conv, GATConv):
+                continue
             # Start each layer's feature transform at the identity: the layer begins as plain
             # attention-weighted averaging, and learns a transform only where it helps.
             with torch.no_grad():
@@ -64,16 +75,38 @@ class GATBPR(nn.Module):
     def get_embedding(self, edge_index: Tensor, nodes: Tensor | None = None) -> Tensor:
         """Final embedding of every node: the mean over layers 0..L. With `nodes`, of a
         subgraph: `edge_index` is in positions of `nodes` (models_src/sampling.py)."""
+        return self.perturbed_embedding(edge_index, nodes)[0]
+
+    def perturbed_embedding(
+        self,
+        edge_index: Tensor,
+        nodes: Tensor | None = None,
+        eps: float = 0.0,
+        view_layer: int = 1,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The final embedding and layer `view_layer`'s, with XSimGCL's noise (Yu et al., TKDE
+        2023) when `eps` > 0: every propagated layer moves by a random vector of length `eps`
+        in its own orthant, so the two are two views of each node for a contrastive loss
+        computed from one propagation (SimGCL needs three)."""
         x = self.embedding.weight if nodes is None else self.embedding(nodes)
-        layers = [x]
-        for conv in self.convs:
+        layers, view = [x], x
+        for depth, conv in enumerate(self.convs, start=1):
             x = conv(x, edge_index)
+            if eps > 0:
+                noise = torch.rand(x.shape, device=x.device, generator=generator)
+                x = x + torch.sign(x) * F.normalize(noise, dim=-1) * eps
             layers.append(x)
-        return torch.stack(layers).mean(dim=0)
+            if depth == view_layer:
+                view = x
+        return torch.stack(layers).mean(dim=0), view
 
     def split_embedding(self, embedding: Tensor) -> tuple[Tensor, Tensor]:
+        """Users' and items' rows of the final embedding, as scored by a dot product."""
         users = embedding[: self.num_users]
         items = embedding[self.num_users : self.num_users + self.num_items]
+        if self.cosine:
+            return F.normalize(users, dim=-1), F.normalize(items, dim=-1)
         return users, items
 
     def forward(self, edge_index: Tensor, users: Tensor, items: Tensor) -> Tensor:
@@ -106,3 +139,28 @@ class GATBPR(nn.Module):
         ranking = -F.logsigmoid(positive - negative).mean()
         reg = sum(e.pow(2).sum() for e in batch_embeddings) / positive.shape[0]
         return ranking + l2 * reg
+
+    @staticmethod
+    def softmax_loss(
+        user: Tensor, positive: Tensor, negative: Tensor, temperature: float
+    ) -> Tensor:
+        """Sampled softmax (Wu et al., "On the Effectiveness of Sampled Softmax Loss for Item
+        Recommendation", TOIS 2024): the positive's cross-entropy against the negatives, on
+        cosine similarity sharpened by `temperature`. Unlike BPR it weighs every negative by
+        how close it scores, so hard negatives dominate and popular items are not inflated.
+        Shapes: user, positive (B, D); negative (B, N, D)."""
+        user, positive = F.normalize(user, dim=-1), F.normalize(positive, dim=-1)
+        negative = F.normalize(negative, dim=-1)
+        pos = (user * positive).sum(-1, keepdim=True)
+        neg = (user.unsqueeze(1) * negative).sum(-1)
+        logits = torch.cat([pos, neg], dim=1) / temperature
+        target = torch.zeros(len(user), dtype=torch.long, device=user.device)
+        return F.cross_entropy(logits, target)
+
+    @staticmethod
+    def contrastive_loss(first: Tensor, second: Tensor, temperature: float) -> Tensor:
+        """InfoNCE between two views of the same nodes (row i of each): each node's other view
+        is its positive, the other nodes' are its negatives (XSimGCL's cross-layer term)."""
+        first, second = F.normalize(first, dim=-1), F.normalize(second, dim=-1)
+        logits = first @ second.T / temperature
+        return F.cross_entropy(logits, torch.arange(len(first), device=first.device))
