@@ -21,7 +21,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 # would only repeat the ranking branch, at a third of the test's time).
 PARAMS = {
     "datasets": ["sample-ratings"],
-    "gat_bpr": {"epochs": 3, "batch_size": 4096},
+    # A smaller GAT-BPR than the nightly default: these tests check the flow, not quality.
+    "gat_bpr": {"epochs": 3, "batch_size": 4096, "embedding_dim": 32, "num_layers": 1},
     "rating": {"epochs": 3},
     "validation": {"min_users": 5, "min_items": 5},
 }

@@ -40,7 +40,8 @@ pytestmark = pytest.mark.slow
 # tonight's baselines often serve (and the night says so). Tests that need a trained model to
 # serve run without baselines (`NO_BASELINES`), which the gate then cannot fall back on.
 QUICK = {
-    "gat_bpr": {"epochs": 3, "batch_size": 4096},
+    # A smaller GAT-BPR than the nightly default: these tests check the flow, not quality.
+    "gat_bpr": {"epochs": 3, "batch_size": 4096, "embedding_dim": 32, "num_layers": 1},
     "rating": {"epochs": 3},
     "validation": {"min_users": 5, "min_items": 5},
 }
