@@ -136,9 +136,8 @@ class BPRStep(nn.Module):
             layer0[offset + negatives].flatten(0, 1),
         ]
         if self.temperature is not None:
-            reg = sum(e.pow(2).sum() for e in batch0) / len(users)
             loss = self.model.softmax_loss(user_emb, pos_emb, neg_emb, self.temperature)
-            loss = loss + self.l2 * reg
+            loss = loss + self.l2 * self.model.l2_penalty(batch0, len(users))
         else:
             pos_scores = (user_emb * pos_emb).sum(-1)
             neg_scores = (user_emb.unsqueeze(1) * neg_emb).sum(-1)

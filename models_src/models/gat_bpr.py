@@ -137,8 +137,12 @@ class GATBPR(nn.Module):
         if negative.dim() == 2:
             positive = positive.unsqueeze(1)
         ranking = -F.logsigmoid(positive - negative).mean()
-        reg = sum(e.pow(2).sum() for e in batch_embeddings) / positive.shape[0]
-        return ranking + l2 * reg
+        return ranking + l2 * GATBPR.l2_penalty(batch_embeddings, positive.shape[0])
+
+    @staticmethod
+    def l2_penalty(batch_embeddings: list[Tensor], batch_size: int) -> Tensor:
+        """Squared norm of the layer-0 embeddings a batch used, per positive pair."""
+        return sum(e.pow(2).sum() for e in batch_embeddings) / batch_size
 
     @staticmethod
     def softmax_loss(
