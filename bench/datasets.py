@@ -25,7 +25,11 @@ _FILES = {
     "ml-100k-implicit": "ml-100k/u.data",
     "ml-100k-ratings": "ml-100k/u.data",
     "lastfm": "hetrec2011-lastfm-2k/user_artists.dat",
+    "ml-latest-small-implicit": "ml-latest-small/ratings.csv",
 }
+# Datasets whose interactions carry a weight (Last.fm's listen count) a peer may use as
+# confidence; `load_dataset(name, weights=True)` keeps it in `rating`.
+WEIGHTED = ("lastfm",)
 
 
 def _dense(values: pd.Series | np.ndarray) -> tuple[np.ndarray, int]:
@@ -57,6 +61,16 @@ def _shared(name: str, keep_rating: bool) -> Interactions:
     data = load_source(str(path))
     if not keep_rating:
         data.rating = None
+    data.meta = {"name": name, "source": str(path)}
+    return data
+
+
+def _listen_counts(name: str) -> Interactions:
+    """Last.fm with each (user, artist) pair's listen count in `rating`, indices identical to
+    `load_dataset("lastfm")` (same file, same order of first appearance)."""
+    path = SHARED_DATA / _FILES[name]
+    data = load_source(str(path))
+    data.rating = pd.read_csv(path, sep="\t")["weight"].to_numpy(np.float32)
     data.meta = {"name": name, "source": str(path)}
     return data
 
@@ -101,6 +115,7 @@ _LOADERS: dict[str, Callable[[str], Interactions]] = {
     "ml-100k-implicit": lambda name: _shared(name, keep_rating=False),
     "ml-100k-ratings": lambda name: _shared(name, keep_rating=True),
     "lastfm": lambda name: _shared(name, keep_rating=False),
+    "ml-latest-small-implicit": lambda name: _shared(name, keep_rating=False),
     "sample-implicit": _sample_implicit,
     "sample-ratings": _sample_ratings,
 }
@@ -114,8 +129,13 @@ def available(name: str) -> bool:
     return name not in _FILES or (SHARED_DATA / _FILES[name]).is_file()
 
 
-def load_dataset(name: str) -> Interactions:
-    """Load a benchmark dataset by name (see DATASETS)."""
+def load_dataset(name: str, weights: bool = False) -> Interactions:
+    """Load a benchmark dataset by name (see DATASETS); `weights` keeps the interaction weights
+    of a WEIGHTED dataset."""
     if not available(name):
         raise FileNotFoundError(f"{name}: {SHARED_DATA / _FILES[name]} is missing")
+    if weights:
+        if name not in WEIGHTED:
+            raise ValueError(f"{name} has no interaction weights; weighted: {', '.join(WEIGHTED)}")
+        return _listen_counts(name)
     return _LOADERS[name](name)

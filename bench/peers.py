@@ -39,16 +39,31 @@ Scorer = Callable[[torch.Tensor], torch.Tensor]
 # ---------------------------------------------------------------------------------------------
 
 
+PAIRED_METRICS = ("recall@10", "ndcg@10")
+
+
 def ranking_eval(
     score_users: Scorer,
     split: dict[str, Interactions],
     k: int = 10,
     protocol: Protocol | None = None,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, Any]:
     """Val and test metrics under Encore's one evaluation protocol (models_src/evaluation.py),
-    the same for every model. `protocol` lets a caller that evaluates often build it once."""
+    the same for every model. `protocol` lets a caller that evaluates often build it once.
+
+    "test_per_user" keeps each test user's Recall@10 and NDCG@10 (users in the protocol's
+    order, the same for every model on the split), so the report can give standard errors and
+    paired differences between two models."""
     protocol = protocol or Protocol(split)
-    return {part: r.summary for part, r in evaluate_parts(protocol, score_users, k).items()}
+    results = evaluate_parts(protocol, score_users, k)
+    metrics: dict[str, Any] = {part: r.summary for part, r in results.items()}
+    metrics["test_per_user"] = per_user_lists(results["test"].per_user)
+    return metrics
+
+
+def per_user_lists(per_user: dict[str, np.ndarray]) -> dict[str, list[float]]:
+    """The paired metrics' per-user values as JSON-ready lists."""
+    return {name: per_user[name].astype(float).round(6).tolist() for name in PAIRED_METRICS}
 
 
 def _val_recall(score_users: Scorer, protocol: Protocol) -> float:
@@ -69,6 +84,7 @@ def _ranking_result(
         "model": model,
         "val": metrics["val"],
         "test": metrics["test"],
+        "test_per_user": metrics["test_per_user"],
         "train_seconds": train_seconds,
         "seconds_per_epoch": seconds_per_epoch,
         "time_to_best_val_seconds": time_to_best,
@@ -256,10 +272,18 @@ def lightgcn(
     )
 
 
-def _user_items(train: Interactions):
-    """Binary user x item CSR of train positives (repeats collapse to 1)."""
+def _user_items(train: Interactions, counts: bool = False):
+    """User x item CSR of train positives: 1 per pair (repeats collapse), or with `counts` the
+    log of 1 + the pair's summed weight (Last.fm listen counts as ALS confidence)."""
     from scipy.sparse import csr_matrix
 
+    if counts and train.rating is not None:
+        matrix = csr_matrix(
+            (train.rating.astype(np.float32), (train.user, train.item)),
+            shape=(train.num_users, train.num_items),
+        )  # duplicate (user, item) entries are summed
+        matrix.data = np.log1p(matrix.data)
+        return matrix
     users, items = _unique_pairs(train)
     ones = np.ones(len(users), dtype=np.float32)
     return csr_matrix((ones, (users, items)), shape=(train.num_users, train.num_items))
@@ -277,6 +301,7 @@ def _implicit_grid(
     grid: list[dict[str, Any]],
     split: dict[str, Interactions],
     iterations: int,
+    counts: bool = False,
 ) -> dict[str, Any]:
     """Fit each setting of an `implicit` model, keep the best on val Recall@10, report its test.
 
@@ -286,7 +311,7 @@ def _implicit_grid(
     from threadpoolctl import threadpool_limits
 
     protocol = Protocol(split)
-    user_items = _user_items(split["train"])
+    user_items = _user_items(split["train"], counts)
     tried, best = [], None
     for params in grid:
         with threadpool_limits(limits=1, user_api="blas"):
@@ -294,7 +319,7 @@ def _implicit_grid(
             started = time.perf_counter()
             model.fit(user_items, show_progress=False)
             seconds = time.perf_counter() - started
-        scorer = _factor_scorer(model.user_factors, model.item_factors)
+        scorer = _implicit_scorer(model, user_items)
         recall = _val_recall(scorer, protocol)
         tried.append({**params, "val_recall@10": recall, "train_seconds": seconds})
         if best is None or recall > best[0]:
@@ -307,35 +332,142 @@ def _implicit_grid(
     )
 
 
+def _implicit_scorer(model: Any, user_items: Any) -> Scorer:
+    """Full score rows of an `implicit` model: factors for the matrix factorisations, the
+    user's train row times the item-item similarity for the nearest-neighbour models (what
+    their own `recommend` computes)."""
+    if hasattr(model, "similarity"):
+        similarity = model.similarity.tocsr()
+
+        def score(users: torch.Tensor) -> torch.Tensor:
+            rows = user_items[users.numpy()] @ similarity
+            return torch.from_numpy(np.asarray(rows.todense(), dtype=np.float32))
+
+        return score
+    return _factor_scorer(model.user_factors, model.item_factors)
+
+
+ALS_GRID = [
+    {"factors": factors, "regularization": regularization, "alpha": alpha}
+    for factors in (64, 128)
+    for regularization in (0.01, 0.1, 1.0)
+    for alpha in (1.0, 10.0, 40.0)
+]
+
+
 def implicit_als(
     split: dict[str, Interactions],
     seed: int = 0,
-    factors: int = 64,
     iterations: int = 15,
     grid: list[dict[str, float]] | None = None,
+    counts: bool = False,
+    name: str = "implicit ALS",
 ) -> dict[str, Any]:
-    """implicit's ALS (conjugate gradient) on binary train positives; confidence 1 + alpha.
+    """implicit's ALS (conjugate gradient) on train positives, binary or, with `counts`, the
+    log of 1 + the listen count; implicit scales that confidence by alpha.
 
-    The small grid over (regularization, alpha) is chosen on val Recall@10."""
+    The grid over (factors, regularization, alpha) is chosen on val Recall@10."""
     from implicit.cpu.als import AlternatingLeastSquares
-
-    grid = grid or [
-        {"regularization": 0.05, "alpha": 1.0},
-        {"regularization": 0.05, "alpha": 10.0},
-        {"regularization": 5.0, "alpha": 1.0},
-        {"regularization": 5.0, "alpha": 10.0},
-    ]
 
     def make(**params: float) -> AlternatingLeastSquares:
         return AlternatingLeastSquares(
-            factors=factors,
-            iterations=iterations,
-            num_threads=NUM_THREADS,
-            random_state=seed,
-            **params,
+            iterations=iterations, num_threads=NUM_THREADS, random_state=seed, **params
         )
 
-    return _implicit_grid("implicit ALS", make, grid, split, iterations)
+    return _implicit_grid(name, make, grid or ALS_GRID, split, iterations, counts)
+
+
+def implicit_als_listen_counts(split: dict[str, Interactions], seed: int = 0) -> dict[str, Any]:
+    """ALS with listen counts as confidence: only where the train part carries weights
+    (bench.datasets loads Last.fm's counts for this peer)."""
+    if split["train"].rating is None:
+        raise ValueError("this dataset has no interaction weights")
+    return implicit_als(split, seed, counts=True, name="implicit ALS (listen counts)")
+
+
+KNN_GRID = [
+    {"kind": kind, "K": neighbours}
+    for kind in ("cosine", "bm25")
+    for neighbours in (20, 50, 100, 200)
+]
+
+
+def item_knn(
+    split: dict[str, Interactions], seed: int = 0, grid: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """implicit's item-item nearest neighbours (cosine or BM25-weighted), K and the weighting
+    chosen on val Recall@10."""
+    from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
+    from implicit.utils import ParameterWarning
+
+    # Its fit converts its own weighted matrix to CSR and warns about it on every call.
+    warnings.filterwarnings("ignore", category=ParameterWarning)
+
+    def make(kind: str, K: int) -> Any:
+        model = BM25Recommender if kind == "bm25" else CosineRecommender
+        return model(K=K, num_threads=NUM_THREADS)
+
+    return _implicit_grid("item-kNN (implicit)", make, grid or KNN_GRID, split, 1)
+
+
+EASE_LAMBDAS = (50.0, 200.0, 500.0, 1500.0)
+
+
+def ease(
+    split: dict[str, Interactions], seed: int = 0, lambdas: tuple[float, ...] = EASE_LAMBDAS
+) -> dict[str, Any]:
+    """EASE^R (Steck 2019), closed form: B = I - P diag(1/diag P), P = (X'X + lambda I)^-1,
+    over the items seen in train; lambda chosen on val Recall@10.
+
+    Its item x item inverse is what limits it: fine for these catalogues (Last.fm's 17k items
+    take a ~1.2 GB matrix), not for a 100k-item one."""
+    protocol = Protocol(split)
+    train = split["train"]
+    started = time.perf_counter()
+    users, items = (torch.from_numpy(a) for a in _unique_pairs(train))
+    active = torch.unique(items)
+    column = torch.full((train.num_items,), -1, dtype=torch.long)
+    column[active] = torch.arange(len(active))
+    x = torch.zeros(train.num_users, len(active))
+    x[users, column[items]] = 1.0
+    gram = x.T @ x
+    setup = time.perf_counter() - started
+    tried, best = [], None
+    for lam in lambdas:
+        fit_start = time.perf_counter()
+        regularised = gram.clone()
+        regularised.diagonal().add_(lam)
+        inverse = torch.cholesky_inverse(torch.linalg.cholesky(regularised))
+        del regularised
+        weights = inverse / -inverse.diagonal()
+        weights.diagonal().zero_()
+        del inverse
+        seconds = setup + time.perf_counter() - fit_start
+        scorer = _ease_scorer(x, weights, active, train.num_items)
+        recall = _val_recall(scorer, protocol)
+        tried.append({"lambda": lam, "val_recall@10": recall, "train_seconds": seconds})
+        if best is None or recall > best[0]:
+            best = (recall, lam, scorer, seconds)
+        else:
+            del weights, scorer
+    _, lam, scorer, seconds = best
+    metrics = ranking_eval(scorer, split, protocol=protocol)
+    total = sum(t["train_seconds"] for t in tried)
+    tuning = {"grid": tried, "chosen": {"lambda": lam}, "seconds": total}
+    return _ranking_result("EASE^R", metrics, seconds, None, None, None, tuning=tuning)
+
+
+def _ease_scorer(
+    x: torch.Tensor, weights: torch.Tensor, active: torch.Tensor, num_items: int
+) -> Scorer:
+    """Scores over the whole catalogue; items never seen in train rank last."""
+
+    def score(users: torch.Tensor) -> torch.Tensor:
+        full = torch.full((len(users), num_items), -1e9)
+        full[:, active] = x[users] @ weights
+        return full
+
+    return score
 
 
 def implicit_bpr(
@@ -572,8 +704,13 @@ RANKING_PEERS: dict[str, Callable[..., dict[str, Any]]] = {
     "MostPopular": most_popular,
     "LightGCN (PyG)": lightgcn,
     "implicit ALS": implicit_als,
+    "implicit ALS (listen counts)": implicit_als_listen_counts,
     "implicit BPR": implicit_bpr,
+    "item-kNN (implicit)": item_knn,
+    "EASE^R": ease,
 }
+# Peers that need the dataset's interaction weights (listen counts); run only where it has them.
+WEIGHTED_PEERS = ("implicit ALS (listen counts)",)
 RATING_PEERS: dict[str, Callable[..., dict[str, Any]]] = {
     "GlobalMean": global_mean,
     "BiasBaseline": bias_baseline,
