@@ -27,10 +27,12 @@ run: venv
 
 # --- Running it nightly: a Prefect server, a process work pool and a worker (README "Run it
 # nightly"). Everything stays under ENCORE_HOME; nothing is written to ~.
-ENCORE_HOME     ?= $(CURDIR)/data
-ENCORE_CRON     ?= 0 2 * * *
-ENCORE_TIMEZONE ?= UTC
-PREFECT_PORT    ?= 4200
+ENCORE_HOME      ?= $(CURDIR)/data
+ENCORE_CRON      ?= 0 2 * * *
+# The tuning job (tune/weekly): Saturdays after the night, so its trials never slow a night down.
+ENCORE_TUNE_CRON ?= 0 8 * * 6
+ENCORE_TIMEZONE  ?= UTC
+PREFECT_PORT     ?= 4200
 PREFECT_ENV = ENCORE_HOME="$(ENCORE_HOME)" PREFECT_HOME="$(ENCORE_HOME)/prefect" \
 	MPLCONFIGDIR="$(ENCORE_HOME)/cache/matplotlib" XDG_CACHE_HOME="$(ENCORE_HOME)/cache" \
 	PREFECT_API_URL="http://127.0.0.1:$(PREFECT_PORT)/api" PREFECT_SERVER_ANALYTICS_ENABLED=false
@@ -43,6 +45,7 @@ server: venv
 deploy: venv
 	env $(PREFECT_ENV) $(VENV)/bin/prefect work-pool create encore-process --type process --overwrite
 	env $(PREFECT_ENV) ENCORE_PROJECT_ROOT="$(CURDIR)" ENCORE_CRON="$(ENCORE_CRON)" \
+		ENCORE_TUNE_CRON="$(ENCORE_TUNE_CRON)" \
 		ENCORE_TIMEZONE="$(ENCORE_TIMEZONE)" \
 		$(VENV)/bin/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
 
@@ -54,7 +57,8 @@ ENCORE_IMAGE_TAG   ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo dev
 ENCORE_DATA_VOLUME ?= encore-data
 ENCORE_NAMESPACE   ?= encore
 IMAGE_ENV = ENCORE_IMAGE="$(ENCORE_IMAGE)" ENCORE_IMAGE_TAG="$(ENCORE_IMAGE_TAG)" \
-	ENCORE_CRON="$(ENCORE_CRON)" ENCORE_TIMEZONE="$(ENCORE_TIMEZONE)"
+	ENCORE_CRON="$(ENCORE_CRON)" ENCORE_TUNE_CRON="$(ENCORE_TUNE_CRON)" \
+	ENCORE_TIMEZONE="$(ENCORE_TIMEZONE)"
 NEED_IMAGE = @test -n "$(ENCORE_IMAGE)" || { echo "set ENCORE_IMAGE=<registry>/<repo>/encore" >&2; exit 1; }
 
 ## The encore-docker work pool and deployments/prefect-docker.yaml (server running; ENCORE_IMAGE).
@@ -78,7 +82,8 @@ worker: venv
 
 ## The single-process alternative to deploy + worker: flow.serve with the same schedule.
 serve: venv
-	env $(PREFECT_ENV) ENCORE_CRON="$(ENCORE_CRON)" ENCORE_TIMEZONE="$(ENCORE_TIMEZONE)" \
+	env $(PREFECT_ENV) ENCORE_CRON="$(ENCORE_CRON)" ENCORE_TUNE_CRON="$(ENCORE_TUNE_CRON)" \
+		ENCORE_TIMEZONE="$(ENCORE_TIMEZONE)" \
 		$(PY) deployments/serve.py
 
 test: venv

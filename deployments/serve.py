@@ -1,6 +1,7 @@
 """The single-process alternative to a work pool: `make serve` (or `python deployments/serve.py`).
 
-Registers the same two deployments as prefect.yaml (nightly on the cron, batch-score on demand)
+Registers the same deployments as prefect.yaml (nightly on the cron, batch-score on demand, the
+tuning job on its weekly cron)
 with the Prefect server at PREFECT_API_URL and runs their flows in this process's children until
 stopped. No work pool, no worker: right for one machine; the work pool is right when the runs
 should move to other infrastructure (Docker, Kubernetes) later.
@@ -23,6 +24,7 @@ from prefect.schedules import Cron  # noqa: E402
 
 from flows.batch_score import batch_score  # noqa: E402
 from flows.nightly import nightly_retrain  # noqa: E402
+from flows.tune import tune  # noqa: E402
 
 ONE_AT_A_TIME = ConcurrencyLimitConfig(
     limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
@@ -41,6 +43,12 @@ def main() -> None:
         ),
         batch_score.to_deployment(
             name="manual", concurrency_limit=ONE_AT_A_TIME, tags=["encore", "scoring"]
+        ),
+        tune.to_deployment(
+            name="weekly",
+            schedules=[Cron(os.environ.get("ENCORE_TUNE_CRON", "0 8 * * 6"), timezone=timezone)],
+            concurrency_limit=ONE_AT_A_TIME,
+            tags=["encore", "tuning"],
         ),
     )
 

@@ -56,6 +56,7 @@ from tasks.train import (
     train_model_task,
     warm_start_source_task,
 )
+from tasks.tune import load_tuned
 
 
 class NightlyRunFailed(RuntimeError):
@@ -110,7 +111,10 @@ def _start_training(
     """Export the snapshot and find the champion to start from (both read the warehouse, so
     in this process), then hand training to the runner (it reads the export file only)."""
     dataset, model = branch.item["dataset"], branch.item["model"]
-    warehouse_path, config = str(home.warehouse), params.train_config(model)
+    tuned = load_tuned(home.root, dataset, model)  # the tuning job's best, when there is one
+    warehouse_path, config = str(home.warehouse), params.train_config(model, tuned)
+    if config.get("tuned_from"):
+        branch.outcome["tuned_from"] = config["tuned_from"]
     runs_dir = str(home.root / "runs" / stamp)
     with tags(*branch.labels):
         with stage_clock(branch.outcome["timings"], "export"):
@@ -127,7 +131,7 @@ def _start_training(
         branch.warm_source = source
         warm = source
         if source and "refused" not in source:
-            warm = {**source, "config": params.warm_train_config(model)}
+            warm = {**source, "config": params.warm_train_config(model, tuned)}
         branch.training = runner.submit(
             train_model_task,
             {

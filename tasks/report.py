@@ -197,6 +197,8 @@ def model_section(outcome: dict) -> list[str]:
             f" {training['seconds']:.1f} s ({training['seconds_to_best']:.1f} s to the best),"
             f" outputs in `{training['run_dir']}`. {_started_from(training)}"
         )
+        if outcome.get("tuned_from"):
+            lines.append(f"Parameters from the tuning job: {outcome['tuned_from']}.")
         lines.append("")
     gate = outcome.get("gate")
     if gate:

@@ -152,6 +152,7 @@ def deployed(tmp_path_factory) -> Iterator[Deployed]:
         "XDG_CACHE_HOME": str(home.cache),
         "ENCORE_PROJECT_ROOT": str(ROOT),
         "ENCORE_CRON": "0 2 * * *",
+        "ENCORE_TUNE_CRON": "0 8 * * 6",
         "ENCORE_TIMEZONE": "UTC",
     }
     server_log, worker_log = base / "server.log", base / "worker.log"
@@ -241,6 +242,10 @@ def test_deployments_carry_the_cron_schedule_and_the_one_at_a_time_limit(deploye
     assert all(r["expected_start_time"][11:19] == "02:00:00" for r in scheduled)
     manual = deployed.get("/deployments/name/batch-score/manual")
     assert manual["schedules"] == []
+    weekly = deployed.get("/deployments/name/tune/weekly")
+    (tuning,) = weekly["schedules"]
+    assert tuning["schedule"]["cron"] == "0 8 * * 6"
+    assert weekly["global_concurrency_limit"]["limit"] == 1
 
 
 def chromium_dom(url: str, scratch: Path, screenshot: Path | None = None) -> str:

@@ -42,6 +42,7 @@ def test_prefect_yaml_validates_and_names_both_deployments(config):
     assert names == {
         ("flows/nightly.py:nightly_retrain", "nightly"),
         ("flows/batch_score.py:batch_score", "manual"),
+        ("flows/tune.py:tune", "weekly"),
     }
     (pull,) = config.pull
     assert pull == {
@@ -62,6 +63,8 @@ def test_nightly_is_on_the_templated_cron_and_scoring_has_no_schedule(config):
     assert schedule.cron == "{{ $ENCORE_CRON }}"
     assert schedule.timezone == "{{ $ENCORE_TIMEZONE }}"
     assert by_name["manual"].schedules == []
+    (tuning,) = by_name["weekly"].schedules
+    assert (tuning.cron, tuning.timezone) == ("{{ $ENCORE_TUNE_CRON }}", "{{ $ENCORE_TIMEZONE }}")
 
 
 @pytest.mark.parametrize(
@@ -71,6 +74,8 @@ def test_nightly_is_on_the_templated_cron_and_scoring_has_no_schedule(config):
         ("flows/nightly.py:nightly_retrain", {"params": {"gat_bpr": {"epochs": 20}}}),
         ("flows/batch_score.py:batch_score", {}),
         ("flows/batch_score.py:batch_score", {"dataset": "sample-listens"}),
+        ("flows/tune.py:tune", {}),
+        ("flows/tune.py:tune", {"params": {"trials": 5, "datasets": ["sample-listens"]}}),
     ],
 )
 def test_entrypoints_load_as_flows_and_accept_their_run_parameters(entrypoint, parameters):
@@ -107,6 +112,7 @@ DEPLOY_ENV = {
     "ENCORE_DATA_VOLUME": "encore-data",
     "ENCORE_NAMESPACE": "encore",
     "ENCORE_CRON": "0 2 * * *",
+    "ENCORE_TUNE_CRON": "0 8 * * 6",
     "ENCORE_TIMEZONE": "UTC",
 }
 IMAGE = "registry.example.com/team/encore:1a2b3c4"
@@ -165,7 +171,7 @@ def test_variants_validate_and_mirror_the_process_deployments(variant, config):
         assert set(deployment["work_pool"]) <= set(WorkPoolConfig.model_fields), path.name
     assert model.prefect_version == config.prefect_version
     process = {d.name: d for d in config.deployments}
-    assert {d.name for d in model.deployments} == set(process) == {"nightly", "manual"}
+    assert {d.name for d in model.deployments} == set(process) == {"nightly", "manual", "weekly"}
     for deployment in model.deployments:
         twin = process[deployment.name]
         assert deployment.entrypoint == twin.entrypoint
