@@ -129,17 +129,26 @@ def nightly(
             "refit was refused), for schedulers that should page someone.",
         ),
     ] = False,
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Any run parameter, dotted (repeatable): --set gat_bpr.lr=0.01 --set "
+            "gate.min_gain=0.05 (README, Parameters).",
+        ),
+    ] = None,
 ) -> None:
     """Run the nightly retrain once, here (ingest, validate, train, gate, score, report)."""
     from flows.nightly import NightlyRunFailed, nightly_retrain
-    from flows.params import NightlyParams
     from tasks.report import headline
 
     overrides: dict = {"datasets": dataset or None, "retrain_without_new_data": retrain}
     overrides["device"] = device
     if epochs is not None:
         overrides |= {"gat_bpr": {"epochs": epochs}, "rating": {"epochs": epochs}}
-    params = NightlyParams.model_validate(overrides)
+    for setting in settings or []:
+        _merge(overrides, *_dotted(setting))
+    params = _nightly_params(overrides)
     home = EncoreHome.from_env()
     try:
         night = nightly_retrain(params)
@@ -159,6 +168,169 @@ def nightly(
     typer.echo(f"run report: {night['report_path']}")
     if fail_on_warning and night.get("warnings"):
         raise typer.Exit(2)
+
+
+def _dotted(setting: str) -> tuple[list[str], object]:
+    """'gat_bpr.lr=0.01' -> (['gat_bpr', 'lr'], 0.01); the value is read as JSON when it is
+    JSON (numbers, true/false, lists), as text otherwise."""
+    import json
+
+    key, sep, text = setting.partition("=")
+    if not sep or not key:
+        _usage(f"--set {setting}: expected NAME=VALUE, e.g. --set gat_bpr.lr=0.01")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    return key.strip().split("."), value
+
+
+def _merge(target: dict, path: list[str], value: object) -> None:
+    for part in path[:-1]:
+        target = target.setdefault(part, {})
+    target[path[-1]] = value
+
+
+def _nightly_params(values: dict):
+    """NightlyParams from the command line; a wrong name or value is one line naming it and,
+    for a misspelled name, the nearest valid one."""
+    from pydantic import BaseModel, ValidationError
+
+    from flows.params import NightlyParams
+    from models_src.config import unknown_keys_message
+
+    try:
+        return NightlyParams.model_validate(values)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        if first["type"] == "extra_forbidden":
+            model: type[BaseModel] = NightlyParams
+            for part in first["loc"][:-1]:
+                model = model.model_fields[str(part)].annotation
+            hint = unknown_keys_message([str(first["loc"][-1])], set(model.model_fields))
+            _usage(f"--set {where}: {hint}")
+        _usage(f"--set {where}: {first['msg']} (got {first.get('input')!r})")
+
+
+@app.command()
+def tune(
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option(help="Dataset to tune or show (repeatable; default: all with data)."),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="gat-bpr or rating (repeatable; default: the nightly's models)."),
+    ] = None,
+    trials: Annotated[
+        int, typer.Option(help="Finished trials each study should hold (resumes add the rest).")
+    ] = 20,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds after which no new trial starts.")
+    ] = None,
+    epochs: Annotated[int, typer.Option(help="Epoch budget of one trial.")] = 30,
+    show: Annotated[
+        bool, typer.Option("--show", help="Print the stored parameters instead of tuning.")
+    ] = False,
+    pin: Annotated[
+        bool, typer.Option("--pin", help="Keep the stored parameters when later studies run.")
+    ] = False,
+    unpin: Annotated[
+        bool, typer.Option("--unpin", help="Let the next study's best replace them again.")
+    ] = False,
+    clear: Annotated[
+        bool, typer.Option("--clear", help="Forget them: the nightly goes back to defaults.")
+    ] = False,
+) -> None:
+    """Search model parameters on val with Optuna (the `tune` flow); the next nightly uses the
+    best. --show, --pin, --unpin and --clear manage what is stored."""
+    from tasks.tune import tuned_summary
+
+    home = EncoreHome.from_env().ensure()
+    if sum([show, pin, unpin, clear]) > 1:
+        _usage("choose one of --show, --pin, --unpin, --clear")
+    if pin or unpin or clear:
+        _manage_tuned(home.root, dataset, model, pin=pin, clear=clear)
+        return
+    if show:
+        for record in tuned_summary(home.root):
+            if not dataset or record["dataset"] in dataset:
+                typer.echo(_tuned_line(record))
+        return
+    _run_tuning(dataset, model, trials, timeout, epochs)
+
+
+def _usage(message: str) -> None:
+    typer.echo(message, err=True)
+    raise typer.Exit(2)
+
+
+def _manage_tuned(root: Path, datasets, models, pin: bool, clear: bool) -> None:
+    from tasks.tune import clear_tuned, set_pinned, tuned_summary
+
+    if not datasets:
+        _usage("name the dataset: --dataset D (encore tune --show lists what is stored)")
+    stored = [r for r in tuned_summary(root) if r["dataset"] in datasets]
+    stored = [r for r in stored if not models or r["model"] in models]
+    if not stored:
+        typer.echo(f"no tuned parameters stored for {', '.join(datasets)}", err=True)
+        raise typer.Exit(1)
+    for record in stored:
+        where = f"{record['model']} on {record['dataset']}"
+        if clear:
+            clear_tuned(root, record["dataset"], record["model"])
+            typer.echo(f"{where}: tuned parameters cleared; the nightly uses its defaults")
+        else:
+            set_pinned(root, record["dataset"], record["model"], pin)
+            state = "pinned" if pin else "unpinned"
+            typer.echo(f"{where}: {state} (trial {record['trial']} of {record['study']})")
+
+
+def _tuned_line(record: dict) -> str:
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in record["params"].items())  # fmt: skip
+    pinned = " [pinned]" if record.get("pinned") else ""
+    return (
+        f"{record['dataset']} {record['model']}: val {record['metric']} {record['value']:.4f}"
+        f" (trial {record['trial']} of {record['trials']}, study {record['study']}){pinned}"
+        f"\n  {params}"
+    )
+
+
+def _run_tuning(datasets, models, trials: int, timeout: float | None, epochs: int) -> None:
+    from pydantic import ValidationError
+
+    from flows.params import TuneParams
+    from flows.tune import tune as tune_flow
+
+    try:
+        params = TuneParams.model_validate(
+            {
+                "datasets": datasets or None,
+                "models": models or None,
+                "trials": trials,
+                "timeout_minutes": timeout / 60 if timeout else None,
+                "max_epochs": epochs,
+            }
+        )
+    except ValidationError as error:
+        _usage(f"encore tune: {error.errors()[0]['loc'][-1]}: {error.errors()[0]['msg']}")
+    try:
+        result = tune_flow(params)
+    except ValueError as error:  # nothing to tune on that dataset
+        typer.echo(str(error), err=True)
+        raise typer.Exit(1) from error
+    if "skipped" in result:
+        typer.echo(result["skipped"])
+        return
+    for study in result["studies"]:
+        best = study["best"]
+        line = f"{study['study']}: {study['ran_now']} trial(s) run now, {study['trials']} in all"
+        if best:
+            line += f"; best trial {best['trial']}: val {best['metric']} {best['value']:.4f}"
+            line += " (stored for the nightly)" if study["stored"] else " (pinned kept)"
+        typer.echo(line)
 
 
 @app.command()

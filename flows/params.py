@@ -7,72 +7,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from models_src.params import GatBprParams, RatingParams, search_space
 from tasks.warehouse.validation import ValidationThresholds
 
 ModelKind = Literal["gat-bpr", "rating"]
+# The models' parameters are defined once, in models_src/params.py (the trainers, the benchmark
+# and the tuner read the same classes); they are re-exported here for the flows.
+__all__ = ["GatBprParams", "RatingParams", "search_space", "NightlyParams", "TuneParams"]
 
 
 class _Params(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class GatBprParams(_Params):
-    """GAT-BPR (implicit feedback). Defaults are the tuned ones of models_src.config."""
-
-    epochs: int = Field(50, ge=1, description="Upper bound; early stopping usually ends sooner.")
-    patience: int = Field(5, ge=1, description="Epochs without a better val Recall@K to stop.")
-    lr: float = Field(0.05, gt=0, description="Adam learning rate.")
-    batch_size: int = Field(32768, ge=1, description="Positive pairs per step.")
-    negatives: int = Field(8, ge=1, description="Sampled negatives per positive (BPR).")
-    embedding_dim: int = Field(64, ge=1, description="Embedding size.")
-    heads: int = Field(4, ge=1, description="Attention heads per GATConv layer (with attention).")
-    num_layers: int = Field(2, ge=1, description="Propagation layers (hops).")
-    l2: float = Field(3e-4, ge=0, description="L2 on the batch's layer-0 embeddings.")
-    use_scheduler: bool = Field(True, description="ReduceLROnPlateau on val Recall@K.")
-    attention: bool = Field(
-        False,
-        description="Learned attention over neighbours (GATConv); off propagates with "
-        "LightGCN's fixed symmetric weights (bench/results/ablation.md).",
-    )
-    loss: Literal["bpr", "softmax"] = Field(
-        "bpr", description="BPR on dot products, or sampled softmax on cosine similarity."
-    )
-    temperature: float = Field(0.1, gt=0, description="Sampled softmax temperature.")
-    cl_weight: float = Field(
-        0.0, ge=0, description="Weight of XSimGCL's contrastive term (0: off)."
-    )
-    cl_eps: float = Field(0.1, ge=0, description="XSimGCL: length of the embedding noise.")
-    cl_temperature: float = Field(0.2, gt=0, description="XSimGCL: InfoNCE temperature.")
-    cl_layer: int = Field(1, ge=1, description="XSimGCL: the layer contrasted with the output.")
-    positives: Literal["all", "liked"] = Field(
-        "all",
-        description="Explicit ratings: learn the lists from every rated item, or from the liked "
-        "ones only (held-out liked items are what the lists are judged on either way).",
-    )
-    minibatch: Literal["auto", "full", "sampled"] = Field(
-        "auto",
-        description="Train on the full graph, or on subgraphs sampled around each batch; auto "
-        "samples when a full-graph step would not fit in memory.",
-    )
-    fanout: int = Field(10, ge=1, description="Sampled neighbours per node and layer.")
-    processes: int = Field(
-        1,
-        ge=1,
-        description="Data-parallel training processes under torchrun (gloo on CPU, nccl with "
-        "one GPU each); 1 trains in the task's own process.",
-    )
-
-
-class RatingParams(_Params):
-    """The rating model (explicit ratings, MSE)."""
-
-    epochs: int = Field(50, ge=1, description="Upper bound; early stopping usually ends sooner.")
-    patience: int = Field(5, ge=1, description="Epochs without a better val RMSE to stop.")
-    lr: float = Field(3e-3, gt=0, description="Adam learning rate.")
-    batch_size: int = Field(1024, ge=1, description="Ratings per step.")
-    embedding_dim: int = Field(50, ge=1, description="Embedding size.")
-    l2: float = Field(0.05, ge=0, description="Adam weight decay.")
-    use_scheduler: bool = Field(True, description="ReduceLROnPlateau on val RMSE.")
 
 
 class SplitParams(_Params):
@@ -248,12 +193,25 @@ class NightlyParams(_Params):
         "skipping this one.",
     )
 
-    def train_config(self, model: ModelKind) -> dict[str, Any]:
-        """The TrainConfig fields for `model` (models_src.config.TrainConfig.from_dict)."""
+    def train_config(self, model: ModelKind, tuned: dict | None = None) -> dict[str, Any]:
+        """The TrainConfig fields for `model` (models_src.config.TrainConfig.from_dict).
+
+        `tuned` (a tuning study's stored best, tasks/tune.py) replaces the defaults of the
+        parameters it searched, except those this run sets explicitly: a value typed into the
+        run form or the deployment wins over the tuner's."""
         knobs = self.gat_bpr if model == "gat-bpr" else self.rating
+        values = knobs.training_fields()
+        if tuned:
+            chosen = {
+                name: value
+                for name, value in tuned["params"].items()
+                if name in values and name not in knobs.model_fields_set
+            }
+            values |= chosen
+            values["tuned_from"] = f"study {tuned['study']} trial {tuned['trial']}"
         return {
             "model": model,
-            **knobs.model_dump(),
+            **values,
             "split": self.split.method,
             "val_ratio": self.split.val_ratio,
             "test_ratio": self.split.test_ratio,
@@ -264,13 +222,14 @@ class NightlyParams(_Params):
             "seed": self.seed,
         }
 
-    def warm_train_config(self, model: ModelKind) -> dict[str, Any]:
+    def warm_train_config(self, model: ModelKind, tuned: dict | None = None) -> dict[str, Any]:
         """train_config with the warm start's epoch budget and patience."""
+        config = self.train_config(model, tuned)
         return {
-            **self.train_config(model),
+            **config,
             "epochs": self.warm_start_epochs,
             "patience": self.warm_start_patience,
-            "lr": self.train_config(model)["lr"] * self.warm_start_lr_factor,
+            "lr": config["lr"] * self.warm_start_lr_factor,
         }
 
     def gate_thresholds(self) -> dict[str, Any]:
@@ -280,3 +239,45 @@ class NightlyParams(_Params):
 
 
 DEFAULT_PARAMS = NightlyParams()
+
+
+class TuneParams(_Params):
+    """The tuning job (flows/tune.py): an Optuna study per dataset and model, judged on val."""
+
+    datasets: list[str] | None = Field(
+        None, description="Only these datasets (default: every dataset with a passed snapshot)."
+    )
+    models: list[ModelKind] | None = Field(
+        None,
+        description="Models to tune (default: the ones the nightly trains: GAT-BPR everywhere, "
+        "and the rating model for explicit ratings).",
+    )
+    trials: int = Field(
+        20,
+        ge=1,
+        description="Finished trials each study should hold; a resumed study runs only the "
+        "missing ones.",
+    )
+    timeout_minutes: float | None = Field(
+        None, gt=0, description="Stop starting new trials after this long (all studies together)."
+    )
+    max_epochs: int = Field(
+        30,
+        ge=1,
+        description="Epoch budget of one trial (early stopping and pruning end most "
+        "trials sooner).",
+    )
+    nightly: NightlyParams = Field(
+        default_factory=NightlyParams,
+        description="The nightly settings the trials start from (split, K, seed and the "
+        "parameters that are not searched).",
+    )
+    task_runner: TaskRunnerParams = Field(
+        default_factory=TaskRunnerParams,
+        description="dask runs the trials of a study side by side, one per worker.",
+    )
+    lock_wait_seconds: float = Field(
+        3600,
+        ge=0,
+        description="How long to wait for a running nightly before exporting the snapshot.",
+    )

@@ -10,6 +10,11 @@ import torch
 ModelKind = Literal["gat-bpr", "rating"]
 
 
+# Keys a model version's recorded config carries besides TrainConfig's: a baseline's fitted
+# parameters (tasks/warehouse/publish.py). Read back from the registry, they are not knobs.
+RECORD_ONLY_KEYS = frozenset({"baseline"})
+
+
 @dataclass
 class TrainConfig:
     model: ModelKind = "gat-bpr"
@@ -55,19 +60,38 @@ class TrainConfig:
     cl_eps: float = 0.1
     cl_temperature: float = 0.2
     cl_layer: int = 1
+    # "study <name> trial <n>" when a tuning study (models_src/tuning.py) chose the parameters:
+    # recorded with the model version.
+    tuned_from: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """The config of `values`; an unknown key is an error naming the nearest known one
+        (a misspelled parameter must not be dropped silently)."""
         known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known - RECORD_ONLY_KEYS)
+        if unknown:
+            raise ValueError(unknown_keys_message(unknown, known))
         return cls(**{k: v for k, v in values.items() if k in known})
 
     @property
     def monitor(self) -> str:
         """The validation metric early stopping and the LR schedule watch."""
         return f"recall@{self.k}"
+
+
+def unknown_keys_message(unknown: list[str], known: set[str]) -> str:
+    """'unknown parameter lrr (did you mean lr?); valid: ...'"""
+    import difflib
+
+    hints = []
+    for name in unknown:
+        near = difflib.get_close_matches(name, known, n=1)
+        hints.append(f"{name} (did you mean {near[0]}?)" if near else name)
+    return f"unknown parameter {', '.join(hints)}; valid: {', '.join(sorted(known))}"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,26 +128,9 @@ def like_threshold(data, configured: float | None = None) -> float | None:
 
 
 def tuned_defaults(model: ModelKind) -> dict[str, Any]:
-    """Defaults for the nightly flow and the benchmark, tuned on the sample and the public data
-    in bench/bench_train.py (the CLIs keep the seeds' defaults for compatibility).
+    """The nightly's defaults as TrainConfig fields, read from the one definition of each
+    model's parameters (models_src/params.py); the CLIs keep the seeds' defaults above for
+    compatibility."""
+    from models_src.params import MODEL_PARAMS
 
-    GAT-BPR: one full-graph propagation per step dominates its cost, so large batches with
-    several negatives and a higher learning rate reach the best validation score in far fewer
-    propagations than the seed's 512-pair batches. Depth, width, L2 and attention were chosen
-    on val in bench/bench_ablation.py: learned attention lost to LightGCN's fixed symmetric
-    propagation on both ml-100k and Last.fm, at a third of the cost per epoch, so it is off by
-    default and stays an option (`attention`).
-    """
-    if model == "gat-bpr":
-        return {
-            "model": model,
-            "lr": 0.05,
-            "batch_size": 32768,
-            "negatives": 8,
-            "embedding_dim": 64,
-            "heads": 4,
-            "num_layers": 2,
-            "l2": 3e-4,
-            "attention": False,
-        }
-    return {"model": model, "lr": 3e-3, "batch_size": 1024, "embedding_dim": 50, "l2": 0.05}
+    return {"model": model, **MODEL_PARAMS[model]().training_fields()}

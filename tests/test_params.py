@@ -1,0 +1,77 @@
+"""One definition of the models' parameters (models_src/params.py): the trainer's config, the
+nightly defaults, the Prefect run form, the CLI and the README must all agree with it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prefect.utilities.callables import parameter_schema
+
+from flows.nightly import nightly_retrain
+from flows.params import NightlyParams
+from models_src.config import TrainConfig, tuned_defaults
+from models_src.params import MODEL_PARAMS, SECTIONS, GatBprParams, parameter_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_every_training_parameter_is_a_trainer_field_and_the_defaults_are_read_from_it():
+    trainer_fields = set(TrainConfig.__dataclass_fields__)
+    for kind, params in MODEL_PARAMS.items():
+        training = params().training_fields()
+        assert set(training) <= trainer_fields, set(training) - trainer_fields
+        assert tuned_defaults(kind) == {"model": kind, **training}
+        nightly = NightlyParams().train_config(kind)
+        assert all(nightly[name] == value for name, value in tuned_defaults(kind).items())
+    assert "processes" not in GatBprParams().training_fields()  # orchestration, not training
+
+
+def test_unknown_names_are_refused_with_the_nearest_valid_one():
+    with pytest.raises(ValueError, match=r"lrr \(did you mean lr\?\)"):
+        TrainConfig.from_dict({"model": "gat-bpr", "lrr": 0.1})
+    with pytest.raises(ValueError, match="Extra inputs"):
+        GatBprParams.model_validate({"embeding_dim": 32})
+
+
+def test_the_run_form_shows_each_parameter_with_its_default_and_description():
+    schema = parameter_schema(nightly_retrain).model_dump()
+    definitions = schema["definitions"]
+    for params in MODEL_PARAMS.values():
+        form = definitions[params.__name__]["properties"]
+        assert set(form) == set(params.model_fields)
+        for name, field in params.model_fields.items():
+            assert form[name]["default"] == field.default, name
+            assert form[name]["description"] == field.description, name
+
+
+def test_the_readme_parameter_table_is_the_generated_one():
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"<!-- parameters:start -->\n(.*?)\n<!-- parameters:end -->", readme, re.S)
+    assert found, "README.md lacks the parameters table markers"
+    assert found.group(1) == parameter_table(), "regenerate: python -m models_src.params"
+    for kind in MODEL_PARAMS:
+        for name in MODEL_PARAMS[kind].model_fields:
+            assert f"`{SECTIONS[kind]}.{name}`" in found.group(1)
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("gat_bpr.lrr=0.1", "did you mean lr?"),
+        ("gate.min_gain=much", "gate.min_gain: Input should be a valid number"),
+        ("nonsense", "expected NAME=VALUE"),
+    ],
+)
+def test_nightly_set_refuses_a_wrong_parameter_in_one_line(tmp_path, setting, expected):
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "--home", str(tmp_path), "nightly", "--set", setting],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert done.returncode == 2
+    assert expected in done.stderr and len(done.stderr.strip().splitlines()) == 1
