@@ -139,6 +139,24 @@ def test_gat_bpr_shapes_and_recommend_masks_excluded_items():
     assert items.flatten().tolist() == [4, 4] and torch.isfinite(scores).all()
 
 
+def test_lightgcn_propagation_is_the_symmetric_normalised_mean_and_its_graph_is_cached():
+    """Without attention a layer is D^-1/2 A D^-1/2 x (LightGCN), from a matrix built once
+    per edge list; the final embedding is the mean over layers 0..L."""
+    model = GATBPR(2, 2, 0, embedding_dim=4, num_layers=2, attention=False)
+    edge_index = torch.tensor([[0, 2, 0, 3, 1, 3], [2, 0, 3, 0, 3, 1]])
+    adjacency = torch.zeros(4, 4)
+    adjacency[edge_index[0], edge_index[1]] = 1.0
+    inv_sqrt = adjacency.sum(1).pow(-0.5)
+    normalised = inv_sqrt[:, None] * adjacency * inv_sqrt[None, :]
+    x0 = model.embedding.weight.detach()
+    x1 = normalised @ x0
+    expected = (x0 + x1 + normalised @ x1) / 3
+    assert torch.allclose(model.get_embedding(edge_index).detach(), expected, atol=1e-6)
+    cached = model.propagation_graph(edge_index, 4)
+    assert model.propagation_graph(edge_index, 4) is cached
+    assert model.propagation_graph(edge_index.clone(), 4) is not cached
+
+
 def test_negatives_are_never_train_positives():
     data = planted()
     config = TrainConfig(negatives=16, batch_size=64, embedding_dim=8)

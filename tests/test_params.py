@@ -4,8 +4,6 @@ nightly defaults, the Prefect run form, the CLI and the README must all agree wi
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -66,12 +64,14 @@ def test_the_readme_parameter_table_is_the_generated_one():
         ("nonsense", "expected NAME=VALUE"),
     ],
 )
-def test_nightly_set_refuses_a_wrong_parameter_in_one_line(tmp_path, setting, expected):
-    done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", "--home", str(tmp_path), "nightly", "--set", setting],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    assert done.returncode == 2
+def test_nightly_set_refuses_a_wrong_parameter_in_one_line(
+    tmp_path, monkeypatch, setting, expected
+):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("ENCORE_HOME", str(tmp_path))
+    done = CliRunner().invoke(app, ["nightly", "--set", setting])
+    assert done.exit_code == 2
     assert expected in done.stderr and len(done.stderr.strip().splitlines()) == 1

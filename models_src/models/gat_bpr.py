@@ -15,10 +15,14 @@ API split PyG's way (`torch_geometric.nn.models.LightGCN`): `get_embedding`, `fo
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GATConv, LGConv
+from torch_geometric.nn.conv.gcn_conv import gcn_norm
+from torch_geometric.utils import to_torch_csr_tensor
 
 
 class GATBPR(nn.Module):
@@ -55,9 +59,10 @@ class GATBPR(nn.Module):
                 dropout=attention_dropout,
             )
             if attention
-            else LGConv()
+            else LGConv(normalize=False)  # normalised once, in propagation_graph
             for _ in range(num_layers)
         )
+        self._graph_cache: tuple[Tensor, Tensor] | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -90,9 +95,10 @@ class GATBPR(nn.Module):
         in its own orthant, so the two are two views of each node for a contrastive loss
         computed from one propagation (SimGCL needs three)."""
         x = self.embedding.weight if nodes is None else self.embedding(nodes)
+        graph = self.propagation_graph(edge_index, x.size(0))
         layers, view = [x], x
         for depth, conv in enumerate(self.convs, start=1):
-            x = conv(x, edge_index)
+            x = conv(x, graph)
             if eps > 0:
                 noise = torch.rand(x.shape, device=x.device, generator=generator)
                 x = x + torch.sign(x) * F.normalize(noise, dim=-1) * eps
@@ -100,6 +106,24 @@ class GATBPR(nn.Module):
             if depth == view_layer:
                 view = x
         return torch.stack(layers).mean(dim=0), view
+
+    def propagation_graph(self, edge_index: Tensor, num_nodes: int) -> Tensor:
+        """What the layers propagate over: the edge list for attention; without it, LightGCN's
+        D^-1/2 A D^-1/2 as a sparse CSR matrix, built once per graph and reused by every layer
+        and step (one sparse matrix product per layer instead of a degree computation and a
+        scatter per layer and step). The graph is undirected, so the matrix is its own
+        transpose, as PyG's adj_t convention wants."""
+        if self.attention:
+            return edge_index
+        cached = self._graph_cache
+        if cached is not None and cached[0] is edge_index:
+            return cached[1]
+        normalised, weight = gcn_norm(edge_index, None, num_nodes, add_self_loops=False)
+        with warnings.catch_warnings():  # torch calls sparse CSR "beta": it is what we want
+            warnings.simplefilter("ignore", UserWarning)
+            adjacency = to_torch_csr_tensor(normalised, weight, size=(num_nodes, num_nodes))
+        self._graph_cache = (edge_index, adjacency)
+        return adjacency
 
     def split_embedding(self, embedding: Tensor) -> tuple[Tensor, Tensor]:
         """Users' and items' rows of the final embedding, as scored by a dot product."""
