@@ -26,6 +26,7 @@ _FILES = {
     "ml-100k-ratings": "ml-100k/u.data",
     "lastfm": "hetrec2011-lastfm-2k/user_artists.dat",
     "ml-latest-small-implicit": "ml-latest-small/ratings.csv",
+    "lastfm-sparse": "hetrec2011-lastfm-2k/user_artists.dat",
 }
 # Datasets whose interactions carry a weight (Last.fm's listen count) a peer may use as
 # confidence; `load_dataset(name, weights=True)` keeps it in `rating`.
@@ -63,6 +64,15 @@ def _shared(name: str, keep_rating: bool) -> Interactions:
         data.rating = None
     data.meta = {"name": name, "source": str(path)}
     return data
+
+
+def _lastfm_sparse(name: str) -> Interactions:
+    """Last.fm cut to 7 artists per user (bench/user_data.py, the shape bench-served feeds the
+    nightly): the sparse shape, ~7 interactions per user."""
+    from bench.user_data import load as load_user_data
+
+    frame, _ = load_user_data("lastfm-sparse")
+    return _from_frame(frame, name, str(SHARED_DATA / _FILES[name]), rating=False, ts=False)
 
 
 def _listen_counts(name: str) -> Interactions:
@@ -116,6 +126,7 @@ _LOADERS: dict[str, Callable[[str], Interactions]] = {
     "ml-100k-ratings": lambda name: _shared(name, keep_rating=True),
     "lastfm": lambda name: _shared(name, keep_rating=False),
     "ml-latest-small-implicit": lambda name: _shared(name, keep_rating=False),
+    "lastfm-sparse": _lastfm_sparse,
     "sample-implicit": _sample_implicit,
     "sample-ratings": _sample_ratings,
 }

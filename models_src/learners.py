@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -69,6 +70,11 @@ class Learner(ABC):
         if self.generator is not None and "generator" in state:
             # .cpu(): a checkpoint loaded with map_location="cuda" moves the state tensors too.
             self.generator.set_state(state["generator"].cpu())
+
+
+# Negative sampling looks train pairs up in a user x item bool mask up to this many cells
+# (64 MB), by binary search of sorted pair keys beyond it (a large catalogue).
+SEEN_MASK_MAX_CELLS = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -127,21 +133,20 @@ class BPRStep(nn.Module):
             view_layer=contrast.layer if contrast else 0,
             generator=self.generator,
         )
-        user_emb = embedding[users]
-        pos_emb, neg_emb = embedding[offset + positives], embedding[offset + negatives]
+        # F.embedding: its backward sums repeated rows faster on CPU than indexing's index_put.
+        user_emb = F.embedding(users, embedding)
+        pos_emb = F.embedding(offset + positives, embedding)
+        neg_emb = F.embedding(offset + negatives, embedding)
         layer0 = self.model.embedding.weight if nodes is None else self.model.embedding(nodes)
-        batch0 = [
-            layer0[users],
-            layer0[offset + positives],
-            layer0[offset + negatives].flatten(0, 1),
-        ]
+        used = torch.cat([users, offset + positives, offset + negatives.flatten()])
+        penalty = self.model.l2_penalty_of_nodes(layer0, used, len(users))
         if self.temperature is not None:
             loss = self.model.softmax_loss(user_emb, pos_emb, neg_emb, self.temperature)
-            loss = loss + self.l2 * self.model.l2_penalty(batch0, len(users))
         else:
             pos_scores = (user_emb * pos_emb).sum(-1)
-            neg_scores = (user_emb.unsqueeze(1) * neg_emb).sum(-1)
-            loss = self.model.loss(pos_scores, neg_scores, batch0, self.l2)
+            neg_scores = torch.bmm(neg_emb, user_emb.unsqueeze(2)).squeeze(2)
+            loss = self.model.ranking_loss(pos_scores, neg_scores)
+        loss = loss + self.l2 * penalty
         if contrast is None:
             return loss
         terms = [
@@ -205,6 +210,12 @@ class BPRLearner(Learner):
         self.seen_keys = torch.unique(
             torch.from_numpy(train.user * self.num_items + train.item).to(device)
         )
+        self.seen_mask: Tensor | None = None
+        if self.num_users * self.num_items <= SEEN_MASK_MAX_CELLS:
+            self.seen_mask = torch.zeros(
+                self.num_users, self.num_items, dtype=torch.bool, device=device
+            )
+            self.seen_mask[torch.from_numpy(train.user), torch.from_numpy(train.item)] = True
         self.protocol = Protocol(splits, self.like_threshold)
         self.parallel = current_data_parallel()
         self.sampler = self._sampler(config, device)
@@ -234,29 +245,33 @@ class BPRLearner(Learner):
 
     def sample_negatives(self, users: Tensor) -> Tensor:
         """Items each user has not interacted with in train, uniformly: draw, then redraw
-        those that hit a seen item until none does. Only a user who has seen (nearly) every
-        item could exhaust the rounds; such a user keeps the last draws."""
-        negatives = torch.randint(
-            0,
-            self.num_items,
-            (len(users), self.config.negatives),
-            device=self.device,
-            generator=self.generator,
-        )
+        those that hit a seen item (checking only the redrawn ones) until none does. Only a
+        user who has seen (nearly) every item could exhaust the rounds; such a user keeps the
+        last draws."""
+        negatives = self._draw_items((len(users), self.config.negatives))
+        clash = self._seen(users.unsqueeze(1).expand_as(negatives), negatives)
+        rows, cols = clash.nonzero(as_tuple=True)
         for _ in range(64):
-            keys = users.unsqueeze(1) * self.num_items + negatives
-            position = torch.searchsorted(self.seen_keys, keys).clamp(max=len(self.seen_keys) - 1)
-            clash = self.seen_keys[position] == keys
-            if not clash.any():
+            if len(rows) == 0:
                 break
-            negatives[clash] = torch.randint(
-                0,
-                self.num_items,
-                (int(clash.sum()),),
-                device=self.device,
-                generator=self.generator,
-            )
+            redrawn = self._draw_items((len(rows),))
+            negatives[rows, cols] = redrawn
+            still = self._seen(users[rows], redrawn)
+            rows, cols = rows[still], cols[still]
         return negatives
+
+    def _draw_items(self, shape: tuple[int, ...]) -> Tensor:
+        return torch.randint(0, self.num_items, shape, device=self.device, generator=self.generator)
+
+    def _seen(self, users: Tensor, items: Tensor) -> Tensor:
+        """Whether each (user, item) is a train pair: a lookup in the user x item bit mask when
+        the catalogue is small enough to hold one, a binary search of the sorted pair keys
+        otherwise."""
+        if self.seen_mask is not None:
+            return self.seen_mask[users, items]
+        keys = users * self.num_items + items
+        position = torch.searchsorted(self.seen_keys, keys).clamp(max=len(self.seen_keys) - 1)
+        return self.seen_keys[position] == keys
 
     def train_epoch(self, optimizer: torch.optim.Optimizer, epoch: int) -> float:
         self.model.train()

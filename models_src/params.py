@@ -8,6 +8,7 @@ README's parameter table (`python -m models_src.params`, checked by tests/test_p
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -59,7 +60,12 @@ class GatBprParams(_Params):
         description="Adam learning rate.",
         json_schema_extra=_search(5e-3, 0.1, log=True),
     )
-    batch_size: int = Field(32768, ge=1, description="Positive pairs per step.")
+    batch_size: int = Field(
+        32768,
+        ge=1,
+        description="Positive pairs per step.",
+        json_schema_extra=_choices(4096, 8192, 32768),
+    )
     negatives: int = Field(
         8,
         ge=1,
@@ -67,7 +73,7 @@ class GatBprParams(_Params):
         json_schema_extra=_choices(1, 4, 8, 16),
     )
     embedding_dim: int = Field(
-        64, ge=1, description="Embedding size.", json_schema_extra=_choices(32, 64, 128)
+        64, ge=1, description="Embedding size.", json_schema_extra=_choices(32, 64, 128, 256)
     )
     heads: int = Field(4, ge=1, description="Attention heads per GATConv layer (with attention).")
     num_layers: int = Field(
@@ -80,7 +86,7 @@ class GatBprParams(_Params):
         3e-4,
         ge=0,
         description="L2 on the batch's layer-0 embeddings.",
-        json_schema_extra=_search(1e-5, 3e-3, log=True),
+        json_schema_extra=_search(1e-6, 3e-3, log=True),
     )
     use_scheduler: bool = Field(True, description="ReduceLROnPlateau on val Recall@K.")
     attention: bool = Field(
@@ -179,5 +185,22 @@ def parameter_table() -> str:
     return "\n".join(lines)
 
 
+README_MARKERS = ("<!-- parameters:start -->\n", "\n<!-- parameters:end -->")
+
+
+def rewrite_readme(path: Path) -> None:
+    """Replace the README's table between its markers with the generated one."""
+    text = path.read_text()
+    start, end = README_MARKERS
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    path.write_text(head + start + parameter_table() + end + tail)
+
+
 if __name__ == "__main__":
-    print(parameter_table())
+    import sys
+
+    if sys.argv[1:2] == ["--readme"]:
+        rewrite_readme(Path(sys.argv[2]))
+    else:
+        print(parameter_table())

@@ -158,15 +158,30 @@ class GATBPR(nn.Module):
         """BPR: -log σ(s_pos - s_neg), averaged over every (positive, negative) pair, plus L2
         on the layer-0 embeddings used by the batch (not on the whole table, which would
         shrink rarely-seen users every step)."""
+        ranking = GATBPR.ranking_loss(positive, negative)
+        return ranking + l2 * GATBPR.l2_penalty(batch_embeddings, positive.shape[0])
+
+    @staticmethod
+    def ranking_loss(positive: Tensor, negative: Tensor) -> Tensor:
+        """BPR's ranking term alone: -log σ(s_pos - s_neg), averaged over every pair."""
         if negative.dim() == 2:
             positive = positive.unsqueeze(1)
-        ranking = -F.logsigmoid(positive - negative).mean()
-        return ranking + l2 * GATBPR.l2_penalty(batch_embeddings, positive.shape[0])
+        return -F.logsigmoid(positive - negative).mean()
 
     @staticmethod
     def l2_penalty(batch_embeddings: list[Tensor], batch_size: int) -> Tensor:
         """Squared norm of the layer-0 embeddings a batch used, per positive pair."""
         return sum(e.pow(2).sum() for e in batch_embeddings) / batch_size
+
+    @staticmethod
+    def l2_penalty_of_nodes(table: Tensor, used: Tensor, batch_size: Tensor | int) -> Tensor:
+        """`l2_penalty` of the rows `used` of `table` (one entry per use, repeats counted),
+        computed once per distinct row weighted by its count: the same value and gradient
+        without gathering a (uses x dim) copy (8 negatives make that 10x the batch)."""
+        counts = torch.bincount(used, minlength=table.size(0))
+        rows = counts.nonzero().squeeze(1)
+        squared = table[rows].pow(2).sum(-1)
+        return (counts[rows].to(table.dtype) * squared).sum() / batch_size
 
     @staticmethod
     def softmax_loss(
