@@ -6,7 +6,7 @@ ENCORE := $(VENV)/bin/encore
 STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv run server deploy deploy-docker deploy-kubernetes worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly bench-warm-start bench-scale bench-gate bench-served bench-ablation clean-data
+.PHONY: venv run server deploy deploy-docker deploy-kubernetes worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly bench-warm-start bench-scale bench-gate bench-served bench-ablation bench-tune clean-data
 
 # The venv is rebuilt when pyproject.toml changes. torch goes first and pinned so that no other
 # package can pull a multi-GB CUDA build.
@@ -131,6 +131,11 @@ bench-served: venv
 bench-ablation: venv
 	$(PY) -m bench.bench_ablation
 
+## GAT-BPR's defaults across dataset shapes: an Optuna study per dataset on val, then every
+## dataset's best trained on every dataset (bench/results/tune.md).
+bench-tune: venv
+	$(PY) -m bench.bench_tune
+
 ## Warm vs cold start over 5 simulated nights: quality and training time.
 bench-warm-start: venv
 	$(PY) -m bench.bench_warm_start
@@ -147,4 +152,5 @@ bench-ingest: venv
 clean-data:
 	chmod -R u+w data/models 2>/dev/null || true
 	rm -rf data/warehouse.duckdb data/warehouse.duckdb.wal data/landing data/reports \
-		data/sources.toml data/models data/runs data/exports data/nightly.lock
+		data/sources.toml data/models data/runs data/exports data/nightly.lock data/tuning \
+		data/tuning.lock

@@ -231,6 +231,44 @@ def comparison(ranking: list[dict]) -> list[str]:
     return lines + speed
 
 
+README_MARKERS = ("<!-- quality:start -->\n", "\n<!-- quality:end -->")
+
+
+def readme_table(results: list[dict]) -> str:
+    """The README's quality table: per dataset, GAT-BPR's test metrics next to the best peer's
+    and MostPopular's, from bench/results/train.json."""
+    ranking = [r for r in results if "error" not in r and "rmse" not in r.get("test", {})]
+    lines = [
+        "| dataset | Encore GAT-BPR Recall@10 / NDCG@10 | best peer (Recall@10) |"
+        " best peer Recall@10 / NDCG@10 | GAT-BPR / best | MostPopular Recall@10 |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for dataset in dict.fromkeys(r["dataset"] for r in ranking):
+        rows = {r["model"]: r for r in ranking if r["dataset"] == dataset}
+        encore = rows.pop(ENCORE_RANKING, None)
+        if encore is None or not rows:
+            continue
+        best = max(rows.values(), key=lambda r: r["test"]["recall@10"])
+        ours, theirs = encore["test"], best["test"]
+        popular = rows.get("MostPopular", {}).get("test", {}).get("recall@10")
+        lines.append(
+            f"| {dataset} | {ours['recall@10']:.4f} / {ours['ndcg@10']:.4f} | {best['model']} |"
+            f" {theirs['recall@10']:.4f} / {theirs['ndcg@10']:.4f} |"
+            f" {ours['recall@10'] / theirs['recall@10']:.2f}× /"
+            f" {ours['ndcg@10'] / theirs['ndcg@10']:.2f}× | {_fmt(popular)} |"
+        )
+    return "\n".join(lines)
+
+
+def rewrite_readme(path: Path, results: list[dict]) -> None:
+    """Replace the README's quality table between its markers with the generated one."""
+    text = path.read_text()
+    start, end = README_MARKERS
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    path.write_text(head + start + readme_table(results) + end + tail)
+
+
 def markdown(results: list[dict]) -> str:
     lines = [
         "# Training benchmark",
@@ -288,7 +326,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="train", help="results file stem in bench/results")
     parser.add_argument("--child", nargs=2, metavar=("DATASET", "MODEL"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--readme", type=Path, help="only rewrite this README's quality table from train.json"
+    )
     args = parser.parse_args()
+    if args.readme:
+        rewrite_readme(args.readme, json.loads((RESULTS / "train.json").read_text()))
+        return
     if args.child:
         print(json.dumps(run_one(*args.child, args.seed), default=float))
         return

@@ -50,7 +50,8 @@ def test_the_readme_parameter_table_is_the_generated_one():
     readme = (ROOT / "README.md").read_text()
     found = re.search(r"<!-- parameters:start -->\n(.*?)\n<!-- parameters:end -->", readme, re.S)
     assert found, "README.md lacks the parameters table markers"
-    assert found.group(1) == parameter_table(), "regenerate: python -m models_src.params --readme README.md"
+    regenerate = "regenerate: python -m models_src.params --readme README.md"
+    assert found.group(1) == parameter_table(), regenerate
     for kind in MODEL_PARAMS:
         for name in MODEL_PARAMS[kind].model_fields:
             assert f"`{SECTIONS[kind]}.{name}`" in found.group(1)

@@ -90,11 +90,41 @@ def test_most_popular_matches_hand_ranking() -> None:
 
 
 def test_mostpopular_and_implicit_peers_give_sane_metrics(clustered_split) -> None:
-    for name in ("MostPopular", "implicit ALS", "implicit BPR"):
+    popular = peers.most_popular(clustered_split)
+    for name in ("MostPopular", "implicit BPR", "item-kNN (implicit)", "EASE^R"):
         result = peers.RANKING_PEERS[name](clustered_split, seed=0)
         _check_ranking(result)
         assert result["model"] == name
-        assert name == "MostPopular" or 1 <= len(result["tuning"]["grid"]) <= 4
+        users = result["test"]["users"]
+        assert len(result["test_per_user"]["recall@10"]) == users
+        if name != "MostPopular":
+            assert result["tuning"]["chosen"] in [
+                {k: v for k, v in row.items() if k not in ("val_recall@10", "train_seconds")}
+                for row in result["tuning"]["grid"]
+            ]
+        if name in ("item-kNN (implicit)", "EASE^R"):  # both see the clusters
+            assert result["test"]["recall@10"] > 1.5 * popular["test"]["recall@10"], name
+
+
+def test_als_with_listen_counts_uses_them_and_refuses_data_without(clustered_split) -> None:
+    grid = [{"factors": 8, "regularization": 0.1, "alpha": 10.0}]
+    plain = peers.implicit_als(clustered_split, grid=grid)
+    _check_ranking(plain)
+    with pytest.raises(ValueError, match="no interaction weights"):
+        peers.implicit_als_listen_counts(clustered_split)
+    weighted = {
+        name: Interactions(
+            part.user,
+            part.item,
+            part.num_users,
+            part.num_items,
+            rating=np.random.default_rng(0).integers(1, 500, len(part.user)).astype(np.float32),
+        )
+        for name, part in clustered_split.items()
+    }
+    counts = peers._user_items(weighted["train"], counts=True)
+    assert np.allclose(np.sort(counts.data), np.sort(np.log1p(weighted["train"].rating)))
+    _check_ranking(peers.implicit_als(weighted, grid=grid, counts=True))
 
 
 def test_lightgcn_learns_the_clusters(clustered_split) -> None:
@@ -126,3 +156,44 @@ def test_rating_peers_find_the_biases() -> None:
     assert results["BiasBaseline"]["test"]["rmse"] < 0.6 * floor
     assert results["MF with biases (PyTorch)"]["test"]["rmse"] < 0.7 * floor
     assert results["Surprise SVD"]["test"]["rmse"] < floor
+
+
+def test_report_gives_standard_errors_paired_differences_and_ratios() -> None:
+    from bench import bench_train
+
+    mean, se = bench_train.mean_and_se([0.0, 1.0, 0.0, 1.0])
+    assert mean == 0.5 and se == pytest.approx(np.std([0, 1, 0, 1], ddof=1) / 2)
+    encore = {
+        "model": bench_train.ENCORE_RANKING,
+        "dataset": "d",
+        "test": {"recall@10": 0.3, "ndcg@10": 0.2},
+        "val": {"recall@10": 0.3},
+        "test_per_user": {"recall@10": [0.4, 0.2], "ndcg@10": [0.3, 0.1]},
+    }
+    peer = {
+        "model": "EASE^R",
+        "dataset": "d",
+        "test": {"recall@10": 0.2, "ndcg@10": 0.25},
+        "val": {"recall@10": 0.2},
+        "test_per_user": {"recall@10": [0.2, 0.2], "ndcg@10": [0.3, 0.2]},
+    }
+    assert bench_train.paired_difference(encore, peer, "recall@10") == "+0.1000 ± 0.1000"
+    table = "\n".join(bench_train.comparison([encore, peer]))
+    assert "| d | recall@10 | EASE^R (0.2000) | 1.500 |" in table
+    assert "| d | ndcg@10 | EASE^R (0.2500) | 0.800 |" in table and "| no |" in table
+    assert "1.50× / 0.80×" in bench_train.readme_table([encore, peer])
+
+
+def test_readme_quality_table_is_generated_from_the_committed_results() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    from bench import bench_train
+
+    readme = (Path(bench_train.__file__).parents[1] / "README.md").read_text()
+    found = re.search(r"<!-- quality:start -->\n(.*?)\n<!-- quality:end -->", readme, re.S)
+    results = json.loads((bench_train.RESULTS / "train.json").read_text())
+    assert found and found.group(1) == bench_train.readme_table(results), (
+        "regenerate: python -m bench.bench_train --readme README.md"
+    )
