@@ -53,6 +53,11 @@ class TrainConfig:
     # temperature (models_src/models/gat_bpr.py).
     loss: Literal["bpr", "softmax"] = "bpr"
     temperature: float = 0.1
+    # GAT-BPR: batches grow on large data so an epoch is at most this many full-graph steps.
+    max_steps_per_epoch: int = 64
+    # BPR against the hardest (highest-scoring) of each positive's sampled negatives (dynamic
+    # negative sampling, Zhang et al., SIGIR 2013) instead of the mean over all of them.
+    hard_negatives: bool = False
     attention: bool = True  # False: LightGCN's symmetric propagation (no learned weights)
     # XSimGCL's contrastive term (models_src/models/gat_bpr.py): weight (0 = off), noise length,
     # InfoNCE temperature, and the layer whose embedding is the second view.

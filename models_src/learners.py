@@ -107,10 +107,13 @@ class BPRStep(nn.Module):
         contrast: Contrast | None = None,
         generator: torch.Generator | None = None,
         temperature: float | None = None,
+        hard_negatives: bool = False,
     ) -> None:
-        """`temperature`: train with the sampled softmax loss (None: BPR)."""
+        """`temperature`: train with the sampled softmax loss (None: BPR). `hard_negatives`:
+        BPR against each positive's highest-scoring sampled negative only."""
         super().__init__()
         self.model, self.l2, self.temperature = model, l2, temperature
+        self.hard_negatives = hard_negatives
         self.contrast, self.generator = contrast, generator
 
     def forward(
@@ -145,6 +148,8 @@ class BPRStep(nn.Module):
         else:
             pos_scores = (user_emb * pos_emb).sum(-1)
             neg_scores = torch.bmm(neg_emb, user_emb.unsqueeze(2)).squeeze(2)
+            if self.hard_negatives:
+                neg_scores = neg_scores.max(dim=1).values
             loss = self.model.ranking_loss(pos_scores, neg_scores)
         loss = loss + self.l2 * penalty
         if contrast is None:
@@ -225,6 +230,7 @@ class BPRLearner(Learner):
             Contrast.from_config(config),
             self.generator,
             config.temperature if config.loss == "softmax" else None,
+            config.hard_negatives,
         )
         if self.parallel.enabled:
             ids = [device.index] if device.type == "cuda" else None
@@ -242,6 +248,14 @@ class BPRLearner(Learner):
             "cosine": m.cosine,
             "attention": m.attention,
         }
+
+    @property
+    def batch_size(self) -> int:
+        """`batch_size`, grown on large data so an epoch takes at most `max_steps_per_epoch`
+        full-graph propagations: each costs in proportion to the graph, so with a fixed batch
+        an epoch would cost the square of the data's size."""
+        steps = self.config.max_steps_per_epoch
+        return max(self.config.batch_size, math.ceil(len(self.users) / steps))
 
     def sample_negatives(self, users: Tensor) -> Tensor:
         """Items each user has not interacted with in train, uniformly: draw, then redraw
@@ -276,9 +290,7 @@ class BPRLearner(Learner):
     def train_epoch(self, optimizer: torch.optim.Optimizer, epoch: int) -> float:
         self.model.train()
         total, steps = 0.0, 0
-        batches = _batches(
-            len(self.users), self.config.batch_size, f"epoch {epoch}", self.generator
-        )
+        batches = _batches(len(self.users), self.batch_size, f"epoch {epoch}", self.generator)
         for batch in batches:
             users, positives = self.users[batch], self.items[batch]
             # Drawn for the whole batch, so every process consumes the RNG alike and the

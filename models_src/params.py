@@ -47,24 +47,30 @@ def search_space(params: type[BaseModel]) -> dict[str, dict]:
 
 
 class GatBprParams(_Params):
-    """GAT-BPR (implicit feedback): the nightly's defaults, chosen on val in
-    bench/results/ablation.md."""
+    """GAT-BPR (implicit feedback): the nightly's defaults, chosen on val to hold across dataset
+    shapes (bench/results/tune.md; attention and the losses in bench/results/ablation.md)."""
 
     ORCHESTRATION = frozenset({"processes"})
 
     epochs: int = Field(50, ge=1, description="Upper bound; early stopping usually ends sooner.")
     patience: int = Field(5, ge=1, description="Epochs without a better val Recall@K to stop.")
     lr: float = Field(
-        0.05,
+        0.035,
         gt=0,
         description="Adam learning rate.",
         json_schema_extra=_search(5e-3, 0.1, log=True),
     )
     batch_size: int = Field(
-        32768,
+        8192,
         ge=1,
         description="Positive pairs per step.",
         json_schema_extra=_choices(4096, 8192, 32768),
+    )
+    max_steps_per_epoch: int = Field(
+        64,
+        ge=1,
+        description="Steps per epoch at most: on large data the batch grows past batch_size, "
+        "so an epoch's cost grows with the data, not with its square.",
     )
     negatives: int = Field(
         8,
@@ -73,17 +79,17 @@ class GatBprParams(_Params):
         json_schema_extra=_choices(1, 4, 8, 16),
     )
     embedding_dim: int = Field(
-        64, ge=1, description="Embedding size.", json_schema_extra=_choices(32, 64, 128, 256)
+        128, ge=1, description="Embedding size.", json_schema_extra=_choices(32, 64, 128, 256)
     )
     heads: int = Field(4, ge=1, description="Attention heads per GATConv layer (with attention).")
     num_layers: int = Field(
-        2,
+        3,
         ge=1,
         description="Propagation layers (hops).",
         json_schema_extra=_search(1, 3, integer=True),
     )
     l2: float = Field(
-        3e-4,
+        3e-5,
         ge=0,
         description="L2 on the batch's layer-0 embeddings.",
         json_schema_extra=_search(1e-6, 3e-3, log=True),
@@ -98,6 +104,11 @@ class GatBprParams(_Params):
         "bpr", description="BPR on dot products, or sampled softmax on cosine similarity."
     )
     temperature: float = Field(0.1, gt=0, description="Sampled softmax temperature.")
+    hard_negatives: bool = Field(
+        False,
+        description="BPR against the highest-scoring of each positive's sampled negatives "
+        "(dynamic negative sampling) instead of against all of them.",
+    )
     cl_weight: float = Field(
         0.0, ge=0, description="Weight of XSimGCL's contrastive term (0: off)."
     )

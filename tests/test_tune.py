@@ -9,6 +9,8 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import planted, write_days
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
 from flows.params import GatBprParams, NightlyParams, RatingParams, TuneParams, search_space
 from flows.tune import shares, trial_config
@@ -133,6 +135,14 @@ def test_pin_and_clear_need_something_stored(tmp_path):
 # --- The flow on the sample, under the session's Prefect server -------------------------------
 
 
+def artifacts_of(flow_run_id) -> dict:
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return {a.key: a for a in found if a.key}
+
+
 @pytest.fixture
 def tuned_home(flow_home, prefect_api):
     from flows.ingest import ingest
@@ -161,8 +171,14 @@ def test_tune_flow_stores_the_best_trial_and_the_next_nightly_trains_with_it(tun
     from tasks.warehouse.schema import warehouse
 
     home = tuned_home
-    result = tune(TuneParams.model_validate(QUICK_TUNE))
+    state = tune(TuneParams.model_validate(QUICK_TUNE), return_state=True)
+    result = state.result()
     (study,) = result["studies"]
+    artifacts = artifacts_of(state.state_details.flow_run_id)
+    top = artifacts["tuning-sample-listens-gat-bpr-top-trials"]
+    assert len(json.loads(top.data)) == 3  # the table of the best trials, one row each
+    summary = artifacts["tuning-sample-listens-gat-bpr"].data
+    assert summary.count("data:image/png;base64,") == 2  # optimization history, importances
     assert (study["study"], study["ran_now"], study["trials"]) == ("sample-listens-gat-bpr", 3, 3)
     assert study["stored"]
     stored = load_tuned(home.root, "sample-listens", "gat-bpr")
