@@ -316,11 +316,20 @@ def _run_tuning(datasets, models, trials: int, timeout: float | None, epochs: in
         )
     except ValidationError as error:
         _usage(f"encore tune: {error.errors()[0]['loc'][-1]}: {error.errors()[0]['msg']}")
-    try:
-        result = tune_flow(params)
-    except ValueError as error:  # nothing to tune on that dataset
+    from tasks.tune import tunable_datasets
+
+    home = EncoreHome.from_env()
+    try:  # checked before the flow starts, so a wrong name is one line, not a failed run
+        planned = tunable_datasets(str(home.warehouse), params.datasets, params.models)
+    except ValueError as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(1) from error
+    if not planned:
+        typer.echo(
+            "nothing to tune yet: no dataset has a passed snapshot (run encore nightly)", err=True
+        )
+        raise typer.Exit(1)
+    result = tune_flow(params)
     if "skipped" in result:
         typer.echo(result["skipped"])
         return

@@ -219,3 +219,47 @@ def test_tune_flow_stores_the_best_trial_and_the_next_nightly_trains_with_it(tun
     searched = set(pinned["params"]) - {"embedding_dim", "num_layers"}  # set by the run: kept
     assert searched and all(config[name] == pinned["params"][name] for name in searched)
     assert (config["embedding_dim"], config["num_layers"]) == (16, 1)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "expected"),
+    [
+        (["tune", "--dataset", "nope"], 1, "no passed snapshot to tune on for nope"),
+        (["tune"], 1, "nothing to tune yet"),
+        (["tune", "--pin"], 2, "name the dataset"),
+        (["tune", "--pin", "--clear", "--dataset", "d"], 2, "choose one of"),
+        (["tune", "--clear", "--dataset", "d"], 1, "no tuned parameters stored for d"),
+    ],
+)
+def test_tune_command_refuses_in_one_line(tmp_path, monkeypatch, args, code, expected):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("ENCORE_HOME", str(tmp_path))
+    done = CliRunner().invoke(app, args)
+    assert done.exit_code == code, done.output
+    assert expected in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_tune_show_pin_and_clear_what_a_study_stored(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from tasks.tune import _write, best_path
+
+    record = {"dataset": "d", "model": "gat-bpr", "study": "d-gat-bpr", "trial": 4,
+              "metric": "recall@10", "value": 0.25, "params": {"lr": 0.01, "num_layers": 2},
+              "trials": 9, "pinned": False}  # fmt: skip
+    _write(best_path(tmp_path, "d", "gat-bpr"), record)
+    monkeypatch.setenv("ENCORE_HOME", str(tmp_path))
+    runner = CliRunner()
+    shown = runner.invoke(app, ["tune", "--show"])
+    assert "d gat-bpr: val recall@10 0.2500 (trial 4 of 9" in shown.stdout
+    assert "lr=0.01, num_layers=2" in shown.stdout
+    assert runner.invoke(app, ["tune", "--pin", "--dataset", "d"]).exit_code == 0
+    assert load_tuned(tmp_path, "d", "gat-bpr")["pinned"] is True
+    assert "[pinned]" in runner.invoke(app, ["tune", "--show", "--dataset", "d"]).stdout
+    cleared = runner.invoke(app, ["tune", "--clear", "--dataset", "d"])
+    assert "the nightly uses its defaults" in cleared.stdout
+    assert load_tuned(tmp_path, "d", "gat-bpr") is None
