@@ -85,7 +85,8 @@ def encore_model(
         "val": final["val"],
         "test": final["test"],
         "train_seconds": time.perf_counter() - started,
-        "seconds_per_epoch": final["seconds"] / max(epochs, 1),
+        # Training steps only, as the peers' s/epoch (val is evaluated every epoch on top).
+        "seconds_per_epoch": final["step_seconds"] / max(epochs, 1),
         "time_to_best_val_seconds": final["seconds_to_best"],
         "epochs": epochs,
         "best_epoch": final["best_epoch"],

@@ -103,7 +103,8 @@ def _study(
 ) -> dict:
     """Open or resume one study, run its missing trials, record its best."""
     seed = params.nightly.seed
-    opened = open_study_task(str(home.root), dataset, model, seed)
+    space = search_space(SEARCHED[model])
+    opened = open_study_task(str(home.root), dataset, model, export["snapshot_id"], seed, space)
     missing = max(0, params.trials - opened["finished"])
     remaining = None if deadline is None else deadline - time.monotonic()
     if remaining is not None and remaining <= 0:
@@ -114,11 +115,12 @@ def _study(
                 run_trials_task,
                 {
                     "home_root": str(home.root),
+                    "study": opened["study"],
                     "dataset": dataset,
                     "model": model,
                     "export_path": export["path"],
                     "base_config": trial_config(params, model),
-                    "space": search_space(SEARCHED[model]),
+                    "space": space,
                     "trials": share,
                     "timeout_seconds": remaining,
                     "seed": seed + index,  # each worker samples its own points
@@ -130,5 +132,10 @@ def _study(
     else:
         ran = 0
     metric = "rmse" if model == "rating" else f"recall@{params.nightly.k}"
-    recorded = record_best_task(str(home.root), dataset, model, metric, seed)
-    return {**recorded, "ran_now": ran, "resumed_from": opened["finished"]}
+    recorded = record_best_task(str(home.root), opened["study"], dataset, model, metric, seed)
+    return {
+        **recorded,
+        "ran_now": ran,
+        "resumed_from": opened["finished"],
+        "seeded_from": opened["seeded_from"],
+    }

@@ -116,7 +116,8 @@ class AdvancedTrainer(BaseTrainer):
         self.best_epoch = 0
         self.bad_epochs = 0
         self.seconds_to_best = 0.0
-        self.elapsed = 0.0
+        self.elapsed = 0.0  # training and the per-epoch val evaluation
+        self.step_seconds = 0.0  # the training steps alone (what peers' s/epoch measures)
 
     # --- checkpoints -----------------------------------------------------------------------
 
@@ -135,6 +136,7 @@ class AdvancedTrainer(BaseTrainer):
             "bad_epochs": self.bad_epochs,
             "seconds_to_best": self.seconds_to_best,
             "elapsed": self.elapsed,
+            "step_seconds": self.step_seconds,
             "start_metrics": self.start_metrics,
             "history": self.history,
             "config": self.config.to_dict(),
@@ -158,6 +160,7 @@ class AdvancedTrainer(BaseTrainer):
         self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
         self.bad_epochs, self.history = state["bad_epochs"], list(state["history"])
         self.seconds_to_best, self.elapsed = state["seconds_to_best"], state["elapsed"]
+        self.step_seconds = state.get("step_seconds", 0.0)
         self.start_metrics = state.get("start_metrics")
         self.start_epoch = state["epoch"] + 1
         self.learner.set_rng_state(state["rng_state"])
@@ -183,6 +186,7 @@ class AdvancedTrainer(BaseTrainer):
                 break
             started = time.perf_counter()
             loss = self.train_epoch(epoch)
+            self.step_seconds += time.perf_counter() - started
             val = self.evaluate("val")
             self.elapsed += time.perf_counter() - started
             row = {
@@ -237,6 +241,7 @@ class AdvancedTrainer(BaseTrainer):
             "epochs_run": last_epoch,
             "seconds_to_best": self.seconds_to_best,
             "seconds": self.elapsed,
+            "step_seconds": self.step_seconds,
             "val": self.evaluate("val"),
             "test": self.evaluate("test"),
         }

@@ -1,7 +1,8 @@
 """Prefect tasks of the tuning job (flows/tune.py) and the tuned-parameter files the nightly reads.
 
 Under the data home's `tuning/` folder, per dataset and model:
-- `<dataset>-<model>.journal`: the Optuna study (journal storage; a killed job resumes from it);
+- `<dataset>-<model>.journal`: its Optuna studies, one per snapshot (journal storage; a killed
+  job resumes from it);
 - `<dataset>-<model>.best.json`: the parameters the next nightly trains with (the study's best
   trial, or what a person pinned), with the study and trial they came from;
 - `exports/<dataset>.parquet`: the snapshot the trials train on;
@@ -28,16 +29,19 @@ def tuning_dir(home_root: Path) -> Path:
     return Path(home_root) / "tuning"
 
 
-def study_name(dataset: str, model: str) -> str:
-    return f"{dataset}-{model}"
+def study_name(dataset: str, model: str, snapshot_id: int) -> str:
+    """One study per snapshot: trials on other data are not comparable, and a study that
+    already holds its trials would otherwise make every later job a no-op."""
+    return f"{dataset}-{model}-snapshot{snapshot_id}"
 
 
 def journal_path(home_root: Path, dataset: str, model: str) -> Path:
-    return tuning_dir(home_root) / f"{study_name(dataset, model)}.journal"
+    """Every study of one dataset and model, in one journal file."""
+    return tuning_dir(home_root) / f"{dataset}-{model}.journal"
 
 
 def best_path(home_root: Path, dataset: str, model: str) -> Path:
-    return tuning_dir(home_root) / f"{study_name(dataset, model)}.best.json"
+    return tuning_dir(home_root) / f"{dataset}-{model}.best.json"
 
 
 def load_tuned(home_root: Path, dataset: str, model: str) -> dict | None:
@@ -125,28 +129,48 @@ def export_for_tuning_task(warehouse_path: str, home_root: str, dataset: str) ->
 
 
 @task(name="open study", task_run_name="open the {model} study of {dataset}")
-def open_study_task(home_root: str, dataset: str, model: str, seed: int) -> dict:
-    """Create or resume the study; trials a killed job left running are marked failed.
-    Returns how many finished trials it already holds."""
+def open_study_task(
+    home_root: str, dataset: str, model: str, snapshot_id: int, seed: int, space: dict[str, dict]
+) -> dict:
+    """Create or resume the snapshot's study; trials a killed job left running are marked
+    failed. A new study's first trial is the stored best of an earlier one, when it lies in
+    the search space, so each week starts from what the last one found. Returns the study's
+    name and how many finished trials it already holds."""
     import optuna
 
-    from models_src.tuning import fail_interrupted, open_study
+    from models_src.tuning import Dimension, fail_interrupted, open_study
 
-    journal, name = journal_path(Path(home_root), dataset, model), study_name(dataset, model)
+    root = Path(home_root)
+    journal, name = journal_path(root, dataset, model), study_name(dataset, model, snapshot_id)
     study = open_study(journal, name, model, seed)
     interrupted = fail_interrupted(journal, name)
     finished = study.get_trials(
         deepcopy=False,
         states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED),
     )
+    seeded = None
+    previous = load_tuned(root, dataset, model)
+    if not study.trials and previous:
+        params = {k: v for k, v in previous["params"].items() if k in space}
+        if set(params) == set(space) and all(
+            Dimension(**space[k]).contains(v) for k, v in params.items()
+        ):
+            study.enqueue_trial(params)
+            seeded = f"study {previous['study']} trial {previous['trial']}"
     if interrupted:
         get_run_logger().info(f"{name}: {interrupted} interrupted trial(s) marked failed")
-    return {"study": name, "finished": len(finished), "interrupted": interrupted}
+    return {
+        "study": name,
+        "finished": len(finished),
+        "interrupted": interrupted,
+        "seeded_from": seeded,
+    }
 
 
 @task(name="run trials", task_run_name="{trials} trial(s) of {model} on {dataset}")
 def run_trials_task(
     home_root: str,
+    study: str,
     dataset: str,
     model: str,
     export_path: str,
@@ -160,25 +184,25 @@ def run_trials_task(
     the journal file lets them share the study). Returns how many ran."""
     from models_src.tuning import Dimension, make_objective, open_study
 
-    journal, name = journal_path(Path(home_root), dataset, model), study_name(dataset, model)
-    study = open_study(journal, name, model, seed)
+    opened = open_study(journal_path(Path(home_root), dataset, model), study, model, seed)
     dimensions = {key: Dimension(**spec) for key, spec in space.items()}
     objective = make_objective(base_config, export_path, dimensions, get_run_logger().info)
-    before = len(study.trials)
-    study.optimize(
+    before = len(opened.trials)
+    opened.optimize(
         objective, n_trials=trials, timeout=timeout_seconds, catch=(RuntimeError, ValueError)
     )
-    return len(study.trials) - before
+    return len(opened.trials) - before
 
 
 @task(name="record best parameters", task_run_name="record the best {model} trial of {dataset}")
-def record_best_task(home_root: str, dataset: str, model: str, metric: str, seed: int) -> dict:
+def record_best_task(
+    home_root: str, study: str, dataset: str, model: str, metric: str, seed: int
+) -> dict:
     """Store the study's best trial for the next nightly (unless a person pinned parameters),
     and publish the top trials as a table artifact and Optuna's plots as an image artifact."""
     from models_src.tuning import best_params, open_study, save_plots, top_trials
 
-    root = Path(home_root)
-    name = study_name(dataset, model)
+    root, name = Path(home_root), study
     study = open_study(journal_path(root, dataset, model), name, model, seed)
     best = best_params(study, dataset, model, metric)
     current = load_tuned(root, dataset, model)
@@ -191,13 +215,13 @@ def record_best_task(home_root: str, dataset: str, model: str, metric: str, seed
             record = {**best.to_dict(), "pinned": False, "tuned_at": f"{datetime.now(UTC):%c} UTC"}
             _write(best_path(root, dataset, model), record)
             outcome["stored"] = True
-    key = artifact_key(f"tuning-{name}")
+    key = artifact_key(f"tuning-{dataset}-{model}")  # one key per dataset: history across weeks
     rows = top_trials(study)
     if rows:
         create_table_artifact(
             table=rows, key=f"{key}-top-trials", description=f"Best trials of {name} ({metric})"
         )
-    plots = save_plots(study, tuning_dir(root) / "plots" / name)
+    plots = save_plots(study, tuning_dir(root) / "plots" / f"{dataset}-{model}")
     create_markdown_artifact(key=key, markdown=_study_markdown(outcome, metric, plots))
     return outcome
 

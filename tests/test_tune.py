@@ -179,22 +179,35 @@ def test_tune_flow_stores_the_best_trial_and_the_next_nightly_trains_with_it(tun
     assert len(json.loads(top.data)) == 3  # the table of the best trials, one row each
     summary = artifacts["tuning-sample-listens-gat-bpr"].data
     assert summary.count("data:image/png;base64,") == 2  # optimization history, importances
-    assert (study["study"], study["ran_now"], study["trials"]) == ("sample-listens-gat-bpr", 3, 3)
-    assert study["stored"]
+    name = study["study"]
+    assert name.startswith("sample-listens-gat-bpr-snapshot") and study["seeded_from"] is None
+    assert (study["ran_now"], study["trials"]) == (3, 3) and study["stored"]
     stored = load_tuned(home.root, "sample-listens", "gat-bpr")
     assert stored["trial"] == study["best"]["trial"] and not stored["pinned"]
-    assert (home.root / "tuning" / "sample-listens-gat-bpr.journal").exists()
+    assert stored["study"] == name
 
     # Killed mid-trial: the next run marks that trial failed and runs only what is missing.
     journal = home.root / "tuning" / "sample-listens-gat-bpr.journal"
-    open_study(journal, "sample-listens-gat-bpr", "gat-bpr").ask()
+    open_study(journal, name, "gat-bpr").ask()
     again = tune(TuneParams.model_validate({**QUICK_TUNE, "trials": 4}))
     assert again["studies"][0]["ran_now"] == 1 and again["studies"][0]["resumed_from"] == 3
+
+    # A new snapshot gets a new study, which starts from the stored best.
+    from flows.ingest import ingest
+
+    write_days(home, range(3, 4))
+    ingest(datasets=["sample-listens"], thresholds={"min_users": 5, "min_items": 5})
+    best_so_far = load_tuned(home.root, "sample-listens", "gat-bpr")
+    week = tune(TuneParams.model_validate({**QUICK_TUNE, "trials": 1}))["studies"][0]
+    assert week["study"] != name and week["ran_now"] == 1
+    assert week["seeded_from"] == f"study {name} trial {best_so_far['trial']}"
+    reopened = open_study(journal, week["study"], "gat-bpr")
+    assert reopened.trials[0].params == best_so_far["params"]
 
     # Pinned parameters survive a later study.
     set_pinned(home.root, "sample-listens", "gat-bpr", True)
     pinned = load_tuned(home.root, "sample-listens", "gat-bpr")
-    third = tune(TuneParams.model_validate({**QUICK_TUNE, "trials": 5}))
+    third = tune(TuneParams.model_validate({**QUICK_TUNE, "trials": 2}))
     assert not third["studies"][0]["stored"]
     assert load_tuned(home.root, "sample-listens", "gat-bpr") == pinned
 
@@ -208,7 +221,7 @@ def test_tune_flow_stores_the_best_trial_and_the_next_nightly_trains_with_it(tun
         }
     )
     outcome = next(o for o in nightly_retrain(night)["outcomes"] if o["model"] == "gat-bpr")
-    assert outcome["tuned_from"] == f"study sample-listens-gat-bpr trial {pinned['trial']}"
+    assert outcome["tuned_from"] == f"study {pinned['study']} trial {pinned['trial']}"
     with warehouse(home.warehouse) as con:
         (config_json,) = con.execute(
             "SELECT config_json FROM model_versions WHERE dataset = 'sample-listens'"
