@@ -131,22 +131,31 @@ FOLLOW_UPS: dict[str, dict[str, Any]] = {
     "L2 3e-5, 32768-pair batches": {"l2": 3e-5, "batch_size": 32768},
     "L2 3e-5, 2 layers": {"l2": 3e-5, "num_layers": 2},
     "dim 64": {"embedding_dim": 64},
+    "L2 3e-5, 4 negatives": {"l2": 3e-5, "negatives": 4},
+    "L2 3e-5, 16 negatives": {"l2": 3e-5, "negatives": 16},
     "hard negatives": {"hard_negatives": True},
     "sampled softmax": {"loss": "softmax"},
 }
 
 
-def follow_up(datasets: list[str]) -> dict[str, Any]:
-    """FOLLOW_UPS applied to tune.json's chosen candidate, on every dataset (val only)."""
+def follow_up(datasets: list[str], only: list[str] | None = None) -> dict[str, Any]:
+    """FOLLOW_UPS applied to tune.json's chosen candidate, on every dataset (val only); with
+    `only`, just those rows, the others kept from the last tune_followup.json."""
     chosen = json.loads((RESULTS / "tune.json").read_text())["cross"]
     params = chosen["candidates"][chosen["chosen"]]
     values: dict[str, dict[str, float]] = {}
+    previous = RESULTS / "tune_followup.json"
+    if only and previous.exists():
+        values = json.loads(previous.read_text())["val_recall"]
     with tempfile.TemporaryDirectory(prefix="encore-bench-tune-") as scratch:
         exports = {d: export(d, Path(scratch)) for d in datasets}
         for name, change in FOLLOW_UPS.items():
+            if only and name not in only:
+                continue
             config = {**base_config(), **params, **change}
             values[name] = {d: val_recall(config, data)[0] for d, data in exports.items()}
             print(name, json.dumps(values[name]), flush=True)
+    values = {name: values[name] for name in FOLLOW_UPS if name in values}  # table order
     best = {d: max(v[d] for v in values.values()) for d in datasets}
     worst = {name: min(v[d] / best[d] for d in datasets) for name, v in values.items()}
     return {"base": params, "changes": FOLLOW_UPS, "val_recall": values, "worst_case_share": worst}
@@ -218,10 +227,11 @@ def main() -> None:
     parser.add_argument(
         "--follow-up", action="store_true", help="only the FOLLOW_UPS on tune.json's winner"
     )
+    parser.add_argument("--only", nargs="*", help="with --follow-up: just these FOLLOW_UPS rows")
     args = parser.parse_args()
     datasets = [d for d in args.datasets if available(d)] or ["sample-implicit"]
     if args.follow_up:
-        result = follow_up(datasets)
+        result = follow_up(datasets, args.only)
         (RESULTS / "tune_followup.json").write_text(json.dumps(result, indent=2, default=float))
         text = follow_up_markdown(result)
         (RESULTS / "tune_followup.md").write_text(text + "\n")

@@ -187,11 +187,21 @@ def run_trials_task(
     opened = open_study(journal_path(Path(home_root), dataset, model), study, model, seed)
     dimensions = {key: Dimension(**spec) for key, spec in space.items()}
     objective = make_objective(base_config, export_path, dimensions, get_run_logger().info)
-    before = len(opened.trials)
+    before = _finished(opened)
     opened.optimize(
         objective, n_trials=trials, timeout=timeout_seconds, catch=(RuntimeError, ValueError)
     )
-    return len(opened.trials) - before
+    return _finished(opened) - before
+
+
+def _finished(study) -> int:
+    """Trials that ran to an end (an enqueued trial waits in the study until one runs it)."""
+    import optuna
+
+    states = optuna.trial.TrialState
+    return len(
+        study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.FAIL))
+    )
 
 
 @task(name="record best parameters", task_run_name="record the best {model} trial of {dataset}")
