@@ -133,6 +133,7 @@ FOLLOW_UPS: dict[str, dict[str, Any]] = {
     "dim 64": {"embedding_dim": 64},
     "L2 3e-5, 4 negatives": {"l2": 3e-5, "negatives": 4},
     "L2 3e-5, 16 negatives": {"l2": 3e-5, "negatives": 16},
+    "L2 3e-5, 32 negatives": {"l2": 3e-5, "negatives": 32},
     "hard negatives": {"hard_negatives": True},
     "sampled softmax": {"loss": "softmax"},
 }

@@ -73,7 +73,7 @@ class GatBprParams(_Params):
         "so an epoch's cost grows with the data, not with its square.",
     )
     negatives: int = Field(
-        8,
+        16,
         ge=1,
         description="Sampled negatives per positive (BPR).",
         json_schema_extra=_choices(1, 4, 8, 16),
