@@ -54,7 +54,7 @@ class TrainConfig:
     loss: Literal["bpr", "softmax"] = "bpr"
     temperature: float = 0.1
     # GAT-BPR: batches grow on large data so an epoch is at most this many full-graph steps.
-    max_steps_per_epoch: int = 64
+    max_steps_per_epoch: int = 256
     # BPR against the hardest (highest-scoring) of each positive's sampled negatives (dynamic
     # negative sampling, Zhang et al., SIGIR 2013) instead of the mean over all of them.
     hard_negatives: bool = False

@@ -67,7 +67,7 @@ class GatBprParams(_Params):
         json_schema_extra=_choices(4096, 8192, 32768),
     )
     max_steps_per_epoch: int = Field(
-        64,
+        256,
         ge=1,
         description="Steps per epoch at most: on large data the batch grows past batch_size, "
         "so an epoch's cost grows with the data, not with its square.",
