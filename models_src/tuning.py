@@ -70,6 +70,8 @@ def open_study(journal: Path, name: str, model: str, seed: int = 0) -> optuna.St
     """The study `name` in `journal` (created, or loaded to resume): TPE sampler, median pruner
     (a trial stops when its val metric at an epoch is worse than the median of the earlier
     trials at that epoch, after 3 complete trials and from epoch 3 on)."""
+    # The objective logs each trial to the run's log itself; Optuna's own INFO lines repeat it.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(
         study_name=name,
         storage=journal_storage(journal),
