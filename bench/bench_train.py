@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,15 @@ def _ratio(ours: float | None, theirs: float | None) -> float | None:
     return None if ours is None or not theirs else ours / theirs
 
 
+def _encore_and_peers(ranking: list[dict]) -> Iterator[tuple[str, dict, dict[str, dict]]]:
+    """Per dataset (in run order) with both: (dataset, GAT-BPR's row, the peers' rows by name)."""
+    for dataset in dict.fromkeys(r["dataset"] for r in ranking):
+        rows = {r["model"]: r for r in ranking if r["dataset"] == dataset}
+        encore = rows.pop(ENCORE_RANKING, None)
+        if encore is not None and rows:
+            yield dataset, encore, rows
+
+
 def comparison(ranking: list[dict]) -> list[str]:
     """Per dataset: GAT-BPR against the strongest peer on each test metric (the peer with the
     highest test value, the hardest comparison), and its speed against PyG LightGCN's."""
@@ -209,11 +219,7 @@ def comparison(ranking: list[dict]) -> list[str]:
         " peak RSS MB: GAT-BPR / LightGCN |",
         "|---|---:|---:|---:|",
     ]
-    for dataset in dict.fromkeys(r["dataset"] for r in ranking):
-        rows = {r["model"]: r for r in ranking if r["dataset"] == dataset}
-        encore = rows.pop(ENCORE_RANKING, None)
-        if encore is None or not rows:
-            continue
+    for dataset, encore, rows in _encore_and_peers(ranking):
         for metric in ("recall@10", "ndcg@10"):
             best = max(rows.values(), key=lambda r: r["test"][metric])
             ratio = _ratio(encore["test"][metric], best["test"][metric])
@@ -244,11 +250,7 @@ def readme_table(results: list[dict]) -> str:
         " best peer Recall@10 / NDCG@10 | GAT-BPR / best | MostPopular Recall@10 |",
         "|---|---:|---|---:|---:|---:|",
     ]
-    for dataset in dict.fromkeys(r["dataset"] for r in ranking):
-        rows = {r["model"]: r for r in ranking if r["dataset"] == dataset}
-        encore = rows.pop(ENCORE_RANKING, None)
-        if encore is None or not rows:
-            continue
+    for dataset, encore, rows in _encore_and_peers(ranking):
         best = max(rows.values(), key=lambda r: r["test"]["recall@10"])
         ours, theirs = encore["test"], best["test"]
         popular = rows.get("MostPopular", {}).get("test", {}).get("recall@10")
