@@ -6,7 +6,7 @@ ENCORE := $(VENV)/bin/encore
 STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv run server deploy deploy-docker deploy-kubernetes worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly bench-warm-start bench-scale bench-gate bench-served bench-ablation bench-tune clean-data
+.PHONY: venv run server deploy deploy-docker deploy-kubernetes worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly bench-warm-start bench-scale bench-gate bench-served bench-ablation bench-tune bench-blend clean-data
 
 # The venv is rebuilt when pyproject.toml changes. torch goes first and pinned so that no other
 # package can pull a multi-GB CUDA build.
@@ -135,6 +135,10 @@ bench-ablation: venv
 ## dataset's best trained on every dataset (bench/results/tune.md).
 bench-tune: venv
 	$(PY) -m bench.bench_tune
+
+## A lever measured before building it: GAT-BPR blended with GF-CF's linear item-item filter.
+bench-blend: venv
+	$(PY) -m bench.bench_blend
 
 ## Warm vs cold start over 5 simulated nights: quality and training time.
 bench-warm-start: venv
