@@ -136,7 +136,7 @@ bench-ablation: venv
 bench-tune: venv
 	$(PY) -m bench.bench_tune
 
-## A lever measured before building it: GAT-BPR blended with GF-CF's linear item-item filter.
+## Levers measured before building them: GAT-BPR blended with GF-CF's filter and with EASE^R.
 bench-blend: venv
 	$(PY) -m bench.bench_blend
 
