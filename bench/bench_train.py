@@ -238,9 +238,6 @@ def comparison(ranking: list[dict]) -> list[str]:
     return lines + speed
 
 
-README_MARKERS = ("<!-- quality:start -->\n", "\n<!-- quality:end -->")
-
-
 def readme_table(results: list[dict]) -> str:
     """The README's quality table: per dataset, GAT-BPR's test metrics next to the best peer's
     and MostPopular's, from bench/results/train.json."""
@@ -265,11 +262,9 @@ def readme_table(results: list[dict]) -> str:
 
 def rewrite_readme(path: Path, results: list[dict]) -> None:
     """Replace the README's quality table between its markers with the generated one."""
-    text = path.read_text()
-    start, end = README_MARKERS
-    head, _, rest = text.partition(start)
-    _, _, tail = rest.partition(end)
-    path.write_text(head + start + readme_table(results) + end + tail)
+    from models_src.params import replace_marked_section
+
+    path.write_text(replace_marked_section(path.read_text(), "quality", readme_table(results)))
 
 
 def markdown(results: list[dict]) -> str:

@@ -196,16 +196,21 @@ def parameter_table() -> str:
     return "\n".join(lines)
 
 
-README_MARKERS = ("<!-- parameters:start -->\n", "\n<!-- parameters:end -->")
+def replace_marked_section(text: str, name: str, body: str) -> str:
+    """`text` with what lies between `<!-- name:start -->` and `<!-- name:end -->` replaced by
+    `body` (one line break on each side); everything around the markers is kept. Raises
+    ValueError when the markers are missing, rather than writing a truncated file."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    head, found_start, rest = text.partition(start)
+    _, found_end, tail = rest.partition(end)
+    if not (found_start and found_end):
+        raise ValueError(f"the markers {start} ... {end} are missing")
+    return f"{head}{start}\n{body}\n{end}{tail}"
 
 
 def rewrite_readme(path: Path) -> None:
-    """Replace the README's table between its markers with the generated one."""
-    text = path.read_text()
-    start, end = README_MARKERS
-    head, _, rest = text.partition(start)
-    _, _, tail = rest.partition(end)
-    path.write_text(head + start + parameter_table() + end + tail)
+    """Replace the README's parameter table between its markers with the generated one."""
+    path.write_text(replace_marked_section(path.read_text(), "parameters", parameter_table()))
 
 
 if __name__ == "__main__":

@@ -76,3 +76,14 @@ def test_nightly_set_refuses_a_wrong_parameter_in_one_line(
     done = CliRunner().invoke(app, ["nightly", "--set", setting])
     assert done.exit_code == 2
     assert expected in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_generated_section_replaces_only_what_lies_between_its_markers():
+    from models_src.params import replace_marked_section
+
+    text = "intro\n<!-- t:start -->\n<!-- t:end -->\n\n## After\nkept\n"
+    once = replace_marked_section(text, "t", "| a |")
+    assert once == "intro\n<!-- t:start -->\n| a |\n<!-- t:end -->\n\n## After\nkept\n"
+    assert replace_marked_section(once, "t", "| b |").endswith("<!-- t:end -->\n\n## After\nkept\n")
+    with pytest.raises(ValueError, match="markers"):
+        replace_marked_section("no markers here", "t", "| a |")
