@@ -58,9 +58,8 @@ def export(dataset: str, folder: Path) -> str:
 
 def study_on(dataset: str, data: str, trials: int, folder: Path) -> dict[str, Any]:
     """One dataset's study; its first trial is the current default."""
-    import optuna
 
-    from models_src.tuning import make_objective, open_study, run_trials
+    from models_src.tuning import complete_trials, make_objective, open_study, run_trials
 
     study = open_study(folder / f"{dataset}.journal", dataset, "gat-bpr", seed=0)
     study.enqueue_trial(searched_defaults())
@@ -70,7 +69,7 @@ def study_on(dataset: str, data: str, trials: int, folder: Path) -> dict[str, An
         {"trial": t.number, "state": t.state.name, "value": t.value, **t.params}
         for t in study.trials
     ]
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    complete = complete_trials(study)
     return {
         "dataset": dataset,
         "seconds": time.perf_counter() - started,

@@ -210,17 +210,19 @@ class BPRLearner(Learner):
         self.edge_index = bipartite_edge_index(positives, with_groups=num_groups > 0).to(device)
         self.users = torch.from_numpy(positives.user).to(device)
         self.items = torch.from_numpy(positives.item).to(device)
-        # Sorted (user * num_items + item) keys of every train pair (a pair rated low is no
-        # negative either): membership tests for negative sampling.
-        self.seen_keys = torch.unique(
-            torch.from_numpy(train.user * self.num_items + train.item).to(device)
-        )
+        # Train pairs (a pair rated low is no negative either), for negative sampling: a
+        # user x item bit mask when it is small enough, else sorted (user * num_items + item) keys.
         self.seen_mask: Tensor | None = None
+        self.seen_keys: Tensor | None = None
         if self.num_users * self.num_items <= SEEN_MASK_MAX_CELLS:
             self.seen_mask = torch.zeros(
                 self.num_users, self.num_items, dtype=torch.bool, device=device
             )
             self.seen_mask[torch.from_numpy(train.user), torch.from_numpy(train.item)] = True
+        else:
+            self.seen_keys = torch.unique(
+                torch.from_numpy(train.user * self.num_items + train.item).to(device)
+            )
         self.protocol = Protocol(splits, self.like_threshold)
         self.parallel = current_data_parallel()
         self.sampler = self._sampler(config, device)

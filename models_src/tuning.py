@@ -120,6 +120,19 @@ def make_objective(
     return objective
 
 
+ENDED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def count_trials(study: optuna.Study, states: tuple = ENDED) -> int:
+    """Trials of the study in `states` (by default those that ran to an end: complete or
+    pruned; an enqueued trial waits in the study until one runs it)."""
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def complete_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
 def run_trials(
     study: optuna.Study,
     objective: Callable[[optuna.Trial], float],
@@ -128,9 +141,7 @@ def run_trials(
 ) -> int:
     """Run until the study holds `trials` finished trials (complete or pruned) or `timeout`
     seconds pass; a resumed study only runs what is missing. Returns the trials run now."""
-    finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    done = len(study.get_trials(deepcopy=False, states=finished))
-    missing = max(0, trials - done)
+    missing = max(0, trials - count_trials(study))
     if missing:
         study.optimize(
             objective, n_trials=missing, timeout=timeout, catch=(RuntimeError, ValueError)
@@ -172,7 +183,7 @@ class TunedParams:
 
 def best_params(study: optuna.Study, dataset: str, model: str, metric: str) -> TunedParams | None:
     """The study's best complete trial, or None while no trial has completed."""
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    complete = complete_trials(study)
     if not complete:
         return None
     best = study.best_trial
@@ -190,7 +201,7 @@ def best_params(study: optuna.Study, dataset: str, model: str, metric: str) -> T
 
 def top_trials(study: optuna.Study, count: int = 10) -> list[dict[str, Any]]:
     """The best complete trials, best first, as table rows (value rounded to 4 digits)."""
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    complete = complete_trials(study)
     reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
     ranked = sorted(complete, key=lambda t: t.value, reverse=reverse)[:count]
     return [{"trial": t.number, "value": round(t.value, 4), **_rounded(t.params)} for t in ranked]
@@ -211,7 +222,7 @@ def save_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    complete = complete_trials(study)
     plots = [("optimization_history", optuna_plots.plot_optimization_history)]
     if len(complete) >= 2 and len({json.dumps(t.params, sort_keys=True) for t in complete}) > 1:
         plots.append(("param_importances", optuna_plots.plot_param_importances))

@@ -136,18 +136,13 @@ def open_study_task(
     failed. A new study's first trial is the stored best of an earlier one, when it lies in
     the search space, so each week starts from what the last one found. Returns the study's
     name and how many finished trials it already holds."""
-    import optuna
 
-    from models_src.tuning import Dimension, fail_interrupted, open_study
+    from models_src.tuning import Dimension, count_trials, fail_interrupted, open_study
 
     root = Path(home_root)
     journal, name = journal_path(root, dataset, model), study_name(dataset, model, snapshot_id)
     study = open_study(journal, name, model, seed)
     interrupted = fail_interrupted(journal, name)
-    finished = study.get_trials(
-        deepcopy=False,
-        states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED),
-    )
     seeded = None
     previous = load_tuned(root, dataset, model)
     if not study.trials and previous:
@@ -161,7 +156,7 @@ def open_study_task(
         get_run_logger().info(f"{name}: {interrupted} interrupted trial(s) marked failed")
     return {
         "study": name,
-        "finished": len(finished),
+        "finished": count_trials(study),
         "interrupted": interrupted,
         "seeded_from": seeded,
     }
@@ -182,26 +177,19 @@ def run_trials_task(
 ) -> int:
     """Run `trials` trials of the study in this process (one of several on the Dask runner:
     the journal file lets them share the study). Returns how many ran."""
-    from models_src.tuning import Dimension, make_objective, open_study
+    import optuna
+
+    from models_src.tuning import ENDED, Dimension, count_trials, make_objective, open_study
 
     opened = open_study(journal_path(Path(home_root), dataset, model), study, model, seed)
     dimensions = {key: Dimension(**spec) for key, spec in space.items()}
     objective = make_objective(base_config, export_path, dimensions, get_run_logger().info)
-    before = _finished(opened)
+    ended = (*ENDED, optuna.trial.TrialState.FAIL)  # a failed trial ran too
+    before = count_trials(opened, ended)
     opened.optimize(
         objective, n_trials=trials, timeout=timeout_seconds, catch=(RuntimeError, ValueError)
     )
-    return _finished(opened) - before
-
-
-def _finished(study) -> int:
-    """Trials that ran to an end (an enqueued trial waits in the study until one runs it)."""
-    import optuna
-
-    states = optuna.trial.TrialState
-    return len(
-        study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.FAIL))
-    )
+    return count_trials(opened, ended) - before
 
 
 @task(name="record best parameters", task_run_name="record the best {model} trial of {dataset}")
