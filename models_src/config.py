@@ -65,6 +65,10 @@ class TrainConfig:
     cl_eps: float = 0.1
     cl_temperature: float = 0.2
     cl_layer: int = 1
+    # GAT-BPR's scores blended with EASE^R's item-item weights, λ and weight chosen on val after
+    # training (models_src/item_item.py), on catalogues of at most this many items.
+    item_item: bool = False
+    item_item_max_items: int = 20_000
     # "study <name> trial <n>" when a tuning study (models_src/tuning.py) chose the parameters:
     # recorded with the model version.
     tuned_from: str | None = None

@@ -23,11 +23,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from models_src.item_item import STD_FLOOR, blend
 from models_src.models import GATBPR, RatingModel
 
 
 class TopKScorer(nn.Module):
-    """score(u, i) = user_emb[u] · item_emb[i] + user_bias[u] + item_bias[i] + offset."""
+    """score(u, i) = user_emb[u] · item_emb[i] + user_bias[u] + item_bias[i] + offset.
+
+    With `item_item` (EASE^R's items x items weights, models_src/item_item.py) the score is the
+    blend standardised(that) + blend_weight · standardised(history_u · item_item), where the
+    user's history is the `exclude` row: the items they have already seen."""
 
     def __init__(
         self,
@@ -37,6 +42,8 @@ class TopKScorer(nn.Module):
         user_bias: Tensor | None = None,
         item_bias: Tensor | None = None,
         offset: float = 0.0,
+        item_item: Tensor | None = None,
+        blend_weight: float = 0.0,
     ) -> None:
         super().__init__()
         self.k = k
@@ -48,22 +55,41 @@ class TopKScorer(nn.Module):
         self.register_buffer("user_bias", user_bias.float().contiguous())
         self.register_buffer("item_bias", item_bias.float().contiguous())
         self.register_buffer("offset", torch.tensor(float(offset)))
+        # None buffers stay out of the state dict: a scorer without a blend has none.
+        blended = item_item is not None
+        self.register_buffer(
+            "item_item", item_item.detach().float().contiguous() if blended else None
+        )
+        self.register_buffer("blend_weight", torch.tensor(float(blend_weight)) if blended else None)
 
-    def scores(self, users: Tensor) -> Tensor:
+    def scores(self, users: Tensor, history: Tensor | None = None) -> Tensor:
+        """(users, items) scores; `history` (users x items 0/1) is needed by a blend."""
         dot = self.user_emb[users] @ self.item_emb.T
-        return dot + self.user_bias[users].unsqueeze(1) + self.item_bias.unsqueeze(0) + self.offset
+        scores = dot + self.user_bias[users].unsqueeze(1) + self.item_bias.unsqueeze(0)
+        scores = scores + self.offset
+        if self.item_item is None:
+            return scores
+        if history is None:
+            raise ValueError("a blended scorer needs the users' history")
+        return blend(scores, history.float() @ self.item_item, float(self.blend_weight))
 
     def forward(self, users: Tensor, exclude: Tensor) -> tuple[Tensor, Tensor]:
-        scores = self.scores(users).masked_fill(exclude, float("-inf"))
+        scores = self.scores(users, exclude).masked_fill(exclude, float("-inf"))
         top = torch.topk(scores, self.k, dim=1)
         return top.indices, top.values
 
 
 @torch.no_grad()
-def gat_bpr_scorer(model: GATBPR, edge_index: Tensor, k: int) -> TopKScorer:
+def gat_bpr_scorer(
+    model: GATBPR,
+    edge_index: Tensor,
+    k: int,
+    item_item: Tensor | None = None,
+    blend_weight: float = 0.0,
+) -> TopKScorer:
     model.eval()
     users, items = model.split_embedding(model.get_embedding(edge_index))
-    return TopKScorer(users, items, k)
+    return TopKScorer(users, items, k, item_item=item_item, blend_weight=blend_weight)
 
 
 @torch.no_grad()
@@ -144,7 +170,13 @@ def export_scorer(scorer: TopKScorer, path: Path, metadata: dict[str, str]) -> P
         helper.make_node("Unsqueeze", ["user_bias_rows", "axis_1"], ["user_bias_column"]),
         helper.make_node("Add", ["dot", "user_bias_column"], ["with_user_bias"]),
         helper.make_node("Add", ["with_user_bias", "item_bias"], ["with_item_bias"]),
-        helper.make_node("Add", ["with_item_bias", "offset"], ["scores_all"]),
+        helper.make_node("Add", ["with_item_bias", "offset"], ["embedding_scores"]),
+    ]
+    if scorer.item_item is None:
+        nodes.append(helper.make_node("Identity", ["embedding_scores"], ["scores_all"]))
+    else:
+        nodes += _blend_nodes()
+    nodes += [
         helper.make_node("Where", ["exclude", "minus_infinity", "scores_all"], ["masked"]),
         helper.make_node("TopK", ["masked", "k"], ["scores", "items"], axis=1),
     ]
@@ -158,6 +190,12 @@ def export_scorer(scorer: TopKScorer, path: Path, metadata: dict[str, str]) -> P
         _constant("minus_infinity", -np.inf, np.float32),
         _constant("k", [scorer.k], np.int64),
     ]
+    if scorer.item_item is not None:
+        initializers += [
+            _initializer("item_item", scorer.item_item),
+            _initializer("blend_weight", scorer.blend_weight),
+            _constant("std_floor", STD_FLOOR, np.float32),
+        ]
     items = len(scorer.item_emb)
     graph = helper.make_graph(
         nodes,
@@ -174,6 +212,37 @@ def export_scorer(scorer: TopKScorer, path: Path, metadata: dict[str, str]) -> P
     )
     full = {"k": str(scorer.k), "num_items": str(items), **metadata}
     return _save(graph, path, full)
+
+
+def _standardise_nodes(name: str) -> list:
+    """`name` -> `name`_standardised: each row centred and divided by its population standard
+    deviation (floored), as models_src/item_item.py's `standardised`."""
+    from onnx import helper
+
+    return [
+        helper.make_node("ReduceMean", [name], [f"{name}_mean"], axes=[1], keepdims=1),
+        helper.make_node("Sub", [name, f"{name}_mean"], [f"{name}_centred"]),
+        helper.make_node("Mul", [f"{name}_centred", f"{name}_centred"], [f"{name}_squares"]),
+        helper.make_node("ReduceMean", [f"{name}_squares"], [f"{name}_var"], axes=[1], keepdims=1),
+        helper.make_node("Sqrt", [f"{name}_var"], [f"{name}_std"]),
+        helper.make_node("Max", [f"{name}_std", "std_floor"], [f"{name}_spread"]),
+        helper.make_node("Div", [f"{name}_centred", f"{name}_spread"], [f"{name}_standardised"]),
+    ]
+
+
+def _blend_nodes() -> list:
+    """embedding_scores, exclude (the users' history) -> scores_all, the blend of
+    models_src/item_item.py: standardised(embedding) + weight · standardised(history · B)."""
+    from onnx import TensorProto, helper
+
+    return [
+        helper.make_node("Cast", ["exclude"], ["history"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["history", "item_item"], ["item_item_scores"]),
+        *_standardise_nodes("embedding_scores"),
+        *_standardise_nodes("item_item_scores"),
+        helper.make_node("Mul", ["item_item_scores_standardised", "blend_weight"], ["weighted"]),
+        helper.make_node("Add", ["embedding_scores_standardised", "weighted"], ["scores_all"]),
+    ]
 
 
 def export_pair_scorer(scorer: PairScorer, path: Path, metadata: dict[str, str]) -> Path:

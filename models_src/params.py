@@ -109,6 +109,16 @@ class GatBprParams(_Params):
         description="BPR against the highest-scoring of each positive's sampled negatives "
         "(dynamic negative sampling) instead of against all of them.",
     )
+    item_item: bool = Field(
+        True,
+        description="Blend the scores with EASE^R's item-item weights, lambda and weight "
+        "chosen on val after training (bench/results/blend.md).",
+    )
+    item_item_max_items: int = Field(
+        20_000,
+        ge=0,
+        description="Largest catalogue the blend is built for (its matrix is items x items).",
+    )
     cl_weight: float = Field(
         0.0, ge=0, description="Weight of XSimGCL's contrastive term (0: off)."
     )

@@ -67,10 +67,67 @@ def train_run(
         processes=learner.parallel.world_size,
     )
     if trainer.is_main:
+        final, _ = blend_item_item(learner, train_config, Path(out_dir), final, log)
         (Path(out_dir) / RESULT_FILE).write_text(
             json.dumps({"final": final, "history": trainer.history}, default=float)
         )
     return trainer, final
+
+
+def blend_item_item(
+    learner, config: TrainConfig, out_dir: Path, final: dict, log: Callable[[str], None] = print
+) -> tuple[dict, Callable | None]:
+    """After GAT-BPR's training: choose on val EASE^R's λ and its weight in the blend
+    (models_src/item_item.py), record the choice in best_model.pt (publish and the serving
+    refit rebuild the same blend from it) and return `final` with the blend's val and test
+    metrics (the embeddings' own kept under `embeddings_only`) and the score function of the
+    model as it will serve (users -> item scores; None for a rating model). `final` is
+    unchanged when the config turns the blend off or the catalogue is too large for it."""
+    from models_src.checkpoint import load_checkpoint, save_checkpoint
+    from models_src.item_item import blend, choose_blend, fits, history_matrix, item_item_scores
+    from models_src.learners import BPRLearner, training_positives
+
+    if not isinstance(learner, BPRLearner):
+        return final, None
+    user_emb, item_emb = learner.item_scores()
+    user_emb, item_emb = user_emb.cpu(), item_emb.cpu()
+
+    def embedding_scores(users: torch.Tensor) -> torch.Tensor:
+        return user_emb[users.cpu()] @ item_emb.T
+
+    if not config.item_item:
+        return final, embedding_scores
+    if not fits(learner.num_users, learner.num_items, config.item_item_max_items):
+        log(f"item-item blend skipped: {learner.num_items} items is past what it is built for")
+        return {**final, "item_item": {"skipped": "catalogue too large"}}, embedding_scores
+    train = learner.splits["train"]
+    positives = training_positives(train, config, learner.like_threshold)
+    history = history_matrix(train, learner.num_users, learner.num_items)
+
+    def summary(scores, part: str) -> dict:
+        return learner.protocol.evaluate(scores, part, config.k, config.eval_batch_size).summary
+
+    choice, weights = choose_blend(
+        embedding_scores, positives, history, lambda s: summary(s, "val")[config.monitor]
+    )
+    log(
+        f"item-item blend: EASE^R lambda {choice.lam:g}, weight {choice.weight:g}"
+        f" ({choice.seconds:.0f} s)"
+    )
+    result = {**final, "item_item": choice.to_dict()}
+    if weights is None:
+        return result, embedding_scores
+
+    def blended(users: torch.Tensor) -> torch.Tensor:
+        learned = item_item_scores(history, users, weights)
+        return blend(embedding_scores(users), learned, choice.weight)
+
+    result["embeddings_only"] = {"val": final["val"], "test": final["test"]}
+    result["val"], result["test"] = summary(blended, "val"), summary(blended, "test")
+    best = load_checkpoint(out_dir / "best_model.pt")
+    best["item_item"] = {"lambda": choice.lam, "weight": choice.weight}
+    save_checkpoint(out_dir / "best_model.pt", best)
+    return result, blended
 
 
 BASELINE_SUFFIX = ".baseline.pt"
@@ -185,6 +242,8 @@ def refit_run(
             "epoch": len(schedule),
             "config": config.to_dict(),
             "artifacts": artifacts,
+            # The gated run's blend (λ, weight), refitted on every interaction at publish.
+            "item_item": gated.get("item_item"),
             "history": [
                 {"epoch": e, "train_loss": loss, "lr": lr}
                 for e, (loss, lr) in enumerate(zip(losses, schedule, strict=True), 1)

@@ -6,6 +6,10 @@ items it knows; items it has never seen cannot be recommended by it (score -inf,
 count against it as misses); users it does not know get the popularity fallback that batch
 scoring gives them. The rating model predicts an unknown pair from whatever it knows of the pair
 (global mean + known biases), as its pair scorer does.
+
+A GAT-BPR blended with EASE^R's item-item weights (models_src/item_item.py) carries them as the
+`item_item` and `blend_weight` buffers; it also needs each user's history, which it gets as the
+scorer does: the user's 0/1 row of the interactions it may not recommend again (here, train).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 from torch import Tensor
 
 from models_src.data import Interactions
+from models_src.item_item import blend, history_matrix, item_item_scores
 
 
 class ServedModel:
@@ -22,12 +27,20 @@ class ServedModel:
         buffers: dict[str, Tensor],
         popularity: Tensor,
         rating_range: tuple[float, float] | None = None,
+        history: Interactions | None = None,
     ) -> None:
         self.user_emb, self.item_emb = buffers["user_emb"], buffers["item_emb"]
         self.user_bias, self.item_bias = buffers["user_bias"], buffers["item_bias"]
         self.offset = float(buffers["offset"])
         self.popularity = popularity.float()
         self.rating_range = rating_range
+        self.item_item = buffers.get("item_item")
+        self.blend_weight = float(buffers.get("blend_weight", 0.0))
+        self.history = None
+        if self.item_item is not None:
+            if history is None:
+                raise ValueError("a blended model is scored with the users' history")
+            self.history = history_matrix(history, self.known_users, self.known_items)
 
     @property
     def known_users(self) -> int:
@@ -44,7 +57,11 @@ class ServedModel:
         if known.any():
             u = users[known]
             block = self.user_emb[u] @ self.item_emb.T + self.user_bias[u].unsqueeze(1)
-            scores[known, : self.known_items] = block + self.item_bias + self.offset
+            block = block + self.item_bias + self.offset
+            if self.item_item is not None:
+                learned = item_item_scores(self.history, u, self.item_item)
+                block = blend(block, learned, self.blend_weight)
+            scores[known, : self.known_items] = block
         scores[~known] = torch.log1p(self.popularity)
         return scores
 

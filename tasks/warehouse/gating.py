@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from models_src.baselines import FittedBaseline
-from models_src.checkpoint import load_checkpoint
 from models_src.config import TrainConfig, like_threshold, rating_scale
 from models_src.data import Interactions
 from models_src.evaluation import (
@@ -44,7 +43,7 @@ from models_src.gate import (
 from models_src.learners import split_for_training
 from models_src.runs import load_baseline
 from models_src.serving import ServedModel, popularity_counts
-from tasks.warehouse.publish import EMBEDDINGS_FILE, publish_baseline
+from tasks.warehouse.publish import load_version_tables, publish_baseline
 from tasks.warehouse.registry import (
     champion,
     record_evaluation,
@@ -85,7 +84,7 @@ class Night:
     def served(self, buffers: dict, scale: tuple[float, float] | None = None) -> ServedModel:
         if self.rating and scale is None:
             scale = rating_scale(self.data)
-        return ServedModel(buffers, self.popularity, scale)
+        return ServedModel(buffers, self.popularity, scale, history=self.splits["train"])
 
     def contender(
         self, name: str, role: str, family: str, model: ServedModel, k: int
@@ -126,7 +125,7 @@ def champion_incompatibility(row: dict, data: Interactions, config: dict, k: int
 
 def _version_model(night: Night, row: dict) -> ServedModel:
     verify_artifacts(row)
-    state = load_checkpoint(Path(row["artifact_dir"]) / EMBEDDINGS_FILE)
+    state = load_version_tables(Path(row["artifact_dir"]))
     scale = state.get("rating_range")
     return night.served(state["buffers"], tuple(scale) if scale else None)
 

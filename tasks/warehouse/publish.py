@@ -3,6 +3,8 @@
 Every version, whatever its family, ships the same files: `scorer.onnx` (top-K), the embedding
 tables it was built from (`embeddings.pt`, so the gate can score it again on a later night),
 `scorer_meta.json`, and for rating models `pairs.onnx` (predicted rating of (user, item) pairs).
+A GAT-BPR blended with EASE^R's item-item weights keeps that items x items matrix once, in
+`scorer.onnx`: `embeddings.pt` names the file it is read back from (`load_version_tables`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from models_src.baselines import FittedBaseline
 from models_src.checkpoint import load_checkpoint, save_checkpoint
 from models_src.config import TrainConfig, like_threshold
 from models_src.data import Interactions, bipartite_edge_index
+from models_src.item_item import ease_weights
 from models_src.learners import split_for_training, training_positives
 from models_src.models import GATBPR, RatingModel
 from models_src.onnx_export import (
@@ -51,8 +54,8 @@ def build_model(state: dict) -> GATBPR | RatingModel:
     return model
 
 
-def training_graph(state: dict, num_groups: int) -> torch.Tensor:
-    """The graph a GAT-BPR checkpoint was trained on: its train split's positives, or every
+def trained_positives(state: dict) -> Interactions:
+    """The pairs a GAT-BPR checkpoint learned from: its train split's positives, or every
     interaction for a serving refit (`artifacts.holdout` false)."""
     data = Interactions.from_parquet(Path(state["artifacts"]["data"]))
     config = TrainConfig.from_dict(state["config"])
@@ -61,16 +64,37 @@ def training_graph(state: dict, num_groups: int) -> torch.Tensor:
         if state["artifacts"].get("holdout", True)
         else data
     )
-    positives = training_positives(train, config, like_threshold(train, config.rating_threshold))
-    return bipartite_edge_index(positives, with_groups=num_groups > 0)
+    return training_positives(train, config, like_threshold(train, config.rating_threshold))
 
 
 def build_scorer(state: dict, k: int) -> TopKScorer:
-    """A checkpoint as a TopKScorer (GAT-BPR: its training graph propagated once)."""
+    """A checkpoint as a TopKScorer (GAT-BPR: its training graph propagated once, and EASE^R's
+    weights refitted on the same pairs when training chose a blend)."""
     model = build_model(state)
     if isinstance(model, RatingModel):
         return rating_scorer(model, k)
-    return gat_bpr_scorer(model, training_graph(state, model.num_groups), k)
+    positives = trained_positives(state)
+    graph = bipartite_edge_index(positives, with_groups=model.num_groups > 0)
+    blend = state.get("item_item") or {}
+    if not blend.get("weight"):
+        return gat_bpr_scorer(model, graph, k)
+    weights = ease_weights(positives, blend["lambda"])
+    return gat_bpr_scorer(model, graph, k, item_item=weights, blend_weight=blend["weight"])
+
+
+def load_version_tables(artifact_dir: Path) -> dict:
+    """A version's `embeddings.pt`, with a blend's item-item matrix read back from its ONNX
+    scorer into `buffers`."""
+    state = load_checkpoint(artifact_dir / EMBEDDINGS_FILE)
+    source = state.get("item_item_from")
+    if source:
+        import onnx
+        from onnx import numpy_helper
+
+        graph = onnx.load(artifact_dir / source).graph
+        table = next(t for t in graph.initializer if t.name == "item_item")
+        state["buffers"]["item_item"] = torch.from_numpy(numpy_helper.to_array(table).copy())
+    return state
 
 
 def _register(
@@ -98,13 +122,16 @@ def _register(
         export_pair_scorer(PairScorer(pair_model), run_dir / PAIRS_FILE, stamp)
     meta = {"num_users": len(scorer.user_emb), "num_items": len(scorer.item_emb), "k": scorer.k}
     (run_dir / META_FILE).write_text(json.dumps(meta))
+    buffers = dict(scorer.state_dict())
+    blended = buffers.pop("item_item", None) is not None  # kept once, in the ONNX file
     save_checkpoint(
         run_dir / EMBEDDINGS_FILE,
         {
             "kind": record["kind"],
-            "buffers": dict(scorer.state_dict()),
+            "buffers": buffers,
             "rating_range": record.get("rating_range"),
             "config": record["config"],
+            "item_item_from": SCORER_FILE if blended else None,
         },
     )
     if check is not None:

@@ -1,0 +1,129 @@
+"""GAT-BPR's scores blended with EASE^R's learned item-item weights (Steck, WWW 2019).
+
+Why: on every dataset of bench-train the closed-form EASE^R ranked above GAT-BPR, and the two
+err differently (the graph model smooths over neighbourhoods, EASE^R keeps exact co-occurrence),
+so a blend chosen on val beats both (bench/results/blend.md). The blend is part of the shipped
+model: the same arithmetic in training's choice, in the gate (models_src/serving.py), in the
+torch scorer and in the ONNX file (models_src/onnx_export.py):
+
+    score(u, ·) = standardised(user_emb[u] · item_embᵀ) + weight · standardised(history_u · B)
+
+where history_u is the user's 0/1 row of interactions (the scorer's `exclude` input, the items
+already seen), B is EASE^R's items × items weight matrix, and `standardised` centres and scales
+each user's row (the two scores live on unrelated scales). λ and the weight are chosen on val.
+
+EASE^R's matrix is dense: it is built only where it fits (`fits`): at most `max_items` items
+(20k items is 1.6 GB of float32), and a dense history × B product for every user within
+`MAX_SCORING_MULTIPLY_ADDS`, since batch scoring multiplies the users' dense history rows by B.
+Larger catalogues serve the embeddings alone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models_src.data import Interactions
+
+LAMBDAS = (50.0, 200.0, 800.0)  # EASE^R's L2 weight; brackets what bench-train chose on val
+WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # the item-item share; 0 = the embeddings alone
+# users x items x items of one full batch scoring (dense history rows times B): ~1e12 is about
+# 10 s of onnxruntime on 2 cores.
+MAX_SCORING_MULTIPLY_ADDS = 5e12
+STD_FLOOR = 1e-9  # a user with no history has a constant item-item row: it contributes zeros
+
+
+def fits(num_users: int, num_items: int, max_items: int) -> bool:
+    """Whether EASE^R's dense item-item matrix is built for this catalogue."""
+    return 0 < num_items <= max_items and num_users * num_items**2 <= MAX_SCORING_MULTIPLY_ADDS
+
+
+def history_matrix(data: Interactions, num_users: int, num_items: int):
+    """Users x items 0/1 scipy CSR of `data`'s pairs (repeats collapse), clipped to the given
+    sizes (a model knows a prefix of tonight's ids)."""
+    from scipy.sparse import csr_matrix
+
+    keep = (data.user < num_users) & (data.item < num_items)
+    keys = np.unique(data.user[keep].astype(np.int64) * num_items + data.item[keep])
+    ones = np.ones(len(keys), dtype=np.float32)
+    return csr_matrix((ones, (keys // num_items, keys % num_items)), shape=(num_users, num_items))
+
+
+def ease_weights(positives: Interactions, lam: float) -> Tensor:
+    """EASE^R's closed form: P = (XᵀX + λI)⁻¹, B = I − P·diag(1/diag(P)), zero diagonal."""
+    history = history_matrix(positives, positives.num_users, positives.num_items)
+    gram = torch.from_numpy((history.T @ history).toarray())
+    gram.diagonal().add_(lam)
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram))
+    del gram
+    weights = inverse.div_(-inverse.diagonal())
+    weights.diagonal().zero_()
+    return weights.contiguous()
+
+
+def standardised(scores: Tensor) -> Tensor:
+    """Each row centred and divided by its (population) standard deviation."""
+    centred = scores - scores.mean(dim=1, keepdim=True)
+    spread = centred.pow(2).mean(dim=1, keepdim=True).sqrt().clamp(min=STD_FLOOR)
+    return centred / spread
+
+
+def blend(embedding_scores: Tensor, item_item_scores: Tensor, weight: float) -> Tensor:
+    return standardised(embedding_scores) + weight * standardised(item_item_scores)
+
+
+def item_item_scores(history, users: Tensor, weights: Tensor) -> Tensor:
+    """history_u · B for a batch of users (`history`: scipy CSR, sparse times dense)."""
+    rows = history[users.cpu().numpy()]
+    return torch.from_numpy(np.asarray(rows @ weights.numpy(), dtype=np.float32))
+
+
+@dataclass
+class BlendChoice:
+    """The λ and weight chosen on val, and what each setting scored there."""
+
+    lam: float
+    weight: float
+    val: dict[str, float] = field(default_factory=dict)  # "λ=…, w=…" -> val metric
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"lambda": self.lam, "weight": self.weight, "val": self.val,
+                "seconds": self.seconds}  # fmt: skip
+
+
+def choose_blend(
+    embedding_scores: Callable[[Tensor], Tensor],
+    positives: Interactions,
+    history,
+    evaluate_val: Callable[[Callable[[Tensor], Tensor]], float],
+    lambdas: tuple[float, ...] = LAMBDAS,
+    weights: tuple[float, ...] = WEIGHTS,
+) -> tuple[BlendChoice, Tensor | None]:
+    """Every (λ, weight) on val; returns the best choice and its B (None when the embeddings
+    alone won, weight 0). `evaluate_val` maps a score function to the val metric."""
+    started = time.perf_counter()
+    alone = evaluate_val(embedding_scores)
+    best = BlendChoice(0.0, 0.0, {"embeddings alone": alone})
+    best_value, best_weights = alone, None
+    for lam in lambdas:
+        b = ease_weights(positives, lam)
+        for weight in weights:
+            if weight == 0.0:
+                continue
+
+            def scores(users: Tensor, b: Tensor = b, weight: float = weight) -> Tensor:
+                return blend(embedding_scores(users), item_item_scores(history, users, b), weight)
+
+            value = evaluate_val(scores)
+            best.val[f"lambda={lam:g}, weight={weight:g}"] = value
+            if value > best_value:
+                best_value, best.lam, best.weight, best_weights = value, lam, weight, b
+        del b
+    best.seconds = time.perf_counter() - started
+    return best, best_weights
