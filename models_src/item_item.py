@@ -57,13 +57,37 @@ def history_matrix(data: Interactions, num_users: int, num_items: int):
 def ease_weights(positives: Interactions, lam: float) -> Tensor:
     """EASE^R's closed form: P = (XᵀX + λI)⁻¹, B = I − P·diag(1/diag(P)), zero diagonal."""
     history = history_matrix(positives, positives.num_users, positives.num_items)
-    gram = torch.from_numpy((history.T @ history).toarray())
-    gram.diagonal().add_(lam)
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram))
-    del gram
-    weights = inverse.div_(-inverse.diagonal())
-    weights.diagonal().zero_()
-    return weights.contiguous()
+    gram = np.asfortranarray((history.T @ history).toarray(), dtype=np.float32)
+    gram[np.diag_indices_from(gram)] += lam
+    inverse = _symmetric_inverse_in_place(gram)
+    # P is symmetric, so its C-ordered view (the Fortran array's transpose) is P itself.
+    weights = inverse.T
+    diagonal = weights.diagonal().copy()
+    weights /= -diagonal[np.newaxis, :]
+    weights[np.diag_indices_from(weights)] = 0.0
+    return torch.from_numpy(weights)
+
+
+def _symmetric_inverse_in_place(matrix: np.ndarray, block: int = 2048) -> np.ndarray:
+    """The inverse of a symmetric positive definite Fortran-ordered float32 matrix, in its own
+    memory: LAPACK's Cholesky factorisation and inverse (spotrf, spotri) through scipy, then the
+    lower triangle mirrored block by block. torch.linalg's cholesky + cholesky_inverse take two
+    more copies of the matrix (4.8 GB more at 20k items) and were 1.4x slower on Last.fm."""
+    from scipy.linalg import lapack
+
+    factor, info = lapack.spotrf(matrix, lower=1, overwrite_a=1, clean=0)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"EASE^R's Gram matrix is not positive definite ({info})")
+    inverse, info = lapack.spotri(factor, lower=1, overwrite_c=1)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"EASE^R's Gram matrix could not be inverted ({info})")
+    n = len(inverse)
+    for start in range(0, n, block):
+        stop = min(n, start + block)
+        inverse[start:stop, stop:] = inverse[stop:, start:stop].T
+        diagonal_block = inverse[start:stop, start:stop]
+        inverse[start:stop, start:stop] = np.tril(diagonal_block) + np.tril(diagonal_block, -1).T
+    return inverse
 
 
 def standardised(scores: Tensor) -> Tensor:

@@ -185,6 +185,24 @@ def _started_from(training: dict) -> str:
     return line
 
 
+def _blend_line(training: dict) -> str:
+    """What the item-item blend (models_src/item_item.py) chose on val, and what it changed."""
+    blend = training.get("item_item")
+    if not blend:
+        return ""
+    if "skipped" in blend:
+        return f"Item-item blend: not built ({blend['skipped']})."
+    alone = blend["val"].get("embeddings alone")
+    if not blend["weight"]:
+        return f"Item-item blend: the embeddings alone ranked best on val ({alone:.4f})."
+    best = max(v for name, v in blend["val"].items() if name != "embeddings alone")
+    return (
+        f"Item-item blend: EASE^R λ {blend['lambda']:g}, weight {blend['weight']:g}, chosen on"
+        f" val (its monitored metric {best:.4f} against {alone:.4f} for the embeddings alone;"
+        f" {blend['seconds']:.0f} s)."
+    )
+
+
 def model_section(outcome: dict) -> list[str]:
     title = f"### {outcome['model']} on `{outcome['dataset']}`"
     if outcome.get("snapshot_id") is not None:
@@ -199,6 +217,9 @@ def model_section(outcome: dict) -> list[str]:
         )
         if outcome.get("tuned_from"):
             lines.append(f"Parameters from the tuning job: {outcome['tuned_from']}.")
+        blend = _blend_line(training)
+        if blend:
+            lines.append(blend)
         lines.append("")
     gate = outcome.get("gate")
     if gate:

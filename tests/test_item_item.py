@@ -149,3 +149,20 @@ def test_served_model_scores_as_the_scorer(blended_scorer):
     assert torch.allclose(got[:, : data.num_items], direct, atol=1e-5)
     with pytest.raises(ValueError, match="history"):
         ServedModel(buffers, popularity)
+
+
+def test_the_run_report_says_what_the_blend_chose():
+    from tasks.report import _blend_line
+
+    chosen = {
+        "lambda": 200.0,
+        "weight": 0.5,
+        "seconds": 3.2,
+        "val": {"embeddings alone": 0.21, "lambda=200, weight=0.5": 0.24},
+    }
+    line = _blend_line({"item_item": chosen})
+    assert "λ 200, weight 0.5" in line and "0.2400 against 0.2100" in line
+    kept = {**chosen, "weight": 0.0, "val": {"embeddings alone": 0.3, "lambda=50, weight=1": 0.2}}
+    assert "embeddings alone ranked best" in _blend_line({"item_item": kept})
+    assert "not built" in _blend_line({"item_item": {"skipped": "catalogue too large"}})
+    assert _blend_line({}) == ""
