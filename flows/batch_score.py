@@ -15,6 +15,7 @@ from prefect.task_runners import TaskRunner
 
 from flows.params import TaskRunnerParams
 from flows.runners import night_task_runner, scoring_parts
+from tasks.faults import crash_point
 from tasks.home import EncoreHome
 from tasks.score import list_champions_task, load_scores_task, plan_scoring_task, score_range_task
 
@@ -33,6 +34,7 @@ def score_champion(
     ]
     scored = [future.result() for future in futures]
     ranges_seconds = time.perf_counter() - ranges_started
+    crash_point("scored")
     loaded = load_scores_task(
         warehouse_path, plan, scored, exports_dir, time.perf_counter() - started
     )

@@ -53,12 +53,15 @@ def ingest(
     warehouse_path = str(home.warehouse)
     plan = plan_ingest(sources, warehouse_path, datasets)
     reports, idle = [], {}
-    for dataset, files in plan.items():
-        if not files:
+    for dataset, planned in plan.items():
+        files = planned["files"]
+        if not files and (planned["pending"] is None or not run_validation):
             idle[dataset] = "no new files in the landing folder"
             continue
+        # An interrupted ingest's pending snapshot is reopened: validated with tonight's files.
         snapshot_id = open_snapshot_task(warehouse_path, dataset)
-        ingest_files_task(sources, warehouse_path, dataset, files, snapshot_id)
+        if files:
+            ingest_files_task(sources, warehouse_path, dataset, files, snapshot_id)
         if run_validation:
             reports.append(
                 validate_snapshot_task(

@@ -39,6 +39,7 @@ from flows.batch_score import score_champion
 from flows.ingest import ingest
 from flows.params import DEFAULT_PARAMS, NightlyParams
 from flows.runners import night_task_runner, scoring_parts
+from tasks.faults import crash_point
 from tasks.home import EncoreHome
 from tasks.lock import LockHeld, exclusive_lock
 from tasks.nightly import (
@@ -176,6 +177,7 @@ def _gate_and_serve(
                 warehouse_path, outcome["training"], dataset, params.k
             )
         outcome["model_dir"] = published["model_dir"]
+        crash_point("published")
         with stage_clock(timings, "gate"):
             gate = gate_candidate_task(
                 warehouse_path,
@@ -186,11 +188,17 @@ def _gate_and_serve(
                 baseline_files,
             )
         outcome["gate"] = gate
+        crash_point("gated")
         new_champion = gate["champion_after"] != gate["champion_before"]
         if new_champion and params.gate.serving_refit:
             with stage_clock(timings, "serving refit"):
                 outcome["serving"] = _refit(branch, gate, baseline_files, params, home, runner)
-        rescore = new_champion or (params.score_kept_champion and gate["champion_before"])
+            crash_point("refit")
+        rescore = (
+            new_champion
+            or (params.score_kept_champion and gate["champion_before"])
+            or branch.item.get("lists_missing")
+        )
         if model != "rating" and gate["champion_after"] is not None and rescore:
             with stage_clock(timings, "batch scoring"):
                 outcome["scoring"] = score_champion(
@@ -201,6 +209,27 @@ def _gate_and_serve(
                     str(home.root / "exports"),
                 )
     outcome["status"] = _status(gate)
+
+
+def _score_only(
+    branch: _Branch, home: EncoreHome, runner: TaskRunner, params: NightlyParams
+) -> None:
+    """Nothing to train, but the champion has no lists (the night that crowned it was killed
+    before they were loaded): score them now."""
+    outcome = branch.outcome
+    try:
+        with tags(*branch.labels), stage_clock(outcome["timings"], "batch scoring"):
+            outcome["scoring"] = score_champion(
+                runner,
+                scoring_parts(params.task_runner),
+                str(home.warehouse),
+                branch.item["dataset"],
+                str(home.root / "exports"),
+            )
+    except Exception as error:  # the next model still runs
+        branch.fail("scoring", error)
+        return
+    outcome["status"] = "rescored"
 
 
 def _status(gate: dict) -> str:
@@ -251,8 +280,11 @@ def _run_branches(plan: list[dict], params: NightlyParams, home: EncoreHome) -> 
     then each is published, gated and served in plan order. A failure ends its own branch:
     the next model still trains, is gated and serves."""
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    rescores = [_Branch(item) for item in plan if item["status"] == "score"]
     branches = [_Branch(item) for item in plan if item["status"] == "due"]
     with night_task_runner(params.task_runner) as runner:
+        for branch in rescores:
+            _score_only(branch, home, runner, params)
         for branch in branches:
             try:
                 _start_training(branch, params, home, runner, stamp)
@@ -265,7 +297,7 @@ def _run_branches(plan: list[dict], params: NightlyParams, home: EncoreHome) -> 
                 _gate_and_serve(branch, params, home, runner)
             except Exception as error:  # the next model still runs
                 branch.fail("train" if "training" not in branch.outcome else "gate", error)
-    outcomes = {id(branch.item): branch.outcome for branch in branches}
+    outcomes = {id(branch.item): branch.outcome for branch in rescores + branches}
     return [outcomes.get(id(item), item) for item in plan]
 
 

@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import task_run
 
+from tasks.faults import crash_point
 from tasks.home import EncoreHome
 from tasks.retries import IO_RETRIES, artifact_key  # noqa: F401 - re-exported
 from tasks.sources import DatasetSpec, load_datasets
@@ -18,6 +19,8 @@ from tasks.warehouse.ingest import (
     ingest_file,
     is_known_unchanged,
     open_snapshot,
+    pending_snapshot,
+    refused_before,
     register_dataset,
     scan_file,
 )
@@ -35,8 +38,9 @@ def find_dataset(sources_file: Path, name: str) -> DatasetSpec:
 
 @task(name="plan ingest", **IO_RETRIES)
 def plan_ingest(sources_file: str, warehouse_path: str, datasets: list[str] | None) -> dict:
-    """Which landing files are new, per dataset (already-loaded content is skipped by sha256)."""
-    plan: dict[str, list[str]] = {}
+    """Per dataset: which landing files are new (already-loaded content is skipped by sha256),
+    and the snapshot an interrupted ingest left pending, if any: {"files": [...], "pending"}."""
+    plan: dict[str, dict] = {}
     specs = load_datasets(Path(sources_file))
     unknown = sorted(set(datasets or []) - {s.name for s in specs})
     if unknown:
@@ -48,12 +52,17 @@ def plan_ingest(sources_file: str, warehouse_path: str, datasets: list[str] | No
             register_dataset(con, spec)
             if spec.item_names is not None:
                 load_item_names(con, spec.name, spec.item_names, spec.item_names_format or "")
-            plan[spec.name] = [
-                str(path)
-                for path in spec.landing_files()
-                if not is_known_unchanged(con, spec.name, path)
-                and already_loaded(con, spec.name, scan_file(path).sha256) is None
-            ]
+            files = []
+            for path in spec.landing_files():
+                if is_known_unchanged(con, spec.name, path):
+                    continue
+                sha256 = scan_file(path).sha256
+                refused = refused_before(con, spec.name, sha256)
+                if refused is not None:
+                    get_run_logger().warning("%s: unchanged since refused: %s", path, refused)
+                elif already_loaded(con, spec.name, sha256) is None:
+                    files.append(str(path))
+            plan[spec.name] = {"files": files, "pending": pending_snapshot(con, spec.name)}
     return plan
 
 
@@ -107,6 +116,7 @@ def ingest_files_task(
                 result.rejected,
             )
             results.append(result.to_dict())
+            crash_point("between files")
     return results
 
 

@@ -19,7 +19,14 @@ from tasks.warehouse.export import latest_passed_snapshot
 from tasks.warehouse.gating import gate_version
 from tasks.warehouse.publish import publish_run
 from tasks.warehouse.refit import publish_serving_refit
-from tasks.warehouse.registry import champion, ensure_registry, slot_of, version_row
+from tasks.warehouse.registry import (
+    abandon_candidate,
+    champion,
+    ensure_registry,
+    serving_version,
+    slot_of,
+    version_row,
+)
 from tasks.warehouse.schema import warehouse
 
 # Lists for every dataset (GAT-BPR, judged on liked items for ratings); predicted stars too for
@@ -56,15 +63,41 @@ def _due(con, dataset: str, model: str, retrain: bool) -> dict:
         " AND snapshot_id = ? AND role = 'evaluated' ORDER BY version DESC LIMIT 1",
         [model, dataset, snapshot],
     ).fetchone()
+    item["lists_missing"] = _lists_missing(con, current)
+    if trained and trained[1] == "candidate":  # published, then the night was killed
+        abandon_candidate(con, trained[0], INTERRUPTED)
+        healed = f"v{trained[0]} was {INTERRUPTED}"
+        return {**item, "status": "due", "snapshot_id": snapshot, "healed": healed}
     if trained and not retrain:
-        return {
-            **item,
-            "status": "skipped",
-            "snapshot_id": snapshot,
-            "reason": f"no new data: snapshot {snapshot} already trained v{trained[0]}"
-            f" ({trained[1]}); {serving}",
-        }
+        reason = (
+            f"no new data: snapshot {snapshot} already trained v{trained[0]}"
+            f" ({trained[1]}); {serving}"
+        )
+        if item["lists_missing"]:  # a champion whose scoring was killed
+            return {**item, "status": "score", "snapshot_id": snapshot, "reason": reason}
+        return {**item, "status": "skipped", "snapshot_id": snapshot, "reason": reason}
     return {**item, "status": "due", "snapshot_id": snapshot}
+
+
+INTERRUPTED = "published, but its night ended before the gate: its snapshot is trained again"
+
+
+def _lists_missing(con, current: dict | None) -> bool:
+    """A ranking champion with none of its serving version's lists in `recommendations` (the
+    night that crowned it was killed before its lists were loaded)."""
+    if current is None or current["slot"] != "ranking":
+        return False
+    serving = serving_version(con, current)
+    exists = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'recommendations'"
+    ).fetchone()[0]
+    if not exists:
+        return True
+    found = con.execute(
+        "SELECT count(*) FROM recommendations WHERE dataset = ? AND model_version = ?",
+        [current["dataset"], serving["version"]],
+    ).fetchone()[0]
+    return found == 0
 
 
 @task(

@@ -137,6 +137,8 @@ def headline(outcome: dict) -> str:
         return f"SKIPPED: {outcome['reason']}"
     if outcome["status"] == "failed":
         return f"FAILED in {outcome.get('stage', 'a stage')}: {outcome['reason']}"
+    if outcome["status"] == "rescored":
+        return f"RESCORED: the champion had no lists (an interrupted night); {outcome['reason']}"
     previous, after = gate.get("champion_before"), gate.get("champion_after")
     replaces = f" (replaces v{previous})" if previous and previous != after else ""
     if previous is None and after is not None:
@@ -208,6 +210,8 @@ def model_section(outcome: dict) -> list[str]:
     if outcome.get("snapshot_id") is not None:
         title += f" (snapshot {outcome['snapshot_id']})"
     lines = [title, "", f"**{headline(outcome)}**", ""]
+    if outcome.get("healed"):
+        lines += [f"Healed from an interrupted night: {outcome['healed']}.", ""]
     training = outcome.get("training")
     if training:
         lines.append(

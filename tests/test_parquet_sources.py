@@ -346,4 +346,5 @@ def test_the_ingest_plan_task_lists_remote_files(con, tmp_path, file_urls, home)
     (tmp_path / "sources.toml").write_text(SOURCES_TOML.format(landing=f"file://{root}/"))
     con.close()
     plan = plan_ingest.fn(str(tmp_path / "sources.toml"), str(home.warehouse), None)
-    assert plan == {"events": [f"file://{root}/{part}" for part in expected]}
+    files = [f"file://{root}/{part}" for part in expected]
+    assert plan == {"events": {"files": files, "pending": None}}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import duckdb
 
+from tasks.faults import crash_point
 from tasks.sources import (
     FIELD_TYPES,
     TIMESTAMP_READ_TYPES,
@@ -488,7 +489,23 @@ def register_dataset(con: duckdb.DuckDBPyConnection, spec: DatasetSpec) -> None:
         )
 
 
+def pending_snapshot(con: duckdb.DuckDBPyConnection, dataset: str) -> int | None:
+    """The dataset's snapshot still pending validation (an ingest killed before it validated,
+    or one run with validation off), if any."""
+    row = con.execute(
+        "SELECT max(snapshot_id) FROM snapshots WHERE dataset = ? AND status = 'pending'",
+        [dataset],
+    ).fetchone()
+    return row[0] if row else None
+
+
 def open_snapshot(con: duckdb.DuckDBPyConnection, dataset: str) -> int:
+    """Tonight's snapshot of `dataset`: the pending one when there is one (its files stay in
+    it and are validated with tonight's, so nothing an interrupted night loaded is left out of
+    training), else a new one."""
+    pending = pending_snapshot(con, dataset)
+    if pending is not None:
+        return pending
     return con.execute(
         "INSERT INTO snapshots (snapshot_id, dataset, status, created_at) "
         "VALUES (nextval('snapshot_ids'), ?, 'pending', current_timestamp) RETURNING snapshot_id",
@@ -516,6 +533,17 @@ def is_known_unchanged(
 def already_loaded(con: duckdb.DuckDBPyConnection, dataset: str, sha256: str) -> int | None:
     row = con.execute(
         "SELECT file_id FROM source_files WHERE dataset = ? AND sha256 = ? AND status = 'loaded'",
+        [dataset, sha256],
+    ).fetchone()
+    return row[0] if row else None
+
+
+def refused_before(con: duckdb.DuckDBPyConnection, dataset: str, sha256: str) -> str | None:
+    """Why this content was refused whole on an earlier night (None if it never was): the same
+    bytes are not read again until the file changes."""
+    row = con.execute(
+        "SELECT error FROM source_files WHERE dataset = ? AND sha256 = ? AND status = 'error'"
+        " ORDER BY file_id DESC LIMIT 1",
         [dataset, sha256],
     ).fetchone()
     return row[0] if row else None
@@ -573,10 +601,6 @@ class _AlreadyLoaded(Exception):
         self.file_id, self.sha256 = file_id, sha256
 
 
-def crash_point(stage: str) -> None:
-    """A seam for fault-injection tests (they replace it to kill the process mid-load)."""
-
-
 def ingest_file(
     con: duckdb.DuckDBPyConnection,
     spec: DatasetSpec,
@@ -622,9 +646,11 @@ def ingest_file(
         except IngestFileError as err:
             _record_error(con, spec, path, pending_scan.result(), snapshot_id, str(err))
             raise
-        except duckdb.Error as err:
-            # A DuckDB error about the data becomes a file error that names the path.
-            wrapped = IngestFileError(path, str(err))
+        except (duckdb.Error, AccountingError) as err:
+            # A DuckDB error about the data, or rows that do not add up (the load is rolled
+            # back), become a file error that names the path: the file is refused whole and
+            # recorded, and the dataset's other files and the other datasets go on.
+            wrapped = IngestFileError(path, str(err).removeprefix(f"{path}: "))
             _record_error(con, spec, path, pending_scan.result(), snapshot_id, str(wrapped))
             raise wrapped from err
     result.seconds = time.perf_counter() - started

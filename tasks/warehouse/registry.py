@@ -27,6 +27,7 @@ from pathlib import Path
 
 import duckdb
 
+from tasks.faults import crash_point
 from tasks.warehouse.schema import transaction
 
 REGISTRY_SCHEMA = """
@@ -53,7 +54,7 @@ CREATE TABLE IF NOT EXISTS promotions (
     decided_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
     kind VARCHAR NOT NULL,
     dataset VARCHAR NOT NULL,
-    action VARCHAR NOT NULL,          -- gate | manual-promote | rollback
+    action VARCHAR NOT NULL,          -- gate | manual-promote | rollback | interrupted
     challenger INTEGER NOT NULL,
     previous_champion INTEGER,
     promoted BOOLEAN NOT NULL,
@@ -101,10 +102,6 @@ def ensure_registry(con: duckdb.DuckDBPyConnection) -> None:
     }
     if "evaluation_json" not in columns:
         con.execute(REGISTRY_MIGRATIONS)
-
-
-def crash_point(stage: str) -> None:
-    """A seam for fault-injection tests (they replace it to kill the process mid-switch)."""
 
 
 def sha256_file(path: Path) -> str:
@@ -325,6 +322,26 @@ def record_gate_decision(
             reasons,
             "gate",
             **log,
+        )
+
+
+def abandon_candidate(con: duckdb.DuckDBPyConnection, version: int, reason: str) -> None:
+    """A candidate a killed night published but never gated: rejected, with why, so the next
+    night trains its snapshot again instead of taking it for done (logged)."""
+    row = version_row(con, version)
+    if row["status"] != "candidate":
+        raise RegistryError(f"model version {version} is {row['status']}, not a candidate")
+    current = champion(con, row["slot"], row["dataset"])
+    with transaction(con):
+        con.execute("UPDATE model_versions SET status = 'rejected' WHERE version = ?", [version])
+        _log(
+            con,
+            row,
+            "interrupted",
+            current["version"] if current else None,
+            False,
+            [reason],
+            "nightly",
         )
 
 
