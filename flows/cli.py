@@ -35,15 +35,37 @@ landing = "landing/sample-ratings"
 def open_warehouse(*expected: type[Exception]) -> Iterator:
     """The data home's warehouse. An `expected` error (a refused promotion, a bad pairs file)
     ends the command with its message and exit code 1 instead of a traceback."""
-    from tasks.warehouse.schema import warehouse
+    from tasks.warehouse.schema import WarehouseBusy, warehouse
 
     home = EncoreHome.from_env().ensure()
     try:
         with warehouse(home.warehouse) as con:
             yield con
-    except expected as error:
+    except (WarehouseBusy, *expected) as error:
         typer.echo(str(error), err=True)
         raise typer.Exit(1) from error
+
+
+WAIT_HELP = "Seconds to wait for another command or night that holds the data home (default 0)."
+
+
+@contextmanager
+def data_home_writer(command: str, wait: float) -> Iterator[None]:
+    """The data home's writer lock, the one the nightly run holds: two commands that write
+    never both proceed; the one refused says who holds it, in one line."""
+    from tasks.lock import WRITER_LOCK, LockHeld, exclusive_lock
+
+    home = EncoreHome.from_env().ensure()
+    try:
+        with exclusive_lock(home.root / WRITER_LOCK, f"encore {command}", wait):
+            yield
+    except LockHeld as held:
+        typer.echo(
+            f"encore {command}: the data home is busy: {held}. Run it again when that is"
+            " done, or pass --wait SECONDS.",
+            err=True,
+        )
+        raise typer.Exit(1) from None
 
 
 @app.callback()
@@ -90,17 +112,19 @@ def ingest(
     ] = None,
     validate: Annotated[bool, typer.Option(help="Validate the new snapshots.")] = True,
     sources: Annotated[Path | None, typer.Option(help="sources.toml to read.")] = None,
+    wait: Annotated[float, typer.Option(help=WAIT_HELP)] = 0.0,
 ) -> None:
     """Load new landing files into the warehouse and validate them (the `ingest` flow)."""
     from flows.ingest import SnapshotFailed
     from flows.ingest import ingest as ingest_flow
 
     try:
-        result = ingest_flow(
-            sources_file=str(sources.resolve()) if sources else None,
-            datasets=dataset or None,
-            run_validation=validate,
-        )
+        with data_home_writer("ingest", wait):
+            result = ingest_flow(
+                sources_file=str(sources.resolve()) if sources else None,
+                datasets=dataset or None,
+                run_validation=validate,
+            )
     except SnapshotFailed as failure:
         typer.echo(str(failure), err=True)
         raise typer.Exit(1) from failure
@@ -347,14 +371,14 @@ def validate(
     snapshot: Annotated[
         int | None, typer.Option(help="Snapshot id (default: all pending).")
     ] = None,
+    wait: Annotated[float, typer.Option(help=WAIT_HELP)] = 0.0,
 ) -> None:
     """Validate pending snapshots (those ingested with --no-validate)."""
-    from tasks.warehouse.schema import warehouse
     from tasks.warehouse.validation import report_summary, validate_snapshot
 
     home = EncoreHome.from_env().ensure()
     failed = False
-    with warehouse(home.warehouse) as con:
+    with data_home_writer("validate", wait), open_warehouse() as con:
         ids = (
             [snapshot]
             if snapshot
@@ -378,11 +402,10 @@ def validate(
 @app.command()
 def status() -> None:
     """What the warehouse holds: datasets, snapshots and their row accounting."""
-    from tasks.warehouse.schema import warehouse
     from tasks.warehouse.status import status_text
 
     home = EncoreHome.from_env().ensure()
-    with warehouse(home.warehouse) as con:
+    with open_warehouse() as con:
         typer.echo(status_text(con, home))
 
 
@@ -432,12 +455,13 @@ def _version_line(
 def promote(
     version: int,
     actor: Annotated[str, typer.Option(help="Who decides (logged).")] = "human",
+    wait: Annotated[float, typer.Option(help=WAIT_HELP)] = 0.0,
 ) -> None:
     """Make VERSION the champion of its kind and dataset (a logged human override)."""
     from tasks.warehouse.registry import RegistryError
     from tasks.warehouse.registry import promote as promote_version
 
-    with open_warehouse(RegistryError) as con:
+    with data_home_writer("promote", wait), open_warehouse(RegistryError) as con:
         row = promote_version(con, version, actor)
     typer.echo(
         f"v{row['version']} ({row['kind']}) is now the {row['slot']} champion of {row['dataset']}"
@@ -451,12 +475,13 @@ def rollback(
         str, typer.Option(help="ranking (the lists) or rating (predicted stars).")
     ] = "ranking",
     actor: Annotated[str, typer.Option(help="Who decides (logged).")] = "human",
+    wait: Annotated[float, typer.Option(help=WAIT_HELP)] = 0.0,
 ) -> None:
     """Go back to the previous champion of SLOT (logged); re-score with `batch-score` after."""
     from tasks.warehouse.registry import RegistryError
     from tasks.warehouse.registry import rollback as rollback_slot
 
-    with open_warehouse(RegistryError) as con:
+    with data_home_writer("rollback", wait), open_warehouse(RegistryError) as con:
         row = rollback_slot(con, slot, dataset, actor)
     typer.echo(f"v{row['version']} ({row['kind']}) is the {slot} champion of {dataset} again")
 

@@ -41,7 +41,7 @@ from flows.params import DEFAULT_PARAMS, NightlyParams
 from flows.runners import night_task_runner, scoring_parts
 from tasks.faults import crash_point
 from tasks.home import EncoreHome
-from tasks.lock import LockHeld, exclusive_lock
+from tasks.lock import WRITER_LOCK, LockHeld, exclusive_lock
 from tasks.nightly import (
     gate_candidate_task,
     plan_training,
@@ -334,7 +334,7 @@ def nightly_retrain(params: NightlyParams = DEFAULT_PARAMS) -> dict:
     logger = get_run_logger()
     owner = f"nightly flow run {flow_run.id or 'local'}"
     try:
-        with exclusive_lock(home.root / "nightly.lock", owner, params.lock_wait_seconds):
+        with exclusive_lock(home.root / WRITER_LOCK, owner, params.lock_wait_seconds):
             return _night(home, params)
     except LockHeld as held:
         message = f"skipped: another nightly run is in progress on {home.root} ({held})"

@@ -20,6 +20,11 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+# The data home's writer lock: the nightly run holds it for the whole night, and every CLI
+# command that writes (ingest, validate, promote, rollback) takes it too (flows/cli.py). The
+# name predates the other writers.
+WRITER_LOCK = "nightly.lock"
+
 
 class LockHeld(RuntimeError):
     """Another run holds the lock; the message says who and since when."""

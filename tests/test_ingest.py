@@ -307,6 +307,25 @@ def test_accounting_equation_holds_for_a_mixed_bad_file(con, write_file):
     assert result.accounting_holds()
 
 
+def test_rows_that_do_not_add_up_refuse_the_file_whole_and_it_is_not_read_again(con, write_file):
+    """A quoted field spanning two lines: the physical lines and DuckDB's rows disagree, so the
+    file is refused whole (recorded, its rows counted as rejected), not left to stop the night;
+    the planner then skips the same bytes until the file changes."""
+    from tasks.warehouse.ingest import already_loaded, refused_before
+
+    body = 'userId,movieId,rating,timestamp\n1,"10\n11",4.0,964982703\n2,10,5.0,964982224\n'
+    path = write_file("multiline.csv", body)
+    with pytest.raises(IngestFileError, match=r"multiline\.csv: .*rows read"):
+        load(con, "movielens-csv", path)
+    assert rows(con, "SELECT status, rows_read, loaded, rejected FROM source_files") == [
+        ("error", 3, 0, 3)
+    ]
+    assert rows(con, "SELECT count(*) FROM interactions") == [(0,)]
+    sha256 = scan_file(path).sha256
+    assert "rows read" in refused_before(con, "ds", sha256)
+    assert already_loaded(con, "ds", sha256) is None
+
+
 def test_unknown_format_key_is_named(tmp_path):
     from tasks.sources import SourceConfigError, load_datasets
 

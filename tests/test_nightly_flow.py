@@ -245,6 +245,12 @@ def test_a_bad_delivery_fails_its_branch_only_and_the_champion_keeps_serving(nig
     nightly_retrain(quick(models=one_model_each))
     before = champions(night_home)
     write_bad_ratings_day(night_home, 3)
+    # And a file whose rows do not add up (a quoted field spanning lines): refused whole, it
+    # once raised out of the ingest and stopped every dataset's night.
+    newest = sorted((night_home.landing / "sample-ratings").glob("*.csv"))[-1]
+    header = newest.read_text().splitlines()[0]
+    multiline = '"u1\nu2","m1","Comedy",4.0,2026-10-01 00:00:00\n'
+    (newest.parent / "zz-multiline.csv").write_text(f"{header}\n{multiline}")
     state = nightly_retrain(quick(models=one_model_each), return_state=True)
     assert state.is_failed()
     with pytest.raises(NightlyRunFailed, match="validation failed: sample-ratings"):
@@ -264,6 +270,7 @@ def test_a_bad_delivery_fails_its_branch_only_and_the_champion_keeps_serving(nig
     version, family = before[("sample-ratings", "rating")]
     assert f"champion v{version} ({family}) keeps serving" in report
     assert "rating within the scale" in report
+    assert "zz-multiline.csv" in report
 
 
 def test_a_challenger_that_is_not_better_is_rejected_and_the_champion_rescored(night_home):
@@ -294,8 +301,8 @@ def test_a_challenger_that_is_not_better_is_rejected_and_the_champion_rescored(n
 
 
 def test_a_better_model_the_next_night_is_promoted_warm_started_from_the_champion(night_home):
-    weak = {
-        "gat_bpr": {"epochs": 1, "lr": 0.001},
+    weak = {  # without the item-item blend, whose closed form is strong from the first night
+        "gat_bpr": {"epochs": 1, "lr": 0.001, "item_item": False},
         "models": {"sample-ratings": []},
         "gate": NO_BASELINES,
     }

@@ -12,6 +12,9 @@ Tables (all keyed by dataset, so several sources share one warehouse):
 
 from __future__ import annotations
 
+import os
+import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -121,6 +124,36 @@ SELECT i.* FROM interactions i JOIN snapshots s USING (snapshot_id) WHERE s.stat
 """
 
 
+class WarehouseBusy(RuntimeError):
+    """Another process kept the warehouse file for longer than we wait; the message says who."""
+
+
+# How long a command waits for another process's hold on the warehouse file to end. DuckDB lets
+# one process open the file at a time; the night opens it per task and closes it after, so a
+# reader (`encore models`) or a second writer waits for the gap between two tasks.
+WAREHOUSE_WAIT_ENV = "ENCORE_WAREHOUSE_WAIT_SECONDS"
+WAREHOUSE_WAIT_SECONDS = 120.0
+
+
+def _connect_waiting(path: Path, config: dict) -> duckdb.DuckDBPyConnection:
+    wait = float(os.environ.get(WAREHOUSE_WAIT_ENV, WAREHOUSE_WAIT_SECONDS))
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return duckdb.connect(str(path), config=config)
+        except duckdb.IOException as error:
+            if "lock" not in str(error).lower():
+                raise
+            if time.monotonic() >= deadline:
+                holder = re.search(r"\(PID (\d+)\)", str(error))
+                who = f"process {holder.group(1)}" if holder else "another process"
+                raise WarehouseBusy(
+                    f"{path} is in use by {who} (an encore command or night); waited {wait:g} s."
+                    f" Run this again when it is done, or set {WAREHOUSE_WAIT_ENV} to wait longer"
+                ) from None
+            time.sleep(0.2)
+
+
 def connect(path: Path, memory_limit: str | None = None, temp_dir: Path | None = None):
     """Open the warehouse file, creating the schema on first use."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +163,7 @@ def connect(path: Path, memory_limit: str | None = None, temp_dir: Path | None =
     if temp_dir:
         temp_dir.mkdir(parents=True, exist_ok=True)
         config["temp_directory"] = str(temp_dir)
-    con = duckdb.connect(str(path), config=config)
+    con = _connect_waiting(path, config)
     con.execute(SCHEMA)
     con.execute(VIEWS)
     return con
