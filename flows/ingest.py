@@ -52,30 +52,49 @@ def ingest(
     sources = sources_file or str(home.sources_file)
     warehouse_path = str(home.warehouse)
     plan = plan_ingest(sources, warehouse_path, datasets)
-    reports, idle = [], {}
+    reports, idle, errors = [], {}, {}
     for dataset, planned in plan.items():
         files = planned["files"]
         if not files and (planned["pending"] is None or not run_validation):
             idle[dataset] = "no new files in the landing folder"
             continue
-        # An interrupted ingest's pending snapshot is reopened: validated with tonight's files.
-        snapshot_id = open_snapshot_task(warehouse_path, dataset)
-        if files:
-            ingest_files_task(sources, warehouse_path, dataset, files, snapshot_id)
-        if run_validation:
-            reports.append(
-                validate_snapshot_task(
-                    warehouse_path,
-                    snapshot_id,
-                    thresholds or ValidationThresholds(),
-                    str(home.reports),
-                )
+        try:
+            report = _ingest_dataset(
+                sources, warehouse_path, dataset, files, run_validation, thresholds, home
             )
+        except Exception as error:  # one dataset's failure never stops another's
+            errors[dataset] = f"{type(error).__name__}: {error}"
+            idle[dataset] = f"ingest failed ({errors[dataset]}); its snapshot stays pending"
+            continue
+        if report is not None:
+            reports.append(report)
     publish_ingest_summary(reports, idle)
     summary = "\n".join(report_summary(r) for r in reports)
     failed = [
         f"{r['dataset']} (snapshot {r['snapshot_id']})" for r in reports if r["status"] != "passed"
     ]
+    failed += [f"{dataset} (ingest failed: {why})" for dataset, why in errors.items()]
     if failed and fail_on_invalid:
         raise SnapshotFailed(f"validation failed for {', '.join(failed)}:\n\n{summary}")
     return {"reports": reports, "idle": idle, "summary": summary, "failed": failed}
+
+
+def _ingest_dataset(
+    sources: str,
+    warehouse_path: str,
+    dataset: str,
+    files: list[str],
+    run_validation: bool,
+    thresholds: ValidationThresholds | None,
+    home: EncoreHome,
+) -> dict | None:
+    """One dataset: its snapshot (an interrupted ingest's pending one is reopened, so its files
+    are validated with tonight's), tonight's files, and the validation report."""
+    snapshot_id = open_snapshot_task(warehouse_path, dataset)
+    if files:
+        ingest_files_task(sources, warehouse_path, dataset, files, snapshot_id)
+    if not run_validation:
+        return None
+    return validate_snapshot_task(
+        warehouse_path, snapshot_id, thresholds or ValidationThresholds(), str(home.reports)
+    )

@@ -273,6 +273,26 @@ def test_a_bad_delivery_fails_its_branch_only_and_the_champion_keeps_serving(nig
     assert "zz-multiline.csv" in report
 
 
+def test_a_dataset_whose_ingest_raises_does_not_stop_the_others(night_home, monkeypatch):
+    import flows.ingest
+
+    real = flows.ingest._ingest_dataset
+
+    def ratings_break(sources, warehouse_path, dataset, *args):
+        if dataset == "sample-ratings":
+            raise OSError("disk full while loading")
+        return real(sources, warehouse_path, dataset, *args)
+
+    monkeypatch.setattr(flows.ingest, "_ingest_dataset", ratings_break)
+    state = nightly_retrain(quick(models={"sample-ratings": ["rating"]}), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(NightlyRunFailed, match="sample-ratings: ingest failed .*disk full"):
+        state.result()
+    served = champions(night_home)
+    assert ("sample-listens", "ranking") in served  # the healthy dataset trained and serves
+    assert not any(dataset == "sample-ratings" for dataset, _ in served)
+
+
 def test_a_challenger_that_is_not_better_is_rejected_and_the_champion_rescored(night_home):
     ratings = ["sample-ratings"]  # both slots, ranking and rating; the listens would repeat one
     nightly_retrain(quick(datasets=ratings))

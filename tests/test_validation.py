@@ -95,6 +95,29 @@ def test_too_many_quarantined_rows_fail_the_snapshot(con, write_file):
     assert count(con, "SELECT count(*) FROM training_interactions") == 0
 
 
+def test_a_delivery_that_is_mostly_malformed_fails_the_snapshot(con, write_file):
+    """200 good lines in 1,000 broken ones: the good rows load, but the snapshot fails on the
+    share of malformed rows (per snapshot and per file), with the figure in the report."""
+    broken = "".join(f"{u},10,not-a-rating,1600000000\n" for u in range(1_000))
+    snapshot_id = ingest_night(con, write_file, "night.csv", good_rows() + broken)
+    report = validate_snapshot(con, snapshot_id, now=NOW)
+    assert report["status"] == "failed"
+    failed = {o["column"]: o["observed"] for o in report["failed"] if o["level"] == "table"}
+    assert failed == pytest.approx(
+        {"reject_fraction": 1000 / 1200, "worst_file_reject_fraction": 1000 / 1200}
+    )
+    assert count(con, "SELECT count(*) FROM training_interactions") == 0
+
+
+def test_a_few_malformed_lines_in_one_file_pass(con, write_file):
+    broken = "".join(f"{u},10,not-a-rating,1600000000\n" for u in range(5))
+    snapshot_id = ingest_night(con, write_file, "night.csv", good_rows() + broken)
+    report = validate_snapshot(con, snapshot_id, now=NOW)
+    assert report["status"] == "passed", report["failed"]
+    observed = {o["column"]: o["observed"] for o in report["expectations"] if o["level"] == "table"}
+    assert observed["reject_fraction"] == pytest.approx(5 / 205)
+
+
 def test_minimum_sizes_fail_a_tiny_dataset(con, write_file):
     snapshot_id = ingest_night(con, write_file, "tiny.csv", good_rows(n_users=3, n_items=2))
     report = validate_snapshot(con, snapshot_id, now=NOW)

@@ -49,6 +49,19 @@ class ValidationThresholds(BaseModel):
         description="Largest share of tonight's rows that may be quarantined; more means the "
         "delivery itself is broken and the snapshot fails.",
     )
+    max_reject_fraction: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Largest share of tonight's rows that may be malformed (rejected): 200 good "
+        "lines in 10,000 broken ones are a broken delivery, not 200 rows of data.",
+    )
+    max_file_reject_fraction: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Largest share of any one file's rows that may be malformed.",
+    )
     max_growth: float = Field(
         2.0,
         ge=1,
@@ -280,12 +293,21 @@ def _profile(con: duckdb.DuckDBPyConnection, info: DatasetInfo, snapshot_id: int
     tonight_rows, tonight_mean = con.execute(
         f"SELECT count(*), avg(rating) FROM interactions i WHERE {tonight}", [snapshot_id]
     ).fetchone()
-    read, quarantined, errors = con.execute(
+    read, quarantined, errors, rejected, worst_file = con.execute(
         """SELECT coalesce(sum(rows_read), 0), coalesce(sum(quarantined), 0),
-                  count(*) FILTER (WHERE status = 'error')
+                  count(*) FILTER (WHERE status = 'error'),
+                  coalesce(sum(rejected) FILTER (WHERE status = 'loaded'), 0),
+                  coalesce(max(rejected / rows_read) FILTER (WHERE status = 'loaded'
+                                                           AND rows_read > 0), 0)
            FROM source_files WHERE snapshot_id = ?""",
         [snapshot_id],
     ).fetchone()
+    # Rows of a file refused whole count under `unreadable_files`, not as malformed lines.
+    readable = con.execute(
+        "SELECT coalesce(sum(rows_read), 0) FROM source_files"
+        " WHERE snapshot_id = ? AND status = 'loaded'",
+        [snapshot_id],
+    ).fetchone()[0]
     shift = None
     if info.kind == "explicit" and before and tonight_rows:
         span = (info.rating_high - info.rating_low) or 1.0
@@ -298,6 +320,8 @@ def _profile(con: duckdb.DuckDBPyConnection, info: DatasetInfo, snapshot_id: int
         "growth": (rows / before) if before else None,
         "mean_rating_shift": shift,
         "quarantine_fraction": (quarantined / read) if read else 0.0,
+        "reject_fraction": (rejected / readable) if readable else 0.0,
+        "worst_file_reject_fraction": float(worst_file),
         "unreadable_files": errors,
     }
 
@@ -328,6 +352,18 @@ def _table_rules(info: DatasetInfo, t: ValidationThresholds, profile: dict) -> l
             None,
             t.max_quarantine_fraction,
             f"at most {t.max_quarantine_fraction:.0%} of tonight's rows quarantined",
+        ),
+        bounded(
+            "reject_fraction",
+            None,
+            t.max_reject_fraction,
+            f"at most {t.max_reject_fraction:.0%} of tonight's rows malformed",
+        ),
+        bounded(
+            "worst_file_reject_fraction",
+            None,
+            t.max_file_reject_fraction,
+            f"at most {t.max_file_reject_fraction:.0%} of any one file's rows malformed",
         ),
         bounded("unreadable_files", None, 0, "every delivered file readable"),
     ]
