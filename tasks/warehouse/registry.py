@@ -310,19 +310,18 @@ def record_gate_decision(
     if promote:
         _switch(con, row, "gate", reasons, "gate", **log)
         return
+    _reject(con, row, "gate", reasons, "gate", **log)
+
+
+def _reject(con, row: dict, action: str, reasons: list[str], actor: str, **log) -> None:
+    """`row`'s version rejected and the decision logged, in one transaction."""
     current = champion(con, row["slot"], row["dataset"])
     with transaction(con):
-        con.execute("UPDATE model_versions SET status = 'rejected' WHERE version = ?", [version])
-        _log(
-            con,
-            row,
-            "gate",
-            current["version"] if current else None,
-            False,
-            reasons,
-            "gate",
-            **log,
+        con.execute(
+            "UPDATE model_versions SET status = 'rejected' WHERE version = ?", [row["version"]]
         )
+        _log(con, row, action, current["version"] if current else None, False, reasons, actor,
+             **log)  # fmt: skip
 
 
 def abandon_candidate(con: duckdb.DuckDBPyConnection, version: int, reason: str) -> None:
@@ -331,18 +330,7 @@ def abandon_candidate(con: duckdb.DuckDBPyConnection, version: int, reason: str)
     row = version_row(con, version)
     if row["status"] != "candidate":
         raise RegistryError(f"model version {version} is {row['status']}, not a candidate")
-    current = champion(con, row["slot"], row["dataset"])
-    with transaction(con):
-        con.execute("UPDATE model_versions SET status = 'rejected' WHERE version = ?", [version])
-        _log(
-            con,
-            row,
-            "interrupted",
-            current["version"] if current else None,
-            False,
-            [reason],
-            "nightly",
-        )
+    _reject(con, row, "interrupted", [reason], "nightly")
 
 
 def promote(con: duckdb.DuckDBPyConnection, version: int, actor: str = "human") -> dict:
