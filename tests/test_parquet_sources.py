@@ -143,7 +143,9 @@ def test_every_part_loads_once_with_its_rows_and_later_parts_alone(con, tmp_path
     assert [(Path(r.path).relative_to(root).as_posix(), r.loaded) for r in third] == [
         ("date=2026-11-03/part-0.parquet", 2)
     ]
-    assert rows(con, "SELECT count(*), count(DISTINCT snapshot_id) FROM interactions") == [(9, 2)]
+    # Never validated here, the first snapshot is still pending: the later part joins it, as
+    # an interrupted night's files join the next night's snapshot.
+    assert rows(con, "SELECT count(*), count(DISTINCT snapshot_id) FROM interactions") == [(9, 1)]
 
 
 def test_a_bad_value_in_one_part_is_rejected_naming_that_part(con, tmp_path, events_spec):
