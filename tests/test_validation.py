@@ -146,6 +146,36 @@ def test_a_night_that_replays_history_fails_growth(con, write_file):
     assert [o["column"] for o in report["failed"]] == ["growth"]
 
 
+def three_normal_nights(con, write_file) -> None:
+    for night in range(3):
+        body = good_rows(start=1_600_000_000 + night * 100_000)
+        snapshot_id = ingest_night(con, write_file, f"day{night}.csv", body)
+        assert validate_snapshot(con, snapshot_id, now=NOW)["status"] == "passed"
+
+
+def test_a_day_ninety_percent_smaller_than_usual_fails_on_volume(con, write_file):
+    three_normal_nights(con, write_file)
+    small = "".join(f"{u},{u % 10},3.0,1700000000\n" for u in range(15))
+    report = validate_snapshot(
+        con, ingest_night(con, write_file, "day3.csv", small), LOOSE, now=NOW
+    )
+    assert [o["column"] for o in report["failed"]] == ["volume_ratio"]
+    assert report["profile"]["volume_ratio"] == pytest.approx(15 / 200)
+
+
+def test_a_day_whose_ids_were_remapped_upstream_fails(con, write_file):
+    three_normal_nights(con, write_file)
+    remapped = good_rows(start=1_700_000_000).replace("\n", "\n" + "x")
+    remapped = "x" + remapped[: -len("x")]  # every user id prefixed: all new tonight
+    report = validate_snapshot(
+        con, ingest_night(con, write_file, "day3.csv", remapped), LOOSE, now=NOW
+    )
+    assert [o["column"] for o in report["failed"]] == ["new_user_share"]
+    assert report["profile"]["new_user_share"] == 1.0
+    assert report["profile"]["new_item_share"] == 0.0
+    assert report["profile"]["volume_ratio"] == pytest.approx(1.0)
+
+
 def test_failed_snapshot_rows_do_not_block_a_corrected_redelivery(con, write_file):
     bad_night = ingest_night(con, write_file, "night.csv", good_rows(n_users=2, n_items=2))
     assert validate_snapshot(con, bad_night, now=NOW)["status"] == "failed"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -67,6 +68,21 @@ class ValidationThresholds(BaseModel):
         ge=1,
         description="Largest ratio of rows after / before one snapshot: a night that more than "
         "doubles the history is more likely a replayed export than real traffic.",
+    )
+    max_volume_ratio: float = Field(
+        10.0,
+        ge=1,
+        description="Tonight's rows may be at most this many times the median of the last "
+        "snapshots' (and at least 1/this): a day 10x larger or 90 % smaller is a broken "
+        "export. Checked once the dataset has 3 passed snapshots.",
+    )
+    max_new_id_share: float = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="Largest share of tonight's rows whose user (or item) was never seen "
+        "before: mostly-new ids mean the ids were remapped upstream. Checked once the dataset "
+        "has 3 passed snapshots.",
     )
     max_mean_rating_shift: float = Field(
         0.15,
@@ -308,6 +324,7 @@ def _profile(con: duckdb.DuckDBPyConnection, info: DatasetInfo, snapshot_id: int
         " WHERE snapshot_id = ? AND status = 'loaded'",
         [snapshot_id],
     ).fetchone()[0]
+    volume_ratio, new_users, new_items = _against_recent(con, info.name, snapshot_id, tonight_rows)
     shift = None
     if info.kind == "explicit" and before and tonight_rows:
         span = (info.rating_high - info.rating_low) or 1.0
@@ -319,11 +336,47 @@ def _profile(con: duckdb.DuckDBPyConnection, info: DatasetInfo, snapshot_id: int
         "new_interactions": tonight_rows,
         "growth": (rows / before) if before else None,
         "mean_rating_shift": shift,
+        "volume_ratio": volume_ratio,
+        "new_user_share": new_users,
+        "new_item_share": new_items,
         "quarantine_fraction": (quarantined / read) if read else 0.0,
         "reject_fraction": (rejected / readable) if readable else 0.0,
         "worst_file_reject_fraction": float(worst_file),
         "unreadable_files": errors,
     }
+
+
+# The volume and new-id checks compare tonight with this many of the latest passed snapshots,
+# and only once there are at least RECENT_MIN of them (the first nights set the baseline).
+RECENT, RECENT_MIN = 7, 3
+
+
+def _against_recent(
+    con: duckdb.DuckDBPyConnection, dataset: str, snapshot_id: int, tonight_rows: int
+) -> tuple[float | None, float | None, float | None]:
+    """Tonight's rows / the recent snapshots' median, and the shares of tonight's rows whose
+    user, or item, is new tonight; None while the dataset has too little history."""
+    recent = [
+        r[0]
+        for r in con.execute(
+            "SELECT loaded FROM snapshots WHERE dataset = ? AND status = 'passed'"
+            " AND snapshot_id < ? ORDER BY snapshot_id DESC LIMIT ?",
+            [dataset, snapshot_id, RECENT],
+        ).fetchall()
+    ]
+    if len(recent) < RECENT_MIN or not tonight_rows:
+        return None, None, None
+    median = float(np.median(recent))
+    new_users, new_items = con.execute(
+        """SELECT avg((u.first_snapshot = i.snapshot_id)::INTEGER),
+                  avg((t.first_snapshot = i.snapshot_id)::INTEGER)
+           FROM interactions i
+           JOIN user_ids u ON u.dataset = i.dataset AND u.idx = i.user_idx
+           JOIN item_ids t ON t.dataset = i.dataset AND t.idx = i.item_idx
+           WHERE i.snapshot_id = ?""",
+        [snapshot_id],
+    ).fetchone()
+    return (tonight_rows / median if median else None), new_users, new_items
 
 
 def _table_rules(info: DatasetInfo, t: ValidationThresholds, profile: dict) -> list:
@@ -367,6 +420,27 @@ def _table_rules(info: DatasetInfo, t: ValidationThresholds, profile: dict) -> l
         ),
         bounded("unreadable_files", None, 0, "every delivered file readable"),
     ]
+    if profile["volume_ratio"] is not None:
+        ratio = t.max_volume_ratio
+        rules.append(
+            bounded(
+                "volume_ratio",
+                1.0 / ratio,
+                ratio,
+                f"tonight's rows within x{ratio:g} of the recent snapshots' median",
+            )
+        )
+    for column, what in (("new_user_share", "users"), ("new_item_share", "items")):
+        if profile[column] is not None:
+            rules.append(
+                bounded(
+                    column,
+                    None,
+                    t.max_new_id_share,
+                    f"at most {t.max_new_id_share:.0%} of tonight's rows from {what} never "
+                    "seen before",
+                )
+            )
     if profile["growth"] is not None:
         rules.append(
             bounded(
