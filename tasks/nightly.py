@@ -58,9 +58,13 @@ def _due(con, dataset: str, model: str, retrain: bool) -> dict:
             "snapshot_id": newest,
             "reason": f"snapshot {newest} is {status} (see Data); {serving}",
         }
+    # A version abandoned as interrupted does not count as trained (so a retried plan still
+    # trains its snapshot again).
     trained = con.execute(
         "SELECT version, status FROM model_versions WHERE kind = ? AND dataset = ?"
-        " AND snapshot_id = ? AND role = 'evaluated' ORDER BY version DESC LIMIT 1",
+        " AND snapshot_id = ? AND role = 'evaluated' AND version NOT IN"
+        " (SELECT challenger FROM promotions WHERE action = 'interrupted')"
+        " ORDER BY version DESC LIMIT 1",
         [model, dataset, snapshot],
     ).fetchone()
     item["lists_missing"] = _lists_missing(con, current)
