@@ -176,6 +176,17 @@ def test_a_day_whose_ids_were_remapped_upstream_fails(con, write_file):
     assert report["profile"]["volume_ratio"] == pytest.approx(1.0)
 
 
+def test_one_user_with_a_third_of_the_day_fails_as_a_bot(con, write_file):
+    people = "".join(f"{u},{u % 50},3.0,{1_600_000_000 + u}\n" for u in range(200))
+    bot = "".join(f"9999,{i % 50},3.0,{1_600_100_000 + i}\n" for i in range(100))
+    report = validate_snapshot(
+        con, ingest_night(con, write_file, "day.csv", people + bot), LOOSE, now=NOW
+    )
+    assert [o["column"] for o in report["failed"]] == ["top_user_share"]
+    assert report["profile"]["top_user_share"] == pytest.approx(100 / 300)
+    assert report["profile"]["top_item_share"] is None  # 50 items: too few to judge a share
+
+
 def test_failed_snapshot_rows_do_not_block_a_corrected_redelivery(con, write_file):
     bad_night = ingest_night(con, write_file, "night.csv", good_rows(n_users=2, n_items=2))
     assert validate_snapshot(con, bad_night, now=NOW)["status"] == "failed"

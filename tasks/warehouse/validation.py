@@ -84,6 +84,20 @@ class ValidationThresholds(BaseModel):
         "before: mostly-new ids mean the ids were remapped upstream. Checked once the dataset "
         "has 3 passed snapshots.",
     )
+    max_single_user_share: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Largest share of tonight's rows one user may have (a bot or a replay "
+        "loop). Checked when tonight has at least 100 users.",
+    )
+    max_single_item_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Largest share of tonight's rows one item may have. Checked when tonight "
+        "has at least 100 items.",
+    )
     max_mean_rating_shift: float = Field(
         0.15,
         ge=0,
@@ -325,6 +339,9 @@ def _profile(con: duckdb.DuckDBPyConnection, info: DatasetInfo, snapshot_id: int
         [snapshot_id],
     ).fetchone()[0]
     volume_ratio, new_users, new_items = _against_recent(con, info.name, snapshot_id, tonight_rows)
+    top_user, top_item = (
+        _top_share(con, snapshot_id, column) for column in ("user_idx", "item_idx")
+    )
     shift = None
     if info.kind == "explicit" and before and tonight_rows:
         span = (info.rating_high - info.rating_low) or 1.0
@@ -336,6 +353,8 @@ def _profile(con: duckdb.DuckDBPyConnection, info: DatasetInfo, snapshot_id: int
         "new_interactions": tonight_rows,
         "growth": (rows / before) if before else None,
         "mean_rating_shift": shift,
+        "top_user_share": top_user,
+        "top_item_share": top_item,
         "volume_ratio": volume_ratio,
         "new_user_share": new_users,
         "new_item_share": new_items,
@@ -344,6 +363,23 @@ def _profile(con: duckdb.DuckDBPyConnection, info: DatasetInfo, snapshot_id: int
         "worst_file_reject_fraction": float(worst_file),
         "unreadable_files": errors,
     }
+
+
+# One user's (item's) share of tonight is only checked among at least this many users (items).
+TOP_SHARE_MIN_DISTINCT = 100
+
+
+def _top_share(con: duckdb.DuckDBPyConnection, snapshot_id: int, column: str) -> float | None:
+    """The largest share of tonight's rows held by one user (or item), or None when tonight
+    has too few of them for a share to mean anything."""
+    distinct, top, total = con.execute(
+        f"""SELECT count(*), max(n), sum(n) FROM
+               (SELECT count(*) AS n FROM interactions WHERE snapshot_id = ? GROUP BY {column})""",
+        [snapshot_id],
+    ).fetchone()
+    if not distinct or distinct < TOP_SHARE_MIN_DISTINCT:
+        return None
+    return top / total
 
 
 # The volume and new-id checks compare tonight with this many of the latest passed snapshots,
@@ -420,6 +456,14 @@ def _table_rules(info: DatasetInfo, t: ValidationThresholds, profile: dict) -> l
         ),
         bounded("unreadable_files", None, 0, "every delivered file readable"),
     ]
+    for column, what, bound in (
+        ("top_user_share", "user", t.max_single_user_share),
+        ("top_item_share", "item", t.max_single_item_share),
+    ):
+        if profile[column] is not None:
+            rules.append(
+                bounded(column, None, bound, f"no {what} with over {bound:.0%} of tonight's rows")
+            )
     if profile["volume_ratio"] is not None:
         ratio = t.max_volume_ratio
         rules.append(
