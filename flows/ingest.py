@@ -73,10 +73,16 @@ def ingest(
     failed = [
         f"{r['dataset']} (snapshot {r['snapshot_id']})" for r in reports if r["status"] != "passed"
     ]
-    failed += [f"{dataset} (ingest failed: {why})" for dataset, why in errors.items()]
-    if failed and fail_on_invalid:
-        raise SnapshotFailed(f"validation failed for {', '.join(failed)}:\n\n{summary}")
-    return {"reports": reports, "idle": idle, "summary": summary, "failed": failed}
+    broken = failed + [f"{dataset} (ingest failed: {why})" for dataset, why in errors.items()]
+    if broken and fail_on_invalid:
+        raise SnapshotFailed(f"validation failed for {', '.join(broken)}:\n\n{summary}")
+    return {
+        "reports": reports,
+        "idle": idle,
+        "summary": summary,
+        "failed": failed,
+        "errors": errors,
+    }
 
 
 def _ingest_dataset(

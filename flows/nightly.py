@@ -317,12 +317,8 @@ def _warnings(outcomes: list[dict]) -> list[str]:
 
 
 def _problems(ingested: dict, outcomes: list[dict]) -> list[str]:
-    problems = [
-        name.replace(" (ingest failed: ", ": ingest failed (", 1)
-        if "(ingest failed: " in name
-        else f"validation failed: {name}"
-        for name in ingested["failed"]
-    ]
+    problems = [f"validation failed: {name}" for name in ingested["failed"]]
+    problems += [f"{dataset}: ingest failed ({why})" for dataset, why in ingested["errors"].items()]
     problems += [
         f"{o['model']} on {o['dataset']} failed: {o['reason']}"
         for o in outcomes

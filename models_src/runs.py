@@ -4,6 +4,7 @@ paths train the same way."""
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -89,10 +90,14 @@ def blend_item_item(
 
     if not isinstance(learner, BPRLearner):
         return final, None
-    user_emb, item_emb = learner.item_scores()
-    user_emb, item_emb = user_emb.cpu(), item_emb.cpu()
+
+    @functools.cache
+    def tables() -> tuple[torch.Tensor, torch.Tensor]:
+        # Propagated on first use only: a nightly run with the blend off never needs them.
+        return tuple(table.cpu() for table in learner.item_scores())
 
     def embedding_scores(users: torch.Tensor) -> torch.Tensor:
+        user_emb, item_emb = tables()
         return user_emb[users.cpu()] @ item_emb.T
 
     if not config.item_item:
