@@ -181,13 +181,23 @@ def test_non_numeric_rating_is_rejected_naming_the_column(con, write_file):
     assert '"great"' in reason
 
 
-def test_duplicate_rows_are_counted_and_dropped_keeping_the_first(con, write_file):
+def test_a_repeated_row_is_a_duplicate_and_a_repeated_key_with_another_value_a_conflict(
+    con, write_file
+):
     path = write_file("ratings.csv", RATINGS_CSV + "1,10,4.0,964982703\n1,10,2.0,964982703\n")
     result = load(con, "movielens-csv", path)
-    assert (result.rows_read, result.loaded, result.duplicates) == (5, 3, 2)
+    assert (result.rows_read, result.loaded, result.duplicates, result.quarantined) == (5, 3, 1, 1)
     assert rows(
         con, "SELECT rating, line FROM interactions WHERE item_id = '10' AND user_id = '1'"
     ) == [(4.0, 2)]
+    ((line, expectation, column, reason),) = rows(
+        con, "SELECT line, expectation, column_name, reason FROM quarantine"
+    )
+    assert (line, expectation, column) == (6, "conflicting_value", "rating")
+    assert reason == (
+        "conflicts with line 2 of this file (value there: 4.0, here: 2.0);"
+        " the row loaded first is kept"
+    )
 
 
 def test_same_key_in_a_later_file_is_a_duplicate(con, write_file):
@@ -196,6 +206,26 @@ def test_same_key_in_a_later_file_is_a_duplicate(con, write_file):
         con, "movielens-csv", write_file("day2.csv", RATINGS_CSV + "9,99,1.0,964982703\n")
     )
     assert (result.loaded, result.duplicates) == (1, 3)
+
+
+def test_a_re_export_with_changed_ratings_and_an_overlapping_file_load_each_pair_once(
+    con, write_file
+):
+    """The issue's case: a file, a re-export of it with two ratings changed, then a file that
+    overlaps both. 4 distinct pairs are loaded once; the changed ratings are conflicts that
+    name the row they contradict."""
+    first = load(con, "movielens-csv", write_file("day1.csv", RATINGS_CSV))
+    re_export = RATINGS_CSV.replace("1,20,3.5", "1,20,1.5").replace("2,10,5.0", "2,10,0.5")
+    second = load(con, "movielens-csv", write_file("day1_again.csv", re_export))
+    overlap = "userId,movieId,rating,timestamp\n2,10,5.0,964982224\n3,30,4.0,964982000\n"
+    third = load(con, "movielens-csv", write_file("day2.csv", overlap))
+    accounts = [(r.loaded, r.duplicates, r.quarantined) for r in (first, second, third)]
+    assert accounts == [(3, 0, 0), (0, 1, 2), (1, 1, 0)]
+    assert rows(con, "SELECT count(*), count(DISTINCT (user_id, item_id)) FROM interactions") == [
+        (4, 4)
+    ]
+    reasons = [r for (r,) in rows(con, "SELECT reason FROM quarantine ORDER BY line")]
+    assert all(r.startswith("conflicts with line ") and "day1.csv" in r for r in reasons)
 
 
 def test_truncated_last_line_is_rejected(con, write_file):

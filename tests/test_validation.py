@@ -187,6 +187,51 @@ def test_one_user_with_a_third_of_the_day_fails_as_a_bot(con, write_file):
     assert report["profile"]["top_item_share"] is None  # 50 items: too few to judge a share
 
 
+def test_a_day_older_than_the_history_fails_as_time_going_backwards(con, write_file):
+    first = ingest_night(con, write_file, "day1.csv", good_rows(start=1_700_000_000))
+    assert validate_snapshot(con, first, LOOSE, now=NOW)["status"] == "passed"
+    replayed = good_rows(n_users=10, start=1_600_000_000)
+    report = validate_snapshot(
+        con, ingest_night(con, write_file, "day2.csv", replayed), LOOSE, now=NOW
+    )
+    assert [o["column"] for o in report["failed"]] == ["backdated_share"]
+    assert report["profile"]["backdated_share"] == 1.0
+
+
+def test_a_few_late_events_pass_the_time_check(con, write_file):
+    first = ingest_night(con, write_file, "day1.csv", good_rows(start=1_700_000_000))
+    assert validate_snapshot(con, first, LOOSE, now=NOW)["status"] == "passed"
+    late = "".join(f"{u},{u % 10},3.0,1699999000\n" for u in range(10))
+    tonight = good_rows(n_users=16, start=1_700_100_000) + late
+    report = validate_snapshot(
+        con, ingest_night(con, write_file, "day2.csv", tonight), LOOSE, now=NOW
+    )
+    assert report["status"] == "passed"
+    assert report["profile"]["backdated_share"] == pytest.approx(10 / 170)
+
+
+def test_conflicts_are_reported_as_a_row_check_and_counted_once(con, write_file):
+    """A conflict quarantined at ingest and a row quarantined by validation in one file: each
+    counted once, and the accounting still adds up."""
+    body = good_rows() + "0,0,5.0,1600000000\n" + "7,99,9.0,1600000000\n"
+    snapshot_id = ingest_night(con, write_file, "night.csv", body)
+    report = validate_snapshot(con, snapshot_id, LOOSE, now=NOW)
+    assert report["accounting"]["totals"] == {
+        "rows_read": 202,
+        "loaded": 200,
+        "duplicates": 0,
+        "rejected": 0,
+        "quarantined": 2,
+    }
+    (conflict,) = [o for o in report["expectations"] if o["expectation"] == "conflicting_value"]
+    assert (conflict["success"], conflict["unexpected_count"]) == (False, 1)
+    assert conflict["sample"] == [
+        "conflicts with line 2 of this file (value there: 1.0, here: 5.0);"
+        " the row loaded first is kept"
+    ]
+    assert report["status"] == "passed"
+
+
 def test_failed_snapshot_rows_do_not_block_a_corrected_redelivery(con, write_file):
     bad_night = ingest_night(con, write_file, "night.csv", good_rows(n_users=2, n_items=2))
     assert validate_snapshot(con, bad_night, now=NOW)["status"] == "failed"

@@ -1,6 +1,7 @@
 """Loading one source file into the warehouse, with every row accounted for.
 
-For each file: rows read = loaded + duplicates + rejected (+ quarantined, later, by validation).
+For each file: rows read = loaded + duplicates + rejected + quarantined. Conflicts (a loaded key
+with another value) are quarantined here; validation quarantines more rows later.
 `rows read` is counted independently of DuckDB (a byte scan of the file), so the equation is a
 real check and not a tautology: a row DuckDB dropped silently would break it and fail the load.
 
@@ -398,33 +399,81 @@ def _natural_key_match(fmt: SourceFormat, left: str, right: str) -> str:
     return " AND ".join(f"{left}.{c} = {right}.{c}" for c in fmt.natural_key())
 
 
-def _drop_duplicates(con: duckdb.DuckDBPyConnection, dataset: str, fmt: SourceFormat) -> int:
+# What Encore does with a row whose natural key it has already loaded (README, "What ingest
+# guarantees"): the same values again is a duplicate, dropped and counted; different values
+# (another rating, another play count) is a conflict. The first loaded is kept, because history
+# already trained on never changes silently, and the conflicting row is quarantined with both
+# values, so a re-export that corrects data shows up in the report instead of vanishing.
+CONFLICT_EXPECTATION = "conflicting_value"
+
+
+def _drop_duplicates(
+    con: duckdb.DuckDBPyConnection, dataset: str, fmt: SourceFormat
+) -> tuple[int, int]:
     """Mark for dropping every row whose natural key was seen on an earlier line of the file or
-    in a snapshot that did not fail; returns how many. Rows with a NULL key column are kept:
-    validation quarantines them with a reason.
+    in a snapshot that did not fail; returns (duplicates, conflicts). Rows with a NULL key
+    column are kept: validation quarantines them with a reason.
 
     Within the file, rows are first grouped by a 64-bit hash of the key (one cheap aggregate
     over a fixed-width column); only the few rows in colliding groups are compared exactly.
+    A row that repeats both a loaded row and an earlier line is judged against the loaded one.
     """
     key = ", ".join(fmt.natural_key())
     present = " AND ".join(f"{c} IS NOT NULL" for c in fmt.natural_key())
+    differs = "(s.rating IS DISTINCT FROM e.rating OR s.weight IS DISTINCT FROM e.weight)"
     con.execute(
         f"""CREATE TEMP TABLE _drop AS
             WITH keyed AS (SELECT line, {key}, hash({key}) AS h FROM _staged WHERE {present}),
             candidates AS (
                 SELECT * FROM keyed
-                WHERE h IN (SELECT h FROM keyed GROUP BY h HAVING count(*) > 1))
-            SELECT line FROM candidates
-            QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY line) > 1
-            UNION
-            SELECT s.line FROM _staged s
-            WHERE {present} AND EXISTS (
-                SELECT 1 FROM interactions i JOIN snapshots sn USING (snapshot_id)
-                WHERE i.dataset = {sql_str(dataset)} AND sn.status <> 'failed'
-                  AND {_natural_key_match(fmt, "i", "s")})"""
+                WHERE h IN (SELECT h FROM keyed GROUP BY h HAVING count(*) > 1)),
+            within AS (
+                SELECT line, first_value(line) OVER (PARTITION BY {key} ORDER BY line) AS first,
+                       row_number() OVER (PARTITION BY {key} ORDER BY line) AS n
+                FROM candidates),
+            repeats AS (
+                SELECT 1 AS precedence, s.line, {differs} AS conflict,
+                       'line ' || e.line || ' of this file' AS earlier,
+                       e.rating AS earlier_rating, e.weight AS earlier_weight
+                FROM within w JOIN _staged s ON s.line = w.line JOIN _staged e ON e.line = w.first
+                WHERE w.n > 1
+                UNION ALL
+                SELECT 0, s.line, {differs}, 'line ' || e.line || ' of ' || f.path,
+                       e.rating, e.weight
+                FROM _staged s
+                JOIN interactions e ON e.dataset = {sql_str(dataset)}
+                                   AND {_natural_key_match(fmt, "e", "s")}
+                JOIN snapshots sn ON sn.snapshot_id = e.snapshot_id AND sn.status <> 'failed'
+                JOIN source_files f ON f.file_id = e.file_id
+                WHERE {" AND ".join(f"s.{c} IS NOT NULL" for c in fmt.natural_key())})
+            SELECT * EXCLUDE (precedence) FROM repeats
+            QUALIFY row_number() OVER (PARTITION BY line ORDER BY precedence) = 1"""
     )
     con.execute("CREATE TEMP VIEW _kept AS SELECT * FROM _staged ANTI JOIN _drop USING (line)")
-    return con.execute("SELECT count(*) FROM _drop").fetchone()[0]
+    return con.execute(
+        "SELECT count(*) FILTER (WHERE NOT conflict), count(*) FILTER (WHERE conflict) FROM _drop"
+    ).fetchone()
+
+
+def _quarantine_conflicts(
+    con: duckdb.DuckDBPyConnection, dataset: str, snapshot_id: int, file_id: int, offset: int
+) -> None:
+    """Put the conflicting rows in `quarantine`, each naming the row it conflicts with."""
+    there = "coalesce(CAST(d.earlier_rating AS VARCHAR), CAST(d.earlier_weight AS VARCHAR))"
+    here = "coalesce(CAST(s.rating AS VARCHAR), CAST(s.weight AS VARCHAR))"
+    con.execute(
+        f"""INSERT INTO quarantine
+            SELECT {offset} + s.line, {sql_str(dataset)}, {snapshot_id}, {file_id}, s.line,
+                   s.user_id, s.item_id, s.rating, s.weight, s.ts, s.item_group,
+                   '{CONFLICT_EXPECTATION}',
+                   CASE WHEN s.rating IS DISTINCT FROM d.earlier_rating THEN 'rating'
+                        ELSE 'weight' END,
+                   'conflicts with ' || d.earlier || ' (value there: '
+                     || coalesce({there}, 'none') || ', here: ' || coalesce({here}, 'none')
+                     || '); the row loaded first is kept',
+                   current_timestamp
+            FROM _drop d JOIN _staged s USING (line) WHERE d.conflict"""
+    )
 
 
 def _assign_ids(con: duckdb.DuckDBPyConnection, dataset: str, snapshot_id: int) -> tuple[int, int]:
@@ -447,12 +496,19 @@ def _assign_ids(con: duckdb.DuckDBPyConnection, dataset: str, snapshot_id: int) 
     return added[0], added[1]
 
 
+def _next_row_offset(con: duckdb.DuckDBPyConnection) -> int:
+    """row_id = offset + line: unique because lines are unique within a file and the next
+    file's offset is past this one's last line (quarantined rows keep their row_id); and no
+    window function over millions of rows."""
+    return con.execute(
+        """SELECT greatest((SELECT coalesce(max(row_id), 0) FROM interactions),
+                           (SELECT coalesce(max(row_id), 0) FROM quarantine))"""
+    ).fetchone()[0]
+
+
 def _insert_rows(
-    con: duckdb.DuckDBPyConnection, dataset: str, snapshot_id: int, file_id: int
+    con: duckdb.DuckDBPyConnection, dataset: str, snapshot_id: int, file_id: int, offset: int
 ) -> int:
-    # row_id = offset + line: unique because lines are unique within a file and the next file's
-    # offset is past this one's last line; and no window function over millions of rows.
-    offset = con.execute("SELECT coalesce(max(row_id), 0) FROM interactions").fetchone()[0]
     d = sql_str(dataset)
     return con.execute(
         f"""INSERT INTO interactions
@@ -679,10 +735,12 @@ def _load(
     _check_not_empty(path, fmt, result.rows_read, scan.size_bytes)
     stage.finish(scan)
     crash_point("staged")
-    duplicates = _drop_duplicates(con, spec.name, fmt)
+    duplicates, conflicts = _drop_duplicates(con, spec.name, fmt)
     new_users, new_items = _assign_ids(con, spec.name, snapshot_id)
     file_id = con.execute("SELECT nextval('file_ids')").fetchone()[0]
-    loaded = _insert_rows(con, spec.name, snapshot_id, file_id)
+    offset = _next_row_offset(con)
+    loaded = _insert_rows(con, spec.name, snapshot_id, file_id, offset)
+    _quarantine_conflicts(con, spec.name, snapshot_id, file_id, offset)
     crash_point("inserted")
     con.execute(
         f"""INSERT INTO rejects SELECT {sql_str(spec.name)}, {snapshot_id}, {file_id},
@@ -692,16 +750,18 @@ def _load(
     rejected = con.execute("SELECT count(DISTINCT line) FROM _file_rejects").fetchone()[0]
     result.status, result.file_id = "loaded", file_id
     result.loaded, result.duplicates, result.rejected = loaded, duplicates, rejected
+    result.quarantined = conflicts
     result.new_users, result.new_items = new_users, new_items
     if not result.accounting_holds():
         raise AccountingError(
             f"{path}: {result.rows_read} rows read but {loaded} loaded + {duplicates} duplicates"
-            f" + {rejected} rejected (a quoted field spanning lines is not supported)"
+            f" + {conflicts} conflicts + {rejected} rejected"
         )
     con.execute(
         """INSERT INTO source_files (file_id, dataset, path, sha256, size_bytes, mtime,
-               snapshot_id, status, rows_read, loaded, duplicates, rejected, ingested_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, 'loaded', ?, ?, ?, ?, current_timestamp)""",
+               snapshot_id, status, rows_read, loaded, duplicates, rejected, quarantined,
+               ingested_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, 'loaded', ?, ?, ?, ?, ?, current_timestamp)""",
         [
             file_id,
             spec.name,
@@ -714,6 +774,7 @@ def _load(
             loaded,
             duplicates,
             rejected,
+            conflicts,
         ],
     )
     crash_point("registered")

@@ -26,7 +26,11 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.warehouse.ingest import AccountingError, refresh_snapshot_totals
+from tasks.warehouse.ingest import (
+    CONFLICT_EXPECTATION,
+    AccountingError,
+    refresh_snapshot_totals,
+)
 from tasks.warehouse.schema import transaction
 
 ROW_LEVEL, TABLE_LEVEL = "row", "table"
@@ -97,6 +101,14 @@ class ValidationThresholds(BaseModel):
         le=1,
         description="Largest share of tonight's rows one item may have. Checked when tonight "
         "has at least 100 items.",
+    )
+    max_backdated_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Largest share of tonight's rows older than the newest event already "
+        "loaded: a day mostly older than yesterday is a replayed or re-dated export (events "
+        "from offline devices arrive late, but few). Raise it for a deliberate backfill.",
     )
     max_mean_rating_shift: float = Field(
         0.15,
@@ -270,7 +282,7 @@ def _outcome(rule, result, level: str) -> ExpectationOutcome:
 
 
 def _quarantine(
-    con: duckdb.DuckDBPyConnection, snapshot_id: int, failures: dict[int, tuple[str, str, str]]
+    con: duckdb.DuckDBPyConnection, failures: dict[int, tuple[str, str, str]]
 ) -> None:
     """Move failing rows out of interactions, keeping the first expectation each row failed."""
     if not failures:
@@ -292,15 +304,40 @@ def _quarantine(
                   current_timestamp
            FROM interactions i JOIN _quarantine_reasons q USING (row_id)"""
     )
-    con.execute("DELETE FROM interactions WHERE row_id IN (SELECT row_id FROM _quarantine_reasons)")
+    # Counted before the delete, and added: the file may already hold rows quarantined at
+    # ingest (conflicts) that were never part of `loaded`.
     con.execute(
-        """UPDATE source_files SET quarantined = q.n, loaded = source_files.loaded - q.n
-           FROM (SELECT file_id, count(*) AS n FROM quarantine WHERE snapshot_id = ?
-                 GROUP BY file_id) q
-           WHERE source_files.file_id = q.file_id""",
-        [snapshot_id],
+        """UPDATE source_files SET quarantined = source_files.quarantined + q.n,
+                                   loaded = source_files.loaded - q.n
+           FROM (SELECT i.file_id, count(*) AS n
+                 FROM interactions i JOIN _quarantine_reasons USING (row_id)
+                 GROUP BY i.file_id) q
+           WHERE source_files.file_id = q.file_id"""
     )
+    con.execute("DELETE FROM interactions WHERE row_id IN (SELECT row_id FROM _quarantine_reasons)")
     con.unregister("_quarantine_reasons")
+
+
+def _conflicts_outcome(
+    con: duckdb.DuckDBPyConnection, info: DatasetInfo, snapshot_id: int
+) -> ExpectationOutcome:
+    """Ingest's conflicts (a key loaded before, another value), reported as the row-level
+    check they are; the rows are already in `quarantine`."""
+    count, sample = con.execute(
+        f"""SELECT count(*), list(reason ORDER BY row_id)[1:{SAMPLE_SIZE}] FROM quarantine
+            WHERE snapshot_id = ? AND expectation = ?""",
+        [snapshot_id, CONFLICT_EXPECTATION],
+    ).fetchone()
+    return ExpectationOutcome(
+        CONFLICT_EXPECTATION,
+        ROW_LEVEL,
+        ",".join(info.natural_key),
+        count == 0,
+        f"one value per ({', '.join(info.natural_key)}): a conflicting later row is "
+        "quarantined, the first loaded kept",
+        count,
+        sample=sample or [],
+    )
 
 
 def _profile(con: duckdb.DuckDBPyConnection, info: DatasetInfo, snapshot_id: int) -> dict:
@@ -342,6 +379,7 @@ def _profile(con: duckdb.DuckDBPyConnection, info: DatasetInfo, snapshot_id: int
     top_user, top_item = (
         _top_share(con, snapshot_id, column) for column in ("user_idx", "item_idx")
     )
+    backdated = _backdated_share(con, info, snapshot_id) if before and tonight_rows else None
     shift = None
     if info.kind == "explicit" and before and tonight_rows:
         span = (info.rating_high - info.rating_low) or 1.0
@@ -356,6 +394,7 @@ def _profile(con: duckdb.DuckDBPyConnection, info: DatasetInfo, snapshot_id: int
         "top_user_share": top_user,
         "top_item_share": top_item,
         "volume_ratio": volume_ratio,
+        "backdated_share": backdated,
         "new_user_share": new_users,
         "new_item_share": new_items,
         "quarantine_fraction": (quarantined / read) if read else 0.0,
@@ -363,6 +402,23 @@ def _profile(con: duckdb.DuckDBPyConnection, info: DatasetInfo, snapshot_id: int
         "worst_file_reject_fraction": float(worst_file),
         "unreadable_files": errors,
     }
+
+
+def _backdated_share(
+    con: duckdb.DuckDBPyConnection, info: DatasetInfo, snapshot_id: int
+) -> float | None:
+    """The share of tonight's rows older than the newest event of the passed history (None
+    without timestamps): time going backwards."""
+    if not info.has_timestamps:
+        return None
+    return con.execute(
+        """SELECT avg((i.ts < h.newest)::INTEGER)
+           FROM interactions i,
+                (SELECT max(ts) AS newest FROM interactions WHERE dataset = ? AND snapshot_id IN
+                    (SELECT snapshot_id FROM snapshots WHERE dataset = ? AND status = 'passed')) h
+           WHERE i.snapshot_id = ? AND i.ts IS NOT NULL AND h.newest IS NOT NULL""",
+        [info.name, info.name, snapshot_id],
+    ).fetchone()[0]
 
 
 # One user's (item's) share of tonight is only checked among at least this many users (items).
@@ -474,6 +530,16 @@ def _table_rules(info: DatasetInfo, t: ValidationThresholds, profile: dict) -> l
                 f"tonight's rows within x{ratio:g} of the recent snapshots' median",
             )
         )
+    if profile["backdated_share"] is not None:
+        bound = t.max_backdated_share
+        rules.append(
+            bounded(
+                "backdated_share",
+                None,
+                bound,
+                f"at most {bound:.0%} of tonight's rows older than the newest event loaded before",
+            )
+        )
     for column, what in (("new_user_share", "users"), ("new_item_share", "items")):
         if profile[column] is not None:
             rules.append(
@@ -566,8 +632,9 @@ def validate_snapshot(
             for entry in (result.result or {}).get("unexpected_index_list") or []:
                 row_id = int(entry["row_id"] if isinstance(entry, dict) else entry)
                 failures.setdefault(row_id, (rule[0].expectation_type, rule[1], rule[2]))
+    outcomes.append(_conflicts_outcome(con, info, snapshot_id))
     with transaction(con):
-        _quarantine(con, snapshot_id, failures)
+        _quarantine(con, failures)
         kept = frame.drop(index=list(failures)) if failures else frame
         duplicated = int(kept.duplicated(subset=info.natural_key, keep=False).sum())
         outcomes.append(
