@@ -11,12 +11,15 @@ from __future__ import annotations
 import time
 
 from prefect import flow
+from prefect.runtime import flow_run
+from prefect.states import Failed
 from prefect.task_runners import TaskRunner
 
 from flows.params import TaskRunnerParams
 from flows.runners import night_task_runner, scoring_parts
 from tasks.faults import crash_point
 from tasks.home import EncoreHome
+from tasks.lock import WRITER_LOCK, LockHeld, exclusive_lock
 from tasks.score import list_champions_task, load_scores_task, plan_scoring_task, score_range_task
 
 
@@ -52,14 +55,26 @@ def _run_name() -> str:
 def batch_score(
     dataset: str | None = None,
     task_runner: TaskRunnerParams = TaskRunnerParams(),  # noqa: B008 - frozen pydantic model
+    lock_wait_seconds: float = 600,
 ) -> list[dict]:
     """Replace the `recommendations` with the current ranking champions' top-K.
 
     Args:
         dataset: only this dataset (default: every dataset with a ranking champion).
         task_runner: where user ranges are scored (in-process, or a Dask cluster).
+        lock_wait_seconds: how long to wait for another writer of the data home (a night,
+            `encore promote`) before failing; scoring writes the lists and the exports.
     """
     home = EncoreHome.from_env().ensure()
+    owner = f"batch-score flow run {flow_run.id or 'local'}"
+    try:
+        with exclusive_lock(home.root / WRITER_LOCK, owner, lock_wait_seconds):
+            return _score_all(home, dataset, task_runner)
+    except LockHeld as held:
+        return Failed(message=f"not scored: the data home is busy ({held})")
+
+
+def _score_all(home: EncoreHome, dataset: str | None, task_runner: TaskRunnerParams) -> list[dict]:
     warehouse_path, exports_dir = str(home.warehouse), str(home.root / "exports")
     datasets = list_champions_task(warehouse_path, dataset)
     with night_task_runner(task_runner) as runner:

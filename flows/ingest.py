@@ -73,9 +73,10 @@ def ingest(
     failed = [
         f"{r['dataset']} (snapshot {r['snapshot_id']})" for r in reports if r["status"] != "passed"
     ]
-    broken = failed + [f"{dataset} (ingest failed: {why})" for dataset, why in errors.items()]
+    broken = [f"validation failed for {', '.join(failed)}"] if failed else []
+    broken += [f"ingest of {dataset} failed: {why}" for dataset, why in errors.items()]
     if broken and fail_on_invalid:
-        raise SnapshotFailed(f"validation failed for {', '.join(broken)}:\n\n{summary}")
+        raise SnapshotFailed("; ".join(broken) + (f"\n\n{summary}" if summary else ""))
     return {
         "reports": reports,
         "idle": idle,

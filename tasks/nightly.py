@@ -13,6 +13,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
 from models_src.gate import GateThresholds
+from tasks.files import write_text_atomically
 from tasks.report import metrics_rows, nightly_report_markdown
 from tasks.retries import IO_RETRIES, artifact_key
 from tasks.warehouse.export import latest_passed_snapshot
@@ -231,8 +232,7 @@ def publish_night_report(night: dict, reports_dir: str) -> dict:
     """The run report: a markdown artifact, a metrics table artifact and a file under reports/."""
     text = nightly_report_markdown(night)
     path = Path(reports_dir) / f"nightly-{night['stamp']}.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    write_text_atomically(path, text)
     create_markdown_artifact(
         markdown=text,
         key="nightly-report",

@@ -19,6 +19,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
+from tasks.files import write_text_atomically
 from tasks.report import image_markdown
 from tasks.retries import IO_RETRIES, artifact_key
 from tasks.warehouse.export import export_interactions
@@ -82,11 +83,7 @@ def clear_tuned(home_root: Path, dataset: str, model: str) -> bool:
 
 
 def _write(path: Path, record: dict) -> None:
-    """Write through a temporary file and rename, so a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(record, indent=2) + "\n")
-    partial.replace(path)
+    write_text_atomically(path, json.dumps(record, indent=2) + "\n")
 
 
 def tunable_datasets(

@@ -7,6 +7,7 @@ it, and every row of the landing files in training (as a clean run has them)."""
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -24,14 +25,31 @@ ENCORE = Path(sys.executable).parent / "encore"
 QUICK_NIGHT = ("nightly", "--epochs", "2", "--dataset", "sample-listens")
 
 
-def encore(home: EncoreHome, api: str, *args: str, crash_at: str | None = None):
+def encore(
+    home: EncoreHome,
+    api: str,
+    *args: str,
+    crash_at: str | None = None,
+    max_file_bytes: int | None = None,
+):
+    """Run `encore` as a user would; `max_file_bytes` caps every file the process writes
+    (RLIMIT_FSIZE: a write past it fails with EFBIG, as on a full disk)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env |= {"ENCORE_HOME": str(home.root), "PREFECT_API_URL": api}
     env.pop(CRASH_ENV, None)
     if crash_at is not None:
         env[CRASH_ENV] = crash_at
+
+    def cap_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, resource.RLIM_INFINITY))
+
     return subprocess.run(
-        [str(ENCORE), *args], capture_output=True, text=True, env=env, timeout=300
+        [str(ENCORE), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        preexec_fn=cap_file_size if max_file_bytes else None,
     )
 
 
@@ -124,3 +142,22 @@ def test_an_ingest_killed_between_files_is_completed_by_the_next(
     assert encore(clean, prefect_api, "ingest").returncode == 0
     count = "SELECT dataset, count(*) FROM training_interactions GROUP BY 1 ORDER BY 1"
     assert query(sample_home, count) == query(clean, count)
+
+
+def test_a_disk_that_fills_during_ingest_leaves_the_warehouse_as_it_was(sample_home, prefect_api):
+    assert encore(sample_home, prefect_api, "ingest").returncode == 0
+    before = query(sample_home, "SELECT dataset, count(*) FROM interactions GROUP BY 1 ORDER BY 1")
+    write_days(sample_home, range(2, 4))
+    full = encore(sample_home, prefect_api, "ingest", max_file_bytes=4096)
+
+    assert full.returncode == 1
+    said = [line for line in full.stderr.splitlines() if "disk under the warehouse is full" in line]
+    assert said and "Free space and run again" in said[0], full.stderr[-3000:]
+    after = query(sample_home, "SELECT dataset, count(*) FROM interactions GROUP BY 1 ORDER BY 1")
+    assert after == before
+    # Not the file's fault: nothing was recorded as refused, so it loads once there is room.
+    assert query(sample_home, "SELECT count(*) FROM source_files WHERE status = 'error'") == [(0,)]
+    rerun = encore(sample_home, prefect_api, "ingest")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    grown = query(sample_home, "SELECT count(*) FROM training_interactions")[0][0]
+    assert grown > sum(n for _, n in before)

@@ -102,6 +102,7 @@ def test_batch_score_flow_scores_with_the_champion(flow_home):
 
     from flows.batch_score import batch_score
     from flows.train import train
+    from tasks.lock import WRITER_LOCK, exclusive_lock
     from tasks.warehouse.publish import publish_run
     from tasks.warehouse.registry import record_gate_decision
 
@@ -126,6 +127,11 @@ def test_batch_score_flow_scores_with_the_champion(flow_home):
     assert result["rows"] == result["users"] * 10
     with warehouse(flow_home.warehouse) as con:
         assert con.execute("SELECT count(*) FROM recommendations").fetchone()[0] == result["rows"]
+    with exclusive_lock(flow_home.root / WRITER_LOCK, "nightly flow run test-night"):
+        refused = batch_score(dataset="sample-listens", lock_wait_seconds=0, return_state=True)
+    assert refused.is_failed()
+    assert refused.message.startswith("not scored: the data home is busy")
+    assert "nightly flow run test-night" in refused.message
 
 
 def test_only_io_errors_are_retried():

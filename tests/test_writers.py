@@ -1,5 +1,6 @@
-"""Every writer takes its turn: a command that writes refuses in one line while another holds
-the data home; anything opening the warehouse waits for another process's hold to end."""
+"""Every writer takes its turn, and no write is seen half-done: a command that writes refuses in
+one line while another holds the data home; anything opening the warehouse waits for another
+process's hold to end; a file write that fails leaves the old file."""
 
 from __future__ import annotations
 
@@ -88,3 +89,18 @@ def test_opening_the_warehouse_waits_for_another_process_to_let_go(home, holder,
     con = schema.connect(home.warehouse)
     con.close()
     assert attempts  # it did wait, then opened
+
+
+def test_a_write_that_fails_midway_leaves_the_old_file_and_no_partial(tmp_path):
+    from tasks.files import partial_path, write_atomically, write_text_atomically
+
+    target = write_text_atomically(tmp_path / "exports" / "report.md", "last night's report")
+
+    def fill_the_disk(partial: Path) -> None:
+        partial.write_text("half of tonight's")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        write_atomically(target, fill_the_disk)
+    assert target.read_text() == "last night's report"
+    assert not partial_path(target).exists()

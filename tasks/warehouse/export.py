@@ -8,6 +8,7 @@ import duckdb
 import numpy as np
 
 from models_src.data import Interactions
+from tasks.files import write_atomically
 
 
 def latest_passed_snapshot(con: duckdb.DuckDBPyConnection, dataset: str) -> int | None:
@@ -82,8 +83,7 @@ def export_interactions(
         item_group,
         meta,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data.to_parquet(path)
+    write_atomically(path, data.to_parquet)
     return {
         "dataset": dataset,
         "kind": kind,

@@ -37,7 +37,7 @@ from tasks.sources import (
     require_httpfs,
     stat_remote,
 )
-from tasks.warehouse.schema import transaction
+from tasks.warehouse.schema import StorageFull, is_storage_full, transaction
 
 SCAN_BLOCK_BYTES = 8 << 20
 # Epoch values outside this range (about years 1653..5138) cannot be real event times and would
@@ -702,7 +702,14 @@ def ingest_file(
         except IngestFileError as err:
             _record_error(con, spec, path, pending_scan.result(), snapshot_id, str(err))
             raise
-        except (duckdb.Error, AccountingError) as err:
+        except (duckdb.Error, OSError, AccountingError) as err:
+            if is_storage_full(err):
+                raise StorageFull(
+                    f"{path}: not loaded, the disk under the warehouse is full ({err}); nothing"
+                    " of the file was kept. Free space and run again: it loads then"
+                ) from None
+            if isinstance(err, OSError):
+                raise
             # A DuckDB error about the data, or rows that do not add up (the load is rolled
             # back), become a file error that names the path: the file is refused whole and
             # recorded, and the dataset's other files and the other datasets go on.

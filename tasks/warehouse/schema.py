@@ -124,6 +124,20 @@ SELECT i.* FROM interactions i JOIN snapshots s USING (snapshot_id) WHERE s.stat
 """
 
 
+class StorageFull(RuntimeError):
+    """The disk under the data home (or the process's file-size limit) ran out during a write.
+    DuckDB rolled the transaction back, so the warehouse is as it was; nothing is the data's
+    fault, so nothing is recorded as refused and a rerun with room loads it."""
+
+
+# How DuckDB and the OS say that a write did not fit.
+_STORAGE_FULL_SIGNS = ("no space left on device", "file too large", "disk is full", "disk full")
+
+
+def is_storage_full(error: BaseException) -> bool:
+    return any(sign in str(error).lower() for sign in _STORAGE_FULL_SIGNS)
+
+
 class WarehouseBusy(RuntimeError):
     """Another process kept the warehouse file for longer than we wait; the message says who."""
 
@@ -164,8 +178,17 @@ def connect(path: Path, memory_limit: str | None = None, temp_dir: Path | None =
         temp_dir.mkdir(parents=True, exist_ok=True)
         config["temp_directory"] = str(temp_dir)
     con = _connect_waiting(path, config)
-    con.execute(SCHEMA)
-    con.execute(VIEWS)
+    try:
+        con.execute(SCHEMA)
+        con.execute(VIEWS)
+    except duckdb.Error as error:
+        con.close()
+        if is_storage_full(error):
+            raise StorageFull(
+                f"{path}: the disk under the warehouse is full ({error}); nothing was changed."
+                " Free space and run again"
+            ) from None
+        raise
     return con
 
 

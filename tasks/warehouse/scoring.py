@@ -25,6 +25,7 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.files import write_atomically
 from tasks.warehouse.registry import RegistryError, champion, serving_version, verify_artifacts
 from tasks.warehouse.schema import transaction
 
@@ -246,15 +247,14 @@ def load_scored_parts(
                JOIN item_ids i ON i.dataset = ? AND i.idx = p.item_idx""",
             [plan.dataset, plan.kind, plan.version, paths, plan.dataset, plan.dataset],
         )
-    path = recommendations_file(exports_dir, plan.dataset)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".parquet.partial")
-    con.execute(
-        f"""COPY (SELECT * FROM recommendations WHERE dataset = ?
-                 ORDER BY user_id, rank) TO '{_sql_path(partial)}' (FORMAT parquet)""",
-        [plan.dataset],
+    path = write_atomically(
+        recommendations_file(exports_dir, plan.dataset),
+        lambda partial: con.execute(
+            f"""COPY (SELECT * FROM recommendations WHERE dataset = ?
+                     ORDER BY user_id, rank) TO '{_sql_path(partial)}' (FORMAT parquet)""",
+            [plan.dataset],
+        ),
     )
-    os.replace(partial, path)
     for older in ("gat-bpr", "rating"):  # per-model files of Encore before the ranking slot
         (exports_dir / f"recommendations_{plan.dataset}_{older}.parquet").unlink(missing_ok=True)
     shutil.rmtree(plan.parts_dir, ignore_errors=True)
@@ -383,8 +383,4 @@ def _popular_fallback(
 
 
 def _write_parquet(table: pa.Table, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".parquet.partial")
-    pq.write_table(table, partial)
-    os.replace(partial, path)
-    return path
+    return write_atomically(path, lambda partial: pq.write_table(table, partial))

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.files import write_text_atomically
 from tasks.warehouse.ingest import (
     CONFLICT_EXPECTATION,
     AccountingError,
@@ -281,9 +282,7 @@ def _outcome(rule, result, level: str) -> ExpectationOutcome:
     )
 
 
-def _quarantine(
-    con: duckdb.DuckDBPyConnection, failures: dict[int, tuple[str, str, str]]
-) -> None:
+def _quarantine(con: duckdb.DuckDBPyConnection, failures: dict[int, tuple[str, str, str]]) -> None:
     """Move failing rows out of interactions, keeping the first expectation each row failed."""
     if not failures:
         return
@@ -666,9 +665,8 @@ def validate_snapshot(
             [status, now, json.dumps(report), snapshot_id],
         )
     if reports_dir is not None:
-        reports_dir.mkdir(parents=True, exist_ok=True)
         path = reports_dir / f"snapshot_{snapshot_id:05d}_{info.name}.json"
-        path.write_text(json.dumps(report, indent=2))
+        write_text_atomically(path, json.dumps(report, indent=2))
         report["report_path"] = str(path)
     return report
 
