@@ -337,18 +337,46 @@ def test_accounting_equation_holds_for_a_mixed_bad_file(con, write_file):
     assert result.accounting_holds()
 
 
-def test_rows_that_do_not_add_up_refuse_the_file_whole_and_it_is_not_read_again(con, write_file):
-    """A quoted field spanning two lines: the physical lines and DuckDB's rows disagree, so the
-    file is refused whole (recorded, its rows counted as rejected), not left to stop the night;
-    the planner then skips the same bytes until the file changes."""
+def test_quoted_fields_spanning_lines_are_read_and_each_row_keeps_its_first_line(
+    con, write_file
+):
+    body = (
+        "userId,movieId,rating,timestamp\n"  # line 1
+        '1,"10\n11",4.0,964982703\n'  # lines 2-3: one row
+        "\n"  # line 4: blank
+        "2,10,bad,964982224\n"  # line 5: rejected
+        '2,"x\n\ny\r",5.0,964982224\n'  # lines 6-8, a blank line and a lone CR inside
+        "3,10,5.0,964982224\n"  # line 9
+    )
+    result = load(con, "movielens-csv", write_file("multiline.csv", body))
+    assert (result.rows_read, result.loaded, result.rejected) == (4, 3, 1)
+    assert rows(con, "SELECT line, item_id FROM interactions ORDER BY line") == [
+        (2, "10\n11"),
+        (6, "x\n\ny\r"),
+        (9, "10"),
+    ]
+    assert rows(con, "SELECT line, column_name, error_type FROM rejects") == [
+        (5, "rating", "CAST")
+    ]
+
+
+def test_rows_that_do_not_add_up_refuse_the_file_whole_and_it_is_not_read_again(
+    con, write_file, monkeypatch
+):
+    """Rows read are counted apart from DuckDB; should DuckDB ever drop a row silently (here:
+    the independent count finds one more), the file is refused whole (recorded, its rows
+    counted as rejected), not left to stop the night; the planner then skips the same bytes
+    until the file changes."""
+    from tasks.warehouse import ingest
     from tasks.warehouse.ingest import already_loaded, refused_before
 
-    body = 'userId,movieId,rating,timestamp\n1,"10\n11",4.0,964982703\n2,10,5.0,964982224\n'
-    path = write_file("multiline.csv", body)
-    with pytest.raises(IngestFileError, match=r"multiline\.csv: .*rows read"):
+    real_rows_read = ingest.rows_read
+    monkeypatch.setattr(ingest, "rows_read", lambda *args: real_rows_read(*args) + 1)
+    path = write_file("ratings.csv", RATINGS_CSV)
+    with pytest.raises(IngestFileError, match=r"ratings\.csv: 4 rows read but 3 loaded"):
         load(con, "movielens-csv", path)
     assert rows(con, "SELECT status, rows_read, loaded, rejected FROM source_files") == [
-        ("error", 3, 0, 3)
+        ("error", 4, 0, 4)
     ]
     assert rows(con, "SELECT count(*) FROM interactions") == [(0,)]
     sha256 = scan_file(path).sha256

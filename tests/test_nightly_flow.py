@@ -245,12 +245,12 @@ def test_a_bad_delivery_fails_its_branch_only_and_the_champion_keeps_serving(nig
     nightly_retrain(quick(models=one_model_each))
     before = champions(night_home)
     write_bad_ratings_day(night_home, 3)
-    # And a file whose rows do not add up (a quoted field spanning lines): refused whole, it
-    # once raised out of the ingest and stopped every dataset's night.
+    # And a file that cannot be read (its header lacks a column): refused whole. A file that
+    # could not be loaded once raised out of the ingest and stopped every dataset's night.
     newest = sorted((night_home.landing / "sample-ratings").glob("*.csv"))[-1]
-    header = newest.read_text().splitlines()[0]
-    multiline = '"u1\nu2","m1","Comedy",4.0,2026-10-01 00:00:00\n'
-    (newest.parent / "zz-multiline.csv").write_text(f"{header}\n{multiline}")
+    header, first_row = newest.read_text().splitlines()[:2]
+    renamed = header.replace("rating", "stars", 1)
+    (newest.parent / "zz-unreadable.csv").write_text(f"{renamed}\n{first_row}\n")
     state = nightly_retrain(quick(models=one_model_each), return_state=True)
     assert state.is_failed()
     with pytest.raises(NightlyRunFailed, match="validation failed: sample-ratings"):
@@ -270,7 +270,7 @@ def test_a_bad_delivery_fails_its_branch_only_and_the_champion_keeps_serving(nig
     version, family = before[("sample-ratings", "rating")]
     assert f"champion v{version} ({family}) keeps serving" in report
     assert "rating within the scale" in report
-    assert "zz-multiline.csv" in report
+    assert "zz-unreadable.csv" in report
 
 
 def test_a_dataset_whose_ingest_raises_does_not_stop_the_others(night_home, monkeypatch):

@@ -21,10 +21,11 @@ import json
 import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import duckdb
+import numpy as np
 
 from tasks.faults import crash_point
 from tasks.sources import (
@@ -69,6 +70,18 @@ class FileScan:
     lines: int  # non-blank physical lines, header included
     blank_lines: tuple[int, ...]  # 1-based numbers of empty lines (DuckDB skips them)
     mtime: float | None = None  # remote files only (local ones are stat'ed when registered)
+    # Only for a delimited file that holds its quote character (a quoted field may span lines):
+    # the physical line each CSV record starts on, in file order, header and blank lines
+    # included, the way DuckDB numbers records; and the 1-based ordinals of the blank ones.
+    # None when every record is one line.
+    record_lines: tuple[int, ...] | None = None
+    blank_records: frozenset[int] = frozenset()
+
+    def data_rows(self, header: bool) -> int:
+        """Records less blank lines and the header: what the reader should account for."""
+        if self.record_lines is None:
+            return max(0, self.lines - int(header))
+        return max(0, len(self.record_lines) - len(self.blank_records) - int(header))
 
 
 @dataclass
@@ -95,8 +108,12 @@ class FileResult:
         return asdict(self)
 
 
-def scan_file(path: Path | RemoteFile) -> FileScan:
+def scan_file(path: Path | RemoteFile, fmt: SourceFormat | None = None) -> FileScan:
     """sha256, size and line counts in one streaming pass (bounded memory for any file size).
+
+    With the file's `fmt`, a delimited file where a quoted field spans lines is also parsed
+    with Python's csv module (see `_csv_records`): records, not lines, are then what DuckDB
+    reads and what must be accounted.
 
     A listed remote file is not read: its identity stands for the sha256 (no lines: Parquet)."""
     if isinstance(path, RemoteFile):
@@ -105,6 +122,8 @@ def scan_file(path: Path | RemoteFile) -> FileScan:
     size = lines = 0
     blank: list[int] = []
     carry = b""
+    quote = _quote_byte(fmt)
+    spans, parity = False, 0
     with path.open("rb") as handle:
         while block := handle.read(SCAN_BLOCK_BYTES):
             digest.update(block)
@@ -112,13 +131,66 @@ def scan_file(path: Path | RemoteFile) -> FileScan:
             block = carry + block
             cut = block.rfind(b"\n") + 1
             whole, carry = block[:cut], block[cut:]
+            if quote is not None and not spans and quote in whole:
+                spans, parity = _quote_open_at_a_newline(whole, quote, parity)
             if b"\n\n" in whole or b"\n\r\n" in whole or whole.startswith((b"\n", b"\r\n")):
                 for match in _BLANK_LINE.finditer(whole):
                     blank.append(lines + whole.count(b"\n", 0, match.start()) + 1)
             lines += whole.count(b"\n")
     if carry.strip(b"\r"):
         lines += 1  # a last line without a trailing newline still is a line
-    return FileScan(digest.hexdigest(), size, lines - len(blank), tuple(blank))
+    scan = FileScan(digest.hexdigest(), size, lines - len(blank), tuple(blank))
+    if spans:
+        starts, blank_records = _csv_records(path, fmt)
+        scan = replace(scan, record_lines=starts, blank_records=blank_records)
+    return scan
+
+
+def _quote_open_at_a_newline(lines: bytes, quote: bytes, parity: int) -> tuple[bool, int]:
+    """Whether some newline of `lines` (whole lines) falls inside a quoted field, given the
+    parity of the quote characters before them; and the parity after them.
+
+    A doubled quote inside a field adds two, so a newline sits inside quotes exactly when an odd
+    number of quote characters precede it. Vectorised: ids are quoted in many exports, and this
+    runs over every byte of them."""
+    data = np.frombuffer(lines, np.uint8)
+    quotes = np.flatnonzero(data == quote[0])
+    newlines = np.flatnonzero(data == ord("\n"))
+    inside = (np.searchsorted(quotes, newlines) + parity) % 2 == 1
+    return bool(inside.any()), (parity + len(quotes)) % 2
+
+
+def _quote_byte(fmt: SourceFormat | None) -> bytes | None:
+    """The quote character, when Python's csv module can parse the format (one-character
+    delimiter, a quote character, a one-byte newline); None otherwise, and then a quoted field
+    spanning lines does not add up and its file is refused whole."""
+    if fmt is None or fmt.file_type == "parquet" or len(fmt.delimiter) != 1 or not fmt.quote:
+        return None
+    if fmt.encoding.lower().replace("-", "").startswith("utf16"):
+        return None  # its newlines are two bytes: `_csv_records` splits lines on b"\n"
+    quote = fmt.quote.encode(fmt.encoding)
+    return quote if len(quote) == 1 else None
+
+
+def _csv_records(path: Path, fmt: SourceFormat) -> tuple[tuple[int, ...], frozenset[int]]:
+    """The physical line each record starts on, and the ordinals of blank records.
+
+    Python's csv module, not DuckDB: the count of records is then an independent check of what
+    DuckDB read, as the line count is for files without quotes. Both skip blank lines but
+    number them, so the ordinals match DuckDB's reject line numbers."""
+    starts, blank = [], set()
+    with path.open("rb") as handle:
+        # Lines split on b"\n" only, as the byte scan and DuckDB count them (a text-mode file
+        # would also split on a lone \r inside a quoted field).
+        lines = (raw.decode(fmt.encoding, errors="replace") for raw in handle)
+        reader = csv.reader(lines, delimiter=fmt.delimiter, quotechar=fmt.quote, strict=False)
+        previous_end = 0
+        for ordinal, record in enumerate(reader, start=1):
+            starts.append(previous_end + 1)
+            if not record:
+                blank.add(ordinal)
+            previous_end = reader.line_num
+    return tuple(starts), frozenset(blank)
 
 
 def remote_scan(remote: RemoteFile) -> FileScan:
@@ -224,7 +296,10 @@ class _Stage:
         """Parse the file (needs no byte scan, so it runs while the scan thread hashes)."""
         for view in ("_kept", "_staged"):
             self.con.execute(f"DROP VIEW IF EXISTS {view}")
-        for table in ("_raw", "_file_rejects", "_rejects", "_rejects_scan", "_shift", "_drop"):
+        for table in (
+            *("_raw", "_file_rejects", "_rejects", "_rejects_scan"),
+            *("_shift", "_drop", "_records", "_accepted"),
+        ):
             self.con.execute(f"DROP TABLE IF EXISTS {table}")
         if self.fmt.file_type == "parquet":
             self._stage_parquet()
@@ -234,7 +309,9 @@ class _Stage:
     def finish(self, scan: FileScan) -> None:
         """Number the lines (blank lines come from the scan) and reject impossible epochs."""
         self.scan = scan
-        if self.fmt.file_type != "parquet":
+        if scan.record_lines is not None:
+            self._number_records()
+        elif self.fmt.file_type != "parquet":
             self._number_lines()
         self._reject_impossible_epochs()
 
@@ -293,6 +370,55 @@ class _Stage:
                 SELECT r.k + {header + 1} + coalesce(s.j, 0) AS line, {columns}
                 FROM (SELECT *, {ordinal} AS k FROM _raw) r
                 ASOF LEFT JOIN _shift s ON r.k >= s.p"""
+        )
+        self._check_line_numbers()
+
+    def _number_records(self) -> None:
+        """Give each accepted row the physical line its record starts on, for a file whose
+        quoted fields may span lines (records are not lines, so `_number_lines` cannot work).
+
+        DuckDB numbers rejects by record ordinal (blank lines counted); the scan knows the line
+        each ordinal starts on. The k-th row of `_raw` is the k-th record that is neither the
+        header, blank, nor rejected."""
+        import pyarrow as pa
+
+        starts = self.scan.record_lines
+        records = pa.table(
+            {
+                "ordinal": pa.array(range(1, len(starts) + 1), pa.int64()),
+                "line": pa.array(starts, pa.int64()),
+                "blank": pa.array(
+                    [i in self.scan.blank_records for i in range(1, len(starts) + 1)]
+                ),
+            }
+        )
+        self.con.register("_records_arrow", records)
+        self.con.execute("CREATE TEMP TABLE _records AS SELECT * FROM _records_arrow")
+        self.con.unregister("_records_arrow")
+        self.con.execute(
+            f"""CREATE TEMP TABLE _accepted AS
+                SELECT row_number() OVER (ORDER BY ordinal) - 1 AS k, line FROM _records r
+                WHERE NOT blank AND ordinal > {int(self.fmt.header)}
+                  AND NOT EXISTS (SELECT 1 FROM _file_rejects j WHERE j.line = r.ordinal)"""
+        )
+        accepted, staged = self.con.execute(
+            "SELECT (SELECT count(*) FROM _accepted), (SELECT count(*) FROM _raw)"
+        ).fetchone()
+        if accepted != staged:
+            raise AccountingError(
+                f"{self.path}: DuckDB read {staged} rows where the CSV holds {accepted} records"
+                " that were neither blank nor rejected; its quoting is ambiguous"
+            )
+        self.con.execute(
+            """UPDATE _file_rejects SET line = r.line
+               FROM _records r WHERE r.ordinal = _file_rejects.line"""
+        )
+        first = self.con.execute("SELECT coalesce(min(rowid), 0) FROM _raw").fetchone()[0]
+        columns = f"{self._ts_raw_expr()} AS ts_raw_value, {_canonical_select(self.fmt)}"
+        self.con.execute(
+            f"""CREATE TEMP VIEW _staged AS
+                SELECT a.line, {columns}
+                FROM (SELECT *, rowid - {first} AS k FROM _raw) r JOIN _accepted a USING (k)"""
         )
         self._check_line_numbers()
 
@@ -616,7 +742,7 @@ def rows_read(
         return con.execute(
             f"SELECT coalesce(sum(num_rows), 0) FROM parquet_file_metadata({sql_str(str(path))})"
         ).fetchone()[0]
-    return max(0, scan.lines - int(fmt.header))
+    return scan.data_rows(fmt.header)
 
 
 def _check_not_empty(path: Path | str, fmt: SourceFormat, rows: int, size_bytes: int) -> None:
@@ -686,7 +812,7 @@ def ingest_file(
     result = FileResult(spec.name, str(path), "skipped", snapshot_id=snapshot_id)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encore-scan") as pool:
         if isinstance(path, Path):
-            pending_scan = pool.submit(scan_file, path)
+            pending_scan = pool.submit(scan_file, path, spec.format)
         try:
             size = path.stat().st_size if isinstance(path, Path) else remote.size_bytes
             if size == 0:
