@@ -52,11 +52,14 @@ def ingest(
     sources = sources_file or str(home.sources_file)
     warehouse_path = str(home.warehouse)
     plan = plan_ingest(sources, warehouse_path, datasets)
-    reports, idle, errors = [], {}, {}
+    reports, idle, errors, held = [], {}, {}, {}
     for dataset, planned in plan.items():
         files = planned["files"]
         if not files and (planned["pending"] is None or not run_validation):
             idle[dataset] = "no new files in the landing folder"
+            if planned["held_back"]:
+                held[dataset] = planned["held_back"]
+                idle[dataset] += f"; {planned['held_back']}"
             continue
         try:
             report = _ingest_dataset(
@@ -83,6 +86,7 @@ def ingest(
         "summary": summary,
         "failed": failed,
         "errors": errors,
+        "held_back": held,
     }
 
 

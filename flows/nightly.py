@@ -301,10 +301,10 @@ def _run_branches(plan: list[dict], params: NightlyParams, home: EncoreHome) -> 
     return [outcomes.get(id(item), item) for item in plan]
 
 
-def _warnings(outcomes: list[dict]) -> list[str]:
+def _warnings(ingested: dict, outcomes: list[dict]) -> list[str]:
     """What a person should know although nothing failed: a baseline serves, a serving refit
-    was refused."""
-    found = []
+    was refused, an earlier night's data is still held back by validation."""
+    found = [f"{dataset}: {why}" for dataset, why in ingested["held_back"].items()]
     for o in outcomes:
         where = f"{o['model']} on {o['dataset']}"
         found += [f"{where}: {w}" for w in (o.get("gate") or {}).get("warnings", [])]
@@ -369,7 +369,7 @@ def _night(home: EncoreHome, params: NightlyParams) -> dict:
         "ingest": {"reports": ingested["reports"], "idle": ingested["idle"]},
         "outcomes": outcomes,
         "problems": _problems(ingested, outcomes),
-        "warnings": _warnings(outcomes),
+        "warnings": _warnings(ingested, outcomes),
         "timings": timings,
         "seconds": time.perf_counter() - started,
     }

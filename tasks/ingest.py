@@ -16,6 +16,7 @@ from tasks.sources import DatasetSpec, load_datasets
 from tasks.warehouse.ingest import (
     IngestFileError,
     already_loaded,
+    held_back,
     ingest_file,
     is_known_unchanged,
     open_snapshot,
@@ -39,7 +40,8 @@ def find_dataset(sources_file: Path, name: str) -> DatasetSpec:
 @task(name="plan ingest", **IO_RETRIES)
 def plan_ingest(sources_file: str, warehouse_path: str, datasets: list[str] | None) -> dict:
     """Per dataset: which landing files are new (already-loaded content is skipped by sha256),
-    and the snapshot an interrupted ingest left pending, if any: {"files": [...], "pending"}."""
+    the snapshot an interrupted ingest left pending, if any, and what failed validation since
+    the last snapshot that passed: {"files": [...], "pending", "held_back"}."""
     plan: dict[str, dict] = {}
     specs = load_datasets(Path(sources_file))
     unknown = sorted(set(datasets or []) - {s.name for s in specs})
@@ -62,7 +64,11 @@ def plan_ingest(sources_file: str, warehouse_path: str, datasets: list[str] | No
                     get_run_logger().warning("%s: unchanged since refused: %s", path, refused)
                 elif already_loaded(con, spec.name, sha256) is None:
                     files.append(str(path))
-            plan[spec.name] = {"files": files, "pending": pending_snapshot(con, spec.name)}
+            plan[spec.name] = {
+                "files": files,
+                "pending": pending_snapshot(con, spec.name),
+                "held_back": held_back(con, spec.name),
+            }
     return plan
 
 

@@ -272,6 +272,13 @@ def test_a_bad_delivery_fails_its_branch_only_and_the_champion_keeps_serving(nig
     assert "rating within the scale" in report
     assert "zz-unreadable.csv" in report
 
+    # The next night has nothing new: it says so, and that the failed snapshot still holds
+    # its rows back, instead of reading as all quiet.
+    quiet = nightly_retrain(quick(models=one_model_each))
+    (held,) = [w for w in quiet["warnings"] if w.startswith("sample-ratings: snapshot ")]
+    assert "failed validation" in held and "stay out of training" in held
+    assert quiet["ingest"]["idle"]["sample-ratings"].startswith("no new files")
+
 
 def test_a_dataset_whose_ingest_raises_does_not_stop_the_others(night_home, monkeypatch):
     import flows.ingest

@@ -681,6 +681,26 @@ def pending_snapshot(con: duckdb.DuckDBPyConnection, dataset: str) -> int | None
     return row[0] if row else None
 
 
+def held_back(con: duckdb.DuckDBPyConnection, dataset: str) -> str | None:
+    """What a quiet night must not hide: the snapshots that failed validation since the last
+    one that passed, whose rows stay out of training until corrected files arrive."""
+    failed = con.execute(
+        """SELECT list(snapshot_id ORDER BY snapshot_id), sum(loaded), min(validated_at)
+           FROM snapshots WHERE dataset = ? AND status = 'failed' AND snapshot_id >
+               (SELECT coalesce(max(snapshot_id), 0) FROM snapshots
+                WHERE dataset = ? AND status = 'passed')""",
+        [dataset, dataset],
+    ).fetchone()
+    ids, rows, since = failed
+    if not ids:
+        return None
+    which = ", ".join(str(i) for i in ids)
+    return (
+        f"snapshot {which} failed validation (since {since:%Y-%m-%d %H:%M}): its {rows:,} rows"
+        " stay out of training until corrected files land (see its report)"
+    )
+
+
 def open_snapshot(con: duckdb.DuckDBPyConnection, dataset: str) -> int:
     """Tonight's snapshot of `dataset`: the pending one when there is one (its files stay in
     it and are validated with tonight's, so nothing an interrupted night loaded is left out of
