@@ -375,6 +375,7 @@ def _night(home: EncoreHome, params: NightlyParams) -> dict:
     }
     for warning in night["warnings"]:
         get_run_logger().warning(warning)
+    crash_point("report")
     report = publish_night_report(night, str(home.reports))
     night["report_path"] = report["path"]
     if night["problems"]:

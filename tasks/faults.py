@@ -9,10 +9,13 @@ passes them:
 
 - ingest (tasks/warehouse/ingest.py): `staged`, `inserted`, `registered` inside one file's
   transaction; `between files` after a file is committed;
+- validation (tasks/warehouse/validation.py): `validating`, inside the transaction that
+  quarantines rows and records the verdict;
 - nightly (flows/nightly.py): `published` (a candidate registered, not yet gated), `gated`
   (a verdict recorded, no serving refit yet), `refit` (the refit registered, no lists yet);
 - registry (tasks/warehouse/registry.py): `retired old champion`, `crowned new champion`;
-- scoring (tasks/warehouse/scoring.py): `scored` (parts written, not yet loaded).
+- scoring (flows/batch_score.py): `scored` (parts written, not yet loaded);
+- nightly again: `report` (everything done but the run report).
 
 Unset (the default) every point is a no-op.
 """

@@ -43,8 +43,11 @@ def encore(
     def cap_file_size() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, resource.RLIM_INFINITY))
 
+    command = [str(ENCORE), *args]
+    if args[0] == "batch-score":  # a flow with no CLI command: run as the deployment would
+        command = [sys.executable, "-c", "from flows.batch_score import batch_score; batch_score()"]
     return subprocess.run(
-        [str(ENCORE), *args],
+        command,
         capture_output=True,
         text=True,
         env=env,
@@ -130,6 +133,10 @@ def test_an_ingest_killed_between_files_is_completed_by_the_next(
     killed = encore(sample_home, prefect_api, "ingest", crash_at="between files")
     assert killed.returncode == CRASH_EXIT_CODE, killed.stderr[-2000:]
     assert query(sample_home, "SELECT DISTINCT status FROM snapshots") == [("pending",)]
+    # Killed again, inside the validation's transaction: nothing of it is kept.
+    killed = encore(sample_home, prefect_api, "ingest", crash_at="validating")
+    assert killed.returncode == CRASH_EXIT_CODE, killed.stderr[-2000:]
+    assert query(sample_home, "SELECT DISTINCT status FROM snapshots") == [("pending",)]
 
     rerun = encore(sample_home, prefect_api, "ingest")
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -161,3 +168,38 @@ def test_a_disk_that_fills_during_ingest_leaves_the_warehouse_as_it_was(sample_h
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     grown = query(sample_home, "SELECT count(*) FROM training_interactions")[0][0]
     assert grown > sum(n for _, n in before)
+
+
+def test_a_night_killed_at_its_verdict_at_its_report_and_a_batch_scoring_killed_heal(
+    sample_home, prefect_api
+):
+    killed = encore(sample_home, prefect_api, *QUICK_NIGHT, crash_at="gated")
+    assert killed.returncode == CRASH_EXIT_CODE, killed.stderr[-2000:]
+    # The first night's verdict: a ranking champion, crowned but never scored.
+    (verdict,) = query(
+        sample_home,
+        "SELECT version FROM model_versions WHERE slot = 'ranking' AND status = 'champion'",
+    )
+    assert ("recommendations",) not in query(sample_home, "SELECT table_name FROM duckdb_tables()")
+
+    # The next night finds a champion without lists, scores them, and is killed just
+    # before its report.
+    killed = encore(sample_home, prefect_api, *QUICK_NIGHT, crash_at="report")
+    assert killed.returncode == CRASH_EXIT_CODE, killed.stderr[-2000:]
+    champion, loaded = serving_lists(sample_home)
+    assert champion == verdict[0] and loaded > 0
+
+    # A batch scoring killed after writing its parts, then run again.
+    killed = encore(sample_home, prefect_api, "batch-score", crash_at="scored")
+    assert killed.returncode == CRASH_EXIT_CODE, killed.stderr[-2000:]
+    assert list((sample_home.root / "exports" / "scoring").glob("scoring-sample-listens-v*"))
+    rescored = encore(sample_home, prefect_api, "batch-score")
+    assert rescored.returncode == 0, rescored.stderr[-3000:]
+    assert serving_lists(sample_home) == (champion, loaded)
+    assert not list((sample_home.root / "exports" / "scoring").glob("scoring-*"))
+    assert not list(sample_home.root.rglob("*.partial"))
+    assert query(
+        sample_home,
+        "SELECT count(*) FROM model_versions WHERE dataset = 'sample-listens'"
+        " AND slot = 'ranking' AND status = 'champion'",
+    ) == [(1,)]

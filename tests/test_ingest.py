@@ -337,9 +337,7 @@ def test_accounting_equation_holds_for_a_mixed_bad_file(con, write_file):
     assert result.accounting_holds()
 
 
-def test_quoted_fields_spanning_lines_are_read_and_each_row_keeps_its_first_line(
-    con, write_file
-):
+def test_quoted_fields_spanning_lines_are_read_and_each_row_keeps_its_first_line(con, write_file):
     body = (
         "userId,movieId,rating,timestamp\n"  # line 1
         '1,"10\n11",4.0,964982703\n'  # lines 2-3: one row
@@ -355,9 +353,7 @@ def test_quoted_fields_spanning_lines_are_read_and_each_row_keeps_its_first_line
         (6, "x\n\ny\r"),
         (9, "10"),
     ]
-    assert rows(con, "SELECT line, column_name, error_type FROM rejects") == [
-        (5, "rating", "CAST")
-    ]
+    assert rows(con, "SELECT line, column_name, error_type FROM rejects") == [(5, "rating", "CAST")]
 
 
 def test_rows_that_do_not_add_up_refuse_the_file_whole_and_it_is_not_read_again(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -146,9 +147,8 @@ def plan_scoring(con: duckdb.DuckDBPyConnection, dataset: str, work_dir: Path) -
         item_ids,
         sizes,
     )
+    _remove_interrupted_parts(work_dir, dataset)
     parts_dir = work_dir / f"scoring-{dataset}-v{row['version']}"
-    if parts_dir.exists():
-        shutil.rmtree(parts_dir)  # parts of an interrupted run of the same version
     parts_dir.mkdir(parents=True)
     rowptr, seen = _seen(con, dataset, len(user_ids))
     np.savez(parts_dir / "seen.npz", rowptr=rowptr, items=seen)
@@ -380,6 +380,15 @@ def _popular_fallback(
             [float(n) for _, n in picks],
             "fallback",
         )
+
+
+def _remove_interrupted_parts(work_dir: Path, dataset: str) -> None:
+    """Parts a killed scoring of `dataset` left behind, whichever version it scored: scoring
+    holds the data home's writer lock, so none of them belongs to a run still going."""
+    pattern = re.compile(rf"scoring-{re.escape(dataset)}-v\d+")
+    for stale in work_dir.glob(f"scoring-{dataset}-v*"):
+        if stale.is_dir() and pattern.fullmatch(stale.name):
+            shutil.rmtree(stale)
 
 
 def _write_parquet(table: pa.Table, path: Path) -> Path:

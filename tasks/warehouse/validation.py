@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from tasks.faults import crash_point
 from tasks.files import write_text_atomically
 from tasks.warehouse.ingest import (
     CONFLICT_EXPECTATION,
@@ -659,6 +660,7 @@ def validate_snapshot(
         )
         refresh_snapshot_totals(con, snapshot_id)
         report = _report(con, info, snapshot_id, status, outcomes, profile, now)
+        crash_point("validating")
         con.execute(
             "UPDATE snapshots SET status = ?, validated_at = ?, report_json = ? "
             "WHERE snapshot_id = ?",
