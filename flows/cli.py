@@ -153,6 +153,7 @@ def nightly(
             "refit was refused), for schedulers that should page someone.",
         ),
     ] = False,
+    wait: Annotated[float, typer.Option(help=WAIT_HELP)] = 0.0,
     settings: Annotated[
         list[str] | None,
         typer.Option(
@@ -163,9 +164,6 @@ def nightly(
     ] = None,
 ) -> None:
     """Run the nightly retrain once, here (ingest, validate, train, gate, score, report)."""
-    from flows.nightly import NightlyRunFailed, nightly_retrain
-    from tasks.report import headline
-
     overrides: dict = {"datasets": dataset or None, "retrain_without_new_data": retrain}
     overrides["device"] = device
     if epochs is not None:
@@ -174,11 +172,18 @@ def nightly(
         _merge(overrides, *_dotted(setting))
     params = _nightly_params(overrides)
     home = EncoreHome.from_env()
-    try:
-        night = nightly_retrain(params)
-    except NightlyRunFailed as failure:
-        typer.echo(f"nightly run FAILED: {failure}", err=True)
-        raise typer.Exit(1) from failure
+    # Locked before the flow starts: a second `encore nightly` is refused here, in one line,
+    # before it imports the models or starts a temporary Prefect server on the same database.
+    with data_home_writer("nightly", wait):
+        from flows.nightly import NightlyRunFailed, nightly_retrain
+
+        try:
+            night = nightly_retrain(params)
+        except NightlyRunFailed as failure:
+            typer.echo(f"nightly run FAILED: {failure}", err=True)
+            raise typer.Exit(1) from failure
+    from tasks.report import headline
+
     if "skipped" in night:
         typer.echo(night["skipped"])
         return

@@ -335,7 +335,9 @@ def nightly_retrain(params: NightlyParams = DEFAULT_PARAMS) -> dict:
     logger = get_run_logger()
     owner = f"nightly flow run {flow_run.id or 'local'}"
     try:
-        with exclusive_lock(home.root / WRITER_LOCK, owner, params.lock_wait_seconds):
+        with exclusive_lock(
+            home.root / WRITER_LOCK, owner, params.lock_wait_seconds, reentrant=True
+        ):
             return _night(home, params)
     except LockHeld as held:
         message = f"skipped: another nightly run is in progress on {home.root} ({held})"

@@ -26,6 +26,11 @@ from pathlib import Path
 WRITER_LOCK = "nightly.lock"
 
 
+# Locks this process holds (resolved paths): a flow started by a CLI command that already took
+# the lock (`encore nightly`) goes on under it instead of refusing itself.
+_HELD_HERE: set[Path] = set()
+
+
 class LockHeld(RuntimeError):
     """Another run holds the lock; the message says who and since when."""
 
@@ -41,10 +46,17 @@ def _holder(path: Path) -> str:
 
 
 @contextmanager
-def exclusive_lock(path: Path, owner: str, wait_seconds: float = 0.0) -> Iterator[None]:
+def exclusive_lock(
+    path: Path, owner: str, wait_seconds: float = 0.0, reentrant: bool = False
+) -> Iterator[None]:
     """Hold an exclusive lock on `path` for the block; wait up to `wait_seconds` for it, then
-    raise LockHeld naming the holder."""
+    raise LockHeld naming the holder. `reentrant`: when this process already holds it, just
+    go on under it."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    key = path.resolve()
+    if reentrant and key in _HELD_HERE:
+        yield
+        return
     handle = path.open("a+")
     deadline = time.monotonic() + wait_seconds
     try:
@@ -63,9 +75,11 @@ def exclusive_lock(path: Path, owner: str, wait_seconds: float = 0.0) -> Iterato
         since = datetime.now(UTC).isoformat(timespec="seconds")
         handle.write(json.dumps({"owner": owner, "pid": os.getpid(), "since": since}))
         handle.flush()
+        _HELD_HERE.add(key)
         try:
             yield
         finally:
+            _HELD_HERE.discard(key)
             handle.seek(0)
             handle.truncate()
             handle.flush()

@@ -2,7 +2,8 @@
 (tasks/faults.py: ENCORE_CRASH_AT, os._exit, as kill -9 leaves things), then run again.
 
 After each rerun: exit 0, exactly one ranking champion, its lists loaded from what serves for
-it, and every row of the landing files in training (as a clean run has them)."""
+it, no leftover partial files, and every row of the landing files in training (as a clean run
+has them). A full disk is simulated with RLIMIT_FSIZE: every write past the cap fails."""
 
 from __future__ import annotations
 
@@ -91,34 +92,45 @@ def serving_lists(home: EncoreHome) -> tuple[int, int]:
     return champion[0], rows
 
 
-def test_a_night_killed_after_publishing_then_before_its_lists_heals(sample_home, prefect_api):
+def test_a_night_killed_at_each_stage_after_training_and_a_killed_scoring_heal(
+    sample_home, prefect_api
+):
+    """One data home through a chain of kills, each run healing what the last one left."""
     killed = encore(sample_home, prefect_api, *QUICK_NIGHT, crash_at="published")
     assert killed.returncode == CRASH_EXIT_CODE, killed.stderr[-2000:]
     (orphan,) = query(sample_home, "SELECT version, status FROM model_versions")
     assert orphan[1] == "candidate"
 
-    # The next night trains the snapshot again (the orphan is rejected, with why), gates it,
-    # and is killed after the lists were scored but before they were loaded.
-    second = encore(sample_home, prefect_api, *QUICK_NIGHT, crash_at="scored")
-    assert second.returncode == CRASH_EXIT_CODE, second.stderr[-2000:]
+    # The next night trains the snapshot again (the orphan is rejected, with why), and is
+    # killed once the gate crowned its model, before any list was scored.
+    killed = encore(sample_home, prefect_api, *QUICK_NIGHT, crash_at="gated")
+    assert killed.returncode == CRASH_EXIT_CODE, killed.stderr[-2000:]
     assert query(
-        sample_home,
-        "SELECT status FROM model_versions WHERE version = ?",
-        [orphan[0]],
+        sample_home, "SELECT status FROM model_versions WHERE version = ?", [orphan[0]]
     ) == [("rejected",)]
     (interrupted,) = query(
         sample_home, "SELECT reasons FROM promotions WHERE action = 'interrupted'"
     )
     assert "ended before the gate" in interrupted[0]
     champion, rows = serving_lists(sample_home)
-    assert rows == 0  # crowned, but its lists never loaded
+    assert rows == 0  # crowned, but never scored
 
-    # A plain rerun, nothing new to train on: the champion's lists are scored.
-    third = encore(sample_home, prefect_api, *QUICK_NIGHT)
-    assert third.returncode == 0, third.stderr[-3000:]
-    assert "gat-bpr on sample-listens: RESCORED" in third.stdout, third.stdout
+    # Nothing new to train on: the next night scores the champion's lists, and is killed just
+    # before its report.
+    killed = encore(sample_home, prefect_api, *QUICK_NIGHT, crash_at="report")
+    assert killed.returncode == CRASH_EXIT_CODE, killed.stderr[-2000:]
     still_champion, loaded = serving_lists(sample_home)
     assert still_champion == champion and loaded > 0
+
+    # A batch scoring killed after writing its parts (before loading them), then run again.
+    parts = sample_home.root / "exports" / "scoring"
+    killed = encore(sample_home, prefect_api, "batch-score", crash_at="scored")
+    assert killed.returncode == CRASH_EXIT_CODE, killed.stderr[-2000:]
+    assert list(parts.glob("scoring-sample-listens-v*"))
+    rescored = encore(sample_home, prefect_api, "batch-score")
+    assert rescored.returncode == 0, rescored.stderr[-3000:]
+    assert serving_lists(sample_home) == (champion, loaded)
+    assert not list(parts.glob("scoring-*")) and not list(sample_home.root.rglob("*.partial"))
     champions = query(
         sample_home,
         "SELECT count(*) FROM model_versions WHERE dataset = 'sample-listens'"
@@ -127,7 +139,7 @@ def test_a_night_killed_after_publishing_then_before_its_lists_heals(sample_home
     assert champions == [(1,)]
 
 
-def test_an_ingest_killed_between_files_is_completed_by_the_next(
+def test_an_interrupted_ingest_is_completed_and_a_full_disk_changes_nothing(
     sample_home, prefect_api, tmp_path
 ):
     killed = encore(sample_home, prefect_api, "ingest", crash_at="between files")
@@ -150,9 +162,7 @@ def test_an_ingest_killed_between_files_is_completed_by_the_next(
     count = "SELECT dataset, count(*) FROM training_interactions GROUP BY 1 ORDER BY 1"
     assert query(sample_home, count) == query(clean, count)
 
-
-def test_a_disk_that_fills_during_ingest_leaves_the_warehouse_as_it_was(sample_home, prefect_api):
-    assert encore(sample_home, prefect_api, "ingest").returncode == 0
+    # A disk that fills during the next ingest leaves the warehouse as it was.
     before = query(sample_home, "SELECT dataset, count(*) FROM interactions GROUP BY 1 ORDER BY 1")
     write_days(sample_home, range(2, 4))
     full = encore(sample_home, prefect_api, "ingest", max_file_bytes=4096)
@@ -168,38 +178,3 @@ def test_a_disk_that_fills_during_ingest_leaves_the_warehouse_as_it_was(sample_h
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     grown = query(sample_home, "SELECT count(*) FROM training_interactions")[0][0]
     assert grown > sum(n for _, n in before)
-
-
-def test_a_night_killed_at_its_verdict_at_its_report_and_a_batch_scoring_killed_heal(
-    sample_home, prefect_api
-):
-    killed = encore(sample_home, prefect_api, *QUICK_NIGHT, crash_at="gated")
-    assert killed.returncode == CRASH_EXIT_CODE, killed.stderr[-2000:]
-    # The first night's verdict: a ranking champion, crowned but never scored.
-    (verdict,) = query(
-        sample_home,
-        "SELECT version FROM model_versions WHERE slot = 'ranking' AND status = 'champion'",
-    )
-    assert ("recommendations",) not in query(sample_home, "SELECT table_name FROM duckdb_tables()")
-
-    # The next night finds a champion without lists, scores them, and is killed just
-    # before its report.
-    killed = encore(sample_home, prefect_api, *QUICK_NIGHT, crash_at="report")
-    assert killed.returncode == CRASH_EXIT_CODE, killed.stderr[-2000:]
-    champion, loaded = serving_lists(sample_home)
-    assert champion == verdict[0] and loaded > 0
-
-    # A batch scoring killed after writing its parts, then run again.
-    killed = encore(sample_home, prefect_api, "batch-score", crash_at="scored")
-    assert killed.returncode == CRASH_EXIT_CODE, killed.stderr[-2000:]
-    assert list((sample_home.root / "exports" / "scoring").glob("scoring-sample-listens-v*"))
-    rescored = encore(sample_home, prefect_api, "batch-score")
-    assert rescored.returncode == 0, rescored.stderr[-3000:]
-    assert serving_lists(sample_home) == (champion, loaded)
-    assert not list((sample_home.root / "exports" / "scoring").glob("scoring-*"))
-    assert not list(sample_home.root.rglob("*.partial"))
-    assert query(
-        sample_home,
-        "SELECT count(*) FROM model_versions WHERE dataset = 'sample-listens'"
-        " AND slot = 'ranking' AND status = 'champion'",
-    ) == [(1,)]

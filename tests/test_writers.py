@@ -54,7 +54,13 @@ def holder(home: EncoreHome):
 
 @pytest.mark.parametrize(
     "command",
-    [("rollback", "--dataset", "sample-listens"), ("promote", "1"), ("validate",)],
+    [
+        ("rollback", "--dataset", "sample-listens"),
+        ("promote", "1"),
+        ("validate",),
+        ("nightly",),
+        ("ingest",),
+    ],
 )
 def test_a_writer_is_refused_in_one_line_while_the_data_home_is_held(home, command):
     with exclusive_lock(home.root / "nightly.lock", "nightly flow run test-night"):
