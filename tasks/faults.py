@@ -11,6 +11,7 @@ passes them:
   transaction; `between files` after a file is committed;
 - validation (tasks/warehouse/validation.py): `validating`, inside the transaction that
   quarantines rows and records the verdict;
+- training (tasks/train.py): `epoch`, after an epoch's checkpoints were written;
 - nightly (flows/nightly.py): `published` (a candidate registered, not yet gated), `gated`
   (a verdict recorded, no serving refit yet), `refit` (the refit registered, no lists yet);
 - registry (tasks/warehouse/registry.py): `retired old champion`, `crowned new champion`;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from prefect.client.schemas.filters import (
 from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
+from tasks.faults import crash_point
 from tasks.report import image_markdown
 from tasks.retries import IO_RETRIES, artifact_key
 from tasks.warehouse.export import export_interactions
@@ -156,6 +158,7 @@ class TrainingProgress:
 
     def __call__(self, row: dict) -> None:
         """The trainer's on_epoch hook."""
+        crash_point("epoch")
         if time.monotonic() - self.last_update < self.every_seconds:
             return
         self.last_update = time.monotonic()
@@ -231,6 +234,11 @@ def train_model_task(
     """
     logger = get_run_logger()
     out_dir = Path(runs_dir) / f"{dataset}-{model}-snapshot{export['snapshot_id']}"
+    if out_dir.exists():
+        # A killed run's checkpoints would otherwise mix with this run's, and publishing copies
+        # the whole directory into the registry.
+        logger.info("removing %s: left by a run that did not finish", out_dir)
+        shutil.rmtree(out_dir)
     config = {**config, "model": model}
     if processes > 1:
         history, final = _train_with_torchrun(
