@@ -57,7 +57,7 @@ def data_home_writer(command: str, wait: float) -> Iterator[None]:
 
     home = EncoreHome.from_env().ensure()
     try:
-        with exclusive_lock(home.root / WRITER_LOCK, f"encore {command}", wait):
+        with exclusive_lock(home.root / WRITER_LOCK, f"encore {command}", wait, lend=True):
             yield
     except LockHeld as held:
         typer.echo(

@@ -26,9 +26,9 @@ from pathlib import Path
 WRITER_LOCK = "nightly.lock"
 
 
-# Locks this process holds (resolved paths): a flow started by a CLI command that already took
-# the lock (`encore nightly`) goes on under it instead of refusing itself.
-_HELD_HERE: set[Path] = set()
+# Locks this process holds and lends (resolved paths): a flow started by a CLI command that
+# already took the lock (`encore nightly`) goes on under it instead of refusing itself.
+_LENT_HERE: set[Path] = set()
 
 
 class LockHeld(RuntimeError):
@@ -47,14 +47,18 @@ def _holder(path: Path) -> str:
 
 @contextmanager
 def exclusive_lock(
-    path: Path, owner: str, wait_seconds: float = 0.0, reentrant: bool = False
+    path: Path,
+    owner: str,
+    wait_seconds: float = 0.0,
+    reentrant: bool = False,
+    lend: bool = False,
 ) -> Iterator[None]:
     """Hold an exclusive lock on `path` for the block; wait up to `wait_seconds` for it, then
-    raise LockHeld naming the holder. `reentrant`: when this process already holds it, just
-    go on under it."""
+    raise LockHeld naming the holder. `lend`: code of this process that asks `reentrant` goes
+    on under this hold (a CLI command running a flow that takes the lock itself)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     key = path.resolve()
-    if reentrant and key in _HELD_HERE:
+    if reentrant and key in _LENT_HERE:
         yield
         return
     handle = path.open("a+")
@@ -75,11 +79,12 @@ def exclusive_lock(
         since = datetime.now(UTC).isoformat(timespec="seconds")
         handle.write(json.dumps({"owner": owner, "pid": os.getpid(), "since": since}))
         handle.flush()
-        _HELD_HERE.add(key)
+        if lend:
+            _LENT_HERE.add(key)
         try:
             yield
         finally:
-            _HELD_HERE.discard(key)
+            _LENT_HERE.discard(key)
             handle.seek(0)
             handle.truncate()
             handle.flush()
