@@ -20,7 +20,7 @@ from tasks.home import EncoreHome, configure_environment
 app = typer.Typer(help="Encore: nightly retraining of recommenders.", no_args_is_help=True)
 
 SAMPLE_SOURCES = """\
-# Datasets Encore ingests. One table per dataset; see README "Your own data" for the keys.
+# Datasets Encore ingests. One table per dataset; see README "Sources" for the keys.
 [datasets.sample-listens]
 format = "encore-listens"
 landing = "landing/sample-listens"
@@ -105,6 +105,27 @@ def generate_sample(
         typer.echo(f"{kind}: {len(written)} new file(s) in {folder}")
 
 
+def _check_sources(sources: Path | None, datasets: list[str] | None) -> None:
+    """A missing or broken sources.toml, or a dataset it does not name, is a usage error of
+    one line (exit 2), said before any flow or temporary Prefect server starts."""
+    import difflib
+
+    from tasks.sources import SourceConfigError, load_datasets
+
+    path = sources or EncoreHome.from_env().sources_file
+    try:
+        names = [spec.name for spec in load_datasets(path)]
+    except SourceConfigError as error:
+        _usage(str(error))
+    for name in datasets or []:
+        if name not in names:
+            near = difflib.get_close_matches(name, names, n=1)
+            _usage(
+                f"{path}: no dataset named '{name}' (datasets: {', '.join(names)})"
+                + (f"; did you mean '{near[0]}'?" if near else "")
+            )
+
+
 @app.command()
 def ingest(
     dataset: Annotated[
@@ -115,6 +136,7 @@ def ingest(
     wait: Annotated[float, typer.Option(help=WAIT_HELP)] = 0.0,
 ) -> None:
     """Load new landing files into the warehouse and validate them (the `ingest` flow)."""
+    _check_sources(sources, dataset)
     from flows.ingest import SnapshotFailed
     from flows.ingest import ingest as ingest_flow
 
@@ -171,6 +193,7 @@ def nightly(
     for setting in settings or []:
         _merge(overrides, *_dotted(setting))
     params = _nightly_params(overrides)
+    _check_sources(Path(params.sources_file) if params.sources_file else None, dataset)
     home = EncoreHome.from_env()
     # Locked before the flow starts: a second `encore nightly` is refused here, in one line,
     # before it imports the models or starts a temporary Prefect server on the same database.
@@ -420,8 +443,11 @@ def models(
 ) -> None:
     """Model versions: family, slot, role, status, val metrics, and the gate's rule for each."""
     from tasks.warehouse.registry import ensure_registry
+    from tasks.warehouse.status import unknown_dataset
 
     with open_warehouse() as con:
+        if dataset is not None and (unknown := unknown_dataset(con, dataset)):
+            _usage(unknown)
         ensure_registry(con)
         rows = con.execute(
             """SELECT v.version, v.kind, v.slot, v.dataset, v.snapshot_id, v.status, v.refit_of,
@@ -500,8 +526,11 @@ def recommend(
     """A user's latest batch recommendations (from the dataset's ranking champion)."""
     from tasks.warehouse.names import NAMES_SCHEMA
     from tasks.warehouse.scoring import RECOMMENDATIONS_SCHEMA
+    from tasks.warehouse.status import unknown_dataset, why_no_list
 
     with open_warehouse() as con:
+        if unknown := unknown_dataset(con, dataset):
+            _usage(unknown)
         con.execute(RECOMMENDATIONS_SCHEMA)
         con.execute(NAMES_SCHEMA)
         rows = con.execute(
@@ -513,8 +542,9 @@ def recommend(
                ORDER BY r.rank""",
             [dataset, user_id, k],
         ).fetchall()
-    if not rows:
-        typer.echo(f"no recommendations for {user_id} in {dataset}; run batch scoring", err=True)
+        why = None if rows else why_no_list(con, dataset, user_id)
+    if why:
+        typer.echo(why, err=True)
         raise typer.Exit(1)
     for rank, item, score, source, kind, version in rows:
         typer.echo(f"{rank:>3}. {item}  score {score:.4f}  ({source}, {kind} v{version})")

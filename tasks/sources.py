@@ -467,7 +467,7 @@ def load_datasets(sources_file: Path) -> list[DatasetSpec]:
     if not sources_file.exists():
         raise SourceConfigError(
             f"{sources_file}: no sources file; run `encore generate-sample` or write one "
-            "(see README: 'Your own data')"
+            "(see README: 'Sources')"
         )
     with sources_file.open("rb") as handle:
         try:

@@ -73,6 +73,27 @@ def test_nightly_runs_end_to_end_and_says_where_things_are(tmp_path, prefect_api
     assert quiet.stdout.count("SKIPPED: no new data") == 3
 
 
+def test_a_missing_sources_file_or_a_misspelt_dataset_is_one_line_before_anything_starts(
+    tmp_path,
+):
+    home = tmp_path / "home"
+    missing = encore(home, "nightly")
+    assert missing.returncode == 2
+    (line,) = missing.stderr.strip().splitlines()
+    assert line == (
+        f"{home / 'sources.toml'}: no sources file; run `encore generate-sample` or write one"
+        " (see README: 'Sources')"
+    )
+    assert encore(home, "generate-sample", "--days", "1").returncode == 0
+    typo = encore(home, "ingest", "--dataset", "sample-listen")
+    assert typo.returncode == 2
+    assert typo.stderr.strip() == (
+        f"{home / 'sources.toml'}: no dataset named 'sample-listen' (datasets: sample-listens,"
+        " sample-ratings); did you mean 'sample-listens'?"
+    )
+    assert not (home / "warehouse.duckdb").exists()  # refused before any flow ran
+
+
 def test_help_lists_the_commands():
     shown = subprocess.run([str(ENCORE), "--help"], capture_output=True, text=True, timeout=60)
     for command in ("generate-sample", "nightly", "ingest", "validate", "status", "models"):

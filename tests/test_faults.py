@@ -92,9 +92,7 @@ def serving_lists(home: EncoreHome) -> tuple[int, int]:
     return champion[0], rows
 
 
-def test_a_night_killed_at_each_stage_and_a_killed_batch_scoring_heal(
-    sample_home, prefect_api
-):
+def test_a_night_killed_at_each_stage_and_a_killed_batch_scoring_heal(sample_home, prefect_api):
     """One data home through a chain of kills, each run healing what the last one left."""
     killed = encore(sample_home, prefect_api, *QUICK_NIGHT, crash_at="epoch")
     assert killed.returncode == CRASH_EXIT_CODE, killed.stderr[-2000:]

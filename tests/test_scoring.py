@@ -71,6 +71,27 @@ def scored(con, home, write_file):
     return score_dataset(con, "listens", home.root / "exports", chunk_users=7)
 
 
+def test_a_missing_list_is_explained_by_what_would_give_one(con, home, write_file):
+    from tasks.warehouse.scoring import RECOMMENDATIONS_SCHEMA
+    from tasks.warehouse.status import unknown_dataset, why_no_list
+
+    con.execute(RECOMMENDATIONS_SCHEMA)
+    night(con, write_file, "day1.csv", range(30), 1)
+    assert unknown_dataset(con, "listens") is None
+    assert why_no_list(con, "listens", "u1") == (
+        "listens has no ranking champion yet: `encore nightly` trains and scores one"
+    )
+    record_gate_decision(con, train_and_publish(con, home), True, ["first night"], [], {})
+    assert why_no_list(con, "listens", "u1").startswith(
+        "listens's champion v1 has not scored its lists yet"
+    )
+    score_dataset(con, "listens", home.root / "exports", chunk_users=7)
+    night(con, write_file, "day2.csv", range(30, 32), 2)  # u30, u31 arrive after the scoring
+    assert why_no_list(con, "listens", "u30").startswith(
+        "user 'u30' of listens arrived after the last scoring"
+    )
+
+
 def test_every_user_gets_k_unseen_items_new_users_from_popularity(con, scored):
     assert scored["users"] == 35 and scored["fallback_users"] == 5
     assert scored["source"] == "model" and scored["model_version"] == scored["champion"] == 1
@@ -142,6 +163,18 @@ def test_cli_lists_models_shows_recommendations_and_guards_overrides(con, home, 
     assert f"{item} \u2014 Track {item[1:]}" in first  # the item's name, from item_names
     newcomer = run("recommend", "u31", "--dataset", "listens")
     assert "(fallback, gat-bpr v1)" in newcomer.stdout
+    # Each way of finding no list says which, in one line: a typo in the dataset (usage, 2),
+    # a user the dataset never saw (1).
+    typo = run("recommend", "u3", "--dataset", "listen")
+    assert typo.returncode == 2
+    assert typo.stderr.strip() == (
+        "no dataset 'listen' in the warehouse (datasets: listens); did you mean 'listens'?"
+    )
+    stranger = run("recommend", "nobody", "--dataset", "listens")
+    assert stranger.returncode == 1
+    (line,) = stranger.stderr.strip().splitlines()
+    assert line.startswith("no user 'nobody' in listens (") and "ids match exactly" in line
+    assert run("models", "--dataset", "listen").returncode == 2
     again = run("promote", "1")
     assert again.returncode == 1 and "already is the champion" in again.stderr
     back = run("rollback", "--dataset", "listens")

@@ -79,3 +79,48 @@ def status_text(con: duckdb.DuckDBPyConnection, home: EncoreHome) -> str:
         lines += ["", "Unreadable files (newest first)"]
         lines += [f"  {dataset}: {error}" for dataset, _, error in errors]
     return "\n".join(lines)
+
+
+def unknown_dataset(con: duckdb.DuckDBPyConnection, dataset: str) -> str | None:
+    """None when the warehouse knows `dataset`; else one line naming the ones it knows and the
+    nearest (a typo is the usual cause)."""
+    import difflib
+
+    names = [r[0] for r in con.execute("SELECT name FROM datasets ORDER BY name").fetchall()]
+    if dataset in names:
+        return None
+    near = difflib.get_close_matches(dataset, names, n=1)
+    known = ", ".join(names) or "none yet: `encore ingest` or `encore nightly` loads them"
+    return f"no dataset '{dataset}' in the warehouse (datasets: {known})" + (
+        f"; did you mean '{near[0]}'?" if near else ""
+    )
+
+
+def why_no_list(con: duckdb.DuckDBPyConnection, dataset: str, user_id: str) -> str:
+    """Why `user_id` of a known `dataset` has no recommendations, and what gives them one."""
+    from tasks.warehouse.registry import champion
+
+    serving = champion(con, "ranking", dataset)
+    if serving is None:
+        return f"{dataset} has no ranking champion yet: `encore nightly` trains and scores one"
+    users = con.execute("SELECT count(*) FROM user_ids WHERE dataset = ?", [dataset]).fetchone()[0]
+    known = con.execute(
+        "SELECT count(*) FROM user_ids WHERE dataset = ? AND external_id = ?", [dataset, user_id]
+    ).fetchone()[0]
+    if not known:
+        return (
+            f"no user '{user_id}' in {dataset} ({users:,} users; ids match exactly): a user gets"
+            " a list from the first night that loads one of their interactions"
+        )
+    lists = con.execute(
+        "SELECT count(*) FROM recommendations WHERE dataset = ?", [dataset]
+    ).fetchone()[0]
+    if not lists:
+        return (
+            f"{dataset}'s champion v{serving['version']} has not scored its lists yet: the next"
+            " `encore nightly` does, or the 'batch-score/manual' deployment"
+        )
+    return (
+        f"user '{user_id}' of {dataset} arrived after the last scoring: the next `encore nightly`"
+        " (or the 'batch-score/manual' deployment) gives them a list"
+    )
