@@ -252,10 +252,12 @@ def _nightly_params(values: dict):
     from models_src.config import unknown_keys_message
 
     try:
-        return NightlyParams.model_validate(values)
+        params = NightlyParams.model_validate(values)
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
+        if where in OPTION_OF_PARAMETER:
+            _usage(f"{OPTION_OF_PARAMETER[where]}: {first['msg']} (got {first.get('input')!r})")
         if first["type"] == "extra_forbidden":
             model: type[BaseModel] = NightlyParams
             for part in first["loc"][:-1]:
@@ -263,6 +265,16 @@ def _nightly_params(values: dict):
             hint = unknown_keys_message([str(first["loc"][-1])], set(model.model_fields))
             _usage(f"--set {where}: {hint}")
         _usage(f"--set {where}: {first['msg']} (got {first.get('input')!r})")
+    if params.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            _usage("--device cuda: torch sees no CUDA device on this machine; use auto or cpu")
+    return params
+
+
+# Run parameters that `encore nightly` sets from an option of its own, for error messages.
+OPTION_OF_PARAMETER = {"device": "--device", "datasets": "--dataset"}
 
 
 @app.command()

@@ -78,7 +78,7 @@ def parent_heartbeat_only() -> Iterator[None]:
 
 
 def _nightly_name() -> str:
-    return f"nightly {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    return f"nightly {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC"  # two runs a minute apart differ
 
 
 class _Branch:

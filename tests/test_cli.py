@@ -91,6 +91,17 @@ def test_a_missing_sources_file_or_a_misspelt_dataset_is_one_line_before_anythin
         f"{home / 'sources.toml'}: no dataset named 'sample-listen' (datasets: sample-listens,"
         " sample-ratings); did you mean 'sample-listens'?"
     )
+    wrong_device = encore(home, "nightly", "--device", "gpu")
+    assert wrong_device.returncode == 2
+    assert wrong_device.stderr.strip() == (
+        "--device: Input should be 'auto', 'cpu' or 'cuda' (got 'gpu')"
+    )
+    import torch
+
+    if not torch.cuda.is_available():
+        no_cuda = encore(home, "nightly", "--device", "cuda")
+        assert no_cuda.returncode == 2
+        assert no_cuda.stderr.strip().startswith("--device cuda: torch sees no CUDA device")
     assert not (home / "warehouse.duckdb").exists()  # refused before any flow ran
 
 
