@@ -114,11 +114,13 @@ def ingest_files_task(
                 logger.warning("%s", unreadable)
                 continue
             logger.info(
-                "%s: read %d = loaded %d + duplicates %d + rejected %d",
+                "%s: read %d = loaded %d + duplicates %d + conflicts %d + rejected %d"
+                " (before validation, which may quarantine loaded rows)",
                 Path(path).name,
                 result.rows_read,
                 result.loaded,
                 result.duplicates,
+                result.quarantined,
                 result.rejected,
             )
             results.append(result.to_dict())
