@@ -143,7 +143,7 @@ def test_a_night_killed_at_each_stage_and_a_killed_batch_scoring_heal(sample_hom
 
 
 def test_an_interrupted_ingest_is_completed_and_a_full_disk_changes_nothing(
-    sample_home, prefect_api, tmp_path
+    sample_home, prefect_api
 ):
     killed = encore(sample_home, prefect_api, "ingest", crash_at="between files")
     assert killed.returncode == CRASH_EXIT_CODE, killed.stderr[-2000:]
@@ -158,12 +158,15 @@ def test_an_interrupted_ingest_is_completed_and_a_full_disk_changes_nothing(
     # The pending snapshot was reopened: validated with the files loaded after the kill.
     assert query(sample_home, "SELECT DISTINCT status FROM snapshots") == [("passed",)]
 
-    clean = EncoreHome(tmp_path / "clean").ensure()
-    clean.sources_file.write_text(sample_home.sources_file.read_text())
-    write_days(clean, range(2))
-    assert encore(clean, prefect_api, "ingest").returncode == 0
+    # Every data line of the landing files is in training, as after a clean ingest (the
+    # sample has no duplicates, conflicts or malformed lines).
+    delivered = [
+        (f"sample-{kind}", sum(len(p.read_text().splitlines()) - 1 for p in folder.glob("*.csv")))
+        for kind in ("listens", "ratings")
+        for folder in [sample_home.landing / f"sample-{kind}"]
+    ]
     count = "SELECT dataset, count(*) FROM training_interactions GROUP BY 1 ORDER BY 1"
-    assert query(sample_home, count) == query(clean, count)
+    assert query(sample_home, count) == delivered
 
     # A disk that fills during the next ingest leaves the warehouse as it was.
     before = query(sample_home, "SELECT dataset, count(*) FROM interactions GROUP BY 1 ORDER BY 1")
