@@ -108,9 +108,7 @@ def generate_sample(
 def _check_sources(sources: Path | None, datasets: list[str] | None) -> None:
     """A missing or broken sources.toml, or a dataset it does not name, is a usage error of
     one line (exit 2), said before any flow or temporary Prefect server starts."""
-    import difflib
-
-    from tasks.sources import SourceConfigError, load_datasets
+    from tasks.sources import SourceConfigError, dataset_choices, load_datasets
 
     path = sources or EncoreHome.from_env().sources_file
     try:
@@ -119,11 +117,7 @@ def _check_sources(sources: Path | None, datasets: list[str] | None) -> None:
         _usage(str(error))
     for name in datasets or []:
         if name not in names:
-            near = difflib.get_close_matches(name, names, n=1)
-            _usage(
-                f"{path}: no dataset named '{name}' (datasets: {', '.join(names)})"
-                + (f"; did you mean '{near[0]}'?" if near else "")
-            )
+            _usage(f"{path}: no dataset named '{name}' {dataset_choices(name, names)}")
 
 
 @app.command()
@@ -265,11 +259,13 @@ def _nightly_params(values: dict):
             hint = unknown_keys_message([str(first["loc"][-1])], set(model.model_fields))
             _usage(f"--set {where}: {hint}")
         _usage(f"--set {where}: {first['msg']} (got {first.get('input')!r})")
-    if params.device == "cuda":
-        import torch
+    if params.device == "cuda":  # checked here too, so that it is one line before any flow
+        from models_src.config import resolve_device
 
-        if not torch.cuda.is_available():
-            _usage("--device cuda: torch sees no CUDA device on this machine; use auto or cpu")
+        try:
+            resolve_device(params.device)
+        except RuntimeError as error:
+            _usage(str(error))
     return params
 
 

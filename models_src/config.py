@@ -108,7 +108,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
+        raise RuntimeError(
+            "--device cuda: torch sees no CUDA device on this machine; use auto or cpu"
+        )
     return torch.device(name)
 
 

@@ -84,7 +84,8 @@ def exclusive_lock(
         try:
             yield
         finally:
-            _LENT_HERE.discard(key)
+            if lend:
+                _LENT_HERE.discard(key)
             handle.seek(0)
             handle.truncate()
             handle.flush()

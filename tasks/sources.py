@@ -459,6 +459,16 @@ def format_from_table(table: Mapping[str, Any], where: str) -> SourceFormat:
         raise SourceConfigError(f"{where}: {err}") from err
 
 
+def dataset_choices(name: str, names: list[str]) -> str:
+    """'(datasets: a, b); did you mean 'a'?': the tail of a message about an unknown dataset
+    `name`, for the CLI (against sources.toml) and the warehouse alike."""
+    import difflib
+
+    near = difflib.get_close_matches(name, names, n=1)
+    known = ", ".join(names) or "none yet: `encore ingest` or `encore nightly` loads them"
+    return f"(datasets: {known})" + (f"; did you mean '{near[0]}'?" if near else "")
+
+
 def load_datasets(sources_file: Path) -> list[DatasetSpec]:
     """Read `sources.toml`: one `[datasets.NAME]` table per dataset.
 

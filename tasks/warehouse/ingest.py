@@ -545,11 +545,14 @@ def _drop_duplicates(
     A row that repeats both a loaded row and an earlier line is judged against the loaded one.
     """
     key = ", ".join(fmt.natural_key())
-    present = " AND ".join(f"{c} IS NOT NULL" for c in fmt.natural_key())
+
+    def present(alias: str = "") -> str:
+        return " AND ".join(f"{alias}{c} IS NOT NULL" for c in fmt.natural_key())
+
     differs = "(s.rating IS DISTINCT FROM e.rating OR s.weight IS DISTINCT FROM e.weight)"
     con.execute(
         f"""CREATE TEMP TABLE _drop AS
-            WITH keyed AS (SELECT line, {key}, hash({key}) AS h FROM _staged WHERE {present}),
+            WITH keyed AS (SELECT line, {key}, hash({key}) AS h FROM _staged WHERE {present()}),
             candidates AS (
                 SELECT * FROM keyed
                 WHERE h IN (SELECT h FROM keyed GROUP BY h HAVING count(*) > 1)),
@@ -571,7 +574,7 @@ def _drop_duplicates(
                                    AND {_natural_key_match(fmt, "e", "s")}
                 JOIN snapshots sn ON sn.snapshot_id = e.snapshot_id AND sn.status <> 'failed'
                 JOIN source_files f ON f.file_id = e.file_id
-                WHERE {" AND ".join(f"s.{c} IS NOT NULL" for c in fmt.natural_key())})
+                WHERE {present("s.")})
             SELECT * EXCLUDE (precedence) FROM repeats
             QUALIFY row_number() OVER (PARTITION BY line ORDER BY precedence) = 1"""
     )

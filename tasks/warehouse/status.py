@@ -84,16 +84,12 @@ def status_text(con: duckdb.DuckDBPyConnection, home: EncoreHome) -> str:
 def unknown_dataset(con: duckdb.DuckDBPyConnection, dataset: str) -> str | None:
     """None when the warehouse knows `dataset`; else one line naming the ones it knows and the
     nearest (a typo is the usual cause)."""
-    import difflib
+    from tasks.sources import dataset_choices
 
     names = [r[0] for r in con.execute("SELECT name FROM datasets ORDER BY name").fetchall()]
     if dataset in names:
         return None
-    near = difflib.get_close_matches(dataset, names, n=1)
-    known = ", ".join(names) or "none yet: `encore ingest` or `encore nightly` loads them"
-    return f"no dataset '{dataset}' in the warehouse (datasets: {known})" + (
-        f"; did you mean '{near[0]}'?" if near else ""
-    )
+    return f"no dataset '{dataset}' in the warehouse {dataset_choices(dataset, names)}"
 
 
 def why_no_list(con: duckdb.DuckDBPyConnection, dataset: str, user_id: str) -> str:
@@ -103,10 +99,10 @@ def why_no_list(con: duckdb.DuckDBPyConnection, dataset: str, user_id: str) -> s
     serving = champion(con, "ranking", dataset)
     if serving is None:
         return f"{dataset} has no ranking champion yet: `encore nightly` trains and scores one"
-    users = con.execute("SELECT count(*) FROM user_ids WHERE dataset = ?", [dataset]).fetchone()[0]
-    known = con.execute(
-        "SELECT count(*) FROM user_ids WHERE dataset = ? AND external_id = ?", [dataset, user_id]
-    ).fetchone()[0]
+    users, known = con.execute(
+        "SELECT count(*), count(*) FILTER (WHERE external_id = ?) FROM user_ids WHERE dataset = ?",
+        [user_id, dataset],
+    ).fetchone()
     if not known:
         return (
             f"no user '{user_id}' in {dataset} ({users:,} users; ids match exactly): a user gets"
