@@ -6,7 +6,7 @@ ENCORE := $(VENV)/bin/encore
 STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv run server deploy deploy-docker deploy-kubernetes worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly bench-warm-start bench-scale bench-gate bench-served bench-ablation bench-tune bench-blend clean-data
+.PHONY: venv run server deploy deploy-docker deploy-kubernetes worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly bench-warm-start bench-retention bench-scale bench-gate bench-served bench-ablation bench-tune bench-blend clean-data
 
 # The venv is rebuilt when pyproject.toml changes. torch goes first and pinned so that no other
 # package can pull a multi-GB CUDA build.
@@ -33,6 +33,10 @@ ENCORE_CRON      ?= 0 2 * * *
 ENCORE_TUNE_CRON ?= 0 8 * * 6
 ENCORE_TIMEZONE  ?= UTC
 PREFECT_PORT     ?= 4200
+# Where failed or crashed runs and failed validations are reported (deployments/alerts.py): an
+# http(s) endpoint (JSON POST) or an Apprise URL (slack://, msteams://, mailto://). Empty: no alert,
+# and `make deploy` deletes the one an earlier deploy created.
+ENCORE_ALERT_URL ?=
 PREFECT_ENV = ENCORE_HOME="$(ENCORE_HOME)" PREFECT_HOME="$(ENCORE_HOME)/prefect" \
 	MPLCONFIGDIR="$(ENCORE_HOME)/cache/matplotlib" XDG_CACHE_HOME="$(ENCORE_HOME)/cache" \
 	PREFECT_API_URL="http://127.0.0.1:$(PREFECT_PORT)/api" PREFECT_SERVER_ANALYTICS_ENABLED=false
@@ -41,13 +45,15 @@ PREFECT_ENV = ENCORE_HOME="$(ENCORE_HOME)" PREFECT_HOME="$(ENCORE_HOME)/prefect"
 server: venv
 	env $(PREFECT_ENV) $(VENV)/bin/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
-## The encore-process work pool and the deployments of deployments/prefect.yaml (server running).
+## The encore-process work pool, the deployments of deployments/prefect.yaml and the failure alert
+## (server running).
 deploy: venv
 	env $(PREFECT_ENV) $(VENV)/bin/prefect work-pool create encore-process --type process --overwrite
 	env $(PREFECT_ENV) ENCORE_PROJECT_ROOT="$(CURDIR)" ENCORE_CRON="$(ENCORE_CRON)" \
 		ENCORE_TUNE_CRON="$(ENCORE_TUNE_CRON)" \
 		ENCORE_TIMEZONE="$(ENCORE_TIMEZONE)" \
 		$(VENV)/bin/prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml
+	env $(PREFECT_ENV) ENCORE_ALERT_URL="$(ENCORE_ALERT_URL)" $(PY) deployments/alerts.py
 
 # --- The same deployments on a Docker or Kubernetes work pool (deployments/README.md, "Moving to
 # Docker or Kubernetes"): the project image (deployments/Dockerfile) is built here and pushed to
@@ -143,6 +149,10 @@ bench-blend: venv
 ## Warm vs cold start over 5 simulated nights: quality and training time.
 bench-warm-start: venv
 	$(PY) -m bench.bench_warm_start
+
+# The data home's size over 30 nights of the sample under the default retention policy.
+bench-retention: venv
+	$(PY) -m bench.bench_retention
 
 # 10M listens + 2M ratings through the whole nightly flow on a 2-worker Dask LocalCluster.
 bench-scale: venv

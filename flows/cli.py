@@ -127,6 +127,10 @@ def ingest(
     ] = None,
     validate: Annotated[bool, typer.Option(help="Validate the new snapshots.")] = True,
     sources: Annotated[Path | None, typer.Option(help="sources.toml to read.")] = None,
+    retry: Annotated[
+        list[Path] | None,
+        typer.Option(help="Read this refused file again although it has not changed (repeatable)."),
+    ] = None,
     wait: Annotated[float, typer.Option(help=WAIT_HELP)] = 0.0,
 ) -> None:
     """Load new landing files into the warehouse and validate them (the `ingest` flow)."""
@@ -136,6 +140,7 @@ def ingest(
 
     try:
         with data_home_writer("ingest", wait):
+            _request_retries(retry or [])
             result = ingest_flow(
                 sources_file=str(sources.resolve()) if sources else None,
                 datasets=dataset or None,
@@ -147,6 +152,25 @@ def ingest(
     typer.echo(result["summary"] or "nothing new to ingest")
     for name, why in result["idle"].items():
         typer.echo(f"{name}: {why}")
+    for name, lines in result["refused_before"].items():
+        for line in lines:
+            typer.echo(f"{name}: {line}")
+
+
+def _request_retries(paths: list[Path]) -> None:
+    """`--retry FILE`: the next ingest reads these refused files again."""
+    from tasks.warehouse.ingest import request_retry
+
+    for path in paths:
+        if not path.is_file():
+            _usage(f"--retry {path}: no such file")
+    with open_warehouse() as con:
+        for path in paths:
+            if not request_retry(con, path.resolve()):
+                _usage(
+                    f"--retry {path}: these bytes were never refused (or a retry is already"
+                    " asked for); an ingest reads a new or changed file anyway"
+                )
 
 
 @app.command()
@@ -466,7 +490,8 @@ def models(
                       (SELECT CASE WHEN p.promoted THEN 'served' ELSE 'not served' END
                               || ': ' || p.rule
                        FROM promotions p WHERE p.challenger = v.version AND p.rule IS NOT NULL
-                       ORDER BY p.promotion_id DESC LIMIT 1)
+                       ORDER BY p.promotion_id DESC LIMIT 1),
+                      v.pruned_at IS NOT NULL
                FROM model_versions v WHERE ? IS NULL OR v.dataset = ?
                ORDER BY v.version DESC""",
             [dataset, dataset],
@@ -478,12 +503,13 @@ def models(
 
 
 def _version_line(
-    version, kind, slot, data, snapshot, status, refit_of, recall, ndcg, rmse, created, rule
+    version, kind, slot, data, snapshot, status, refit_of, recall, ndcg, rmse, created, rule, pruned
 ) -> str:
     metrics = f"val recall@10 {recall:.4f} ndcg@10 {ndcg:.4f}" if recall is not None else ""
     metrics += f" rmse {rmse:.4f}" if rmse is not None else ""
     state = f"serves v{refit_of}" if refit_of is not None else status
     why = f"  ({rule})" if rule else ""
+    why += "  [files removed by gc]" if pruned else ""
     return (
         f"v{version:<4} {kind:12} {slot:8} {data:16} snapshot {snapshot}  {state:10}"
         f" {metrics}  {created}{why}"
@@ -523,6 +549,43 @@ def rollback(
     with data_home_writer("rollback", wait), open_warehouse(RegistryError) as con:
         row = rollback_slot(con, slot, dataset, actor)
     typer.echo(f"v{row['version']} ({row['kind']}) is the {slot} champion of {dataset} again")
+
+
+@app.command()
+def gc(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would go; remove nothing.")
+    ] = False,
+    previous_champions: Annotated[
+        int, typer.Option(min=0, help="Earlier champions kept for rollback.")
+    ] = 2,
+    rejected_nights: Annotated[
+        int,
+        typer.Option(min=0, help="Nights with new data a model that does not serve is kept."),
+    ] = 3,
+    night_runs: Annotated[
+        int, typer.Option(min=0, help="Latest nights whose runs/<night> folders are kept.")
+    ] = 1,
+    wait: Annotated[float, typer.Option(help=WAIT_HELP)] = 0.0,
+) -> None:
+    """Remove model files and training folders no one can need (README, "Operating it")."""
+    from tasks.warehouse.retention import RetentionPolicy, apply_removals, plan_removals
+
+    home = EncoreHome.from_env().ensure()
+    policy = RetentionPolicy(
+        previous_champions=previous_champions,
+        rejected_nights=rejected_nights,
+        night_runs=night_runs,
+    )
+    with data_home_writer("gc", wait), open_warehouse() as con:
+        removals = plan_removals(con, home.root, policy)
+        if not dry_run:
+            apply_removals(con, removals)
+    for removal in removals:
+        typer.echo(f"{removal.bytes / 1e6:9,.1f} MB  {removal.path}  ({removal.reason})")
+    verb = "would free" if dry_run else "freed"
+    total = sum(r.bytes for r in removals)
+    typer.echo(f"{len(removals)} folders; {verb} {total / 1e6:,.1f} MB")
 
 
 @app.command()

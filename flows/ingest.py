@@ -7,8 +7,11 @@ step is a task in `tasks/ingest.py`.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 
 from tasks.home import EncoreHome
 from tasks.ingest import (
@@ -17,6 +20,7 @@ from tasks.ingest import (
     plan_ingest,
     publish_ingest_summary,
     validate_snapshot_task,
+    validation_outcome,
 )
 from tasks.warehouse.validation import ValidationThresholds, report_summary
 
@@ -37,7 +41,7 @@ def ingest(
     run_validation: bool = True,
     thresholds: ValidationThresholds | None = None,
     fail_on_invalid: bool = True,
-) -> dict:
+) -> dict | State:
     """Load every new landing file of each dataset and validate the resulting snapshots.
 
     Args:
@@ -53,6 +57,9 @@ def ingest(
     warehouse_path = str(home.warehouse)
     plan = plan_ingest(sources, warehouse_path, datasets)
     reports, idle, errors, held = [], {}, {}, {}
+    refused = {
+        dataset: planned["refused"] for dataset, planned in plan.items() if planned["refused"]
+    }
     for dataset, planned in plan.items():
         files = planned["files"]
         if not files and (planned["pending"] is None or not run_validation):
@@ -80,14 +87,18 @@ def ingest(
     broken += [f"ingest of {dataset} failed: {why}" for dataset, why in errors.items()]
     if broken and fail_on_invalid:
         raise SnapshotFailed("; ".join(broken) + (f"\n\n{summary}" if summary else ""))
-    return {
+    result = {
         "reports": reports,
         "idle": idle,
         "summary": summary,
         "failed": failed,
         "errors": errors,
         "held_back": held,
+        "refused_before": refused,
     }
+    # Failed, not Completed, in the UI, with the result still handed to the nightly flow (which
+    # reads it with return_state=True and goes on with the datasets that passed).
+    return Failed(message="; ".join(broken), data=result) if broken else result
 
 
 def _ingest_dataset(
@@ -106,6 +117,20 @@ def _ingest_dataset(
         ingest_files_task(sources, warehouse_path, dataset, files, snapshot_id)
     if not run_validation:
         return None
-    return validate_snapshot_task(
-        warehouse_path, snapshot_id, thresholds or ValidationThresholds(), str(home.reports)
+    validated = validate_snapshot_task(
+        warehouse_path,
+        snapshot_id,
+        thresholds or ValidationThresholds(),
+        str(home.reports),
+        return_state=True,
     )
+    return validation_outcome(validated)
+
+
+def result_of(state: State) -> Any:
+    """A task's or subflow's result whether it ended Completed or Failed with data (a failed
+    validation carries its report); an exception it raised is raised here."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    return result

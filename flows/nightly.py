@@ -36,13 +36,14 @@ from prefect.states import Completed
 from prefect.task_runners import TaskRunner
 
 from flows.batch_score import score_champion
-from flows.ingest import ingest
+from flows.ingest import ingest, result_of
 from flows.params import DEFAULT_PARAMS, NightlyParams
 from flows.runners import night_task_runner, scoring_parts
 from tasks.faults import crash_point
 from tasks.home import EncoreHome
 from tasks.lock import WRITER_LOCK, LockHeld, exclusive_lock
 from tasks.nightly import (
+    clean_data_home_task,
     gate_candidate_task,
     plan_training,
     publish_candidate_task,
@@ -303,8 +304,11 @@ def _run_branches(plan: list[dict], params: NightlyParams, home: EncoreHome) -> 
 
 def _warnings(ingested: dict, outcomes: list[dict]) -> list[str]:
     """What a person should know although nothing failed: a baseline serves, a serving refit
-    was refused, an earlier night's data is still held back by validation."""
+    was refused, an earlier night's data is still held back by validation, a refused file is
+    still in the landing folder unchanged."""
     found = [f"{dataset}: {why}" for dataset, why in ingested["held_back"].items()]
+    found += [f"{dataset}: {line}" for dataset, lines in ingested["refused_before"].items()
+              for line in lines]  # fmt: skip
     for o in outcomes:
         where = f"{o['model']} on {o['dataset']}"
         found += [f"{where}: {w}" for w in (o.get("gate") or {}).get("warnings", [])]
@@ -320,7 +324,7 @@ def _problems(ingested: dict, outcomes: list[dict]) -> list[str]:
     problems = [f"validation failed: {name}" for name in ingested["failed"]]
     problems += [f"{dataset}: ingest failed ({why})" for dataset, why in ingested["errors"].items()]
     problems += [
-        f"{o['model']} on {o['dataset']} failed: {o['reason']}"
+        f"{o['model']} on {o['dataset']} failed at {o.get('stage', 'train')}: {o['reason']}"
         for o in outcomes
         if o["status"] == "failed"
     ]
@@ -345,16 +349,31 @@ def nightly_retrain(params: NightlyParams = DEFAULT_PARAMS) -> dict:
         return Completed(name="Skipped", message=message, data={"skipped": message})
 
 
+def _clean(home: EncoreHome, params: NightlyParams) -> dict | None:
+    """The retention policy applied after the models are served; a failure to clean is a
+    warning, never a failed night."""
+    if not params.retention.enabled:
+        return None
+    try:
+        return clean_data_home_task(str(home.warehouse), params.retention)
+    except Exception as error:  # the night's models are served; cleaning waits for tomorrow
+        get_run_logger().warning(f"cleaning the data home failed: {error}")
+        return {"error": str(error)}
+
+
 def _night(home: EncoreHome, params: NightlyParams) -> dict:
     started, timings = time.perf_counter(), {}
     now = datetime.now(UTC)
     with stage_clock(timings, "ingest + validate"), parent_heartbeat_only():
-        ingested = ingest(
-            sources_file=params.sources_file,
-            datasets=params.datasets,
-            run_validation=True,
-            thresholds=params.validation,
-            fail_on_invalid=False,
+        ingested = result_of(
+            ingest(
+                sources_file=params.sources_file,
+                datasets=params.datasets,
+                run_validation=True,
+                thresholds=params.validation,
+                fail_on_invalid=False,
+                return_state=True,
+            )
         )
     datasets = [r["dataset"] for r in ingested["reports"]] + list(ingested["idle"])
     plan = plan_training(
@@ -364,6 +383,7 @@ def _night(home: EncoreHome, params: NightlyParams) -> dict:
     for outcome in outcomes:
         for stage, seconds in outcome.get("timings", {}).items():
             timings[stage] = timings.get(stage, 0.0) + seconds
+    cleaned = _clean(home, params)
     night = {
         "started_at": f"{now:%Y-%m-%d %H:%M:%S} UTC",
         "stamp": f"{now:%Y%m%dT%H%M%S}",
@@ -373,6 +393,7 @@ def _night(home: EncoreHome, params: NightlyParams) -> dict:
         "problems": _problems(ingested, outcomes),
         "warnings": _warnings(ingested, outcomes),
         "timings": timings,
+        "cleaned": cleaned,
         "seconds": time.perf_counter() - started,
     }
     for warning in night["warnings"]:

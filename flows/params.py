@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from models_src.params import GatBprParams, RatingParams, search_space
+from tasks.warehouse.retention import RetentionPolicy
 from tasks.warehouse.validation import ValidationThresholds
 
 ModelKind = Literal["gat-bpr", "rating"]
@@ -192,6 +193,7 @@ class NightlyParams(_Params):
         description="How long to wait for another nightly run on the same data home before "
         "skipping this one.",
     )
+    retention: RetentionPolicy = Field(default_factory=RetentionPolicy)
 
     def train_config(self, model: ModelKind, tuned: dict | None = None) -> dict[str, Any]:
         """The TrainConfig fields for `model` (models_src.config.TrainConfig.from_dict).

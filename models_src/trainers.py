@@ -3,8 +3,8 @@
 - BaseTrainer: the shared machinery; override `train_epoch` / `evaluate` for a custom trainer.
 - SimpleTrainer: all data, fixed LR; prints `Epoch 5/20 - Loss: 0.3142, Recall@10: 0.2874`.
 - AdvancedTrainer: train/val/test, early stopping on the validation metric, ReduceLROnPlateau,
-  per-epoch checkpoints, best_model.pt / final_model.pt / metrics.json / history.png, and
-  `resume` that ends exactly where an uninterrupted run would.
+  one resume checkpoint (the newest epoch's), best_model.pt / final_model.pt / metrics.json /
+  history.png, and `resume` that ends exactly where an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ class AdvancedTrainer(BaseTrainer):
             else:
                 self.bad_epochs += 1
             if epoch % config.checkpoint_every == 0:
-                self._save(f"checkpoint_epoch_{epoch}.pt", epoch)
+                self._save_resume_point(epoch)
             self.on_epoch(row)
             self._write_metrics(final=None)
         if self.bad_epochs >= config.patience:
@@ -255,6 +255,16 @@ class AdvancedTrainer(BaseTrainer):
     def _save(self, name: str, epoch: int) -> None:
         if self.is_main:
             save_checkpoint(self.output_dir / name, self.state(epoch))
+
+    def _save_resume_point(self, epoch: int) -> None:
+        """checkpoint_epoch_<epoch>.pt, then the older ones removed: `resume` only reads the
+        newest, and one per epoch made a night's run directory grow with its epochs."""
+        self._save(f"checkpoint_epoch_{epoch}.pt", epoch)
+        if not self.is_main:
+            return
+        for older in self.output_dir.glob("checkpoint_epoch_*.pt"):
+            if int(older.stem.rsplit("_", 1)[1]) < epoch:
+                older.unlink(missing_ok=True)
 
     def _write_metrics(self, final: dict | None) -> None:
         if not self.is_main:

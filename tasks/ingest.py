@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 from prefect.runtime import task_run
+from prefect.states import Failed, State
 
+from tasks.alerts import emit_validation_failed
 from tasks.faults import crash_point
 from tasks.home import EncoreHome
+from tasks.report import significant
 from tasks.retries import IO_RETRIES, artifact_key  # noqa: F401 - re-exported
 from tasks.sources import DatasetSpec, load_datasets
 from tasks.warehouse.ingest import (
@@ -41,7 +45,8 @@ def find_dataset(sources_file: Path, name: str) -> DatasetSpec:
 def plan_ingest(sources_file: str, warehouse_path: str, datasets: list[str] | None) -> dict:
     """Per dataset: which landing files are new (already-loaded content is skipped by sha256),
     the snapshot an interrupted ingest left pending, if any, and what failed validation since
-    the last snapshot that passed: {"files": [...], "pending", "held_back"}."""
+    the last snapshot that passed, and the reminders for files refused before and not changed
+    since: {"files": [...], "refused": [...], "pending", "held_back"}."""
     plan: dict[str, dict] = {}
     specs = load_datasets(Path(sources_file))
     unknown = sorted(set(datasets or []) - {s.name for s in specs})
@@ -54,18 +59,23 @@ def plan_ingest(sources_file: str, warehouse_path: str, datasets: list[str] | No
             register_dataset(con, spec)
             if spec.item_names is not None:
                 load_item_names(con, spec.name, spec.item_names, spec.item_names_format or "")
-            files = []
+            files, refused = [], []
             for path in spec.landing_files():
                 if is_known_unchanged(con, spec.name, path):
                     continue
                 sha256 = scan_file(path).sha256
-                refused = refused_before(con, spec.name, sha256)
-                if refused is not None:
-                    get_run_logger().warning("%s: unchanged since refused: %s", path, refused)
+                why = refused_before(con, spec.name, sha256)
+                if why is not None:
+                    refused.append(
+                        f"{path} is unchanged since it was {why.split(': ', 1)[0]}; replace it,"
+                        f" or `encore ingest --retry {path}` to read it again"
+                    )
+                    get_run_logger().warning(refused[-1])
                 elif already_loaded(con, spec.name, sha256) is None:
                     files.append(str(path))
             plan[spec.name] = {
                 "files": files,
+                "refused": refused,
                 "pending": pending_snapshot(con, spec.name),
                 "held_back": held_back(con, spec.name),
             }
@@ -131,7 +141,7 @@ def ingest_files_task(
 @task(name="validate snapshot", task_run_name="validate snapshot {snapshot_id}")
 def validate_snapshot_task(
     warehouse_path: str, snapshot_id: int, thresholds: ValidationThresholds, reports_dir: str
-) -> dict:
+) -> dict | State:
     with warehouse(Path(warehouse_path)) as con:
         report = validate_snapshot(con, snapshot_id, thresholds, Path(reports_dir))
     create_markdown_artifact(
@@ -139,7 +149,44 @@ def validate_snapshot_task(
         key=artifact_key(f"validation-{report['dataset']}"),
         description=f"Validation of snapshot {snapshot_id}: {report['status']}",
     )
+    emit_validation_failed(report)  # the failure alert's event (deployments/alerts.py)
+    if report["status"] != "passed":
+        # The task itself ends Failed (red in the UI, next to the report). Its data is only the
+        # report's path (Prefect logs a failed state's data whole): `validation_outcome` reads
+        # the report back for the flow, which goes on with the other datasets.
+        return Failed(
+            message=validation_failure_line(report), data={"report_path": report["report_path"]}
+        )
     return report
+
+
+def validation_outcome(state: State) -> dict:
+    """The report of a `validate_snapshot_task` run, Completed or Failed."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    if result.keys() == {"report_path"}:
+        report = json.loads(Path(result["report_path"]).read_text())
+        return {**report, "report_path": result["report_path"]}
+    return result
+
+
+def validation_failure_line(report: dict) -> str:
+    """One line for a failed snapshot: what failed (rows failing a row check, the observed
+    value of a table check), and where the report is."""
+    failed = [
+        f"{o['description']} ({o['unexpected_count']:,} rows failing)"
+        if o["level"] == "row"
+        else f"{o['description']} (observed {significant(o['observed'])})"
+        for o in report["failed"]
+    ]
+    failed += [f"unreadable file: {e['error']}" for e in report["file_errors"]]
+    where = f"; report: {report['report_path']}" if "report_path" in report else ""
+    return (
+        f"validation failed on snapshot {report['snapshot_id']} of {report['dataset']}: "
+        + "; ".join(failed or ["see the report"])
+        + where
+    )
 
 
 @task(name="publish ingest summary")

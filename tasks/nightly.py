@@ -1,6 +1,6 @@
 """Prefect tasks of the nightly retrain that are not ingest, training or scoring: what is due,
-publishing a candidate, the gate, registering the serving refit, and the run report (each thin:
-I/O around one call)."""
+publishing a candidate, the gate, registering the serving refit, cleaning the data home and the
+run report (each thin: I/O around one call)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from prefect.logging import get_run_logger
 
 from models_src.gate import GateThresholds
 from tasks.files import write_text_atomically
-from tasks.report import metrics_rows, nightly_report_markdown
+from tasks.report import metrics_rows, nightly_report_markdown, rounded_rows
 from tasks.retries import IO_RETRIES, artifact_key
 from tasks.warehouse.export import latest_passed_snapshot
 from tasks.warehouse.gating import gate_version
@@ -28,6 +28,7 @@ from tasks.warehouse.registry import (
     slot_of,
     version_row,
 )
+from tasks.warehouse.retention import RetentionPolicy, apply_removals, plan_removals
 from tasks.warehouse.schema import warehouse
 
 # Lists for every dataset (GAT-BPR, judged on liked items for ratings); predicted stars too for
@@ -132,7 +133,7 @@ def plan_training(
 
 @task(
     name="publish candidate",
-    task_run_name="publish {run[model]} from {run[run_dir]}",
+    task_run_name="publish {run[model]} on {dataset}",
     **IO_RETRIES,
 )
 def publish_candidate_task(warehouse_path: str, run: dict, dataset: str, k: int) -> dict:
@@ -194,7 +195,9 @@ def gate_candidate_task(
         "champion_after_family": after["kind"] if after else None,
     }
     create_table_artifact(
-        table=metrics_rows({"dataset": dataset, "model": row["kind"], "gate": result}),
+        table=rounded_rows(
+            metrics_rows({"dataset": dataset, "model": row["kind"], "gate": result})
+        ),
         key=artifact_key(f"metrics-{dataset}-{row['kind']}"),
         description=f"v{version} vs tonight's baselines vs the champion: {verdict.serve} serves",
     )
@@ -241,6 +244,20 @@ def publish_night_report(night: dict, reports_dir: str) -> dict:
     rows = [row for outcome in night["outcomes"] for row in metrics_rows(outcome)]
     if rows:
         create_table_artifact(
-            table=rows, key="nightly-metrics", description="Challenger vs champion, per split"
+            table=rounded_rows(rows),
+            key="nightly-metrics",
+            description="Challenger vs champion, per split",
         )
     return {"path": str(path), "markdown": text}
+
+
+@task(name="clean data home", task_run_name="clean the data home")
+def clean_data_home_task(warehouse_path: str, policy: RetentionPolicy) -> dict:
+    """Remove what the retention policy no longer keeps (tasks/warehouse/retention.py)."""
+    with warehouse(Path(warehouse_path)) as con:
+        result = apply_removals(con, plan_removals(con, Path(warehouse_path).parent, policy))
+    get_run_logger().info(
+        f"removed {len(result['removed'])} folders ({result['bytes'] / 1e6:,.1f} MB),"
+        f" the files of {len(result['versions'])} model versions among them"
+    )
+    return result

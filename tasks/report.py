@@ -28,9 +28,34 @@ def stage_clock(timings: dict[str, float], stage: str) -> Iterator[None]:
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
 
 
+def significant(value: object, digits: int = 4) -> object:
+    """A float to `digits` significant digits (what a table in the UI shows), anything else as
+    it is: 0.123456789 -> 0.1235, 1234.5678 -> 1235.0."""
+    if isinstance(value, float) and math.isfinite(value) and value != 0:
+        return float(f"{value:.{digits}g}")
+    return value
+
+
+def rounded_rows(rows: list[dict], digits: int = 4) -> list[dict]:
+    """Every float of a table artifact's rows to `digits` significant digits."""
+    return [{key: significant(value, digits) for key, value in row.items()} for row in rows]
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """A complete markdown table of `rows` (the UI's table artifact cuts long tables short)."""
+    if not rows:
+        return ""
+    columns = list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---:|" * len(columns)]
+    lines += [
+        "| " + " | ".join(_number(significant(r.get(c))) for c in columns) + " |" for r in rows
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def _number(value: object) -> str:
     if isinstance(value, float):
-        return "–" if math.isnan(value) else f"{value:.4f}"
+        return "–" if math.isnan(value) else f"{value:.4g}"
     return "–" if value is None else str(value)
 
 
@@ -291,9 +316,26 @@ def timings_section(timings: dict[str, float], total: float) -> list[str]:
     return lines
 
 
+def cleaning_section(cleaned: dict | None) -> list[str]:
+    """What the retention policy removed tonight (flows/nightly.py `_clean`)."""
+    if cleaned is None:
+        return ["## Data home", "", "Cleaning is off (`retention.enabled`).", ""]
+    if "error" in cleaned:
+        return ["## Data home", "", f"**WARNING: cleaning failed: {cleaned['error']}**", ""]
+    versions = ", ".join(f"v{v}" for v in cleaned["versions"]) or "none"
+    return [
+        "## Data home",
+        "",
+        f"Removed {len(cleaned['removed'])} folders ({cleaned['bytes'] / 1e6:,.1f} MB) that the"
+        f" retention policy no longer keeps; model versions whose files went: {versions}"
+        " (their metrics stay in the registry).",
+        "",
+    ]
+
+
 def nightly_report_markdown(night: dict) -> str:
     """`night`: status, problems, started_at, home, ingest {reports, idle}, outcomes, timings,
-    seconds."""
+    seconds, and optionally cleaned (what the retention policy removed)."""
     status = "FAILED" if night["problems"] else "COMPLETED"
     if not night["problems"] and night.get("warnings"):
         status = "COMPLETED WITH WARNINGS"
@@ -311,5 +353,7 @@ def nightly_report_markdown(night: dict) -> str:
         lines += ["No model was due tonight.", ""]
     for outcome in night["outcomes"]:
         lines += model_section(outcome)
+    if "cleaned" in night:
+        lines += cleaning_section(night["cleaned"])
     lines += timings_section(night["timings"], night["seconds"])
     return "\n".join(lines) + "\n"

@@ -26,7 +26,7 @@ from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
 from tasks.faults import crash_point
-from tasks.report import image_markdown
+from tasks.report import image_markdown, markdown_table, rounded_rows
 from tasks.retries import IO_RETRIES, artifact_key
 from tasks.warehouse.export import export_interactions
 from tasks.warehouse.registry import champion, verify_artifacts
@@ -151,7 +151,9 @@ class TrainingProgress:
         self.label, self.epochs, self.monitor = f"{model} on {dataset}", epochs, monitor
         self.every_seconds, self.last_update = every_seconds, time.monotonic()
         self.artifact_id = create_progress_artifact(
-            progress=0.0, description=f"{self.label}: starting"
+            progress=0.0,
+            key=artifact_key(f"progress-{dataset}-{model}"),  # a history page across nights
+            description=f"{self.label}: starting",
         )
         task_run = TaskRunContext.get()
         self.task_run_id = task_run.task_run.id if task_run else None
@@ -258,12 +260,15 @@ def train_model_task(
         history = trainer.history
     key = artifact_key(f"{dataset}-{model}")
     create_table_artifact(
-        table=history,
+        table=rounded_rows(history),
         key=f"training-curve-{key}",
         description=f"{model} on {dataset}: one row per epoch (loss, LR, val metrics)",
     )
     create_markdown_artifact(
-        key=f"train-{key}", markdown=_summary_markdown(model, dataset, export, final, out_dir)
+        key=f"train-{key}",
+        markdown=_summary_markdown(model, dataset, export, final, out_dir)
+        + "\n### Every epoch\n\n"
+        + markdown_table(history),
     )
     return {"run_dir": str(out_dir), "model": model, **final}
 

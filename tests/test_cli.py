@@ -102,7 +102,18 @@ def test_a_missing_sources_file_or_a_misspelt_dataset_is_one_line_before_anythin
         no_cuda = encore(home, "nightly", "--device", "cuda")
         assert no_cuda.returncode == 2
         assert no_cuda.stderr.strip().startswith("--device cuda: torch sees no CUDA device")
+    no_file = encore(home, "ingest", "--retry", "nope.csv")
+    assert no_file.returncode == 2
+    assert no_file.stderr.strip() == "--retry nope.csv: no such file"
     assert not (home / "warehouse.duckdb").exists()  # refused before any flow ran
+    no_version = encore(home, "promote", "999")
+    assert (no_version.returncode, no_version.stderr.strip()) == (1, "no model version 999")
+    never_refused = encore(home, "ingest", "--retry", str(home / "sources.toml"))
+    assert never_refused.returncode == 2
+    assert never_refused.stderr.strip().endswith(
+        "these bytes were never refused (or a retry is already asked for); an ingest reads a new"
+        " or changed file anyway"
+    )
 
 
 def test_help_lists_the_commands():

@@ -1,6 +1,7 @@
 """The nightly deployment as a data team runs it: a real `prefect server` on a loopback port, the
 work pool and deployments from deployments/prefect.yaml, a real worker, `prefect deployment run`,
-and the Prefect UI rendered by headless Chromium.
+the failure alert (deployments/alerts.py) posting to a local HTTP receiver, and the Prefect UI
+rendered by headless Chromium.
 
 One deployed run is shared by the integration and the UI checks (module fixture): starting a
 server, a worker and a flow-run process costs ~30 s, the run itself a minute on the tiny sample.
@@ -8,6 +9,7 @@ server, a worker and a flow-run process costs ~30 s, the run itself a minute on 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -16,10 +18,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -35,6 +39,7 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 # One API request's socket timeout. Generous: while the flow run trains on both cores, the server
 # (SQLite, one event loop) can stall for seconds; a CI run once timed a poll out at 10 s.
 REQUEST_TIMEOUT = 60
+SAMPLE_DATASETS = ("sample-listens", "sample-ratings")
 QUICK_PARAMS = {
     "params": {
         # A smaller GAT-BPR than the nightly default: these tests check the flow, not quality.
@@ -45,10 +50,50 @@ QUICK_PARAMS = {
 }
 
 
+ALERT_NAME = "encore-failure-alert"  # deployments/alerts.py's automation and block
+ALERTS_OFF = "ENCORE_ALERT_URL is not set: no failure alert created"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class AlertReceiver:
+    """The webhook end of the failure alert: a loopback HTTP server that keeps every JSON body
+    POSTed to it. `wait_for` blocks on a condition, so a test waits for the alert, not a time."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict] = []
+        self._arrived = threading.Condition()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with receiver._arrived:
+                    receiver.posts.append(json.loads(body))
+                    receiver._arrived.notify_all()
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:  # the test's output, not the server's log
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/encore-alert"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def wait_for(self, done: Callable[[list[dict]], bool], timeout: float) -> list[dict]:
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: done(self.posts), timeout):
+                raise TimeoutError(f"alerts after {timeout} s: {json.dumps(self.posts)[:3000]}")
+            return list(self.posts)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
 
 
 @dataclass
@@ -59,6 +104,10 @@ class Deployed:
     home: EncoreHome
     run_id: str
     deploy_output: str
+    alerts: AlertReceiver
+    alerts_output: str
+    worker_log: Path
+    server_log: Path
 
     def get(self, path: str) -> dict | list:
         with urllib.request.urlopen(f"{self.api}{path}", timeout=REQUEST_TIMEOUT) as response:
@@ -110,6 +159,21 @@ def _prefect(env: dict, *args: str, timeout: float = 120) -> str:
     return output
 
 
+def _alerts(env: dict, url: str) -> str:
+    """deployments/alerts.py as `make deploy` runs it, with ENCORE_ALERT_URL set to `url`."""
+    done = subprocess.run(
+        [sys.executable, "deployments/alerts.py"],
+        env={**env, "ENCORE_ALERT_URL": url},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, f"deployments/alerts.py failed:\n{output}"
+    return output
+
+
 def _wait_for_run(
     deployed: Deployed, worker_log: Path, server_log: Path, timeout: float = 400
 ) -> dict:
@@ -157,6 +221,7 @@ def deployed(tmp_path_factory) -> Iterator[Deployed]:
     }
     server_log, worker_log = base / "server.log", base / "worker.log"
     server = worker = None
+    alerts = AlertReceiver()
     try:
         with server_log.open("w") as log:
             server = subprocess.Popen(
@@ -170,6 +235,7 @@ def deployed(tmp_path_factory) -> Iterator[Deployed]:
         deploy_output = _prefect(
             env, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"
         )
+        alerts_output = _alerts(env, alerts.url)
         with worker_log.open("w") as log:
             worker = subprocess.Popen(
                 [PREFECT, "worker", "start", "--pool", "encore-process"],
@@ -187,12 +253,24 @@ def deployed(tmp_path_factory) -> Iterator[Deployed]:
             json.dumps(QUICK_PARAMS),
         )
         run_id = re.search(r"UUID: ([0-9a-f-]{36})", output).group(1)
-        result = Deployed(api, f"http://127.0.0.1:{port}", env, home, run_id, deploy_output)
+        result = Deployed(
+            api=api,
+            ui=f"http://127.0.0.1:{port}",
+            env=env,
+            home=home,
+            run_id=run_id,
+            deploy_output=deploy_output,
+            alerts=alerts,
+            alerts_output=alerts_output,
+            worker_log=worker_log,
+            server_log=server_log,
+        )
         _wait_for_run(result, worker_log, server_log)
         yield result
     finally:
         _stop(worker, grace=20)  # the worker first: it reports to the server
         _stop(server, grace=20)
+        alerts.close()
 
 
 @pytest.mark.integration
@@ -246,6 +324,71 @@ def test_deployments_carry_the_cron_schedule_and_the_one_at_a_time_limit(deploye
     (tuning,) = weekly["schedules"]
     assert tuning["schedule"]["cron"] == "0 8 * * 6"
     assert weekly["global_concurrency_limit"]["limit"] == 1
+
+
+def _alert_named(posts: list[dict], subject: str) -> dict | None:
+    found = [p for p in posts if p["subject"] == subject]
+    assert len(found) <= 1, f"the alert {subject!r} came {len(found)} times"
+    return found[0] if found else None
+
+
+@pytest.mark.integration
+def test_a_failing_night_alerts_the_webhook_with_its_run_name_failed_stage_and_link(deployed):
+    assert f"failure alert {ALERT_NAME!r}" in deployed.alerts_output
+    # Tonight's files, and a threshold no sample can meet: both snapshots fail validation, so the
+    # night trains nothing and ends Failed within seconds of starting.
+    write_days(deployed.home, range(3, 4))
+    params = {"params": {**QUICK_PARAMS["params"], "validation": {"min_users": 1_000_000}}}
+    output = _prefect(
+        deployed.env, "deployment", "run", "nightly-retrain/nightly", "--params", json.dumps(params)
+    )
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", output).group(1)
+    failing = dataclasses.replace(deployed, run_id=run_id)
+    run = _wait_for_run(failing, deployed.worker_log, deployed.server_log, timeout=240)
+    assert run["state"]["type"] == "FAILED", run["state"]
+
+    name, link = run["name"], f"{deployed.ui}/runs/flow-run/{run_id}"
+    failed = f"Encore: {name} Failed"
+    validations = [f"Encore: validation failed for {d} in {name}" for d in SAMPLE_DATASETS]
+    posts = deployed.alerts.wait_for(
+        lambda posts: all(_alert_named(posts, s) for s in [failed, *validations]), timeout=60
+    )
+    # The run's alert: its name, its state, the stage that failed (the state message) and a link.
+    body = _alert_named(posts, failed)["body"]
+    assert f"Flow run: {name} (nightly-retrain/nightly)" in body, body
+    assert "State: Failed" in body, body
+    assert all(f"validation failed: {dataset}" in body for dataset in SAMPLE_DATASETS), body
+    assert f"Run: {link}" in body, body
+    # Each dataset's validation alert, sent while the night went on: the nightly run (not its
+    # ingest subflow), the stage, the failed expectation and the report.
+    for subject, dataset in zip(validations, SAMPLE_DATASETS, strict=True):
+        alert = _alert_named(posts, subject)
+        body = alert["body"]
+        assert f"Flow run: {name}\n" in body, body
+        assert re.search(rf"Failed stage: validation of snapshot \d+ of {dataset}\.", body), body
+        assert "\n- at least 1000000 users (observed " in body, body
+        assert re.search(rf"Report: \S+snapshot_\d+_{dataset}\.json", body), body
+        assert f"Run: {link}" in body, body
+        assert alert["text"] == f"{alert['subject']}\n\n{alert['body']}"
+    # The first night completed: nothing was sent about it.
+    assert not [p for p in posts if deployed.run_id in p["body"]]
+
+
+@pytest.mark.integration
+def test_deploying_again_replaces_the_alert_and_without_a_url_removes_it(deployed):
+    def named(kind: str) -> list[dict]:
+        body = {kind: {"name": {"any_": [ALERT_NAME]}}}
+        return deployed.post(f"/{kind}/filter", body)
+
+    _alerts(deployed.env, deployed.alerts.url)
+    (automation,) = named("automations")
+    assert automation["enabled"]
+    (block,) = named("block_documents")
+    assert automation["actions"][0]["block_document_id"] == block["id"]
+    assert block["block_type"]["slug"] == "custom-webhook"
+
+    assert _alerts(deployed.env, "").startswith(f"{ALERTS_OFF}; the previous one is deleted")
+    assert named("automations") == [] and named("block_documents") == []
 
 
 def chromium_dom(url: str, scratch: Path, screenshot: Path | None = None) -> str:

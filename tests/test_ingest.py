@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,7 @@ from tasks.warehouse.ingest import (
     IngestFileError,
     ingest_file,
     open_snapshot,
+    refused_before,
     register_dataset,
     scan_file,
 )
@@ -364,7 +366,7 @@ def test_rows_that_do_not_add_up_refuse_the_file_whole_and_it_is_not_read_again(
     counted as rejected), not left to stop the night; the planner then skips the same bytes
     until the file changes."""
     from tasks.warehouse import ingest
-    from tasks.warehouse.ingest import already_loaded, refused_before
+    from tasks.warehouse.ingest import already_loaded
 
     real_rows_read = ingest.rows_read
     monkeypatch.setattr(ingest, "rows_read", lambda *args: real_rows_read(*args) + 1)
@@ -378,6 +380,50 @@ def test_rows_that_do_not_add_up_refuse_the_file_whole_and_it_is_not_read_again(
     sha256 = scan_file(path).sha256
     assert "rows read" in refused_before(con, "ds", sha256)
     assert already_loaded(con, "ds", sha256) is None
+
+
+@pytest.mark.parametrize(
+    "name, content, reason",
+    [
+        ("day.csv", gzip.compress(RATINGS_CSV.encode()), "gzip-compressed data, not a delimited"
+         " text file although named day.csv: gunzip it before it lands"),
+        ("day.csv", b"PK\x03\x04" + b"\x00" * 64, "a ZIP archive (a .zip, or an Excel .xlsx"
+         " workbook), not a delimited text file"),
+        ("day.csv", b"\x00\x01\x02binary" * 50, "binary data (NUL bytes in its first 8 KiB)"),
+        ("day.csv", RATINGS_CSV.split("\n", 1)[1], "no header row: line 1 is data (1,10,4.0,"
+         "964982703); add the header line 'userId,movieId,rating,timestamp'"),
+    ],
+    ids=["gzip", "zip", "binary", "no-header"],
+)  # fmt: skip
+def test_an_unreadable_file_is_refused_with_the_reason_in_words(
+    con, write_file, name, content, reason
+):
+    path = write_file(name, content)
+    with pytest.raises(IngestFileError) as refused:
+        load(con, "movielens-csv", path)
+    message = str(refused.value)
+    assert message.startswith(f"{path}, line 1: ")
+    assert reason in message
+    assert "sniff" not in message.lower() and "\n" not in message  # one line, no DuckDB dump
+    assert "refused on " in refused_before(con, "ds", scan_file(path).sha256)
+
+
+def test_a_refused_file_is_read_again_after_a_retry_request_and_refused_again_if_unchanged(
+    con, write_file
+):
+    from tasks.warehouse.ingest import request_retry
+
+    path = write_file("day.csv", gzip.compress(RATINGS_CSV.encode()))
+    with pytest.raises(IngestFileError):
+        load(con, "movielens-csv", path)
+    sha256 = scan_file(path).sha256
+    assert refused_before(con, "ds", sha256) is not None
+    assert request_retry(con, path) == ["ds"]
+    assert refused_before(con, "ds", sha256) is None  # the next plan lists it again
+    assert request_retry(con, path) == []  # already asked for
+    with pytest.raises(IngestFileError):
+        load(con, "movielens-csv", path)
+    assert refused_before(con, "ds", sha256) is not None  # refused again: skipped again
 
 
 def test_unknown_format_key_is_named(tmp_path):

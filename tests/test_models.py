@@ -301,6 +301,8 @@ def test_early_stopping_and_scheduler(tmp_path):
     assert len(metrics["history"]) == 6 and metrics["final"]["best_epoch"] == 3
     for name in ("best_model.pt", "final_model.pt", "checkpoint_epoch_6.pt", "history.png"):
         assert (tmp_path / name).exists()
+    # One resume point, the newest: older epochs' checkpoints are removed as training goes.
+    assert [p.name for p in tmp_path.glob("checkpoint_epoch_*.pt")] == ["checkpoint_epoch_6.pt"]
 
 
 def test_resume_ends_where_an_uninterrupted_run_would(tmp_path):

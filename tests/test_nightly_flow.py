@@ -7,6 +7,7 @@ night, a misconfigured model next to a healthy one, and two runs at once.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from prefect.client.schemas.filters import (
     ArtifactFilterTaskRunId,
     FlowRunFilter,
     FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
 )
 from prefect.context import TaskRunContext
 
@@ -205,12 +207,21 @@ def test_tasks_say_what_they_did_carry_tags_and_training_reports_progress(night_
         assert {"gat-bpr", "dataset:sample-listens"} <= set(tasks[name].tags), name
     assert len(progress) == 1 and progress[0].data == 100.0
     assert "done after 3 epochs" in progress[0].description
+    assert progress[0].key == "progress-sample-listens-gat-bpr"  # one history page per model
     artifacts = artifacts_of(run_id)
     assert {"training-curve-sample-listens-gat-bpr", "metrics-sample-listens-gat-bpr"} <= set(
         artifacts
     )
     curve = artifacts["training-curve-sample-listens-gat-bpr"].data
     assert curve.count("val_recall@10") == 3  # one row per epoch
+    # Floats in tables carry 4 significant digits, not 16.
+    for table in (curve, artifacts["metrics-sample-listens-gat-bpr"].data):
+        floats = [v for row in json.loads(table) for v in row.values() if isinstance(v, float)]
+        assert floats and all(v == float(f"{v:.4g}") for v in floats)
+    summary = artifacts["train-sample-listens-gat-bpr"].data
+    assert "](data:image/png;base64," in summary  # the learning curve as an image
+    every_epoch = summary.split("### Every epoch", 1)[1]
+    assert [line.split(" | ")[0] for line in every_epoch.splitlines()[4:]] == ["| 1", "| 2", "| 3"]
 
 
 def test_a_progress_artifact_stored_twice_by_a_resent_create_ends_as_one():
@@ -255,6 +266,29 @@ def test_a_bad_delivery_fails_its_branch_only_and_the_champion_keeps_serving(nig
     assert state.is_failed()
     with pytest.raises(NightlyRunFailed, match="validation failed: sample-ratings"):
         state.result()
+    # In the UI the failed stage is red where it happened, not only on the parent run: the
+    # ingest subflow and the ratings' validate task are Failed, the listens' one Completed.
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        (subflow,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(
+                any_=[run_id]
+            ))
+        )  # fmt: skip
+        validations = {
+            t.name: t.state
+            for t in client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[subflow.id]))
+            )
+            if t.name.startswith("validate snapshot")
+        }
+    assert subflow.state.is_failed()
+    assert "validation failed for sample-ratings" in subflow.state.message
+    (failed,) = [s for s in validations.values() if s.is_failed()]
+    (passed,) = [s for s in validations.values() if s.is_completed()]
+    assert "of sample-ratings: rating within the scale [1, 5] (308 rows failing)" in failed.message
+    assert "quarantined (observed 0.9968)" in failed.message
+    assert f"; report: {night_home.reports}" in failed.message
     after = champions(night_home)
     assert {k: v for k, v in after.items() if k[0] == "sample-ratings"} == {
         k: v for k, v in before.items() if k[0] == "sample-ratings"
@@ -277,6 +311,9 @@ def test_a_bad_delivery_fails_its_branch_only_and_the_champion_keeps_serving(nig
     quiet = nightly_retrain(quick(models=one_model_each))
     (held,) = [w for w in quiet["warnings"] if w.startswith("sample-ratings: snapshot ")]
     assert "failed validation" in held and "stay out of training" in held
+    (reminder,) = [w for w in quiet["warnings"] if "zz-unreadable.csv" in w]
+    assert "is unchanged since it was refused on " in reminder
+    assert "encore ingest --retry " in reminder
     assert quiet["ingest"]["idle"]["sample-ratings"].startswith("no new files")
 
 

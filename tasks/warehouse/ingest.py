@@ -38,6 +38,7 @@ from tasks.sources import (
     require_httpfs,
     stat_remote,
 )
+from tasks.warehouse.file_kind import no_header_reason, not_delimited_text
 from tasks.warehouse.schema import StorageFull, is_storage_full, transaction
 
 SCAN_BLOCK_BYTES = 8 << 20
@@ -228,6 +229,9 @@ def file_columns(path: Path, fmt: SourceFormat) -> list[tuple[str, str]]:
     names = read_header(path, fmt) if fmt.header else list(fmt.positional_columns)
     for canonical, source_name in fmt.columns.items():
         if source_name not in names:
+            headerless = no_header_reason(names, list(fmt.columns.values()), fmt.delimiter)
+            if fmt.header and headerless:
+                raise IngestFileError(path, headerless, line=1)
             raise IngestFileError(
                 path,
                 f"missing column '{source_name}' (for {canonical}); the header has {names}",
@@ -744,14 +748,37 @@ def already_loaded(con: duckdb.DuckDBPyConnection, dataset: str, sha256: str) ->
 
 
 def refused_before(con: duckdb.DuckDBPyConnection, dataset: str, sha256: str) -> str | None:
-    """Why this content was refused whole on an earlier night (None if it never was): the same
-    bytes are not read again until the file changes."""
+    """When and why this content was refused whole on an earlier night (None if it never was,
+    or a retry was asked for since): the same bytes are not read again until the file changes
+    or `encore ingest --retry` names it."""
     row = con.execute(
-        "SELECT error FROM source_files WHERE dataset = ? AND sha256 = ? AND status = 'error'"
-        " ORDER BY file_id DESC LIMIT 1",
+        """SELECT strftime(f.ingested_at, '%Y-%m-%d'), f.error FROM source_files f
+           WHERE f.dataset = ? AND f.sha256 = ? AND f.status = 'error'
+             AND NOT EXISTS (SELECT 1 FROM ingest_retries r WHERE r.dataset = f.dataset
+                             AND r.sha256 = f.sha256 AND r.requested_at >= f.ingested_at)
+           ORDER BY f.file_id DESC LIMIT 1""",
         [dataset, sha256],
     ).fetchone()
-    return row[0] if row else None
+    return f"refused on {row[0]}: {row[1]}" if row else None
+
+
+def request_retry(con: duckdb.DuckDBPyConnection, path: Path) -> list[str]:
+    """Ask the next ingest to read `path` again although its bytes were refused before. Returns
+    the datasets that had refused them (empty: nothing to retry)."""
+    sha256 = scan_file(path).sha256
+    datasets = [
+        d
+        for (d,) in con.execute(
+            "SELECT DISTINCT dataset FROM source_files WHERE sha256 = ? AND status = 'error'",
+            [sha256],
+        ).fetchall()
+        if refused_before(con, d, sha256) is not None
+    ]
+    for dataset in datasets:
+        con.execute(
+            "INSERT INTO ingest_retries VALUES (?, ?, current_timestamp)", [dataset, sha256]
+        )
+    return datasets
 
 
 def rows_read(
@@ -881,6 +908,10 @@ def _load(
     result: FileResult,
 ) -> FileResult:
     fmt = spec.format
+    if isinstance(path, Path) and fmt.file_type == "delimited":
+        what = not_delimited_text(path)
+        if what is not None:
+            raise IngestFileError(path, what, line=1)
     stage = _Stage(con, path, fmt, spec.partitions(path) if fmt.file_type == "parquet" else None)
     stage.read()
     scan: FileScan = pending_scan.result()

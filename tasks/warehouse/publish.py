@@ -33,12 +33,26 @@ from models_src.onnx_export import (
     id_map_checksum,
     rating_scorer,
 )
+from models_src.runs import RESULT_FILE
 from tasks.warehouse.registry import allocate_version, register_candidate
 
 SCORER_FILE = "scorer.onnx"
 PAIRS_FILE = "pairs.onnx"
 EMBEDDINGS_FILE = "embeddings.pt"
 META_FILE = "scorer_meta.json"
+# What a version keeps of its run directory: what serving, the gate, rollback and warm start read
+# (the best checkpoint, the scorers and their tables) and what a person looks at (metrics,
+# curves, the run's result). Resume checkpoints and final weights stay behind with the run.
+PUBLISHED_FILES = (
+    "best_model.pt",
+    SCORER_FILE,
+    PAIRS_FILE,
+    EMBEDDINGS_FILE,
+    META_FILE,
+    "metrics.json",
+    "history.png",
+    RESULT_FILE,
+)
 
 # A last look at a version's exported files before it is registered (raises to refuse it).
 Check = Callable[[Path, TopKScorer], None]
@@ -148,6 +162,7 @@ def _register(
         version=version,
         evaluation=record.get("evaluation"),
         refit_of=record.get("refit_of"),
+        files=PUBLISHED_FILES,
     )
 
 

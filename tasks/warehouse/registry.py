@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import stat
+from collections.abc import Collection
 from pathlib import Path
 
 import duckdb
@@ -46,7 +47,10 @@ CREATE TABLE IF NOT EXISTS model_versions (
     slot VARCHAR,
     role VARCHAR,
     refit_of INTEGER,
-    evaluation_json VARCHAR
+    evaluation_json VARCHAR,
+    file_stats_json VARCHAR,
+    pruned_at TIMESTAMP,
+    pruned_reason VARCHAR
 );
 CREATE SEQUENCE IF NOT EXISTS promotion_ids START 1;
 CREATE TABLE IF NOT EXISTS promotions (
@@ -66,14 +70,18 @@ CREATE TABLE IF NOT EXISTS promotions (
 );
 """
 
-# Warehouses registered before slots, serving refits and evaluation records: every old version
-# is an evaluated one of the slot its kind served then (and, with no evaluation record, the gate
-# treats it as evaluated under other settings).
+# Warehouses registered before slots, serving refits, evaluation records and file stats: every
+# old version is an evaluated one of the slot its kind served then (and, with no evaluation
+# record, the gate treats it as evaluated under other settings; with no file stats, its files are
+# hashed in full on every use).
 REGISTRY_MIGRATIONS = """
 ALTER TABLE model_versions ADD COLUMN IF NOT EXISTS slot VARCHAR;
 ALTER TABLE model_versions ADD COLUMN IF NOT EXISTS role VARCHAR;
 ALTER TABLE model_versions ADD COLUMN IF NOT EXISTS refit_of INTEGER;
 ALTER TABLE model_versions ADD COLUMN IF NOT EXISTS evaluation_json VARCHAR;
+ALTER TABLE model_versions ADD COLUMN IF NOT EXISTS file_stats_json VARCHAR;
+ALTER TABLE model_versions ADD COLUMN IF NOT EXISTS pruned_at TIMESTAMP;
+ALTER TABLE model_versions ADD COLUMN IF NOT EXISTS pruned_reason VARCHAR;
 ALTER TABLE promotions ADD COLUMN IF NOT EXISTS rule VARCHAR;
 UPDATE model_versions SET slot = CASE WHEN kind = 'rating' THEN 'rating' ELSE 'ranking' END
     WHERE slot IS NULL;
@@ -100,7 +108,7 @@ def ensure_registry(con: duckdb.DuckDBPyConnection) -> None:
             "SELECT column_name FROM duckdb_columns() WHERE table_name = 'model_versions'"
         ).fetchall()
     }
-    if "evaluation_json" not in columns:
+    if "pruned_reason" not in columns:
         con.execute(REGISTRY_MIGRATIONS)
 
 
@@ -112,13 +120,34 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _freeze(directory: Path) -> dict[str, str]:
-    """Checksums of every file, then make them read-only: a version's files never change."""
-    checksums = {}
+def _stat_key(path: Path) -> list[int]:
+    """What a change to a file cannot leave as it was without effort: its size, modification
+    time and inode (a write, or a copy put in its place, changes at least one)."""
+    info = path.stat()
+    return [info.st_size, info.st_mtime_ns, info.st_ino]
+
+
+def _freeze(directory: Path) -> tuple[dict[str, str], dict[str, list[int]]]:
+    """Checksums and stat keys of every file, then make them read-only: a version's files never
+    change. Hashed once here; later uses compare stat keys and hash only a file that changed."""
+    checksums, stats = {}, {}
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        checksums[str(path.relative_to(directory))] = sha256_file(path)
+        name = str(path.relative_to(directory))
+        checksums[name] = sha256_file(path)
         path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
-    return checksums
+        stats[name] = _stat_key(path)
+    return checksums, stats
+
+
+def _copy_published(source_dir: Path, staging: Path, files: Collection[str] | None) -> None:
+    """The run directory's `files` (all of it when None) into `staging`."""
+    if files is None:
+        shutil.copytree(source_dir, staging)
+        return
+    staging.mkdir(parents=True)
+    for name in files:
+        if (source_dir / name).is_file():
+            shutil.copy2(source_dir / name, staging / name)
 
 
 def allocate_version(con: duckdb.DuckDBPyConnection) -> int:
@@ -139,11 +168,12 @@ def register_candidate(
     version: int | None = None,
     evaluation: dict | None = None,
     refit_of: int | None = None,
+    files: Collection[str] | None = None,
 ) -> int:
-    """Copy the run's artifacts into models_root/<kind>/<dataset>/v<version> and register them
-    as a candidate (or, with `refit_of`, as the serving refit of that version). The directory is
-    complete (copied under a temp name, then renamed) before the row that points at it is
-    committed."""
+    """Copy the run's artifacts (`files` of it, or all) into
+    models_root/<kind>/<dataset>/v<version> and register them as a candidate (or, with
+    `refit_of`, as the serving refit of that version). The directory is complete (copied under a
+    temp name, then renamed) before the row that points at it is committed."""
     ensure_registry(con)
     version = version or allocate_version(con)
     target = models_root / kind / dataset / f"v{version:05d}"
@@ -152,14 +182,14 @@ def register_candidate(
         if stale.exists():
             _make_writable(stale)
             shutil.rmtree(stale)
-    shutil.copytree(source_dir, staging)
-    checksums = _freeze(staging)
+    _copy_published(source_dir, staging, files)
+    checksums, stats = _freeze(staging)
     os.replace(staging, target)
     con.execute(
         """INSERT INTO model_versions (version, kind, dataset, snapshot_id, config_json,
                metrics_json, artifact_dir, checksums_json, status, slot, role, refit_of,
-               evaluation_json)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+               evaluation_json, file_stats_json)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         [
             version,
             kind,
@@ -174,6 +204,7 @@ def register_candidate(
             "evaluated" if refit_of is None else "serving",
             refit_of,
             json.dumps(evaluation, default=float) if evaluation is not None else None,
+            json.dumps(stats),
         ],
     )
     return version
@@ -225,12 +256,22 @@ def serving_version(con: duckdb.DuckDBPyConnection, evaluated: dict) -> dict:
 
 
 def verify_artifacts(row: dict) -> None:
-    """Refuse a version whose files are missing or differ from the registered checksums."""
+    """Refuse a version whose files were pruned, are missing or differ from the registered
+    checksums. A file whose stat key is as registered is taken as unchanged; any other is hashed
+    in full (so a nightly gate does not re-read every champion's files)."""
+    if row.get("pruned_at") is not None:
+        raise RegistryError(
+            f"model version {row['version']}: its files were removed on"
+            f" {row['pruned_at']:%Y-%m-%d} ({row['pruned_reason']}); only its metrics remain"
+        )
     directory = Path(row["artifact_dir"])
+    stats = json.loads(row.get("file_stats_json") or "{}")
     for name, expected in json.loads(row["checksums_json"]).items():
         path = directory / name
         if not path.exists():
             raise RegistryError(f"model version {row['version']}: {path} is missing")
+        if stats.get(name) == _stat_key(path):
+            continue
         actual = sha256_file(path)
         if actual != expected:
             raise RegistryError(
@@ -348,15 +389,22 @@ def rollback(con: duckdb.DuckDBPyConnection, slot: str, dataset: str, actor: str
     current = champion(con, slot, dataset)
     if current is None:
         raise RegistryError(f"{slot}/{dataset} has no champion to roll back from")
+    previous = predecessor(con, current)
+    if previous is None:
+        raise RegistryError(f"{slot}/{dataset}: version {current['version']} has no predecessor")
+    row = version_row(con, previous)
+    _switch(con, row, "rollback", [f"rollback from version {current['version']} by {actor}"], actor)
+    return version_row(con, row["version"])
+
+
+def predecessor(con: duckdb.DuckDBPyConnection, row: dict) -> int | None:
+    """The champion `row` replaced when it was last promoted other than by a rollback: where
+    `rollback` goes from it."""
     previous = con.execute(
         """SELECT previous_champion FROM promotions
            WHERE dataset = ? AND promoted AND challenger = ?
              AND previous_champion IS NOT NULL AND action <> 'rollback'
            ORDER BY promotion_id DESC LIMIT 1""",
-        [dataset, current["version"]],
+        [row["dataset"], row["version"]],
     ).fetchone()
-    if previous is None:
-        raise RegistryError(f"{slot}/{dataset}: version {current['version']} has no predecessor")
-    row = version_row(con, previous[0])
-    _switch(con, row, "rollback", [f"rollback from version {current['version']} by {actor}"], actor)
-    return version_row(con, row["version"])
+    return previous[0] if previous else None

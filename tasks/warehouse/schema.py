@@ -87,6 +87,12 @@ CREATE TABLE IF NOT EXISTS interactions (
     ts TIMESTAMP,
     item_group VARCHAR
 );
+-- `encore ingest --retry FILE`: the refused content is read again on the next ingest.
+CREATE TABLE IF NOT EXISTS ingest_retries (
+    dataset VARCHAR NOT NULL,
+    sha256 VARCHAR NOT NULL,
+    requested_at TIMESTAMP NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rejects (
     dataset VARCHAR NOT NULL,
     snapshot_id INTEGER NOT NULL,
