@@ -37,9 +37,14 @@ PREFECT_PORT     ?= 4200
 # http(s) endpoint (JSON POST) or an Apprise URL (slack://, msteams://, mailto://). Empty: no alert,
 # and `make deploy` deletes the one an earlier deploy created.
 ENCORE_ALERT_URL ?=
+# Runs older than ENCORE_PREFECT_RETENTION_DAYS leave the server's database with their logs and
+# artifacts (Prefect's own vacuum service; off by default, and events go after 7 days anyway).
+ENCORE_PREFECT_RETENTION_DAYS ?= 90
 PREFECT_ENV = ENCORE_HOME="$(ENCORE_HOME)" PREFECT_HOME="$(ENCORE_HOME)/prefect" \
 	MPLCONFIGDIR="$(ENCORE_HOME)/cache/matplotlib" XDG_CACHE_HOME="$(ENCORE_HOME)/cache" \
-	PREFECT_API_URL="http://127.0.0.1:$(PREFECT_PORT)/api" PREFECT_SERVER_ANALYTICS_ENABLED=false
+	PREFECT_API_URL="http://127.0.0.1:$(PREFECT_PORT)/api" PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED="events,flow_runs" \
+	PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD="$$(( $(ENCORE_PREFECT_RETENTION_DAYS) * 86400 ))"
 
 ## The Prefect server and its UI on http://127.0.0.1:$(PREFECT_PORT) (foreground; Ctrl-C stops it).
 server: venv

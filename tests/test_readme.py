@@ -1,0 +1,74 @@
+"""The README's commands are the commands that exist: every `encore` and `make` invocation it shows
+names a real subcommand or target, and every option it passes is one that subcommand takes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import typer.main
+
+from flows.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+# `encore ...` as a user types it: in a shell block (.venv/bin/encore ...) or in backticks.
+ENCORE_CALL = re.compile(r"(?:\.venv/bin/)?\bencore ((?:[a-z-]+)(?: [^`\n|#]*)?)")
+
+
+def shell_blocks(text: str) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+
+
+def encore_calls(text: str) -> list[list[str]]:
+    """Each `encore` invocation in the README's shell blocks and inline code, as argv."""
+    calls = []
+    snippets = shell_blocks(text) + re.findall(r"`([^`\n]*\bencore [^`\n]*)`", text)
+    for snippet in snippets:
+        for line in snippet.splitlines():
+            for match in ENCORE_CALL.finditer(line.split("#", 1)[0]):
+                words = re.sub(r"[\[\]|\\'\"]", " ", match.group(1))  # [optional] a\|b 'quoted'
+                calls.append(words.split())
+    return calls
+
+
+def options_of(command) -> set[str]:
+    names = {"--help"}
+    for param in command.params:
+        names |= set(param.opts) | set(getattr(param, "secondary_opts", []))
+    return names
+
+
+def test_the_readme_shows_encore_commands_at_all():
+    assert len(encore_calls(README)) >= 20
+
+
+@pytest.mark.parametrize("argv", encore_calls(README), ids=lambda argv: " ".join(argv)[:60])
+def test_every_encore_command_in_the_readme_exists_with_its_options(argv):
+    group = typer.main.get_command(app)
+    while argv and argv[0].startswith("--"):  # the group's own options (--home DIR)
+        assert argv[0] in options_of(group), f"`encore {argv[0]}` is not an option of encore"
+        argv = argv[2:]
+    if not argv:
+        return
+    subcommand = group.commands.get(argv[0])
+    assert subcommand is not None, (
+        f"README shows `encore {argv[0]}`; commands: {list(group.commands)}"
+    )
+    options = {word.split("=", 1)[0] for word in argv[1:] if word.startswith("--")}
+    unknown = options - options_of(subcommand)
+    assert not unknown, f"`encore {' '.join(argv)}`: {sorted(unknown)} not options of {argv[0]}"
+
+
+def test_every_make_target_in_the_readme_exists():
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"(?m)^([a-z][a-z-]*):", makefile))
+    shown = {
+        word
+        for block in shell_blocks(README)
+        for match in re.finditer(r"(?m)^\s*make ([a-z-]+)", block)
+        for word in [match.group(1)]
+    }
+    shown |= set(re.findall(r"`make ([a-z][a-z-]*)", README))
+    assert shown and shown <= targets, sorted(shown - targets)
