@@ -235,6 +235,12 @@ def nightly(
     for warning in night.get("warnings", []):
         typer.echo(f"WARNING: {warning}", err=True)
     typer.echo(f"recommendations table: {home.warehouse} (encore recommend USER --dataset D)")
+    cleaned = night.get("cleaned") or {}
+    if "removed" in cleaned:
+        typer.echo(
+            f"cleaned: {len(cleaned['removed'])} folders the retention policy no longer keeps"
+            f" ({cleaned['bytes'] / 1e6:,.1f} MB; README, Operating it)"
+        )
     typer.echo(f"run report: {night['report_path']}")
     if fail_on_warning and night.get("warnings"):
         raise typer.Exit(2)

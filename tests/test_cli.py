@@ -65,6 +65,11 @@ def test_nightly_runs_end_to_end_and_says_where_things_are(tmp_path, prefect_api
     assert len(warnings) == len(baselines)
     (report,) = [x.split(": ", 1)[1] for x in lines if x.startswith("run report: ")]
     assert Path(report).parent == home / "reports" and Path(report).exists()
+    # The registry holds what serving, rollback and warm start read, not the resume points, and
+    # the night's end says what the retention policy removed (nothing yet on a first night).
+    assert list((home / "models").rglob("best_model.pt"))
+    assert not list((home / "models").rglob("checkpoint_epoch_*.pt"))
+    assert "cleaned: 0 folders the retention policy no longer keeps (0.0 MB" in night.stdout
     # Everything stayed inside the data home, the temporary server's database included.
     assert list((home / "prefect").glob("*.db"))
     assert (home / "warehouse.duckdb").is_file()

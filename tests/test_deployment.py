@@ -332,11 +332,10 @@ def _alert_named(posts: list[dict], subject: str) -> dict | None:
     return found[0] if found else None
 
 
-@pytest.mark.integration
-def test_a_failing_night_alerts_the_webhook_with_its_run_name_failed_stage_and_link(deployed):
-    assert f"failure alert {ALERT_NAME!r}" in deployed.alerts_output
-    # Tonight's files, and a threshold no sample can meet: both snapshots fail validation, so the
-    # night trains nothing and ends Failed within seconds of starting.
+@pytest.fixture(scope="module")
+def failed_night(deployed) -> dict:
+    """A second night that fails: tonight's files, and a threshold no sample can meet, so both
+    snapshots fail validation, the night trains nothing and ends Failed within seconds."""
     write_days(deployed.home, range(3, 4))
     params = {"params": {**QUICK_PARAMS["params"], "validation": {"min_users": 1_000_000}}}
     output = _prefect(
@@ -344,7 +343,16 @@ def test_a_failing_night_alerts_the_webhook_with_its_run_name_failed_stage_and_l
     )
     run_id = re.search(r"UUID: ([0-9a-f-]{36})", output).group(1)
     failing = dataclasses.replace(deployed, run_id=run_id)
-    run = _wait_for_run(failing, deployed.worker_log, deployed.server_log, timeout=240)
+    return _wait_for_run(failing, deployed.worker_log, deployed.server_log, timeout=240)
+
+
+@pytest.mark.integration
+def test_a_failing_night_alerts_the_webhook_with_its_run_name_failed_stage_and_link(
+    deployed, failed_night
+):
+    assert f"failure alert {ALERT_NAME!r}" in deployed.alerts_output
+    run = failed_night
+    run_id = run["id"]
     assert run["state"]["type"] == "FAILED", run["state"]
 
     name, link = run["name"], f"{deployed.ui}/runs/flow-run/{run_id}"
@@ -453,3 +461,47 @@ def test_the_prefect_ui_shows_the_completed_run_and_its_report(deployed, tmp_pat
     embedded = report["data"].count("](data:image/png;base64,")
     assert embedded >= 3
     assert len(re.findall(r'<img[^>]+src="data:image/png;base64,', artifact_page)) == embedded
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs it)")
+def test_the_prefect_ui_shows_the_failed_stage_failed_where_it_happened(
+    deployed, failed_night, tmp_path
+):
+    """The failing night's page, and its ingest subflow's, say Failed; the subflow's page lists
+    the validate tasks that failed. Screenshots are kept beside the test's temp files."""
+    (subflow,) = deployed.post(
+        "/flow_runs/filter",
+        {"flow_runs": {"parent_flow_run_id": {"any_": [failed_night["id"]]}}},
+    )
+    assert subflow["state"]["type"] == "FAILED", subflow["state"]
+    assert subflow["state"]["message"].startswith("validation failed for sample-listens")
+    night_page = chromium_dom(
+        f"{deployed.ui}/runs/flow-run/{failed_night['id']}", tmp_path, tmp_path / "night.png"
+    )
+    assert ">Failed<" in night_page
+    ingest_page = chromium_dom(
+        f"{deployed.ui}/runs/flow-run/{subflow['id']}", tmp_path, tmp_path / "ingest.png"
+    )
+    assert ">Failed<" in ingest_page
+    assert re.search(r"<title>Flow Run: ingest all datasets", ingest_page)
+    assert (tmp_path / "ingest.png").stat().st_size > 10_000  # the graph, with the red tasks
+    # The graph is a canvas: which tasks it draws red is read from the API it draws from.
+    task_runs = deployed.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [subflow["id"]]}}})
+    states = {t["name"]: t["state"]["type"] for t in task_runs}
+    failed = sorted(name for name, state in states.items() if state == "FAILED")
+    # Both validations, and nothing else: the files loaded, the summary was published.
+    assert failed == sorted(name for name in states if name.startswith("validate snapshot"))
+    assert len(failed) == 2 and len(states) > 2
+    # The night's report is a keyed artifact of the failing run itself (its history page lists
+    # both nights).
+    (report,) = deployed.post(
+        "/artifacts/filter",
+        {
+            "artifacts": {
+                "flow_run_id": {"any_": [failed_night["id"]]},
+                "key": {"any_": ["nightly-report"]},
+            }
+        },
+    )
+    assert ": FAILED" in report["data"]
