@@ -14,6 +14,7 @@ from prefect.logging import get_run_logger
 
 from models_src.gate import GateThresholds
 from tasks.files import write_text_atomically
+from tasks.prefect_history import prune_prefect_history
 from tasks.report import metrics_rows, nightly_report_markdown, rounded_rows
 from tasks.retries import IO_RETRIES, artifact_key
 from tasks.warehouse.export import latest_passed_snapshot
@@ -256,8 +257,11 @@ def clean_data_home_task(warehouse_path: str, policy: RetentionPolicy) -> dict:
     """Remove what the retention policy no longer keeps (tasks/warehouse/retention.py)."""
     with warehouse(Path(warehouse_path)) as con:
         result = apply_removals(con, plan_removals(con, Path(warehouse_path).parent, policy))
+    result["prefect"] = prune_prefect_history(policy.prefect_days)
     get_run_logger().info(
         f"removed {len(result['removed'])} folders ({result['bytes'] / 1e6:,.1f} MB),"
-        f" the files of {len(result['versions'])} model versions among them"
+        f" the files of {len(result['versions'])} model versions among them, and"
+        f" {result['prefect']['flow_runs']} flow runs older than {policy.prefect_days:g} days"
+        " from Prefect's database"
     )
     return result

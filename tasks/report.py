@@ -328,9 +328,18 @@ def cleaning_section(cleaned: dict | None) -> list[str]:
         "",
         f"Removed {len(cleaned['removed'])} folders ({cleaned['bytes'] / 1e6:,.1f} MB) that the"
         f" retention policy no longer keeps; model versions whose files went: {versions}"
-        " (their metrics stay in the registry).",
+        " (their metrics stay in the registry)." + _prefect_line(cleaned.get("prefect")),
         "",
     ]
+
+
+def _prefect_line(pruned: dict | None) -> str:
+    if not pruned or not pruned["flow_runs"]:
+        return ""
+    return (
+        f" Prefect's database let go of {pruned['flow_runs']} old flow runs and"
+        f" {pruned['artifacts']} artifacts."
+    )
 
 
 def nightly_report_markdown(night: dict) -> str:

@@ -174,3 +174,32 @@ def version_row_now(home, version: int) -> dict:
 def test_registry_rows_record_file_stats(home, con, history):
     stats = json.loads(version_row(con, history["champion4"])["file_stats_json"])
     assert set(stats) == {"best_model.pt"}
+
+
+def test_encore_runs_older_than_the_policy_leave_prefects_database_and_others_stay(prefect_api):
+    from prefect import flow
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from tasks.prefect_history import prune_prefect_history
+
+    @flow(name="batch-score")
+    def an_encore_run() -> None:
+        create_markdown_artifact(markdown="scored", key="history-test")
+
+    @flow(name="someone-elses-flow")
+    def another_teams_run() -> None:
+        create_markdown_artifact(markdown="theirs", key="history-test-theirs")
+
+    ours = an_encore_run(return_state=True).state_details.flow_run_id
+    theirs = another_teams_run(return_state=True).state_details.flow_run_id
+    assert prune_prefect_history(days=90) == {"flow_runs": 0, "artifacts": 0}  # all too recent
+    deleted = prune_prefect_history(days=0)  # every finished run ended before now
+    assert deleted["flow_runs"] >= 1 and deleted["artifacts"] >= 1
+    with get_client(sync_client=True) as client:
+        with pytest.raises(ObjectNotFound):
+            client.read_flow_run(ours)
+        assert client.read_flow_run(theirs).id == theirs
+        keys = {a.key for a in client.read_artifacts()}
+    assert "history-test" not in keys and "history-test-theirs" in keys

@@ -62,6 +62,12 @@ class RetentionPolicy(BaseModel):
         description="Most recent nights whose training folders (runs/<night>: checkpoints, "
         "curves, logs) are kept.",
     )
+    prefect_days: float = Field(
+        90,
+        gt=0,
+        description="Days Prefect's database keeps Encore's finished runs, their task runs and "
+        "artifacts (shown in the Prefect UI).",
+    )
 
 
 @dataclass(frozen=True)
