@@ -251,7 +251,7 @@ def test_a_progress_artifact_stored_twice_by_a_resent_create_ends_as_one():
     ]
 
 
-def test_a_bad_delivery_fails_its_branch_only_and_the_champion_keeps_serving(night_home):
+def test_a_bad_delivery_fails_its_branch_only_and_the_champion_keeps_serving(night_home, caplog):
     one_model_each = {"sample-ratings": ["rating"]}  # the listens train GAT-BPR
     nightly_retrain(quick(models=one_model_each))
     before = champions(night_home)
@@ -266,6 +266,10 @@ def test_a_bad_delivery_fails_its_branch_only_and_the_champion_keeps_serving(nig
     assert state.is_failed()
     with pytest.raises(NightlyRunFailed, match="validation failed: sample-ratings"):
         state.result()
+    assert state.message.startswith("validation failed: sample-ratings (snapshot ")
+    # An expected outcome: its message, no exception's traceback in the log.
+    raised = [r.getMessage() for r in caplog.records if r.exc_info and r.exc_info[1] is not None]
+    assert not raised, raised
     # In the UI the failed stage is red where it happened, not only on the parent run: the
     # ingest subflow and the ratings' validate task are Failed, the listens' one Completed.
     run_id = state.state_details.flow_run_id
