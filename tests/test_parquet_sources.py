@@ -349,4 +349,4 @@ def test_the_ingest_plan_task_lists_remote_files(con, tmp_path, file_urls, home)
     con.close()
     plan = plan_ingest.fn(str(tmp_path / "sources.toml"), str(home.warehouse), None)
     files = [f"file://{root}/{part}" for part in expected]
-    assert plan == {"events": {"files": files, "pending": None, "held_back": None}}
+    assert plan == {"events": {"files": files, "refused": [], "pending": None, "held_back": None}}
