@@ -86,7 +86,10 @@ def ingest(
     broken = [f"validation failed for {', '.join(failed)}"] if failed else []
     broken += [f"ingest of {dataset} failed: {why}" for dataset, why in errors.items()]
     if broken and fail_on_invalid:
-        raise SnapshotFailed("; ".join(broken) + (f"\n\n{summary}" if summary else ""))
+        # The run's Failed state, not a raised exception: no engine traceback for an expected
+        # outcome; calling the flow still raises SnapshotFailed (a failed state's data).
+        failure = SnapshotFailed("; ".join(broken) + (f"\n\n{summary}" if summary else ""))
+        return Failed(message="; ".join(broken), data=failure)
     result = {
         "reports": reports,
         "idle": idle,

@@ -64,8 +64,10 @@ def test_a_bad_night_fails_the_flow_and_is_never_trainable(flow_home):
         + "\n"
     )
     broken.write_text(broken.read_text().replace("2026-10-02", "2026-10-03"))
+    state = ingest(datasets=["sample-ratings"], return_state=True)
+    assert state.is_failed() and state.message.startswith("validation failed for sample-ratings")
     with pytest.raises(SnapshotFailed, match="sample-ratings"):
-        ingest(datasets=["sample-ratings"])
+        state.result()
     with warehouse(flow_home.warehouse) as con:
         status, quarantined = con.execute(
             "SELECT status, quarantined FROM snapshots ORDER BY snapshot_id DESC LIMIT 1"

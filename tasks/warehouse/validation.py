@@ -710,10 +710,15 @@ def report_summary(report: dict) -> str:
     for error in report["file_errors"]:
         lines.append(f"  unreadable: {error['error']}")
     for o in report["failed"]:
-        detail = o["observed"] if o["observed"] is not None else ", ".join(map(str, o["sample"]))
+        if o["level"] == "table" and o["observed"] is not None:  # one figure, not rows
+            observed = o["observed"]
+            shown = f"{observed:.4g}" if isinstance(observed, float) else str(observed)
+            lines.append(f"  failed [table] {o['description']}: observed {shown}")
+            continue
+        sample = ", ".join(map(str, o["sample"]))
         lines.append(
-            f"  failed [{o['level']}] {o['description']}: {o['unexpected_count']:,} "
-            f"failing; {detail}"
+            f"  failed [{o['level']}] {o['description']}: {o['unexpected_count']:,} rows"
+            f" failing, e.g. {sample}"
         )
     if "report_path" in report:
         lines.append(f"  report: {report['report_path']}")
