@@ -637,6 +637,8 @@ def predict(
     from tasks.warehouse.predict import predict_pairs
     from tasks.warehouse.registry import RegistryError
 
+    if not pairs.is_file():
+        _usage(f"--pairs {pairs}: no such file (a CSV or Parquet of user_id, item_id)")
     with open_warehouse(RegistryError, ValueError) as con:
         result = predict_pairs(con, dataset, pairs, out)
     typer.echo(

@@ -111,6 +111,13 @@ def test_a_missing_sources_file_or_a_misspelt_dataset_is_one_line_before_anythin
     assert no_file.returncode == 2
     assert no_file.stderr.strip() == "--retry nope.csv: no such file"
     assert not (home / "warehouse.duckdb").exists()  # refused before any flow ran
+    no_pairs = encore(
+        home, "predict", "--dataset", "sample-ratings", "--pairs", "nope.csv", "--out", "x.csv"
+    )
+    assert (no_pairs.returncode, no_pairs.stderr.strip()) == (
+        2,
+        "--pairs nope.csv: no such file (a CSV or Parquet of user_id, item_id)",
+    )
     no_version = encore(home, "promote", "999")
     assert (no_version.returncode, no_version.stderr.strip()) == (1, "no model version 999")
     never_refused = encore(home, "ingest", "--retry", str(home / "sources.toml"))
