@@ -7,8 +7,6 @@ step is a task in `tasks/ingest.py`.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Failed, State
@@ -128,12 +126,3 @@ def _ingest_dataset(
         return_state=True,
     )
     return validation_outcome(validated)
-
-
-def result_of(state: State) -> Any:
-    """A task's or subflow's result whether it ended Completed or Failed with data (a failed
-    validation carries its report); an exception it raised is raised here."""
-    result = state.result(raise_on_failure=False)
-    if isinstance(result, BaseException):
-        raise result
-    return result

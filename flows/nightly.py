@@ -36,11 +36,12 @@ from prefect.states import Completed, Failed, State
 from prefect.task_runners import TaskRunner
 
 from flows.batch_score import score_champion
-from flows.ingest import ingest, result_of
+from flows.ingest import ingest
 from flows.params import DEFAULT_PARAMS, NightlyParams
 from flows.runners import night_task_runner, scoring_parts
 from tasks.faults import crash_point
 from tasks.home import EncoreHome
+from tasks.ingest import result_of
 from tasks.lock import WRITER_LOCK, LockHeld, exclusive_lock
 from tasks.nightly import (
     clean_data_home_task,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -160,11 +161,18 @@ def validate_snapshot_task(
     return report
 
 
-def validation_outcome(state: State) -> dict:
-    """The report of a `validate_snapshot_task` run, Completed or Failed."""
+def result_of(state: State) -> Any:
+    """A task's or flow's result whether it ended Completed or Failed with data (a failed
+    validation carries its report's path); an exception it raised is raised here."""
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         raise result
+    return result
+
+
+def validation_outcome(state: State) -> dict:
+    """The report of a `validate_snapshot_task` run, Completed or Failed."""
+    result = result_of(state)
     if result.keys() == {"report_path"}:
         report = json.loads(Path(result["report_path"]).read_text())
         return {**report, "report_path": result["report_path"]}
