@@ -257,3 +257,22 @@ def test_unreadable_file_fails_its_snapshot(con, write_file):
     assert [o["column"] for o in report["failed"]] == ["unreadable_files"]
     assert report["accounting"]["totals"]["rejected"] == 1
     assert "missing column 'userId'" in report["file_errors"][0]["error"]
+
+
+def test_row_checks_follow_gx_conventions_and_python_regexes(con, write_file):
+    """Checked in DuckDB, the row rules keep GX's meaning: a NaN or empty rating fails only the
+    not-null rule (shown as NULL), a value check skips it, and `id_pattern` is a Python regex
+    (a look-ahead, which DuckDB's RE2 would refuse)."""
+    bad = "7,5,NaN,1600000000\n7,6,,1600000000\ntest-1,5,4.0,1600000000\n"
+    snapshot_id = ingest_night(con, write_file, "night.csv", good_rows() + bad)
+    thresholds = ValidationThresholds(id_pattern=r"^(?!test-)\S{1,128}$")
+    report = validate_snapshot(con, snapshot_id, thresholds, now=NOW)
+    by_rule = {(o["expectation"], o["column"]): o for o in report["expectations"]}
+    missing = by_rule[("expect_column_values_to_not_be_null", "rating")]
+    assert (missing["unexpected_count"], missing["sample"]) == (2, ["NULL", "NULL"])
+    assert by_rule[("expect_column_values_to_be_between", "rating")]["unexpected_count"] == 0
+    assert by_rule[("expect_column_values_to_be_in_set", "rating")]["unexpected_count"] == 0
+    malformed = by_rule[("expect_column_values_to_match_regex", "user_id")]
+    assert (malformed["unexpected_count"], malformed["sample"]) == (1, ["test-1"])
+    quarantined = con.execute("SELECT line, column_name FROM quarantine ORDER BY line").fetchall()
+    assert quarantined == [(202, "rating"), (203, "rating"), (204, "user_id")]

@@ -1,14 +1,15 @@
-"""Validating a snapshot with Great Expectations 1.x, and quarantining the rows that fail.
+"""Validating a snapshot with Great Expectations' rules, and quarantining the rows that fail.
 
 Two kinds of expectation:
 - row-level (not null, within scale, well-formed ids, sane timestamps): a failing row moves to the
-  `quarantine` table with the expectation it failed; the snapshot can still pass.
+  `quarantine` table with the expectation it failed; the snapshot can still pass. These run as
+  DuckDB SQL where the rows are (tasks/warehouse/row_checks.py), with GX's names and meaning.
 - table-level (duplicates, minimum users/items/interactions, drift against the history, share of
   quarantined rows, unreadable files): a failure fails the snapshot, so it is never trained on.
 
-Table-level figures that need the whole dataset (cumulative counts, history mean) are computed in
-SQL and checked by GX on a one-row profile, so every verdict comes from the same rule engine and
-lands in the same report, while GX never has to load the whole history into pandas.
+Table-level figures (cumulative counts, history mean) are computed in SQL and checked by GX on a
+one-row profile, so their verdicts come from GX's rule engine while no rows leave the warehouse.
+Both kinds land in one report.
 """
 
 from __future__ import annotations
@@ -33,10 +34,18 @@ from tasks.warehouse.ingest import (
     AccountingError,
     refresh_snapshot_totals,
 )
+from tasks.warehouse.row_checks import (
+    SAMPLE_SIZE,
+    RowRule,
+    count_failures,
+    duplicated_rows,
+    malformed_ids,
+    quarantine_failing_rows,
+    row_rules,
+)
 from tasks.warehouse.schema import transaction
 
 ROW_LEVEL, TABLE_LEVEL = "row", "table"
-SAMPLE_SIZE = 5
 
 
 class ValidationThresholds(BaseModel):
@@ -171,64 +180,6 @@ def _dataset_info(con: duckdb.DuckDBPyConnection, snapshot_id: int) -> DatasetIn
     return DatasetInfo(*row[:5], columns=json.loads(row[5])["columns"])
 
 
-def _row_expectations(info: DatasetInfo, t: ValidationThresholds, now: datetime) -> list:
-    """(GX expectation, column, description) for each row-level rule of this dataset's kind."""
-    import great_expectations as gx
-
-    e = gx.expectations
-    rules = []
-    for column in ("user_id", "item_id"):
-        rules.append((e.ExpectColumnValuesToNotBeNull(column=column), column, f"{column} present"))
-        rules.append(
-            (
-                e.ExpectColumnValuesToMatchRegex(column=column, regex=t.id_pattern),
-                column,
-                f"{column} well-formed (1-128 chars, no whitespace or control characters)",
-            )
-        )
-    if info.kind == "explicit":
-        low, high = info.rating_low, info.rating_high
-        rules.append((e.ExpectColumnValuesToNotBeNull(column="rating"), "rating", "rating present"))
-        rules.append(
-            (
-                e.ExpectColumnValuesToBeBetween(column="rating", min_value=low, max_value=high),
-                "rating",
-                f"rating within the scale [{low:g}, {high:g}]",
-            )
-        )
-        if info.rating_step:
-            steps = round((high - low) / info.rating_step)
-            allowed = [round(low + i * info.rating_step, 6) for i in range(steps + 1)]
-            rules.append(
-                (
-                    e.ExpectColumnValuesToBeInSet(column="rating", value_set=allowed),
-                    "rating",
-                    f"rating on the scale's steps of {info.rating_step:g}",
-                )
-            )
-    if "weight" in info.columns:
-        rules.append(
-            (
-                e.ExpectColumnValuesToBeBetween(column="weight", min_value=0),
-                "weight",
-                "play count / duration not negative",
-            )
-        )
-    if info.has_timestamps:
-        newest = now + t.future_tolerance
-        rules.append((e.ExpectColumnValuesToNotBeNull(column="ts"), "ts", "timestamp present"))
-        rules.append(
-            (
-                e.ExpectColumnValuesToBeBetween(
-                    column="ts", min_value=t.oldest_timestamp, max_value=newest
-                ),
-                "ts",
-                f"timestamp between {t.oldest_timestamp:%Y-%m-%d} and now + {t.future_tolerance}",
-            )
-        )
-    return rules
-
-
 def _run_suite(name: str, frame: pd.DataFrame, rules: list) -> list[tuple[Any, Any]]:
     """Run GX on a DataFrame; returns (rule, GX result) pairs in rule order."""
     import great_expectations as gx
@@ -281,41 +232,6 @@ def _outcome(rule, result, level: str) -> ExpectationOutcome:
         observed=_jsonable(details.get("observed_value")),
         sample=[_jsonable(v) for v in (details.get("partial_unexpected_list") or [])[:SAMPLE_SIZE]],
     )
-
-
-def _quarantine(con: duckdb.DuckDBPyConnection, failures: dict[int, tuple[str, str, str]]) -> None:
-    """Move failing rows out of interactions, keeping the first expectation each row failed."""
-    if not failures:
-        return
-    reasons = pd.DataFrame(
-        [(row_id, *why) for row_id, why in failures.items()],
-        columns=["row_id", "expectation", "column_name", "reason"],
-    )
-    con.register("_quarantine_reasons", reasons)
-    con.execute(
-        """INSERT INTO quarantine
-           SELECT i.row_id, i.dataset, i.snapshot_id, i.file_id, i.line, i.user_id, i.item_id,
-                  i.rating, i.weight, i.ts, i.item_group, q.expectation, q.column_name,
-                  q.reason || ' (value: ' || coalesce(CASE q.column_name
-                      WHEN 'user_id' THEN i.user_id WHEN 'item_id' THEN i.item_id
-                      WHEN 'rating' THEN CAST(i.rating AS VARCHAR)
-                      WHEN 'weight' THEN CAST(i.weight AS VARCHAR)
-                      WHEN 'ts' THEN CAST(i.ts AS VARCHAR) END, 'NULL') || ')',
-                  current_timestamp
-           FROM interactions i JOIN _quarantine_reasons q USING (row_id)"""
-    )
-    # Counted before the delete, and added: the file may already hold rows quarantined at
-    # ingest (conflicts) that were never part of `loaded`.
-    con.execute(
-        """UPDATE source_files SET quarantined = source_files.quarantined + q.n,
-                                   loaded = source_files.loaded - q.n
-           FROM (SELECT i.file_id, count(*) AS n
-                 FROM interactions i JOIN _quarantine_reasons USING (row_id)
-                 GROUP BY i.file_id) q
-           WHERE source_files.file_id = q.file_id"""
-    )
-    con.execute("DELETE FROM interactions WHERE row_id IN (SELECT row_id FROM _quarantine_reasons)")
-    con.unregister("_quarantine_reasons")
 
 
 def _conflicts_outcome(
@@ -613,30 +529,13 @@ def validate_snapshot(
     thresholds = thresholds or ValidationThresholds()
     now = now or datetime.now()
     info = _dataset_info(con, snapshot_id)
-    frame = (
-        con.execute(
-            "SELECT row_id, user_id, item_id, rating, weight, ts FROM interactions "
-            "WHERE snapshot_id = ? ORDER BY row_id",
-            [snapshot_id],
-        )
-        .df()
-        .set_index("row_id")
-    )
-    outcomes, failures = [], {}
-    if len(frame):
-        for rule, result in _run_suite(
-            f"rows_{snapshot_id}", frame, _row_expectations(info, thresholds, now)
-        ):
-            outcomes.append(_outcome(rule, result, ROW_LEVEL))
-            # With a named index GX reports each failing row as {column: value, "row_id": id}.
-            for entry in (result.result or {}).get("unexpected_index_list") or []:
-                row_id = int(entry["row_id"] if isinstance(entry, dict) else entry)
-                failures.setdefault(row_id, (rule[0].expectation_type, rule[1], rule[2]))
-    outcomes.append(_conflicts_outcome(con, info, snapshot_id))
-    with transaction(con):
-        _quarantine(con, failures)
-        kept = frame.drop(index=list(failures)) if failures else frame
-        duplicated = int(kept.duplicated(subset=info.natural_key, keep=False).sum())
+    rules = row_rules(info, thresholds, now)
+    with malformed_ids(con, snapshot_id, thresholds.id_pattern), transaction(con):
+        outcomes = _row_outcomes(con, snapshot_id, rules)
+        outcomes.append(_conflicts_outcome(con, info, snapshot_id))
+        if any(not o.success for o in outcomes[: len(rules)]):
+            quarantine_failing_rows(con, snapshot_id, rules)
+        duplicated = duplicated_rows(con, snapshot_id, info.natural_key)
         outcomes.append(
             ExpectationOutcome(
                 "expect_compound_columns_to_be_unique",
@@ -671,6 +570,24 @@ def validate_snapshot(
         write_text_atomically(path, json.dumps(report, indent=2))
         report["report_path"] = str(path)
     return report
+
+
+def _row_outcomes(
+    con: duckdb.DuckDBPyConnection, snapshot_id: int, rules: list[RowRule]
+) -> list[ExpectationOutcome]:
+    failures = count_failures(con, snapshot_id, rules)
+    return [
+        ExpectationOutcome(
+            rule.expectation,
+            ROW_LEVEL,
+            rule.column,
+            count == 0,
+            rule.description,
+            count,
+            sample=[_jsonable(value) for value in sample],
+        )
+        for rule, count, sample in zip(rules, failures.counts, failures.samples, strict=True)
+    ]
 
 
 def _report(con, info: DatasetInfo, snapshot_id: int, status: str, outcomes, profile, now) -> dict:
