@@ -7,6 +7,11 @@ Last.fm (dim 32). Scores do not depend on the embedding values, so the embedding
 Each (catalog, engine) runs in its own process (peak RSS = VmHWM, bounded by the chunk size).
 The machine's GEMM rate is measured on the same (chunk x dim) @ (dim x items) shape, and the
 best engine is reported as a fraction of that arithmetic limit.
+
+Export: for the same catalogs and two larger ones, the time `export_scorer` takes to write the
+ONNX scorer (graph and external tables) against `np.save` of the same four tables (user and
+item embeddings and biases) to the same disk; median of 3, after one warm-up export (imports).
+Target: export <= 2x the numpy write.
 Writes bench/results/score.json and score.md.
 """
 
@@ -30,6 +35,12 @@ CATALOGS = {
     "lastfm sizes": (1_892, 17_632, 32),
 }
 ENGINES = ("onnxruntime", "torch eager", "numpy argpartition")
+EXPORT_CATALOGS = {
+    **CATALOGS,
+    "bench-scale night sizes": (200_000, 100_000, 64),
+    "generated 1M x 500k": (1_000_000, 500_000, 64),
+}
+EXPORT_TARGET = 2.0
 CHUNK, K = 2048, 10
 
 
@@ -117,6 +128,40 @@ def run_engine(catalog: str, engine: str) -> dict:
     }
 
 
+def run_export(catalog: str) -> dict:
+    """Median seconds of export_scorer vs np.save of the same tables, in one scratch folder."""
+    import torch
+
+    from models_src.onnx_export import TopKScorer, export_scorer
+
+    users, items, dim = EXPORT_CATALOGS[catalog]
+    user_emb, item_emb = embeddings(users, items, dim)
+    scorer = TopKScorer(user_emb, item_emb, K, torch.randn(users), torch.randn(items))
+    tables = [scorer.user_emb, scorer.item_emb, scorer.user_bias, scorer.item_bias]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        export_scorer(scorer, folder / "warm-up.onnx", {})
+
+        def write_numpy() -> None:
+            for n, table in enumerate(tables):
+                np.save(folder / f"table{n}.npy", table.numpy())
+
+        onnx_runs = sorted(
+            _timed(lambda: export_scorer(scorer, folder / "s.onnx", {})) for _ in range(3)
+        )
+        numpy_runs = sorted(_timed(write_numpy) for _ in range(3))
+    return {
+        "catalog": catalog,
+        "users": users,
+        "items": items,
+        "dim": dim,
+        "tables_mb": sum(t.numel() * 4 for t in tables) / 1e6,
+        "export_seconds": onnx_runs[1],
+        "numpy_seconds": numpy_runs[1],
+        "ratio": onnx_runs[1] / numpy_runs[1],
+    }
+
+
 def _score_all(users: int, score) -> float:
     score(np.arange(min(CHUNK, users)))  # warm-up: first-call allocations and graph setup
     started = time.perf_counter()
@@ -162,12 +207,43 @@ def markdown(results: list[dict], limits: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def export_markdown(exports: list[dict]) -> str:
+    lines = [
+        "## ONNX export vs writing the same tables with numpy",
+        "",
+        "`export_scorer` (graph + external tables, checked) against `np.save` of the user and"
+        " item embeddings and biases; median of 3 each, same disk.",
+        "",
+        "| catalog | tables MB | numpy s | export s | export / numpy |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for e in exports:
+        lines.append(
+            f"| {e['catalog']} | {e['tables_mb']:,.1f} | {e['numpy_seconds']:.3f} |"
+            f" {e['export_seconds']:.3f} | {e['ratio']:.2f}x |"
+        )
+    largest = max(exports, key=lambda e: e["tables_mb"])
+    lines += [
+        "",
+        f"Largest catalogue: export / numpy **{largest['ratio']:.2f}x**"
+        f" (target <= {EXPORT_TARGET:g}x).",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", help=argparse.SUPPRESS)
     parser.add_argument("--catalog", help=argparse.SUPPRESS)
     parser.add_argument("--gemm", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--export", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--only-export", action="store_true", help="Measure the export only (keeps scoring)."
+    )
     args = parser.parse_args()
+    if args.export:
+        print(json.dumps(run_export(args.catalog)))
+        return
     if args.gemm:
         _, items, dim = CATALOGS[args.catalog]
         print(json.dumps({"flops": gemm_flops(items, dim)}))
@@ -175,17 +251,22 @@ def main() -> None:
     if args.engine:
         print(json.dumps(run_engine(args.catalog, args.engine)))
         return
-    results, limits = [], {}
-    for catalog in CATALOGS:
-        limits[catalog] = in_child("--gemm", "--catalog", catalog)["flops"]
-        for engine in ENGINES:
-            print(f"{catalog}: {engine} ...", flush=True)
-            results.append(in_child("--engine", engine, "--catalog", catalog))
+    exports = [in_child("--export", "--catalog", catalog) for catalog in EXPORT_CATALOGS]
+    if args.only_export:
+        previous = json.loads((RESULTS / "score.json").read_text())
+        results, limits = previous["results"], previous["gemm_flops"]
+    else:
+        results, limits = [], {}
+        for catalog in CATALOGS:
+            limits[catalog] = in_child("--gemm", "--catalog", catalog)["flops"]
+            for engine in ENGINES:
+                print(f"{catalog}: {engine} ...", flush=True)
+                results.append(in_child("--engine", engine, "--catalog", catalog))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "score.json").write_text(
-        json.dumps({"results": results, "gemm_flops": limits}, indent=2)
+        json.dumps({"results": results, "gemm_flops": limits, "export": exports}, indent=2)
     )
-    text = markdown(results, limits)
+    text = markdown(results, limits) + "\n\n" + export_markdown(exports)
     (RESULTS / "score.md").write_text(text + "\n")
     print(text)
 

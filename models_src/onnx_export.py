@@ -11,6 +11,12 @@ The ONNX graphs are written node by node with onnx's helper rather than traced b
 torch.onnx: a trace of even this tiny module took seconds per file, and a night now exports
 several (the candidate, a winning baseline, the serving refit). The torch modules below stay the
 reference the exported graphs are tested against (tests/test_onnx_export.py).
+
+The tables are ONNX external data: written straight from the arrays into `<file>.data` beside
+the graph, which holds only their names, shapes and offsets. So an export costs about what
+writing the tables costs, with no protobuf copies, and a scorer may exceed protobuf's 2 GB
+limit (a catalogue of tens of millions of users). onnxruntime and `onnx.load` read the tables
+from beside the graph; the two files travel together.
 """
 
 from __future__ import annotations
@@ -144,16 +150,56 @@ class PairScorer(nn.Module):
 OPSET = 17
 
 
-def _initializer(name: str, tensor: Tensor, dtype=np.float32):
-    from onnx import numpy_helper
+# Tables from this size go to the external data file; small constants stay in the graph.
+EXTERNAL_MIN_BYTES = 1024
+# Each external table starts on a page boundary, so onnxruntime can map it rather than copy it.
+ALIGNMENT = 4096
 
-    return numpy_helper.from_array(np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype), name)
+
+def external_data_path(path: Path) -> Path:
+    """Where the tables of the ONNX graph at `path` are written."""
+    return path.with_name(path.name + ".data")
 
 
-def _constant(name: str, value, dtype) -> object:
-    from onnx import numpy_helper
+class _Tables:
+    """Initializers of one graph: large tables appended to its external data file, small ones
+    inline."""
 
-    return numpy_helper.from_array(np.asarray(value, dtype=dtype), name)
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.location = external_data_path(path)
+        self.file = self.location.open("wb")
+        self.initializers: list = []
+
+    def table(self, name: str, tensor: Tensor) -> None:
+        # torch's contiguous() lays out a transposed table about twice as fast as numpy's.
+        self.array(name, tensor.detach().cpu().float().contiguous().numpy())
+
+    def constant(self, name: str, value, dtype) -> None:
+        self.array(name, np.asarray(value, dtype=dtype))
+
+    def array(self, name: str, array: np.ndarray) -> None:
+        from onnx import TensorProto, helper, numpy_helper
+
+        array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))  # ONNX's order
+        if array.nbytes < EXTERNAL_MIN_BYTES:
+            self.initializers.append(numpy_helper.from_array(array, name))
+            return
+        offset = -(-self.file.tell() // ALIGNMENT) * ALIGNMENT
+        self.file.seek(offset)
+        array.tofile(self.file)
+        tensor = TensorProto(name=name, dims=array.shape)
+        tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+        # onnx's set_external_data wants the bytes in the proto first: the copy this avoids.
+        for key, value in (("location", self.location.name), ("offset", offset)):
+            tensor.external_data.add(key=key, value=str(value))
+        tensor.external_data.add(key="length", value=str(array.nbytes))
+        tensor.data_location = TensorProto.EXTERNAL
+        self.initializers.append(tensor)
+
+    def close(self) -> list:
+        self.file.close()
+        return self.initializers
 
 
 def export_scorer(scorer: TopKScorer, path: Path, metadata: dict[str, str]) -> Path:
@@ -165,6 +211,8 @@ def export_scorer(scorer: TopKScorer, path: Path, metadata: dict[str, str]) -> P
 
     nodes = [
         helper.make_node("Gather", ["user_emb", "users"], ["user_rows"], axis=0),
+        # MatMul on a stored (dim x items) table: Gemm with transB=1 on the table as trained
+        # would save the transposed copy at export, but scored slower in onnxruntime.
         helper.make_node("MatMul", ["user_rows", "item_emb_t"], ["dot"]),
         helper.make_node("Gather", ["user_bias", "users"], ["user_bias_rows"], axis=0),
         helper.make_node("Unsqueeze", ["user_bias_rows", "axis_1"], ["user_bias_column"]),
@@ -180,22 +228,19 @@ def export_scorer(scorer: TopKScorer, path: Path, metadata: dict[str, str]) -> P
         helper.make_node("Where", ["exclude", "minus_infinity", "scores_all"], ["masked"]),
         helper.make_node("TopK", ["masked", "k"], ["scores", "items"], axis=1),
     ]
-    initializers = [
-        _initializer("user_emb", scorer.user_emb),
-        _initializer("item_emb_t", scorer.item_emb.T),
-        _initializer("user_bias", scorer.user_bias),
-        _initializer("item_bias", scorer.item_bias),
-        _initializer("offset", scorer.offset),
-        _constant("axis_1", [1], np.int64),
-        _constant("minus_infinity", -np.inf, np.float32),
-        _constant("k", [scorer.k], np.int64),
-    ]
+    tables = _Tables(path)
+    tables.table("user_emb", scorer.user_emb)
+    tables.table("item_emb_t", scorer.item_emb.T)
+    tables.table("user_bias", scorer.user_bias)
+    tables.table("item_bias", scorer.item_bias)
+    tables.table("offset", scorer.offset)
+    tables.constant("axis_1", [1], np.int64)
+    tables.constant("minus_infinity", -np.inf, np.float32)
+    tables.constant("k", [scorer.k], np.int64)
     if scorer.item_item is not None:
-        initializers += [
-            _initializer("item_item", scorer.item_item),
-            _initializer("blend_weight", scorer.blend_weight),
-            _constant("std_floor", STD_FLOOR, np.float32),
-        ]
+        tables.table("item_item", scorer.item_item)
+        tables.table("blend_weight", scorer.blend_weight)
+        tables.constant("std_floor", STD_FLOOR, np.float32)
     items = len(scorer.item_emb)
     graph = helper.make_graph(
         nodes,
@@ -208,7 +253,7 @@ def export_scorer(scorer: TopKScorer, path: Path, metadata: dict[str, str]) -> P
             helper.make_tensor_value_info("items", TensorProto.INT64, ["batch", scorer.k]),
             helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", scorer.k]),
         ],
-        initializers,
+        tables.close(),
     )
     full = {"k": str(scorer.k), "num_items": str(items), **metadata}
     return _save(graph, path, full)
@@ -275,20 +320,14 @@ def export_pair_scorer(scorer: PairScorer, path: Path, metadata: dict[str, str])
         helper.make_node("Add", ["with_item", "dot"], ["unclipped"]),
         helper.make_node("Clip", ["unclipped", "low", "high"], ["rating"]),
     ]
-    initializers = [
-        _initializer("user_emb", scorer.user_emb),
-        _initializer("item_emb", scorer.item_emb),
-        _initializer("user_bias", scorer.user_bias),
-        _initializer("item_bias", scorer.item_bias),
-        _initializer("offset", scorer.offset),
-        _initializer("low", scorer.low),
-        _initializer("high", scorer.high),
-        _constant("num_users", n_users, np.int64),
-        _constant("num_items", n_items, np.int64),
-        _constant("last_user", n_users - 1, np.int64),
-        _constant("last_item", n_items - 1, np.int64),
-        _constant("axis_1", [1], np.int64),
-    ]
+    tables = _Tables(path)
+    for name in ("user_emb", "item_emb", "user_bias", "item_bias", "offset", "low", "high"):
+        tables.table(name, getattr(scorer, name))
+    tables.constant("num_users", n_users, np.int64)
+    tables.constant("num_items", n_items, np.int64)
+    tables.constant("last_user", n_users - 1, np.int64)
+    tables.constant("last_item", n_items - 1, np.int64)
+    tables.constant("axis_1", [1], np.int64)
     graph = helper.make_graph(
         nodes,
         "encore_pair_scorer",
@@ -300,13 +339,14 @@ def export_pair_scorer(scorer: PairScorer, path: Path, metadata: dict[str, str])
             helper.make_tensor_value_info("rating", TensorProto.FLOAT, ["pairs"]),
             helper.make_tensor_value_info("known", TensorProto.FLOAT, ["pairs"]),
         ],
-        initializers,
+        tables.close(),
     )
     return _save(graph, path, metadata)
 
 
 def _save(graph, path: Path, metadata: dict[str, str]) -> Path:
-    """The graph as a checked model file, with `metadata` in its metadata_props."""
+    """The graph as a checked model file, with `metadata` in its metadata_props (its tables
+    are already in the external data file beside it)."""
     import onnx
     from onnx import helper
 
@@ -317,7 +357,8 @@ def _save(graph, path: Path, metadata: dict[str, str]) -> Path:
     for key, value in metadata.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, str(value)
-    onnx.checker.check_model(model, full_check=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, path)
+    # By path, so the checker also finds every external table where the graph says it is.
+    onnx.checker.check_model(str(path), full_check=True)
     return path

@@ -74,3 +74,23 @@ def test_rating_scorer_includes_biases(tmp_path, sample):
     check_parity(
         scorer, export_scorer(scorer, tmp_path / "rating.onnx", {"kind": "rating"}), sample
     )
+
+
+def test_tables_are_external_data_that_travels_with_the_graph(tmp_path, sample):
+    """The graph file holds no table; moved together (as the registry copies a version), the
+    two files still score the same."""
+    from models_src.onnx_export import external_data_path
+
+    torch.manual_seed(0)
+    model = RatingModel(sample.num_users, sample.num_items, 16, global_mean=3.5)
+    with torch.no_grad():
+        model.item_bias.weight.normal_()
+    scorer = rating_scorer(model, k=5)
+    path = export_scorer(scorer, tmp_path / "built" / "scorer.onnx", {"kind": "rating"})
+    tables = external_data_path(path)
+    assert path.stat().st_size < 4096 < tables.stat().st_size
+    moved = tmp_path / "registry" / "scorer.onnx"
+    moved.parent.mkdir()
+    path.rename(moved)
+    tables.rename(external_data_path(moved))
+    check_parity(scorer, moved, sample)

@@ -1,8 +1,10 @@
 """From a trained run or a fitted baseline to a registered version with its ONNX scorer.
 
-Every version, whatever its family, ships the same files: `scorer.onnx` (top-K), the embedding
+Every version, whatever its family, ships the same files: `scorer.onnx` (top-K, its tables in
+`scorer.onnx.data`), the embedding
 tables it was built from (`embeddings.pt`, so the gate can score it again on a later night),
-`scorer_meta.json`, and for rating models `pairs.onnx` (predicted rating of (user, item) pairs).
+`scorer_meta.json`, and for rating models `pairs.onnx` and its `.data` (predicted rating of
+(user, item) pairs).
 A GAT-BPR blended with EASE^R's item-item weights keeps that items x items matrix once, in
 `scorer.onnx`: `embeddings.pt` names the file it is read back from (`load_version_tables`).
 """
@@ -29,6 +31,7 @@ from models_src.onnx_export import (
     TopKScorer,
     export_pair_scorer,
     export_scorer,
+    external_data_path,
     gat_bpr_scorer,
     id_map_checksum,
     rating_scorer,
@@ -46,7 +49,9 @@ META_FILE = "scorer_meta.json"
 PUBLISHED_FILES = (
     "best_model.pt",
     SCORER_FILE,
+    external_data_path(Path(SCORER_FILE)).name,
     PAIRS_FILE,
+    external_data_path(Path(PAIRS_FILE)).name,
     EMBEDDINGS_FILE,
     META_FILE,
     "metrics.json",
