@@ -6,7 +6,7 @@ ENCORE := $(VENV)/bin/encore
 STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv run server deploy deploy-docker deploy-kubernetes worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly bench-warm-start bench-retention bench-scale bench-gate bench-served bench-ablation bench-tune bench-blend clean-data
+.PHONY: venv run server deploy deploy-docker deploy-kubernetes worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly bench-warm-start bench-retention bench-scale bench-gate bench-served bench-ablation bench-tune bench-blend bench-gpu gpu-wheels clean-data
 
 # The venv is rebuilt when pyproject.toml changes. torch goes first and pinned so that no other
 # package can pull a multi-GB CUDA build.
@@ -159,9 +159,24 @@ bench-warm-start: venv
 bench-retention: venv
 	$(PY) -m bench.bench_retention
 
-# 10M listens + 2M ratings through the whole nightly flow on a 2-worker Dask LocalCluster.
+# The whole nightly flow at 1M, 3M and 10M listens (+ a fifth as many ratings) on a 2-worker
+# Dask LocalCluster: seconds and peak memory per stage, and how they grow with the data.
 bench-scale: venv
 	$(PY) -m bench.bench_scale
+
+## On a machine with CUDA: the CUDA-marked tests, bench-train's GAT-BPR and LightGCN on the GPU and
+## a 10M-listen night's training stage, fp32 vs bf16 autocast (bench/results/gpu.md). It uses
+## .venv when there is one, else a python3 whose torch sees CUDA (see bench/gpu_check.sh).
+bench-gpu:
+	bash bench/gpu_check.sh
+
+## Wheels of what a GPU image's python3 lacks for bench-gpu (pydantic and its needs), for a
+## machine without PyPI: bring the checkout's .whl/ folder along (git ignores it).
+GPU_WHEELS = pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 \
+	typing-inspection==0.4.5 typing-extensions==4.16.0
+gpu-wheels: venv
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_17_x86_64 -d .whl $(GPU_WHEELS)
 
 ## Ingest throughput vs a bare DuckDB read_csv, on a generated 10M-row listens file.
 bench-ingest: venv

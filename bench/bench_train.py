@@ -2,11 +2,16 @@
 
     python -m bench.bench_train                      # every dataset available, every model
     python -m bench.bench_train --datasets ml-100k-implicit --models "Encore GAT-BPR"
+    python -m bench.bench_train --models "Encore GAT-BPR" "LightGCN (PyG)" --device cuda \
+        --precision bf16 --out train_cuda_bf16      # on a GPU: bench/results/train_cuda_bf16.*
 
 Ranking (Recall@10, NDCG@10, seconds per epoch, time to best val, peak RSS) on ml-100k as
 implicit feedback and HetRec Last.fm; ratings (test RMSE, MAE) on ml-100k. When ../shared/data
 is absent the generated sample stands in. Each (dataset, model) runs in its own process, so its
-peak RSS (VmHWM) is its own. Writes bench/results/train.json and train.md.
+peak RSS (VmHWM) is its own. Writes bench/results/train.json and train.md (--out: another stem).
+
+`--device` and `--precision` apply to the models that run on torch (Encore's two and PyG
+LightGCN); the other peers' libraries run on the CPU whatever is asked.
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ RANKING_DATASETS = {
 }
 RATING_DATASETS = {"ml-100k-ratings": "sample-ratings"}
 ENCORE_RANKING, ENCORE_RATING = "Encore GAT-BPR", "Encore rating model"
+LIGHTGCN = "LightGCN (PyG)"
+# The models that take --device and --precision (torch models); the rest run on the CPU.
+ON_DEVICE = (ENCORE_RANKING, ENCORE_RATING, LIGHTGCN)
 
 
 def peak_rss_mb() -> float:
@@ -42,10 +50,16 @@ def peak_rss_mb() -> float:
 
 
 def encore_model(
-    split: dict, kind: str, seed: int = 0, max_epochs: int = 100, overrides: dict | None = None
+    split: dict,
+    kind: str,
+    seed: int = 0,
+    max_epochs: int = 100,
+    overrides: dict | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Encore's model with its tuned defaults (changed by `overrides`, bench_ablation's
-    variants) and the AdvancedTrainer (early stopping on val)."""
+    variants; `precision` among them) and the AdvancedTrainer (early stopping on val), on
+    `device`."""
     import tempfile
 
     import torch
@@ -69,7 +83,7 @@ def encore_model(
         }
     )
     started = time.perf_counter()
-    learner = make_learner(split, config, torch.device("cpu"))
+    learner = make_learner(split, config, torch.device(device))
     with tempfile.TemporaryDirectory() as out:
         trainer = AdvancedTrainer(learner, config, Path(out), log=lambda line: None)
         final = trainer.fit()
@@ -101,7 +115,9 @@ def encore_model(
     }
 
 
-def run_one(dataset: str, model: str, seed: int) -> dict[str, Any]:
+def run_one(
+    dataset: str, model: str, seed: int, device: str = "cpu", precision: str = "fp32"
+) -> dict[str, Any]:
     """In the child process: load, split, train, score."""
     from bench.datasets import load_dataset
     from bench.peers import RANKING_PEERS, RATING_PEERS, WEIGHTED_PEERS
@@ -109,26 +125,41 @@ def run_one(dataset: str, model: str, seed: int) -> dict[str, Any]:
 
     data = load_dataset(dataset, weights=model in WEIGHTED_PEERS)
     split = split_interactions(data, "hash", VAL_RATIO, TEST_RATIO)
+    arithmetic = {"precision": precision} if precision != "fp32" else None
     if model == ENCORE_RANKING:
-        result = encore_model(split, "gat-bpr", seed)
+        result = encore_model(split, "gat-bpr", seed, overrides=arithmetic, device=device)
     elif model == ENCORE_RATING:
-        result = encore_model(split, "rating", seed)
+        result = encore_model(split, "rating", seed, overrides=arithmetic, device=device)
+    elif model == LIGHTGCN:
+        result = RANKING_PEERS[model](split, seed=seed, device=device, precision=precision)
     else:
         result = {**RANKING_PEERS, **RATING_PEERS}[model](split, seed=seed)
     result["peak_rss_mb"] = peak_rss_mb()
     result["dataset"] = dataset
+    if model in ON_DEVICE and (device != "cpu" or precision != "fp32"):
+        result.update(device=device, precision=precision, **device_memory(device))
     return result
 
 
-def in_child(dataset: str, model: str, seed: int) -> dict[str, Any]:
+def device_memory(device: str) -> dict[str, Any]:
+    """The GPU's name and this process's peak CUDA memory (on CUDA; nothing elsewhere)."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return {}
+    return {
+        "device_name": torch.cuda.get_device_name(device),
+        "peak_cuda_mb": torch.cuda.max_memory_allocated(device) / 2**20,
+    }
+
+
+def in_child(
+    dataset: str, model: str, seed: int, device: str = "cpu", precision: str = "fp32"
+) -> dict[str, Any]:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "2"}
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.bench_train", "--child", dataset, model, "--seed", str(seed)],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    command = [sys.executable, "-m", "bench.bench_train", "--child", dataset, model]
+    command += ["--seed", str(seed), "--device", device, "--precision", precision]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         return {"model": model, "dataset": dataset, "error": done.stderr[-2000:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -272,13 +303,23 @@ def rewrite_readme(path: Path, results: list[dict]) -> None:
     path.write_text(replace_marked_section(path.read_text(), "quality", readme_table(results)))
 
 
+def machine_line(results: list[dict]) -> str:
+    """'N cores, CPU', or with the GPU the torch models ran on and their precision."""
+    cores = f"{os.cpu_count()} cores"
+    on_gpu = [r for r in results if r.get("device_name")]
+    if not on_gpu:
+        return f"{cores}, CPU"
+    gpu, precision = on_gpu[0]["device_name"], on_gpu[0]["precision"]
+    return f"{cores}; {', '.join(ON_DEVICE)} on {gpu} ({precision}), the other peers on CPU"
+
+
 def markdown(results: list[dict]) -> str:
     lines = [
         "# Training benchmark",
         "",
         f"One fixed hash split per dataset (80/10/10 by (user, item)); full ranking over all"
         f" items, train items excluded (and val items for test); top-10. Machine: "
-        f"{os.cpu_count()} cores, CPU. Each model in its own process.",
+        f"{machine_line(results)}. Each model in its own process.",
         "",
     ]
     ranking = [r for r in results if "recall@10" in r.get("test", {}) and "rmse" not in r["test"]]
@@ -327,7 +368,15 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="*")
     parser.add_argument("--models", nargs="*")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default="train", help="results file stem in bench/results")
+    parser.add_argument(
+        "--output", "--out", default="train", help="results file stem in bench/results"
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu or cuda, for Encore's models and PyG LightGCN"
+    )
+    parser.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="the same models' arithmetic"
+    )
     parser.add_argument("--child", nargs=2, metavar=("DATASET", "MODEL"), help=argparse.SUPPRESS)
     parser.add_argument(
         "--readme", type=Path, help="only rewrite this README's quality table from train.json"
@@ -337,17 +386,22 @@ def main() -> None:
         rewrite_readme(args.readme, json.loads((RESULTS / "train.json").read_text()))
         return
     if args.child:
-        print(json.dumps(run_one(*args.child, args.seed), default=float))
+        result = run_one(*args.child, args.seed, args.device, args.precision)
+        print(json.dumps(result, default=float))
         return
     results = []
     for dataset, model in plan(args.datasets, args.models):
         print(f"running {model} on {dataset} ...", flush=True)
-        results.append(in_child(dataset, model, args.seed))
+        results.append(in_child(dataset, model, args.seed, args.device, args.precision))
+        write(results, args.output)  # after each model: a run cut short keeps what it finished
+    write(results, args.output)
+    print(markdown(results))
+
+
+def write(results: list[dict], stem: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.output}.json").write_text(json.dumps(results, indent=2, default=float))
-    text = markdown(results)
-    (RESULTS / f"{args.output}.md").write_text(text + "\n")
-    print(text)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2, default=float))
+    (RESULTS / f"{stem}.md").write_text(markdown(results) + "\n")
 
 
 if __name__ == "__main__":

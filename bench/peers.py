@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from models_src.config import Precision, training_autocast
 from models_src.data import Interactions, bipartite_edge_index
-from models_src.evaluation import Protocol, evaluate_parts
+from models_src.evaluation import HELD_OUT, Protocol, evaluate_parts
 from models_src.metrics import mae, rmse
 
 NUM_THREADS = 2
@@ -47,15 +48,20 @@ def ranking_eval(
     split: dict[str, Interactions],
     k: int = 10,
     protocol: Protocol | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Val and test metrics under Encore's one evaluation protocol (models_src/evaluation.py),
     the same for every model. `protocol` lets a caller that evaluates often build it once.
+    `device`: where the scorer's tables live (users are moved there, top-K comes back).
 
     "test_per_user" keeps each test user's Recall@10 and NDCG@10 (users in the protocol's
     order, the same for every model on the split), so the report can give standard errors and
     paired differences between two models."""
     protocol = protocol or Protocol(split)
-    results = evaluate_parts(protocol, score_users, k)
+    if torch.device(device).type == "cpu":
+        results = evaluate_parts(protocol, score_users, k)
+    else:
+        results = {p: protocol.evaluate(score_users, p, k, device=device) for p in HELD_OUT}
     metrics: dict[str, Any] = {part: r.summary for part, r in results.items()}
     metrics["test_per_user"] = per_user_lists(results["test"].per_user)
     return metrics
@@ -66,9 +72,9 @@ def per_user_lists(per_user: dict[str, np.ndarray]) -> dict[str, list[float]]:
     return {name: per_user[name].astype(float).round(6).tolist() for name in PAIRED_METRICS}
 
 
-def _val_recall(score_users: Scorer, protocol: Protocol) -> float:
+def _val_recall(score_users: Scorer, protocol: Protocol, device: str = "cpu") -> float:
     """Val Recall@10 alone: the early-stopping and grid-selection signal."""
-    return protocol.evaluate(score_users, "val", 10).summary["recall@10"]
+    return protocol.evaluate(score_users, "val", 10, device=device).summary["recall@10"]
 
 
 def _ranking_result(
@@ -141,11 +147,16 @@ def _bpr_step(
     n_items: int,
     lambda_reg: float,
     generator: torch.Generator,
+    precision: Precision = "fp32",
 ) -> torch.Tensor:
     """One full-graph propagation and the BPR loss of a batch of positives against uniformly
-    sampled negatives (PyG's `recommendation_loss`, L2 on the batch's layer-0 embeddings)."""
-    negatives = torch.randint(0, n_items, (len(users),), generator=generator)
-    emb = model.get_embedding(adj)
+    sampled negatives (PyG's `recommendation_loss`, L2 on the batch's layer-0 embeddings).
+    bf16: the propagation under autocast, as Encore's GAT-BPR step; the loss in fp32."""
+    device = generator.device
+    negatives = torch.randint(0, n_items, (len(users),), generator=generator, device=device)
+    with training_autocast(device, precision):
+        emb = model.get_embedding(adj)
+    emb = emb.float()
     user_emb = emb[users]
     pos = (user_emb * emb[n_users + items]).sum(-1)
     neg = (user_emb * emb[n_users + negatives]).sum(-1)
@@ -220,6 +231,8 @@ def lightgcn(
     patience: int = 10,
     eval_every: int = 1,
     max_seconds: float = 240.0,
+    device: str = "cpu",
+    precision: Precision = "fp32",
 ) -> dict[str, Any]:
     """PyG's LightGCN trained with BPR, early-stopped on val Recall@10 (best weights restored).
 
@@ -227,37 +240,48 @@ def lightgcn(
     machine still finishes (the result says whether the cap stopped training). Times include
     building the normalized graph. lambda_reg 1e-3 was chosen over 1e-4 and 1e-2 on val Recall@10
     (tied on ml-100k, +0.011 on Last.fm); lr 1e-2 over 5e-3 (stalled early) and 2e-2 (worse).
+
+    `device` holds the model, the graph and the batches (the random streams are then that
+    device's, so a CUDA run draws other batches than a CPU one); `precision` bf16 runs the
+    propagation under autocast, on CUDA only: torch has no bf16 sparse CSR product on CPU.
     """
     from torch_geometric.nn import LightGCN
 
+    on = torch.device(device)
+    if precision == "bf16" and on.type == "cpu":
+        raise ValueError("LightGCN in bf16 needs CUDA: torch's CPU sparse product has no bf16")
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=on).manual_seed(seed)
     train = split["train"]
     n_users, n_items = train.num_users, train.num_items
     protocol = Protocol(split)
     started = time.perf_counter()
-    adj = _normalized_adjacency(train)
-    pos_users, pos_items = (torch.from_numpy(a) for a in _unique_pairs(train))
-    model = LightGCN(n_users + n_items, dim, layers, normalize=False)
+    adj = _normalized_adjacency(train).to(on)
+    pos_users, pos_items = (torch.from_numpy(a).to(on) for a in _unique_pairs(train))
+    model = LightGCN(n_users + n_items, dim, layers, normalize=False).to(on)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
 
     def run_epoch() -> None:
-        order = torch.randperm(len(pos_users), generator=generator)
+        order = torch.randperm(len(pos_users), generator=generator, device=on)
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
             users, items = pos_users[batch], pos_items[batch]
             optimizer.zero_grad()
-            _bpr_step(model, adj, users, items, n_users, n_items, lambda_reg, generator).backward()
+            loss = _bpr_step(
+                model, adj, users, items, n_users, n_items, lambda_reg, generator, precision
+            )
+            loss.backward()
             optimizer.step()
 
     def val_recall() -> float:
-        return _val_recall(_lightgcn_scorer(model, adj, n_users), protocol)
+        return _val_recall(_lightgcn_scorer(model, adj, n_users), protocol, device)
 
     setup = time.perf_counter() - started
     run = _early_stopping(
         run_epoch, val_recall, model, max_epochs, patience, True, eval_every, max_seconds - setup
     )
-    metrics = ranking_eval(_lightgcn_scorer(model, adj, n_users), split, protocol=protocol)
+    scorer = _lightgcn_scorer(model, adj, n_users)
+    metrics = ranking_eval(scorer, split, protocol=protocol, device=device)
     params = {"dim": dim, "layers": layers, "lr": lr, "lambda_reg": lambda_reg}
     return _ranking_result(
         "LightGCN (PyG)",

@@ -185,6 +185,9 @@ def nightly(
         bool, typer.Option("--retrain", help="Train even without new data since the last model.")
     ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="fp32, or bf16: training steps under autocast (for CUDA).")
+    ] = "fp32",
     fail_on_warning: Annotated[
         bool,
         typer.Option(
@@ -205,7 +208,7 @@ def nightly(
 ) -> None:
     """Run the nightly retrain once, here (ingest, validate, train, gate, score, report)."""
     overrides: dict = {"datasets": dataset or None, "retrain_without_new_data": retrain}
-    overrides["device"] = device
+    overrides["device"], overrides["precision"] = device, precision
     if epochs is not None:
         overrides |= {"gat_bpr": {"epochs": epochs}, "rating": {"epochs": epochs}}
     for setting in settings or []:
@@ -300,7 +303,7 @@ def _nightly_params(values: dict):
 
 
 # Run parameters that `encore nightly` sets from an option of its own, for error messages.
-OPTION_OF_PARAMETER = {"device": "--device", "datasets": "--dataset"}
+OPTION_OF_PARAMETER = {"device": "--device", "precision": "--precision", "datasets": "--dataset"}
 
 
 @app.command()

@@ -152,6 +152,12 @@ class NightlyParams(_Params):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Training device; auto picks CUDA when present."
     )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="Training arithmetic: bf16 runs the training steps under autocast "
+        "(meant for CUDA; weights, the loss and evaluation stay fp32; `make bench-gpu` "
+        "measures it).",
+    )
     seed: int = Field(
         42,
         description="Seed of training and of the baselines: the same data and seed give the "
@@ -221,6 +227,7 @@ class NightlyParams(_Params):
             "rating_threshold": self.like_threshold,
             "k": self.k,
             "device": self.device,
+            "precision": self.precision,
             "seed": self.seed,
         }
 

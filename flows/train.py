@@ -20,6 +20,7 @@ def train(
     patience: int = 5,
     use_scheduler: bool = True,
     device: str = "auto",
+    precision: Literal["fp32", "bf16"] = "fp32",
 ) -> dict:
     """Train `model` on `dataset` with the AdvancedTrainer (early stopping, LR schedule).
 
@@ -32,6 +33,7 @@ def train(
         patience: epochs without a better validation metric before stopping.
         use_scheduler: ReduceLROnPlateau on the validation metric.
         device: auto (CUDA when present), cpu or cuda.
+        precision: fp32, or bf16 (training steps under autocast; for CUDA).
     """
     from models_src.config import tuned_defaults
 
@@ -42,6 +44,7 @@ def train(
         "patience": patience,
         "use_scheduler": use_scheduler,
         "device": device,
+        "precision": precision,
     }
     if lr is not None:
         config["lr"] = lr

@@ -47,6 +47,12 @@ def add_common_options(parser: argparse.ArgumentParser, default_epochs: int) -> 
     )
     add("--weight-decay", type=float, default=0.0)
     add("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    add(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16"],
+        help="bf16: training steps under autocast (for CUDA); weights and evaluation stay fp32",
+    )
     add("--seed", type=int, default=42)
     add("--output-dir", type=Path, default=None)
 
@@ -63,6 +69,7 @@ def config_from_args(args: argparse.Namespace, epochs: int, **extra) -> TrainCon
         negatives=args.negatives,
         weight_decay=args.weight_decay,
         device=args.device,
+        precision=args.precision,
         seed=args.seed,
         **values,
         **extra,

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 
 ModelKind = Literal["gat-bpr", "rating"]
+Precision = Literal["fp32", "bf16"]
 
 
 # Keys a model version's recorded config carries besides TrainConfig's: a baseline's fitted
@@ -38,6 +39,9 @@ class TrainConfig:
     split_salt: str = "encore"
     k: int = 10
     device: str = "auto"
+    # The training step's arithmetic: bf16 runs GAT-BPR's propagation (and the rating model's
+    # forward) under torch.autocast; weights, optimizer state, the loss and evaluation stay fp32.
+    precision: Precision = "fp32"
     seed: int = 42
     use_groups: bool = True  # side nodes (artist, genre) join the graph when the source has them
     rating_threshold: float | None = None  # liked = rating >= this (default: the scale's top 40 %)
@@ -112,6 +116,14 @@ def resolve_device(name: str) -> torch.device:
             "--device cuda: torch sees no CUDA device on this machine; use auto or cpu"
         )
     return torch.device(name)
+
+
+def training_autocast(device: torch.device, precision: Precision) -> torch.autocast:
+    """The autocast context of a training step: bf16 where asked, a no-op for fp32 (so the
+    default arithmetic is exactly what it was before the option existed)."""
+    return torch.autocast(
+        device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"
+    )
 
 
 LIKED_SHARE_OF_SCALE = 0.4

@@ -19,7 +19,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from models_src.config import TrainConfig, like_threshold, rating_scale, resolve_device
+from models_src.config import (
+    Precision,
+    TrainConfig,
+    like_threshold,
+    rating_scale,
+    resolve_device,
+    training_autocast,
+)
 from models_src.data import Interactions, bipartite_edge_index, split_interactions
 from models_src.datasets import load_source
 from models_src.distributed import SINGLE_PROCESS, DataParallel
@@ -108,12 +115,15 @@ class BPRStep(nn.Module):
         generator: torch.Generator | None = None,
         temperature: float | None = None,
         hard_negatives: bool = False,
+        precision: Precision = "fp32",
     ) -> None:
         """`temperature`: train with the sampled softmax loss (None: BPR). `hard_negatives`:
-        BPR against each positive's highest-scoring sampled negative only."""
+        BPR against each positive's highest-scoring sampled negative only. `precision` bf16:
+        the propagation (the step's cost) runs under autocast; the scores and the loss are
+        computed from its output cast back to fp32, so the loss keeps fp32's resolution."""
         super().__init__()
         self.model, self.l2, self.temperature = model, l2, temperature
-        self.hard_negatives = hard_negatives
+        self.hard_negatives, self.precision = hard_negatives, precision
         self.contrast, self.generator = contrast, generator
 
     def forward(
@@ -129,13 +139,16 @@ class BPRStep(nn.Module):
         are already offset past the users)."""
         offset = self.model.num_users if nodes is None else 0
         contrast = self.contrast
-        embedding, view = self.model.perturbed_embedding(
-            edge_index,
-            nodes,
-            eps=contrast.eps if contrast else 0.0,
-            view_layer=contrast.layer if contrast else 0,
-            generator=self.generator,
-        )
+        with training_autocast(edge_index.device, self.precision):
+            embedding, view = self.model.perturbed_embedding(
+                edge_index,
+                nodes,
+                eps=contrast.eps if contrast else 0.0,
+                view_layer=contrast.layer if contrast else 0,
+                generator=self.generator,
+            )
+        # No-ops in fp32 (the same tensors); under bf16 the loss is computed in fp32.
+        embedding, view = embedding.float(), view.float()
         # F.embedding: its backward sums repeated rows faster on CPU than indexing's index_put.
         user_emb = F.embedding(users, embedding)
         pos_emb = F.embedding(offset + positives, embedding)
@@ -233,6 +246,7 @@ class BPRLearner(Learner):
             self.generator,
             config.temperature if config.loss == "softmax" else None,
             config.hard_negatives,
+            config.precision,
         )
         if self.parallel.enabled:
             ids = [device.index] if device.type == "cuda" else None
@@ -415,7 +429,10 @@ class RatingLearner(Learner):
         total, count = 0.0, 0
         for batch in _batches(len(users), self.config.batch_size, f"epoch {epoch}", self.generator):
             u, i = users[batch], items[batch]
-            loss = self.model.loss(self.model(u, i), ratings[batch], u, i, self.config.l2)
+            with training_autocast(self.device, self.config.precision):
+                predicted = self.model(u, i)
+            # .float(): the loss in fp32 whatever autocast produced (a no-op in fp32).
+            loss = self.model.loss(predicted.float(), ratings[batch], u, i, self.config.l2)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

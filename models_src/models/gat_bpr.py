@@ -98,7 +98,7 @@ class GATBPR(nn.Module):
         graph = self.propagation_graph(edge_index, x.size(0))
         layers, view = [x], x
         for depth, conv in enumerate(self.convs, start=1):
-            x = conv(x, graph)
+            x = self._layer(conv, x, graph)
             if eps > 0:
                 noise = torch.rand(x.shape, device=x.device, generator=generator)
                 x = x + torch.sign(x) * F.normalize(noise, dim=-1) * eps
@@ -106,6 +106,15 @@ class GATBPR(nn.Module):
             if depth == view_layer:
                 view = x
         return torch.stack(layers).mean(dim=0), view
+
+    def _layer(self, conv: nn.Module, x: Tensor, graph: Tensor) -> Tensor:
+        """One propagation layer. Under bf16 autocast on CPU the LightGCN layer's sparse CSR
+        product stays fp32: torch has no bf16 kernel for it there. On CUDA autocast hands it to
+        cuSPARSE in bf16 (tests/test_gpu.py checks that it does)."""
+        if self.attention or x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+            return conv(x, graph)
+        with torch.autocast("cpu", enabled=False):
+            return conv(x.float(), graph)
 
     def propagation_graph(self, edge_index: Tensor, num_nodes: int) -> Tensor:
         """What the layers propagate over: the edge list for attention; without it, LightGCN's
