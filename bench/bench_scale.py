@@ -1,20 +1,25 @@
-"""A 10M-interaction night on this machine, with the Dask task runner.
+"""The nightly run at growing sizes on this machine, with the Dask task runner.
 
-    python -m bench.bench_scale                      (make bench-scale)
-    python -m bench.bench_scale --listens 1000000 --ratings 200000     (a tenth, to try it out)
+    python -m bench.bench_scale                           (make bench-scale: 1M, 3M, 10M listens)
+    python -m bench.bench_scale --sizes 100000 300000     (to try it out)
 
+For each size (listens; ratings a fifth of them):
 1. Generates the listens (about 200k users, 100k tracks) and ratings with the sample generator,
    one file per day, into a scratch data home (reused when it is already there).
-2. Runs the whole `nightly-retrain` flow (ingest, GX validation, export, both models trained
-   side by side on a 2-worker LocalCluster, ONNX, gate, batch scoring by user ranges) with an
+2. Runs the whole `nightly-retrain` flow (ingest, validation, export, both models trained side
+   by side on a 2-worker LocalCluster, ONNX, gate, batch scoring by user ranges) with an
    ephemeral Prefect server, and samples the RSS of every process of the tree (flow, Prefect
-   server, Dask workers) every 0.5 s: peak RSS per process, and wall time per stage.
-3. Re-scores the GAT-BPR champion with the `batch-score` flow on 1 and then 2 Dask workers (each
-   worker one thread, 2 user ranges per worker) and in-process: users/s and the speed-up.
+   server, Dask workers) every 0.5 s: wall time per stage, and per stage the largest process and
+   the whole tree at their peaks while the stage ran (the two model branches run at once, so a
+   stage's peak includes the other branch's memory at that moment).
+3. At the largest size, re-scores the GAT-BPR champion with the `batch-score` flow on 1 and then
+   2 Dask workers (each worker one thread, 2 user ranges per worker) and in-process.
 
-The gate's baseline floors are turned off (this measures the machinery at scale, not model
-quality: a model trained for a few epochs must still be promoted so there is something to
-score). Writes bench/results/scale.json and scale.md.
+Then fits time ∝ rows^b per stage (least squares on log-log over the sizes; rows = listens +
+ratings) and the same for peak memory. Target: b <= 1.1 for every stage.
+
+The gate runs as a user meets it (a few epochs may lose to a baseline; whichever version serves
+is the one scored). Writes bench/results/scale.json and scale.md.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DAYS = 10
+SIZES = (1_000_000, 3_000_000, 10_000_000)
+GROWTH_TARGET = 1.1
 SCALE_PARAMS = {
     # Full-graph GAT-BPR steps over ~14M edges: one head and big batches keep a step in memory
     # and an epoch to a few steps; a few epochs are enough to measure the night.
@@ -48,6 +55,7 @@ class RssSampler:
         self.root, self.every = psutil.Process(), every
         self.peaks: dict[int, tuple[str, float]] = {}
         self.tree_peak = 0.0  # the largest sum over all processes at one sample
+        self.samples: list[tuple[float, float, float]] = []  # (time, tree MB, largest MB)
         self.running = True
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -55,17 +63,18 @@ class RssSampler:
         import psutil
 
         while self.running:
-            total = 0.0
+            total, largest = 0.0, 0.0
             for proc in [self.root, *self.root.children(recursive=True)]:
                 try:
                     rss = proc.memory_info().rss / 2**20
                     name = " ".join(proc.cmdline()[:4])[-90:]
                 except psutil.Error:
                     continue
-                total += rss
+                total, largest = total + rss, max(largest, rss)
                 if rss > self.peaks.get(proc.pid, ("", 0.0))[1]:
                     self.peaks[proc.pid] = (name, rss)
             self.tree_peak = max(self.tree_peak, total)
+            self.samples.append((time.time(), total, largest))
             time.sleep(self.every)
 
     def __enter__(self) -> RssSampler:
@@ -75,6 +84,18 @@ class RssSampler:
     def __exit__(self, *exc) -> None:
         self.running = False
         self.thread.join()
+
+    def stage_peaks(self, windows: list[tuple[str, float, float]]) -> dict[str, dict]:
+        """Per stage: the largest process and the whole tree at their peaks in its windows."""
+        peaks: dict[str, dict] = {}
+        for stage, start, end in windows:
+            inside = [(tree, one) for t, tree, one in self.samples if start <= t <= end]
+            if not inside:
+                continue
+            peak = peaks.setdefault(stage, {"largest_mb": 0.0, "tree_mb": 0.0})
+            peak["largest_mb"] = max(peak["largest_mb"], max(one for _, one in inside))
+            peak["tree_mb"] = max(peak["tree_mb"], max(tree for tree, _ in inside))
+        return peaks
 
     def report(self) -> list[dict]:
         rows = [{"pid": pid, "process": n, "peak_rss_mb": r} for pid, (n, r) in self.peaks.items()]
@@ -103,6 +124,7 @@ def generate(home: Path, listens: int, ratings: int) -> dict:
 def night(home: Path, workers: int) -> dict:
     from flows.nightly import nightly_retrain
     from flows.params import NightlyParams
+    from tasks.report import STAGE_WINDOWS
 
     params = NightlyParams.model_validate(
         {**SCALE_PARAMS, "task_runner": {"kind": "dask", "workers": workers}}
@@ -132,6 +154,7 @@ def night(home: Path, workers: int) -> dict:
         ],
         "peak_rss": sampler.report(),
         "tree_peak_rss_mb": sampler.tree_peak,
+        "stage_peaks": sampler.stage_peaks(STAGE_WINDOWS),
     }
 
 
@@ -153,19 +176,55 @@ def rescore(workers: int) -> dict:
     }
 
 
-def child(home: Path, out: Path, workers: int) -> None:
+def child(home: Path, out: Path, workers: int, rescoring: bool) -> None:
     from tasks.home import EncoreHome, configure_environment
 
     configure_environment(EncoreHome(home))
     results = {"night": night(home, workers)}
-    results["scoring"] = [rescore(w) for w in (1, 2, 0)]
+    results["scoring"] = [rescore(w) for w in (1, 2, 0)] if rescoring else []
     out.write_text(json.dumps(results, indent=2, default=str))
+
+
+def exponent(sizes: list[float], values: list[float]) -> float | None:
+    """b of values ∝ sizes^b, least squares on log-log (None below two usable points)."""
+    import numpy as np
+
+    points = [(s, v) for s, v in zip(sizes, values, strict=True) if s > 0 and v and v > 0]
+    if len(points) < 2:
+        return None
+    x, y = np.log([p[0] for p in points]), np.log([p[1] for p in points])
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def growth(runs: list[dict]) -> dict[str, dict]:
+    """Per stage (and the whole night): seconds and peak MB per size, with their exponents."""
+    rows = [r["listens"] + r["ratings"] for r in runs]
+    stages = list(dict.fromkeys(s for r in runs for s in r["night"]["stages"]))
+    table = {}
+    for stage in [*stages, "whole night"]:
+        if stage == "whole night":
+            seconds = [r["night"]["wall_seconds"] for r in runs]
+            largest = [max(p["peak_rss_mb"] for p in r["night"]["peak_rss"]) for r in runs]
+            tree = [r["night"]["tree_peak_rss_mb"] for r in runs]
+        else:
+            seconds = [r["night"]["stages"].get(stage) for r in runs]
+            peaks = [r["night"]["stage_peaks"].get(stage, {}) for r in runs]
+            largest = [p.get("largest_mb") for p in peaks]
+            tree = [p.get("tree_mb") for p in peaks]
+        table[stage] = {
+            "seconds": seconds,
+            "largest_mb": largest,
+            "tree_mb": tree,
+            "seconds_exponent": exponent(rows, seconds),
+            "largest_mb_exponent": exponent(rows, largest),
+        }
+    return table
 
 
 def markdown(result: dict) -> str:
     n = result["night"]
     lines = [
-        f"# A {result['listens']:,}-listen + {result['ratings']:,}-rating night (Dask runner)",
+        f"## The {result['listens']:,}-listen + {result['ratings']:,}-rating night in detail",
         "",
         "Machine: 2 cores, 24 GB, CPU. Nightly flow with a"
         f" {result['workers']}-worker LocalCluster; generated data ({DAYS} daily files per"
@@ -218,44 +277,98 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--listens", type=int, default=10_000_000)
-    parser.add_argument("--ratings", type=int, default=2_000_000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--scratch", type=Path, default=Path("/tmp/encore-bench-scale"))
-    parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        child(args.child[0], args.child[1], args.workers)
-        return
-    home = args.scratch / f"home-{args.listens}-{args.ratings}"
+def growth_markdown(result: dict) -> str:
+    runs = result["runs"]
+    sizes = " | ".join(f"{r['listens'] / 1e6:g}M" for r in runs)
+    ruler = "|".join("---:" for _ in runs)
+    lines = [
+        "# The night as it grows (Dask runner, 2 workers)",
+        "",
+        f"Machine: 2 cores, 24 GB, CPU. Listens per size below, ratings a fifth of them;"
+        f" b: the fitted exponent of time (or memory) ∝ rows^b (target b <= {GROWTH_TARGET}).",
+        "",
+        f"| stage | seconds: {sizes} | b | largest process MB: {sizes} | b | tree MB: {sizes} |",
+        f"|---|{ruler}|---:|{ruler}|---:|{ruler}|",
+    ]
+    for stage, row in result["growth"].items():
+        cells = [
+            " | ".join(_number(v) for v in row["seconds"]),
+            _exponent(row["seconds_exponent"]),
+            " | ".join(_number(v) for v in row["largest_mb"]),
+            _exponent(row["largest_mb_exponent"]),
+            " | ".join(_number(v) for v in row["tree_mb"]),
+        ]
+        lines.append(f"| {stage} | " + " | ".join(cells) + " |")
+    over = [
+        stage
+        for stage, row in result["growth"].items()
+        if (row["seconds_exponent"] or 0) > GROWTH_TARGET
+    ]
+    lines += [
+        "",
+        "Stages growing faster than the target: " + (", ".join(over) if over else "none") + ".",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:,.0f}" if value >= 10 else f"{value:.1f}"
+
+
+def _exponent(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"**{value:.2f}**" if value > GROWTH_TARGET else f"{value:.2f}"
+
+
+def run_size(args: argparse.Namespace, listens: int, rescoring: bool) -> dict:
+    """One night (in its own process) at `listens` listens and a fifth as many ratings."""
+    ratings = listens // 5
+    home = args.scratch / f"home-{listens}-{ratings}"
     home.mkdir(parents=True, exist_ok=True)
     from flows.cli import SAMPLE_SOURCES
 
     (home / "sources.toml").write_text(SAMPLE_SOURCES)
-    generated = generate(home, args.listens, args.ratings)
+    generated = generate(home, listens, ratings)
     for stale in ("warehouse.duckdb", "warehouse.duckdb.wal"):
         (home / stale).unlink(missing_ok=True)  # every run starts from an empty warehouse
-    out = args.scratch / "result.json"
+    out = args.scratch / f"result-{listens}.json"
     env = {**os.environ, "ENCORE_HOME": str(home)}
-    subprocess.run(
-        [sys.executable, "-m", "bench.bench_scale", "--child", str(home), str(out),
-         "--workers", str(args.workers)],
-        check=True, env=env,
-    )  # fmt: skip
-    result = {
-        "listens": args.listens,
-        "ratings": args.ratings,
+    command = [sys.executable, "-m", "bench.bench_scale", "--child", str(home), str(out),
+               "--workers", str(args.workers)] + (["--rescore"] if rescoring else [])  # fmt: skip
+    subprocess.run(command, check=True, env=env)
+    return {
+        "listens": listens,
+        "ratings": ratings,
         "workers": args.workers,
         "generate": generated,
         **json.loads(out.read_text()),
     }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="Listens.")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--scratch", type=Path, default=Path("/tmp/encore-bench-scale"))
+    parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--rescore", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], args.child[1], args.workers, args.rescore)
+        return
+    sizes = sorted(args.sizes)
+    runs = []
+    for listens in sizes:
+        print(f"night at {listens:,} listens ...", flush=True)
+        runs.append(run_size(args, listens, rescoring=listens == sizes[-1]))
+    result = {"runs": runs, "growth": growth(runs)}
+    text = growth_markdown(result) + "\n" + markdown(runs[-1])
     RESULTS.mkdir(exist_ok=True)
-    suffix = "" if args.listens == 10_000_000 else f"_{args.listens}"
-    (RESULTS / f"scale{suffix}.json").write_text(json.dumps(result, indent=2))
-    (RESULTS / f"scale{suffix}.md").write_text(markdown(result))
-    print(markdown(result))
+    name = "scale" if sizes == list(SIZES) else "scale_" + "_".join(map(str, sizes))
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / f"{name}.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -16,16 +16,20 @@ from pathlib import Path
 from tasks.warehouse.validation import report_summary
 
 SPLITS = ("val", "test")
+# (stage, start, end) in time.time() seconds of every stage this process has timed: what a
+# profiler lines its own samples up with (bench/bench_scale.py: peak memory per stage).
+STAGE_WINDOWS: list[tuple[str, float, float]] = []
 
 
 @contextmanager
 def stage_clock(timings: dict[str, float], stage: str) -> Iterator[None]:
     """Add the block's wall time to `timings[stage]` (seconds), even when the block raises."""
-    started = time.perf_counter()
+    started, wall_start = time.perf_counter(), time.time()
     try:
         yield
     finally:
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - started
+        STAGE_WINDOWS.append((stage, wall_start, time.time()))
 
 
 def significant(value: object, digits: int = 4) -> object:
