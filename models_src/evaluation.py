@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import reduce
 
 import numpy as np
 import torch
@@ -36,6 +37,8 @@ HELD_OUT = ("val", "test")
 # The parts whose items a user already had before the evaluated one.
 EARLIER_PARTS = {"train": (), "val": ("train",), "test": ("train", "val")}
 
+# Users -> (users, items) scores. The result is masked in place: a scorer returns a tensor of
+# its own making (a product, a fresh matrix), or a view, which is copied; never a stored tensor.
 ScoreUsers = Callable[[Tensor], Tensor]
 CSR = tuple[Tensor, Tensor]
 
@@ -152,6 +155,59 @@ class Protocol:
         `score_users` maps a batch of user indices to (batch, num_items) scores. Excluded items
         are set to -inf before top-K, so they never count, not even as misses.
         """
+        return self.evaluate_parts(score_users, (part,), k, batch_size, device)[part]
+
+    def evaluate_parts(
+        self,
+        score_users: ScoreUsers,
+        parts: tuple[str, ...] = HELD_OUT,
+        k: int = 10,
+        batch_size: int = 1024,
+        device: torch.device | str = "cpu",
+    ) -> dict[str, SplitResult]:
+        """`evaluate` on several parts, each user scored once (see `rank`): the same results as
+        one `evaluate` per part, for the price of scoring the users of all of them once."""
+        tops = self.rank(score_users, parts, k, batch_size, device)
+        return {part: self._result(part, tops[part], k, batch_size) for part in parts}
+
+    def rank(
+        self,
+        score_users: ScoreUsers,
+        parts: tuple[str, ...],
+        k: int = 10,
+        batch_size: int = 1024,
+        device: torch.device | str = "cpu",
+    ) -> dict[str, Tensor]:
+        """Top-K items (users, K) of each part's evaluated users, in `users_with_relevant` order.
+
+        Scoring is the cost (a users x items product per batch), so a user evaluated on several
+        parts is scored once: the parts' exclusions are nested (test excludes what val does, and
+        val's items), so masking them one after the other on one score matrix, taking each
+        part's top-K in between, ranks as scoring afresh for each part would.
+        """
+        order = _nested(parts)
+        evaluated = {part: self.users_with_relevant(part) for part in order}
+        users_all = reduce(np.union1d, evaluated.values())
+        member = {p: np.isin(users_all, evaluated[p], assume_unique=True) for p in order}
+        tops: dict[str, list[Tensor]] = {part: [] for part in order}
+        for start in range(0, len(users_all), batch_size):
+            users = torch.from_numpy(users_all[start : start + batch_size])
+            scores = _writable(score_users(users.to(device)).float())
+            for part in order:
+                rows, cols = csr_rows(*self.exclude[part], users)
+                scores[rows.to(device), cols.to(device)] = float("-inf")
+                chosen = torch.from_numpy(member[part][start : start + batch_size])
+                if bool(chosen.any()):
+                    tops[part].append(_top_k(scores, chosen.to(device), k))
+        width = min(k, self.num_items)
+        return {
+            part: torch.cat(tops[part]) if tops[part] else torch.zeros((0, width), dtype=torch.long)
+            for part in order
+        }
+
+    def _result(self, part: str, top: Tensor, k: int, batch_size: int) -> SplitResult:
+        """Per-user metrics of `part` from its users' top-K. Batches of `batch_size` users, as the
+        scoring once went: the popularity sum adds up in the same order, to the same float."""
         users_all = self.users_with_relevant(part)
         relevant_keys = torch.from_numpy(self._relevant_keys[part])
         tail_keys = torch.from_numpy(
@@ -167,10 +223,10 @@ class Protocol:
         popularity_sum = 0.0
         for start in range(0, len(users_all), batch_size):
             users = torch.from_numpy(users_all[start : start + batch_size])
-            top = self._top_k(score_users, users, part, k, device)
-            keys = users.unsqueeze(1) * self.num_items + top
-            hits = torch.isin(keys, relevant_keys)
-            tail_hits = torch.isin(keys, tail_keys)
+            batch_top = top[start : start + batch_size]
+            keys = users.unsqueeze(1) * self.num_items + batch_top
+            hits = sorted_isin(keys, relevant_keys)
+            tail_hits = sorted_isin(keys, tail_keys)
             n_rel = torch.from_numpy(n_relevant[users.numpy()])
             for name, metric in RANKING_METRICS.items():
                 per_user.setdefault(f"{name}@{k}", []).append(metric(hits, n_rel).double().numpy())
@@ -179,8 +235,8 @@ class Protocol:
                 n_tail_rel > 0, tail_hits.sum(1).numpy() / np.maximum(n_tail_rel, 1), np.nan
             )
             per_user.setdefault(f"tail_recall@{k}", []).append(tail_recall)
-            recommended[top.flatten().numpy()] = True
-            popularity_sum += float(self.item_popularity[top.numpy()].sum())
+            recommended[batch_top.flatten().numpy()] = True
+            popularity_sum += float(self.item_popularity[batch_top.numpy()].sum())
         vectors = {
             name: np.concatenate(parts) if parts else np.zeros(0)
             for name, parts in per_user.items()
@@ -190,12 +246,6 @@ class Protocol:
         result = SplitResult(users_all, vectors, self.cold_users(part))
         result.summary = self._summary(result, k, recommended, popularity_sum)
         return result
-
-    def _top_k(self, score_users: ScoreUsers, users: Tensor, part: str, k: int, device) -> Tensor:
-        scores = score_users(users.to(device)).float().clone()
-        rows, cols = csr_rows(*self.exclude[part], users)
-        scores[rows.to(device), cols.to(device)] = float("-inf")
-        return torch.topk(scores, min(k, scores.shape[1]), dim=1).indices.cpu()
 
     def _summary(
         self, result: SplitResult, k: int, recommended: np.ndarray, popularity_sum: float
@@ -209,6 +259,39 @@ class Protocol:
         summary[f"popularity@{k}"] = popularity_sum / (n * k) if n else float("nan")
         summary["users"] = n
         return summary
+
+
+def _writable(scores: Tensor) -> Tensor:
+    """`scores`, or a copy of them when they are a view of another tensor (e.g. one popularity
+    row expanded to every user): `rank` masks them in place. A scorer's own fresh product is
+    masked as it is, which spares a users x items copy per batch."""
+    return scores.clone() if scores._base is not None else scores
+
+
+def _nested(parts: tuple[str, ...]) -> list[str]:
+    """`parts` from the least excluded to the most, each excluding all that the one before did
+    (what lets `Protocol.rank` mask one score matrix part after part)."""
+    order = sorted(dict.fromkeys(parts), key=lambda part: len(EARLIER_PARTS[part]))
+    for before, after in zip(order, order[1:], strict=False):
+        if not set(EARLIER_PARTS[before]) <= set(EARLIER_PARTS[after]):
+            raise ValueError(f"the exclusions of {before} and {after} are not nested")
+    return order
+
+
+def _top_k(scores: Tensor, chosen: Tensor, k: int) -> Tensor:
+    """Top-K item indices (on the CPU) of the `chosen` rows of `scores`. Every row is ranked and
+    the chosen ones kept: copying the chosen rows out first costs more than ranking the rest."""
+    top = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices
+    return (top if bool(chosen.all()) else top[chosen]).cpu()
+
+
+def sorted_isin(keys: Tensor, sorted_keys: Tensor) -> Tensor:
+    """torch.isin(keys, sorted_keys) for ascending, distinct `sorted_keys`: a binary search per
+    key, where isin sorts both tensors again on every call."""
+    if len(sorted_keys) == 0:
+        return torch.zeros_like(keys, dtype=torch.bool)
+    found = torch.searchsorted(sorted_keys, keys).clamp_(max=len(sorted_keys) - 1)
+    return sorted_keys[found] == keys
 
 
 def _union(arrays: list[np.ndarray]) -> np.ndarray:
@@ -238,8 +321,8 @@ def evaluate_parts(
     parts: tuple[str, ...] = HELD_OUT,
     batch_size: int = 1024,
 ) -> dict[str, SplitResult]:
-    """The same model on several parts (val and test by default)."""
-    return {part: protocol.evaluate(score_users, part, k, batch_size) for part in parts}
+    """The same model on several parts (val and test by default), each user scored once."""
+    return protocol.evaluate_parts(score_users, parts, k, batch_size)
 
 
 def evaluation_record(

@@ -47,6 +47,7 @@ import numpy as np
 from models_src.baselines import BASELINE_FAMILIES, RATING_BASELINE
 from models_src.significance import (
     Comparison,
+    Resamples,
     mean_statistic,
     paired_bootstrap,
     rmse_statistic,
@@ -171,6 +172,7 @@ class _Judge:
         self.primary = metrics[0]
         self.verdict = Verdict(serve=None)
         self._cache: dict[tuple, Comparison] = {}
+        self._resamples = Resamples()
 
     def compare(
         self, a: Contender, b: Contender, part: str, metric: GatedMetric, mask=None
@@ -182,7 +184,13 @@ class _Judge:
             if mask is not None:
                 va, vb = va[mask], vb[mask]
             self._cache[key] = paired_bootstrap(
-                va, vb, metric.statistic, self.t.confidence, self.t.resamples, self.t.seed
+                va,
+                vb,
+                metric.statistic,
+                self.t.confidence,
+                self.t.resamples,
+                self.t.seed,
+                self._resamples,
             )
         return self._cache[key]
 

@@ -52,18 +52,24 @@ class ServedModel:
 
     def score_users(self, users: Tensor) -> Tensor:
         """(batch, tonight's items) scores as served."""
-        scores = torch.full((len(users), len(self.popularity)), float("-inf"))
         known = users < self.known_users
+        if bool(known.all()) and self.known_items == len(self.popularity):
+            return self._known_scores(users)  # nothing unknown to fill in: no second matrix
+        scores = torch.full((len(users), len(self.popularity)), float("-inf"))
         if known.any():
-            u = users[known]
-            block = self.user_emb[u] @ self.item_emb.T + self.user_bias[u].unsqueeze(1)
-            block = block + self.item_bias + self.offset
-            if self.item_item is not None:
-                learned = item_item_scores(self.history, u, self.item_item)
-                block = blend(block, learned, self.blend_weight)
-            scores[known, : self.known_items] = block
+            scores[known, : self.known_items] = self._known_scores(users[known])
         scores[~known] = torch.log1p(self.popularity)
         return scores
+
+    def _known_scores(self, u: Tensor) -> Tensor:
+        """(users, known items) scores of users the model knows. The additions run in place on
+        the product, in the order of u . i + b_u + b_i + offset."""
+        block = self.user_emb[u] @ self.item_emb.T
+        block.add_(self.user_bias[u].unsqueeze(1)).add_(self.item_bias).add_(self.offset)
+        if self.item_item is not None:
+            learned = item_item_scores(self.history, u, self.item_item)
+            block = blend(block, learned, self.blend_weight)
+        return block
 
     def predict_pairs(self, users: Tensor, items: Tensor) -> Tensor:
         """Ratings for (user, item) pairs, with the bias fallback for unknown ids, clipped."""

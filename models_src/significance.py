@@ -58,18 +58,66 @@ class Comparison:
         )
 
 
+Statistic = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+class Resamples:
+    """Statistics of unit vectors on the seeded resamples, kept by content.
+
+    Every comparison of one gate draws the same resamples (one seed, one count, paired vectors of
+    one length), so a contender's statistic over them is the same in every comparison it enters:
+    kept here, it is computed once per gate rather than once per comparison. Vectors computed
+    together share one pass of draws.
+    """
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple, np.ndarray] = {}
+
+    def statistics(
+        self, vectors: list[tuple[np.ndarray, Statistic]], resamples: int, seed: int
+    ) -> list[np.ndarray]:
+        """statistic(values, index) for each resample, per (values, statistic): float64 vectors of
+        one length. The same numbers as drawing for each vector alone."""
+        keys = [(statistic, resamples, seed, values.tobytes()) for values, statistic in vectors]
+        missing = {
+            key: pair for key, pair in zip(keys, vectors, strict=True) if key not in self._kept
+        }
+        if missing:
+            computed = _resampled(list(missing.values()), resamples, seed)
+            self._kept.update(zip(missing, computed, strict=True))
+        return [self._kept[key] for key in keys]
+
+
+def _resampled(
+    vectors: list[tuple[np.ndarray, Statistic]], resamples: int, seed: int
+) -> list[np.ndarray]:
+    """Each vector's statistic on `resamples` draws of its units with replacement, all vectors on
+    the same draws (drawn in chunks, to bound the memory of the indices)."""
+    n = len(vectors[0][0])
+    rng = np.random.default_rng(seed)
+    per_chunk = max(1, _CHUNK_DRAWS // n)
+    draws: list[list[np.ndarray]] = [[] for _ in vectors]
+    for start in range(0, resamples, per_chunk):
+        index = rng.integers(0, n, size=(min(per_chunk, resamples - start), n))
+        for kept, (values, statistic) in zip(draws, vectors, strict=True):
+            kept.append(statistic(values, index))
+    return [np.concatenate(kept) for kept in draws]
+
+
 def paired_bootstrap(
     a: np.ndarray,
     b: np.ndarray,
-    statistic: Callable[[np.ndarray, np.ndarray], np.ndarray] = mean_statistic,
+    statistic: Statistic = mean_statistic,
     confidence: float = 0.95,
     resamples: int = RESAMPLES,
     seed: int = 0,
+    kept: Resamples | None = None,
 ) -> Comparison:
     """statistic(a) - statistic(b), where a[i] and b[i] belong to the same unit (user, rating).
 
     Units where either value is NaN (e.g. a user with no long-tail item) are dropped. With no
-    unit left, every field is NaN: the caller decides what "unknown" means.
+    unit left, every field is NaN: the caller decides what "unknown" means. `kept` reuses the
+    resampled statistics of vectors already seen (the gate compares each contender many times).
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
@@ -81,13 +129,8 @@ def paired_bootstrap(
         return Comparison(math.nan, math.nan, math.nan, math.nan, 0, confidence)
     everyone = np.arange(n)
     observed = float(statistic(a, everyone) - statistic(b, everyone))
-    rng = np.random.default_rng(seed)
-    per_chunk = max(1, _CHUNK_DRAWS // n)
-    draws = []
-    for start in range(0, resamples, per_chunk):
-        index = rng.integers(0, n, size=(min(per_chunk, resamples - start), n))
-        draws.append(statistic(a, index) - statistic(b, index))
-    differences = np.concatenate(draws)
+    of_a, of_b = (kept or Resamples()).statistics([(a, statistic), (b, statistic)], resamples, seed)
+    differences = of_a - of_b
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(differences, [tail, 1.0 - tail])
     # Two-sided percentile p-value with the +1 correction, so it is never reported as 0.

@@ -258,3 +258,36 @@ def test_paired_bootstrap_is_reproducible_and_honest():
     assert nan.units == 1
     with pytest.raises(ValueError, match="differ in length"):
         paired_bootstrap(a, a[:-1])
+
+
+def _bootstrap_one_pair_at_a_time(a, b, statistic, resamples, seed, chunk):
+    """The paired bootstrap of one pair alone, chunk by chunk: what `Resamples` must equal."""
+    rng = np.random.default_rng(seed)
+    n, per_chunk, draws = len(a), max(1, chunk // len(a)), []
+    for start in range(0, resamples, per_chunk):
+        index = rng.integers(0, n, size=(min(per_chunk, resamples - start), n))
+        draws.append(statistic(a, index) - statistic(b, index))
+    return np.concatenate(draws)
+
+
+def test_kept_resamples_give_the_numbers_of_a_fresh_bootstrap(monkeypatch):
+    import models_src.significance as significance
+
+    monkeypatch.setattr(significance, "_CHUNK_DRAWS", 3_000)  # several chunks of draws
+    rng = np.random.default_rng(3)
+    contenders = [rng.random(USERS) for _ in range(4)]
+    kept = significance.Resamples()
+    kept.statistics([(v, significance.mean_statistic) for v in contenders[1:]], 300, 0)
+    for a, b in [(contenders[0], contenders[1]), (contenders[2], contenders[3])]:
+        shared = paired_bootstrap(a, b, resamples=300, kept=kept)
+        assert shared == paired_bootstrap(a, b, resamples=300)
+        reference = _bootstrap_one_pair_at_a_time(a, b, significance.mean_statistic, 300, 0, 3_000)
+        tail = (1.0 - 0.95) / 2.0
+        low, high = np.quantile(reference, [tail, 1.0 - tail])
+        assert (shared.low, shared.high) == (float(low), float(high))
+    # kept by content: a vector under another statistic, count or seed is resampled again
+    rmse = paired_bootstrap(contenders[1], contenders[2], rmse_statistic, resamples=300, kept=kept)
+    assert rmse == paired_bootstrap(contenders[1], contenders[2], rmse_statistic, resamples=300)
+    assert paired_bootstrap(contenders[0], contenders[1], resamples=300, seed=1, kept=kept) == (
+        paired_bootstrap(contenders[0], contenders[1], resamples=300, seed=1)
+    )

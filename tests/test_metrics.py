@@ -12,7 +12,7 @@ from torchmetrics.functional.retrieval import retrieval_normalized_dcg, retrieva
 from torchmetrics.retrieval import RetrievalRecall
 
 from models_src.data import Interactions
-from models_src.evaluation import Protocol, SliceSettings
+from models_src.evaluation import Protocol, SliceSettings, sorted_isin
 from models_src.metrics import (
     hit_rate_at_k,
     mae,
@@ -135,3 +135,63 @@ def test_matches_torchmetrics_per_user_on_random_scores():
         scores.flatten(), target.flatten(), indexes=indexes.flatten()
     )
     assert math.isclose(ours.summary[f"recall@{k}"], float(mean_recall), rel_tol=1e-5)
+
+
+def test_sorted_isin_is_isin():
+    rng = np.random.default_rng(0)
+    haystack = torch.from_numpy(np.unique(rng.integers(0, 500, 120)))
+    keys = torch.from_numpy(rng.integers(-5, 520, (30, 10)))
+    assert torch.equal(sorted_isin(keys, haystack), torch.isin(keys, haystack))
+    assert not sorted_isin(keys, haystack[:0]).any()
+
+
+def _ranked_alone(scores, splits, part, k):
+    """Per-user Recall/NDCG/MRR@K of `part`, each user ranked alone: a row of scores, everything
+    of the earlier parts at -inf, top-K, hits looked up in a Python set."""
+    earlier = {"val": ("train",), "test": ("train", "val")}[part]
+    seen = {(u, i) for p in earlier for u, i in zip(splits[p].user, splits[p].item, strict=True)}
+    relevant: dict[int, set] = {}
+    for u, i in zip(splits[part].user, splits[part].item, strict=True):
+        if (u, i) not in seen:
+            relevant.setdefault(int(u), set()).add(int(i))
+    rows = {"recall": [], "ndcg": [], "mrr": []}
+    for user in sorted(relevant):
+        row = scores[user].clone()
+        row[[i for u, i in seen if u == user]] = float("-inf")
+        top = torch.topk(row.unsqueeze(0), k, dim=1).indices[0].tolist()
+        hits = torch.tensor([[item in relevant[user] for item in top]])
+        n = torch.tensor([len(relevant[user])])
+        for name, metric in (("recall", recall_at_k), ("ndcg", ndcg_at_k), ("mrr", mrr_at_k)):
+            rows[name].append(float(metric(hits, n)[0]))
+    return sorted(relevant), rows
+
+
+def test_parts_evaluated_together_rank_as_each_part_alone():
+    """Each user is scored once for val and test, masked part after part: the vectors must be
+    those of ranking every user alone for each part, ties included (scores of a few levels)."""
+    torch.manual_seed(1)
+    users, items, k = 40, 25, 5
+    scores = torch.randint(0, 3, (users, items)).float()  # many ties
+    rng = np.random.default_rng(1)
+    pairs = {part: rng.integers(0, [users, items], (n, 2)) for part, n in (
+        ("train", 200), ("val", 60), ("test", 60))}  # fmt: skip
+    splits = {part: interactions([tuple(p) for p in pairs[part]], users, items) for part in pairs}
+    calls = []
+
+    def score(batch):
+        calls.append(len(batch))
+        return scores[batch]
+
+    protocol = Protocol(splits)
+    together = protocol.evaluate_parts(score, ("val", "test"), k=k, batch_size=7)
+    union = np.union1d(protocol.users_with_relevant("val"), protocol.users_with_relevant("test"))
+    assert sum(calls) == len(union)  # scored once, whatever the parts
+    for part in ("val", "test"):
+        evaluated, expected = _ranked_alone(scores, splits, part, k)
+        assert together[part].users.tolist() == evaluated
+        for name in ("recall", "ndcg", "mrr"):
+            assert together[part].per_user[f"{name}@{k}"].tolist() == pytest.approx(
+                expected[name], abs=0
+            )
+        alone = protocol.evaluate(score, part, k=k, batch_size=7)
+        assert alone.summary == together[part].summary

@@ -91,8 +91,8 @@ class Night:
     ) -> tuple[Contender, dict]:
         """Per-unit vectors for the gate and the summaries for the report."""
         vectors, tables = {}, {}
-        for part in HELD_OUT:
-            ranked = self.protocol.evaluate(model.score_users, part, k)
+        results = self.protocol.evaluate_parts(model.score_users, HELD_OUT, k)
+        for part, ranked in results.items():
             tables[part] = dict(ranked.summary)
             vectors[part] = dict(ranked.per_user)
             if self.rating:
