@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # validation.py calls this module; these are only its types
 SAMPLE_SIZE = 5
 MALFORMED_IDS = "_malformed_ids"
 NUMERIC = ("rating", "weight")
+INDEX_OF = {"user_id": "user_idx", "item_id": "item_idx"}
 NOT_NULL = "expect_column_values_to_not_be_null"
 MATCH_REGEX = "expect_column_values_to_match_regex"
 BETWEEN = "expect_column_values_to_be_between"
@@ -146,16 +147,20 @@ def _rating_rules(info: DatasetInfo) -> list[RowRule]:
 
 
 @contextmanager
-def malformed_ids(con: duckdb.DuckDBPyConnection, snapshot_id: int, pattern: str) -> Iterator[None]:
+def malformed_ids(
+    con: duckdb.DuckDBPyConnection, dataset: str, snapshot_id: int, pattern: str
+) -> Iterator[None]:
     """The night's distinct user and item ids that do not match `pattern`, registered for the
-    regex rules to read while the block runs."""
+    regex rules to read while the block runs. Found through the id maps (every id has its
+    integer index there): a distinct over integers, not over tonight's strings."""
     regex = re.compile(pattern)
     malformed = []
-    for column in ("user_id", "item_id"):
+    for column, table in (("user_id", "user_ids"), ("item_id", "item_ids")):
         ids = con.execute(
-            f"SELECT DISTINCT {column} FROM interactions"
-            f" WHERE snapshot_id = ? AND {column} IS NOT NULL",
-            [snapshot_id],
+            f"""SELECT external_id FROM {table} WHERE dataset = ? AND idx IN
+                (SELECT DISTINCT {INDEX_OF[column]} FROM interactions
+                 WHERE snapshot_id = ?)""",
+            [dataset, snapshot_id],
         ).fetchall()
         malformed += [(column, value) for (value,) in ids if not regex.search(value)]
     frame = pd.DataFrame(malformed, columns=["column_name", "id"], dtype="object")
@@ -252,8 +257,9 @@ def _move_to_quarantine(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def duplicated_rows(con: duckdb.DuckDBPyConnection, snapshot_id: int, key: list[str]) -> int:
-    """Tonight's rows that share their natural key with another of tonight's rows."""
-    columns = ", ".join(key)
+    """Tonight's rows that share their natural key with another of tonight's rows. Grouped on
+    the ids' integer indices (one per id, and no row without one is left after quarantine)."""
+    columns = ", ".join(INDEX_OF.get(column, column) for column in key)
     return con.execute(
         f"""SELECT coalesce(sum(n), 0) FROM
             (SELECT count(*) AS n FROM interactions WHERE snapshot_id = ?

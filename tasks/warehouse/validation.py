@@ -530,7 +530,7 @@ def validate_snapshot(
     now = now or datetime.now()
     info = _dataset_info(con, snapshot_id)
     rules = row_rules(info, thresholds, now)
-    with malformed_ids(con, snapshot_id, thresholds.id_pattern), transaction(con):
+    with malformed_ids(con, info.name, snapshot_id, thresholds.id_pattern), transaction(con):
         outcomes = _row_outcomes(con, snapshot_id, rules)
         outcomes.append(_conflicts_outcome(con, info, snapshot_id))
         if any(not o.success for o in outcomes[: len(rules)]):
