@@ -34,44 +34,26 @@ from typing import Any
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
-DAYS = 10  # as bench_scale: one batch of events per day
-# bench_scale's listens world (its `generate`): about 200k users, 100k tracks, 2,000 artists.
-WORLD = {"users": 200_000, "items": 100_000, "groups": 2_000}
 PRECISIONS = ("fp32", "bf16")
 
 
-def generate(listens: int, users: int, items: int, groups: int, days: int = DAYS):
-    """The night's listens as the export holds them: the sample generator's events, ids made
-    dense (in sorted order of the generator's own ids), each track's artist as its group."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+def listens_world(listens: int):
+    """bench_scale's listens world (its `world_configs`) with `listens` events."""
+    from bench.bench_scale import world_configs
 
-    from models_src.data import Interactions
-    from models_src.sample_data import SampleConfig, SampleWorld
+    return world_configs(listens, 0)["listens"]
 
-    config = SampleConfig(
-        seed=42, n_users=users, n_items=items, n_groups=groups,
-        events_per_day=max(1, listens // days), join_horizon_days=days,
-    )  # fmt: skip
-    world = SampleWorld(config)
-    parts: dict[str, list[np.ndarray]] = {"user": [], "item": [], "group": [], "ts": []}
-    for day in range(days):
-        for table in world.events("listens", day):
-            for name, column in (("user", "user_id"), ("item", "track_id"), ("group", "artist_id")):
-                # "t000123" -> 123: the generator's index behind each id.
-                digits = pc.utf8_slice_codeunits(table[column], 1)
-                parts[name].append(pc.cast(digits, pa.int64()).to_numpy())
-            parts["ts"].append(table["played_at"].cast(pa.int64()).to_numpy())
-    raw = {name: np.concatenate(chunks) for name, chunks in parts.items()}
-    user_ids, user = np.unique(raw["user"], return_inverse=True)
-    item_ids, item = np.unique(raw["item"], return_inverse=True)
-    group_of_item = np.zeros(len(item_ids), dtype=np.int64)
-    group_of_item[item] = raw["group"]  # a track's artist never changes
-    group_ids, item_group = np.unique(group_of_item, return_inverse=True)
-    return Interactions(
-        user, item, len(user_ids), len(item_ids), ts=raw["ts"], item_group=item_group,
-        meta={"name": "sample-listens-large", "groups": len(group_ids)},
-    )  # fmt: skip
+
+def generate(listens: int, users: int, items: int, groups: int):
+    """The night's listens as the export holds them: dense indices, each track's artist as
+    its group (models_src.datasets.generated_sample on bench_scale's world, resized)."""
+    from dataclasses import replace
+
+    from bench.bench_scale import DAYS
+    from models_src.datasets import generated_sample
+
+    config = replace(listens_world(listens), n_users=users, n_items=items, n_groups=groups)
+    return generated_sample("listens", DAYS, config)
 
 
 def sync(device) -> None:
@@ -245,9 +227,10 @@ def comparison(runs: list[dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listens", type=int, default=10_000_000)
-    parser.add_argument("--users", type=int, default=WORLD["users"])
-    parser.add_argument("--items", type=int, default=WORLD["items"])
-    parser.add_argument("--groups", type=int, default=WORLD["groups"])
+    world = listens_world(0)
+    parser.add_argument("--users", type=int, default=world.n_users)
+    parser.add_argument("--items", type=int, default=world.n_items)
+    parser.add_argument("--groups", type=int, default=world.n_groups)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -85,7 +86,7 @@ class RssSampler:
         self.running = False
         self.thread.join()
 
-    def stage_peaks(self, windows: list[tuple[str, float, float]]) -> dict[str, dict]:
+    def stage_peaks(self, windows: Iterable[tuple[str, float, float]]) -> dict[str, dict]:
         """Per stage: the largest process and the whole tree at their peaks in its windows."""
         peaks: dict[str, dict] = {}
         for stage, start, end in windows:
@@ -102,10 +103,12 @@ class RssSampler:
         return sorted(rows, key=lambda row: -row["peak_rss_mb"])
 
 
-def generate(home: Path, listens: int, ratings: int) -> dict:
-    from models_src.sample_data import SampleConfig, write_sample_days
+def world_configs(listens: int, ratings: int) -> dict:
+    """The generator's worlds of this benchmark: about 200k users and 100k tracks (2,000
+    artists) for the listens, 100k users and 20k movies for the ratings, over DAYS days."""
+    from models_src.sample_data import SampleConfig
 
-    configs = {
+    return {
         "listens": SampleConfig(
             seed=42, n_users=200_000, n_items=100_000, n_groups=2_000,
             events_per_day=listens // DAYS, join_horizon_days=DAYS,
@@ -115,8 +118,13 @@ def generate(home: Path, listens: int, ratings: int) -> dict:
             events_per_day=ratings // DAYS, join_horizon_days=DAYS,
         ),
     }  # fmt: skip
+
+
+def generate(home: Path, listens: int, ratings: int) -> dict:
+    from models_src.sample_data import write_sample_days
+
     started = time.perf_counter()
-    for kind, config in configs.items():
+    for kind, config in world_configs(listens, ratings).items():
         write_sample_days(home / "landing" / f"sample-{kind}", kind, config, range(DAYS))
     return {"seconds": time.perf_counter() - started}
 

@@ -28,7 +28,7 @@ import torch
 
 from models_src.config import Precision, training_autocast
 from models_src.data import Interactions, bipartite_edge_index
-from models_src.evaluation import HELD_OUT, Protocol, evaluate_parts
+from models_src.evaluation import HELD_OUT, Protocol
 from models_src.metrics import mae, rmse
 
 NUM_THREADS = 2
@@ -58,10 +58,7 @@ def ranking_eval(
     order, the same for every model on the split), so the report can give standard errors and
     paired differences between two models."""
     protocol = protocol or Protocol(split)
-    if torch.device(device).type == "cpu":
-        results = evaluate_parts(protocol, score_users, k)
-    else:
-        results = {p: protocol.evaluate(score_users, p, k, device=device) for p in HELD_OUT}
+    results = protocol.evaluate_parts(score_users, HELD_OUT, k, device=device)
     metrics: dict[str, Any] = {part: r.summary for part, r in results.items()}
     metrics["test_per_user"] = per_user_lists(results["test"].per_user)
     return metrics

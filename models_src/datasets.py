@@ -10,7 +10,7 @@ import pandas as pd
 import pyarrow as pa
 
 from models_src.data import Interactions
-from models_src.sample_data import SampleWorld, default_configs
+from models_src.sample_data import SampleConfig, SampleWorld, default_configs
 
 SAMPLE_SOURCES = {"sample-listens": "listens", "sample-ratings": "ratings"}
 # File name -> (pandas read options, column names, rating scale or None for implicit)
@@ -55,11 +55,10 @@ def from_frame(
     )
 
 
-def generated_sample(kind: str, days: int = 30) -> Interactions:
+def generated_sample(kind: str, days: int = 30, config: SampleConfig | None = None) -> Interactions:
     """The built-in sample (models_src.sample_data), exactly what `encore generate-sample`
-    writes for the same days."""
-    config = default_configs()[kind]
-    world = SampleWorld(config)
+    writes for the same days; another world's with `config` (a benchmark's larger one)."""
+    world = SampleWorld(config or default_configs()[kind])
     table = pa.concat_tables(t for day in range(days) for t in world.events(kind, day)).to_pandas()
     if kind == "listens":
         frame = table.rename(columns={"user_id": "user", "track_id": "item", "artist_id": "group"})

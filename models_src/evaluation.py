@@ -314,17 +314,6 @@ def rating_summary(predicted: Tensor, target: Tensor) -> dict[str, float]:
     return {"rmse": rmse(predicted, target), "mae": mae(predicted, target)}
 
 
-def evaluate_parts(
-    protocol: Protocol,
-    score_users: ScoreUsers,
-    k: int = 10,
-    parts: tuple[str, ...] = HELD_OUT,
-    batch_size: int = 1024,
-) -> dict[str, SplitResult]:
-    """The same model on several parts (val and test by default), each user scored once."""
-    return protocol.evaluate_parts(score_users, parts, k, batch_size)
-
-
 def evaluation_record(
     method: str,
     val_ratio: float,

@@ -15,6 +15,7 @@ resampling is seeded, so the same vectors always give the same interval and p-va
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -78,7 +79,7 @@ class Resamples:
     ) -> list[np.ndarray]:
         """statistic(values, index) for each resample, per (values, statistic): float64 vectors of
         one length. The same numbers as drawing for each vector alone."""
-        keys = [(statistic, resamples, seed, values.tobytes()) for values, statistic in vectors]
+        keys = [(statistic, resamples, seed, _digest(values)) for values, statistic in vectors]
         missing = {
             key: pair for key, pair in zip(keys, vectors, strict=True) if key not in self._kept
         }
@@ -86,6 +87,11 @@ class Resamples:
             computed = _resampled(list(missing.values()), resamples, seed)
             self._kept.update(zip(missing, computed, strict=True))
         return [self._kept[key] for key in keys]
+
+
+def _digest(values: np.ndarray) -> tuple[int, bytes]:
+    """A vector's identity by content, without keeping a copy of it."""
+    return len(values), hashlib.blake2b(np.ascontiguousarray(values), digest_size=16).digest()
 
 
 def _resampled(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import math
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,9 +17,10 @@ from pathlib import Path
 from tasks.warehouse.validation import report_summary
 
 SPLITS = ("val", "test")
-# (stage, start, end) in time.time() seconds of every stage this process has timed: what a
-# profiler lines its own samples up with (bench/bench_scale.py: peak memory per stage).
-STAGE_WINDOWS: list[tuple[str, float, float]] = []
+# (stage, start, end) in time.time() seconds of the stages this process has timed lately: what
+# a profiler lines its own samples up with (bench/bench_scale.py: peak memory per stage).
+# Bounded, as a served deployment's process times night after night.
+STAGE_WINDOWS: deque[tuple[str, float, float]] = deque(maxlen=10_000)
 
 
 @contextmanager

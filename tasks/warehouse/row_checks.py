@@ -58,7 +58,6 @@ class RowRule:
 class RowFailures:
     """Per rule (in rule order): how many of tonight's rows fail it, and the first few values."""
 
-    rules: list[RowRule]
     counts: list[int]
     samples: list[list]
 
@@ -195,7 +194,7 @@ def count_failures(
         else []
         for rule, count in zip(rules, counts, strict=True)
     ]
-    return RowFailures(rules, counts, samples)
+    return RowFailures(counts, samples)
 
 
 def quarantine_failing_rows(
