@@ -33,7 +33,7 @@ from models_src.distributed import SINGLE_PROCESS, DataParallel
 from models_src.distributed import current as current_data_parallel
 from models_src.evaluation import Protocol, rating_summary
 from models_src.models import GATBPR, RatingModel
-from models_src.sampling import NeighborSampler, full_graph_fits
+from models_src.sampling import NeighborSampler, full_graph_fits, full_graph_step_bytes
 from models_src.seeding import run_generator, seeded_global_rng
 
 
@@ -336,7 +336,15 @@ class BPRLearner(Learner):
 
     def _sampler(self, config: TrainConfig, device: torch.device) -> NeighborSampler | None:
         """Sampled subgraphs when asked, or (auto) when a full-graph step would not fit."""
-        fits = full_graph_fits(self.edge_index.shape[1], config.heads, config.embedding_dim, device)
+        need = full_graph_step_bytes(
+            num_edges=self.edge_index.shape[1],
+            num_nodes=self.model.embedding.num_embeddings,
+            heads=config.heads,
+            channels=config.embedding_dim,
+            layers=config.num_layers,
+            attention=config.attention,
+        )
+        fits = full_graph_fits(need, device)
         if config.minibatch == "full" or (config.minibatch == "auto" and fits):
             return None
         nodes = self.model.embedding.num_embeddings

@@ -21,11 +21,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-# Peak process memory per (edge, head, channel) of full-graph GAT-BPR training: measured in
-# bench-scale (bench/results/scale.md), a worker peaked at 9.6 GB and, in a later run, 10.1 GB
-# training on ~9.5M directed edges (4.6M train pairs and the item-artist links, both ways)
-# x 1 head x 32 channels: 32-33 bytes, everything in the process included; rounded up.
-BYTES_PER_EDGE_CHANNEL = 34
+# Memory of one full-graph training step, from probes of forward + backward on this machine
+# (CPU, torch 2.13). GAT: the peak of a training worker per (edge, head, channel), everything in
+# the process included, rounded up. LightGCN (a sparse product per layer): per (node, channel,
+# layer) the activations, their gradients and the layer mean's stack, and per edge the CSR
+# matrix with gcn_norm's temporaries; both rounded up from a 9.5M-edge, 300k-node probe.
+GAT_BYTES_PER_EDGE_CHANNEL = 34
+SPMM_BYTES_PER_NODE_CHANNEL_LAYER = 12
+SPMM_BYTES_PER_EDGE = 64
 
 
 @dataclass
@@ -79,11 +82,22 @@ class NeighborSampler:
         return SampledGraph(nodes, edges, len(seeds))
 
 
-def full_graph_fits(num_edges: int, heads: int, channels: int, device: torch.device) -> bool:
-    """Would a full-graph training step fit in half the device's memory?"""
-    need = num_edges * heads * channels * BYTES_PER_EDGE_CHANNEL
+def full_graph_step_bytes(
+    num_edges: int, num_nodes: int, heads: int, channels: int, layers: int, attention: bool
+) -> int:
+    """Estimated memory of one full-graph training step. GATConv materialises a message per
+    edge, head and channel; LightGCN's sparse product keeps per layer only node-sized tables,
+    so its cost is the nodes', plus the sparse matrix's."""
+    if attention:
+        return num_edges * heads * channels * GAT_BYTES_PER_EDGE_CHANNEL
+    node_tables = num_nodes * channels * (layers + 1) * SPMM_BYTES_PER_NODE_CHANNEL_LAYER
+    return node_tables + num_edges * SPMM_BYTES_PER_EDGE
+
+
+def full_graph_fits(need_bytes: int, device: torch.device) -> bool:
+    """Would a step needing `need_bytes` fit in half the device's memory?"""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return need < free // 2
+        return need_bytes < free // 2
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return need < total // 2
+    return need_bytes < total // 2

@@ -9,7 +9,7 @@ from conftest import planted
 from models_src.config import TrainConfig
 from models_src.data import bipartite_edge_index, split_interactions
 from models_src.learners import make_learner
-from models_src.sampling import NeighborSampler, full_graph_fits
+from models_src.sampling import NeighborSampler, full_graph_fits, full_graph_step_bytes
 from models_src.trainers import AdvancedTrainer
 
 
@@ -57,5 +57,19 @@ def test_auto_keeps_small_graphs_full_and_samples_when_the_step_would_not_fit():
     splits = split_interactions(data, "hash", 0.15, 0.15)
     auto = make_learner(splits, TrainConfig(model="gat-bpr", device="cpu"), torch.device("cpu"))
     assert auto.sampler is None
-    assert full_graph_fits(10_000, 4, 32, torch.device("cpu"))  # 41 MB
-    assert not full_graph_fits(10**12, 4, 32, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    assert full_graph_fits(full_graph_step_bytes(10_000, 3_000, 4, 32, 2, True), cpu)
+    assert not full_graph_fits(full_graph_step_bytes(10**12, 10**6, 4, 32, 2, True), cpu)
+
+
+def test_lightgcn_steps_are_sized_by_nodes_not_by_edges_times_heads():
+    """A 10M-listen night's graph (9.5M directed edges, 300k nodes, 128 channels, 3 layers)
+    needs a few GB as LightGCN, where the attention estimate would ask for 165 GB."""
+    edges, nodes = 9_500_000, 300_000
+    lightgcn = full_graph_step_bytes(edges, nodes, 4, 128, 3, attention=False)
+    attention = full_graph_step_bytes(edges, nodes, 4, 128, 3, attention=True)
+    assert 1.5e9 < lightgcn < 4e9
+    assert attention > 40 * lightgcn
+    # More nodes cost more even on the same edges; heads do not matter without attention.
+    assert full_graph_step_bytes(edges, 2 * nodes, 4, 128, 3, False) > lightgcn
+    assert full_graph_step_bytes(edges, nodes, 1, 128, 3, False) == lightgcn
