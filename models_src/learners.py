@@ -82,6 +82,9 @@ class Learner(ABC):
 # Negative sampling looks train pairs up in a user x item bool mask up to this many cells
 # (64 MB), by binary search of sorted pair keys beyond it (a large catalogue).
 SEEN_MASK_MAX_CELLS = 64 * 2**20
+# A BPR step gathers (2 + negatives) embedding rows per positive, and their gradients; batches
+# past this many rows are taken in chunks of it (128 MB per gathered copy at 128 channels).
+PAIR_ROWS_PER_CHUNK = 2**18
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,49 @@ class BPRStep(nn.Module):
         """The batch's BPR loss (plus the contrastive term when configured). Node ids are
         global, or positions in `nodes` when the step runs on a sampled subgraph (then items
         are already offset past the users)."""
-        offset = self.model.num_users if nodes is None else 0
+        embedding, view = self.propagate(edge_index, nodes)
+        pairs = self.pair_loss(embedding, users, positives, negatives, nodes)
+        return pairs + self.batch_terms(embedding, view, users, positives, negatives, nodes)
+
+    def backward_in_chunks(
+        self,
+        edge_index: Tensor,
+        users: Tensor,
+        positives: Tensor,
+        negatives: Tensor,
+        nodes: Tensor | None,
+        chunk: int,
+    ) -> Tensor:
+        """`forward(...).backward()` with the pair terms taken `chunk` positives at a time;
+        returns the loss. The propagation runs once: its output is cut from the graph, each
+        chunk's loss sends its gradient back to that cut, and the summed gradient then goes
+        through the propagation once. The same gradients as one backward, while the gathered
+        (positives x negatives x channels) embeddings exist for one chunk at a time: on large
+        data the batch grows with it (max_steps_per_epoch), and with it those tensors.
+
+        Not under DistributedDataParallel, whose gradient hooks need the backward of the
+        forward's own output; there each process's shard of the batch bounds them instead."""
+        embedding, view = self.propagate(edge_index, nodes)
+        cut = embedding.detach().requires_grad_()
+        cut_view = view.detach().requires_grad_() if self.contrast else view
+        total = torch.zeros((), device=embedding.device)
+        for start in range(0, len(users), chunk):
+            part = slice(start, start + chunk)
+            share = len(users[part]) / len(users)  # the pair loss is a mean over the batch
+            loss = share * self.pair_loss(cut, users[part], positives[part], negatives[part], nodes)
+            loss.backward()
+            total += loss.detach()
+        rest = self.batch_terms(cut, cut_view, users, positives, negatives, nodes)
+        rest.backward()
+        roots, grads = [embedding], [cut.grad]
+        if self.contrast and cut_view.grad is not None:
+            roots.append(view)
+            grads.append(cut_view.grad)
+        torch.autograd.backward(roots, grads)
+        return total + rest.detach()
+
+    def propagate(self, edge_index: Tensor, nodes: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The propagated embedding of every node and the contrastive view (fp32)."""
         contrast = self.contrast
         with training_autocast(edge_index.device, self.precision):
             embedding, view = self.model.perturbed_embedding(
@@ -148,23 +193,46 @@ class BPRStep(nn.Module):
                 generator=self.generator,
             )
         # No-ops in fp32 (the same tensors); under bf16 the loss is computed in fp32.
-        embedding, view = embedding.float(), view.float()
+        return embedding.float(), view.float()
+
+    def pair_loss(
+        self,
+        embedding: Tensor,
+        users: Tensor,
+        positives: Tensor,
+        negatives: Tensor,
+        nodes: Tensor | None,
+    ) -> Tensor:
+        """The ranking term: each positive against its sampled negatives, averaged."""
+        offset = self.model.num_users if nodes is None else 0
         # F.embedding: its backward sums repeated rows faster on CPU than indexing's index_put.
         user_emb = F.embedding(users, embedding)
         pos_emb = F.embedding(offset + positives, embedding)
         neg_emb = F.embedding(offset + negatives, embedding)
+        if self.temperature is not None:
+            return self.model.softmax_loss(user_emb, pos_emb, neg_emb, self.temperature)
+        pos_scores = (user_emb * pos_emb).sum(-1)
+        neg_scores = torch.bmm(neg_emb, user_emb.unsqueeze(2)).squeeze(2)
+        if self.hard_negatives:
+            neg_scores = neg_scores.max(dim=1).values
+        return self.model.ranking_loss(pos_scores, neg_scores)
+
+    def batch_terms(
+        self,
+        embedding: Tensor,
+        view: Tensor,
+        users: Tensor,
+        positives: Tensor,
+        negatives: Tensor,
+        nodes: Tensor | None,
+    ) -> Tensor:
+        """What the whole batch adds once: L2 on the layer-0 embeddings it used, and the
+        contrastive term on (a sample of) its distinct nodes."""
+        offset = self.model.num_users if nodes is None else 0
         layer0 = self.model.embedding.weight if nodes is None else self.model.embedding(nodes)
         used = torch.cat([users, offset + positives, offset + negatives.flatten()])
-        penalty = self.model.l2_penalty_of_nodes(layer0, used, len(users))
-        if self.temperature is not None:
-            loss = self.model.softmax_loss(user_emb, pos_emb, neg_emb, self.temperature)
-        else:
-            pos_scores = (user_emb * pos_emb).sum(-1)
-            neg_scores = torch.bmm(neg_emb, user_emb.unsqueeze(2)).squeeze(2)
-            if self.hard_negatives:
-                neg_scores = neg_scores.max(dim=1).values
-            loss = self.model.ranking_loss(pos_scores, neg_scores)
-        loss = loss + self.l2 * penalty
+        loss = self.l2 * self.model.l2_penalty_of_nodes(layer0, used, len(users))
+        contrast = self.contrast
         if contrast is None:
             return loss
         terms = [
@@ -315,11 +383,10 @@ class BPRLearner(Learner):
             mine = self.parallel.shard(len(batch))
             # Weighted so the processes' mean is the whole batch's mean, shards of any size.
             share = (mine.stop - mine.start) * self.parallel.world_size / len(batch)
-            loss = share * self._step_loss(users[mine], positives[mine], negatives[mine])
             optimizer.zero_grad()
-            loss.backward()
+            loss = self._backward(users[mine], positives[mine], negatives[mine], share)
             optimizer.step()
-            total += float(self.parallel.mean(loss.detach()))
+            total += float(self.parallel.mean(loss))
             steps += 1
         return total / max(steps, 1)
 
@@ -351,16 +418,33 @@ class BPRLearner(Learner):
         fanouts = [config.fanout] * config.num_layers
         return NeighborSampler(self.edge_index, nodes, fanouts, config.seed + self.parallel.rank)
 
+    def _backward(
+        self, users: Tensor, positives: Tensor, negatives: Tensor, share: float
+    ) -> Tensor:
+        """One step's loss (times `share`), its gradients accumulated on the parameters. A
+        batch too large to gather at once is taken in chunks (`BPRStep.backward_in_chunks`)."""
+        chunk = max(1, PAIR_ROWS_PER_CHUNK // (2 + negatives.shape[1]))
+        if self.parallel.enabled or len(users) <= chunk:
+            loss = share * self._step_loss(users, positives, negatives)
+            loss.backward()
+            return loss.detach()
+        return self.step.backward_in_chunks(*self._step_inputs(users, positives, negatives), chunk)
+
     def _step_loss(self, users: Tensor, positives: Tensor, negatives: Tensor) -> Tensor:
+        return self.step(*self._step_inputs(users, positives, negatives))
+
+    def _step_inputs(self, users: Tensor, positives: Tensor, negatives: Tensor) -> tuple:
+        """(edge_index, users, positives, negatives, nodes) of the step: the whole graph with
+        global ids, or a subgraph sampled around the batch with positions in its `nodes`."""
         if self.sampler is None:
-            return self.step(self.edge_index, users, positives, negatives)
+            return self.edge_index, users, positives, negatives, None
         offset = self.num_users
         seeds = torch.cat([users, offset + positives, offset + negatives.flatten()])
         graph = self.sampler.sample(seeds)
         nodes = graph.nodes.to(self.device)
         local = torch.empty(int(nodes.max()) + 1, dtype=torch.long, device=self.device)
         local[nodes] = torch.arange(len(nodes), device=self.device)
-        return self.step(
+        return (
             graph.edge_index.to(self.device),
             local[users],
             local[offset + positives],

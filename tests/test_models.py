@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -25,6 +26,7 @@ from models_src.data import (
     time_cuts,
     time_split,
 )
+from models_src import learners as learners_module
 from models_src.learners import BPRLearner, Learner, RatingLearner, make_learner
 from models_src.models import GATBPR
 from models_src.trainers import AdvancedTrainer, improved
@@ -119,10 +121,13 @@ def test_day_hash_split_keeps_whole_days_together():
 
 
 def test_bipartite_graph_is_undirected_with_group_nodes():
-    data = Interactions(np.array([0, 0, 1]), np.array([0, 1, 1]), 2, 2, item_group=np.array([0, 0]))
-    edges = set(map(tuple, bipartite_edge_index(data).T.tolist()))
-    # users 0-1, items 2-3, group node 4
-    assert edges == {(0, 2), (2, 0), (0, 3), (3, 0), (1, 3), (3, 1), (2, 4), (4, 2), (3, 4), (4, 3)}
+    # user 1 listened to item 1 twice: one edge each way
+    data = Interactions(
+        np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1]), 2, 2, item_group=np.array([0, 0])
+    )
+    edges = bipartite_edge_index(data).T.tolist()
+    # users 0-1, items 2-3, group node 4; each edge once, sorted by (source, target)
+    assert edges == [[0, 2], [0, 3], [1, 3], [2, 0], [2, 4], [3, 0], [3, 1], [3, 4], [4, 2], [4, 3]]
 
 
 # --- models -------------------------------------------------------------------------------
@@ -236,6 +241,58 @@ def test_gat_bpr_variants_learn_the_planted_structure(variant):
     for epoch in range(config.epochs):
         learner.train_epoch(optimizer, epoch)
     assert learner.evaluate("val")["recall@10"] > 0.45
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {},
+        {"cl_weight": 0.1, "cl_eps": 0.1},
+        {"loss": "softmax"},
+        {"hard_negatives": True, "attention": True},
+        {"minibatch": "sampled"},
+    ],
+    ids=["bpr", "xsimgcl", "sampled-softmax", "hard-negatives-gat", "sampled-subgraph"],
+)
+def test_a_step_taken_in_chunks_has_the_one_shot_loss_and_gradients(variant):
+    config = TrainConfig(embedding_dim=8, heads=2, negatives=4, seed=3, **variant)
+    learners = [BPRLearner(tiny_splits(planted()), config, torch.device("cpu")) for _ in range(2)]
+    users, positives = learners[0].users[:200], learners[0].items[:200]
+    negatives = learners[0].sample_negatives(users)
+    learners[1].generator.set_state(learners[0].generator.get_state())  # the same noise
+    losses, grads = [], []
+    for learner, chunked in zip(learners, (False, True), strict=True):
+        learner.model.train()
+        step_inputs = learner._step_inputs(users, positives, negatives)
+        if chunked:  # 200 positives in chunks of 64, 64, 64 and 8
+            loss = learner.step.backward_in_chunks(*step_inputs, chunk=64)
+        else:
+            loss = learner.step(*step_inputs)
+            loss.backward()
+        losses.append(float(loss))
+        grads.append(
+            {n: p.grad.clone() for n, p in learner.model.named_parameters() if p.grad is not None}
+        )
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-7, rtol=1e-4, msg=name)
+
+
+def test_large_batches_are_taken_in_chunks(monkeypatch):
+    """train_epoch goes through backward_in_chunks once a batch exceeds the chunk."""
+    config = TrainConfig(embedding_dim=8, negatives=4, batch_size=512, epochs=1)
+    learner = BPRLearner(tiny_splits(planted()), config, torch.device("cpu"))
+    chunks = []
+    original = learner.step.backward_in_chunks
+    monkeypatch.setattr(learners_module, "PAIR_ROWS_PER_CHUNK", 6 * 100)
+    monkeypatch.setattr(
+        learner.step,
+        "backward_in_chunks",
+        lambda *args: chunks.append(args[-1]) or original(*args),
+    )
+    loss = learner.train_epoch(torch.optim.Adam(learner.model.parameters()), 0)
+    assert math.isfinite(loss) and chunks and set(chunks) == {100}
 
 
 def test_rating_model_learns_and_clips_predictions():
