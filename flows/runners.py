@@ -39,7 +39,7 @@ def dask_task_runner(settings: TaskRunnerParams) -> TaskRunner:
 def _api_url() -> str:
     """The API this flow reports to. Without PREFECT_API_URL (ephemeral mode: `make run`,
     `encore nightly`), each worker would otherwise start a Prefect server of its own: seconds of
-    CPU per worker on the cores it is meant to score with (measured: 3 servers for 2 workers)."""
+    CPU per worker on the cores it is meant to score with."""
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:

@@ -32,8 +32,8 @@ from models_src.data import Interactions
 
 LAMBDAS = (50.0, 200.0, 800.0)  # EASE^R's L2 weight; brackets what bench-train chose on val
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # the item-item share; 0 = the embeddings alone
-# users x items x items of one full batch scoring (dense history rows times B): ~1e12 is about
-# 10 s of onnxruntime on 2 cores.
+# The blend's cap: users x items x items multiply-adds of one full batch scoring (dense history
+# rows times B), past which the item-item term would outweigh the rest of the night's scoring.
 MAX_SCORING_MULTIPLY_ADDS = 5e12
 STD_FLOOR = 1e-9  # a user with no history has a constant item-item row: it contributes zeros
 
@@ -72,7 +72,8 @@ def _symmetric_inverse_in_place(matrix: np.ndarray, block: int = 2048) -> np.nda
     """The inverse of a symmetric positive definite Fortran-ordered float32 matrix, in its own
     memory: LAPACK's Cholesky factorisation and inverse (spotrf, spotri) through scipy, then the
     lower triangle mirrored block by block. torch.linalg's cholesky + cholesky_inverse take two
-    more copies of the matrix (4.8 GB more at 20k items) and were 1.4x slower on Last.fm."""
+    more copies of the matrix (items² x 4 bytes each), and the largest catalogue the blend is
+    built for is bounded by this matrix's memory."""
     from scipy.linalg import lapack
 
     factor, info = lapack.spotrf(matrix, lower=1, overwrite_a=1, clean=0)

@@ -69,7 +69,7 @@ def configure_environment(home: EncoreHome | None = None) -> EncoreHome:
         "GX_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         # The temporary server of `encore nightly` creates its database on a fresh data home,
-        # which on a 2-core machine takes about as long as Prefect's 20 s default wait.
+        # which on a small machine can outlast Prefect's 20 s default wait.
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     }
     for name, value in defaults.items():

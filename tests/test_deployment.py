@@ -438,7 +438,7 @@ def test_the_prefect_ui_shows_the_completed_run_and_its_report(deployed, tmp_pat
     run_page = chromium_dom(
         f"{deployed.ui}/runs/flow-run/{deployed.run_id}", tmp_path, tmp_path / "flow-run.png"
     )
-    assert "state--completed" in run_page and ">Completed<" in run_page
+    assert ">Completed<" in run_page  # the state badge's text
     assert re.search(r"<title>Flow Run: nightly \d{4}-\d\d-\d\d", run_page)
     assert (tmp_path / "flow-run.png").stat().st_size > 10_000
 

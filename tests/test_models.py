@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from models_src import learners as learners_module
 from models_src import train_improved
 from models_src.checkpoint import load_checkpoint
 from models_src.config import TrainConfig
@@ -26,7 +27,6 @@ from models_src.data import (
     time_cuts,
     time_split,
 )
-from models_src import learners as learners_module
 from models_src.learners import BPRLearner, Learner, RatingLearner, make_learner
 from models_src.models import GATBPR
 from models_src.trainers import AdvancedTrainer, improved

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 from uuid import UUID
 
@@ -31,6 +30,7 @@ from prefect.context import TaskRunContext
 from flows.nightly import NightlyRunFailed, nightly_retrain
 from flows.params import DEFAULT_PARAMS, NightlyParams
 from models_src.config import tuned_defaults
+from tasks import lock as lock_module
 from tasks.home import EncoreHome
 from tasks.lock import LockHeld, exclusive_lock
 from tasks.train import TrainingProgress
@@ -422,29 +422,38 @@ def test_a_second_run_on_the_same_home_is_skipped_or_waits(night_home):
     assert not night_home.warehouse.exists()  # nothing ingested, nothing trained
 
 
-def test_the_lock_waits_for_its_holder_then_names_it_when_it_gives_up(tmp_path):
+def test_the_lock_waits_for_its_holder_then_names_it_when_it_gives_up(tmp_path, monkeypatch):
     path = tmp_path / "nightly.lock"
-    released = threading.Event()
+    held, release = threading.Event(), threading.Event()
 
-    def hold_for_a_moment() -> None:
+    def hold_until_released() -> None:
         with exclusive_lock(path, "first run"):
-            released.wait(5)
-            time.sleep(0.3)
+            held.set()
+            release.wait(60)
 
-    holder = threading.Thread(target=hold_for_a_moment)
+    holder = threading.Thread(target=hold_until_released)
     holder.start()
-    time.sleep(0.1)
+    assert held.wait(60)
     with (
         pytest.raises(LockHeld, match=r"first run \(pid \d+"),
-        exclusive_lock(path, "second run", wait_seconds=0.2),
+        exclusive_lock(path, "second run", wait_seconds=0),
     ):
         pass
-    released.set()
-    started = time.monotonic()
-    with exclusive_lock(path, "second run", wait_seconds=10):
-        waited = time.monotonic() - started
-    holder.join()
-    assert 0.1 < waited < 5
+    # The holder lets go only once the waiter has found the lock taken and started to wait:
+    # its wait between two tries is the signal.
+    waits: list[float] = []
+    real_sleep = lock_module.time.sleep
+
+    def wait_between_tries(seconds: float) -> None:
+        waits.append(seconds)
+        release.set()
+        real_sleep(seconds)
+
+    monkeypatch.setattr(lock_module.time, "sleep", wait_between_tries)
+    with exclusive_lock(path, "second run", wait_seconds=60):
+        pass
+    holder.join(60)
+    assert waits and not holder.is_alive()
 
 
 def test_params_refuse_unknown_knobs():

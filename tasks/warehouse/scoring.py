@@ -174,10 +174,9 @@ def plan_scoring(con: duckdb.DuckDBPyConnection, dataset: str, work_dir: Path) -
     )
 
 
-# Scores of one chunk (users x items, float32) sized to stay in a shared L3 cache: scoring is
-# memory-bound, and 2048-user chunks of a 37k-item catalogue (300 MB) ran 1.5x slower per user
-# than 256-user ones (measured on the 2-core EPYC, 32 MB L3), and twice slower when 2 workers
-# scored side by side.
+# Scores of one chunk (users x items, float32), sized to stay in a shared L3 cache: scoring is
+# memory-bound, so chunks past the cache score each user slower, and two workers scoring side by
+# side share that cache.
 CHUNK_SCORES = 8_000_000
 
 
