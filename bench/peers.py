@@ -4,8 +4,9 @@ Ranking peers (MostPopular, PyG LightGCN, implicit ALS / BPR) return val and tes
 `ranking_eval` (Encore's evaluation module), so a difference between two rows is the model's, not
 the protocol's: full ranking over all items, train items excluded on val, train and val items
 excluded on test. Rating peers
-(global mean, bias baseline, Surprise SVD, PyTorch MF with biases) return RMSE/MAE on val and test
-with predictions clipped to the train rating range.
+(global mean, bias baseline, Surprise SVD and SVD++) return RMSE/MAE on val and test with
+predictions clipped to the train rating range. None of them is Encore's code: a peer written with
+Encore's own model (embeddings and biases under MSE) would compare Encore with itself.
 
 Every hyper-parameter choice is made on val only; test is reported for the chosen setting.
 
@@ -609,12 +610,35 @@ def bias_baseline(
 def surprise_svd(
     split: dict[str, Interactions], seed: int = 0, grid: list[dict[str, Any]] | None = None
 ) -> dict[str, Any]:
-    """Surprise's SVD (biased MF by SGD), its defaults unless a grid is given (chosen on val).
+    """Surprise's SVD (Funk's biased MF by SGD), its defaults unless a grid is given."""
+    from surprise import SVD
+
+    return _surprise("Surprise SVD", SVD, split, seed, grid)
+
+
+def surprise_svdpp(
+    split: dict[str, Interactions], seed: int = 0, grid: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """Surprise's SVD++ (Koren 2008: SVD plus each user's implicit feedback, the items they
+    rated), its defaults unless a grid is given."""
+    from surprise import SVDpp
+
+    return _surprise("Surprise SVD++", SVDpp, split, seed, grid)
+
+
+def _surprise(
+    name: str,
+    algorithm: type,
+    split: dict[str, Interactions],
+    seed: int,
+    grid: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """A Surprise algorithm fitted on train for each grid setting, the best val RMSE kept.
 
     Raw ids are our dense indices; `predict` maps them to Surprise's inner ids and falls back to
     the global mean (plus whichever bias is known) for users or items missing from train."""
     import pandas as pd
-    from surprise import SVD, Dataset, Reader
+    from surprise import Dataset, Reader
 
     train = split["train"]
     scale = _scale(train)
@@ -623,7 +647,7 @@ def surprise_svd(
     tried, best = [], None
     for params in grid or [{}]:
         started = time.perf_counter()
-        algo = SVD(random_state=seed, **params)
+        algo = algorithm(random_state=seed, **params)
         algo.fit(trainset)
         seconds = time.perf_counter() - started
 
@@ -637,88 +661,7 @@ def surprise_svd(
             best = (score, params, predict, seconds)
     _, params, predict, seconds = best
     tuning = {"grid": tried, "chosen": params}
-    return _rating_result("Surprise SVD", predict, split, seconds, tuning=tuning)
-
-
-class _BiasedMF(torch.nn.Module):
-    """r̂ = mu + b_u + b_i + p_u · q_i."""
-
-    def __init__(self, n_users: int, n_items: int, dim: int, mu: float) -> None:
-        super().__init__()
-        self.user = torch.nn.Embedding(n_users, dim)
-        self.item = torch.nn.Embedding(n_items, dim)
-        self.user_bias = torch.nn.Embedding(n_users, 1)
-        self.item_bias = torch.nn.Embedding(n_items, 1)
-        for table in (self.user, self.item):
-            torch.nn.init.normal_(table.weight, std=0.01)
-        for table in (self.user_bias, self.item_bias):
-            torch.nn.init.zeros_(table.weight)
-        self.register_buffer("mu", torch.tensor(mu))
-
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        dot = (self.user(users) * self.item(items)).sum(-1)
-        bias = self.user_bias(users).squeeze(-1) + self.item_bias(items).squeeze(-1)
-        return self.mu + bias + dot
-
-    def penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """L2 on the rows a batch touches (per-example weight decay, as SGD MF does), so rare
-        users are not shrunk once per step whether or not they appear."""
-        parts = (self.user(users), self.item(items), self.user_bias(users), self.item_bias(items))
-        return sum(p.pow(2).sum(-1) for p in parts).mean()
-
-
-def _mf_predict(model: _BiasedMF, data: Interactions) -> np.ndarray:
-    with torch.no_grad():
-        users, items = torch.from_numpy(data.user), torch.from_numpy(data.item)
-        return model(users, items).double().numpy()
-
-
-def mf_biases(
-    split: dict[str, Interactions],
-    seed: int = 0,
-    dim: int = 50,
-    lr: float = 3e-3,
-    weight_decay: float = 0.05,
-    batch_size: int = 1024,
-    max_epochs: int = 100,
-    patience: int = 5,
-) -> dict[str, Any]:
-    """Plain PyTorch matrix factorization with biases: MSE + L2, Adam, early stopping on val
-    RMSE with the best weights restored."""
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    train, val = split["train"], split["val"]
-    scale = _scale(train)
-    users, items = torch.from_numpy(train.user), torch.from_numpy(train.item)
-    target = torch.from_numpy(train.rating.astype(np.float32))
-    model = _BiasedMF(train.num_users, train.num_items, dim, float(target.mean()))
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-
-    def run_epoch() -> None:
-        order = torch.randperm(len(users), generator=generator)
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            u, i = users[batch], items[batch]
-            loss = torch.mean((model(u, i) - target[batch]) ** 2)
-            loss = loss + weight_decay * model.penalty(u, i)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-    def val_rmse() -> float:
-        return _rating_metrics(_mf_predict(model, val), val, scale)["rmse"]
-
-    run = _early_stopping(run_epoch, val_rmse, model, max_epochs, patience, False)
-    return _rating_result(
-        "MF with biases (PyTorch)",
-        lambda data: _mf_predict(model, data),
-        split,
-        run["seconds"],
-        seconds_per_epoch=run["seconds_per_epoch"],
-        time_to_best_val_seconds=run["time_to_best"],
-        epochs=run["epochs"],
-        best_epoch=run["best_epoch"],
-    )
+    return _rating_result(name, predict, split, seconds, tuning=tuning)
 
 
 RANKING_PEERS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -736,5 +679,5 @@ RATING_PEERS: dict[str, Callable[..., dict[str, Any]]] = {
     "GlobalMean": global_mean,
     "BiasBaseline": bias_baseline,
     "Surprise SVD": surprise_svd,
-    "MF with biases (PyTorch)": mf_biases,
+    "Surprise SVD++": surprise_svdpp,
 }

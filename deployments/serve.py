@@ -26,9 +26,7 @@ from flows.batch_score import batch_score  # noqa: E402
 from flows.nightly import nightly_retrain  # noqa: E402
 from flows.tune import tune  # noqa: E402
 
-ONE_AT_A_TIME = ConcurrencyLimitConfig(
-    limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
-)
+ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
 
 def main() -> None:
