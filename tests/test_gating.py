@@ -17,13 +17,13 @@ from models_src.gate import GateThresholds
 from models_src.learners import make_learner
 from models_src.runs import fit_baselines_run, load_baseline, refit_run, train_run
 from models_src.trainers import AdvancedTrainer
-from tasks.warehouse.export import export_interactions
-from tasks.warehouse.gating import Night, gate_version
-from tasks.warehouse.ingest import ingest_file, open_snapshot, register_dataset
-from tasks.warehouse.publish import build_scorer, publish_run
-from tasks.warehouse.refit import publish_serving_refit
-from tasks.warehouse.registry import champion, serving_version, version_row
-from tasks.warehouse.validation import ValidationThresholds, validate_snapshot
+from tasks.gate.gating import Night, gate_version
+from tasks.ingest.load import ingest_file, open_snapshot, register_dataset
+from tasks.refit.refit import publish_serving_refit
+from tasks.registry.publish import build_scorer, publish_run
+from tasks.registry.registry import champion, serving_version, version_row
+from tasks.train.export import export_interactions
+from tasks.validate.validation import ValidationThresholds, validate_snapshot
 
 
 def planted_listens(con, write_file) -> Path:
