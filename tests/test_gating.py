@@ -172,22 +172,19 @@ def test_serving_refit_is_registered_and_a_collapsed_one_refused(con, home, writ
     assert serving_version(con, champion(con, "ranking", "listens"))["version"] == row["version"]
     # A refit whose embeddings collapsed to one vector ranks no better than chance.
     state = load_checkpoint(Path(refit["run_dir"]) / "best_model.pt")
-    state["model"]["embedding.weight"][:] = 0.1
-    collapsed = home.root / "runs" / "collapsed"
-    collapsed.mkdir()
-    save_checkpoint(collapsed / "best_model.pt", state)
-    refused = publish_serving_refit(
-        con, first, {"run_dir": str(collapsed)}, export, home.root / "models", thresholds
-    )
-    assert "it looks collapsed" in refused["refused"]
-    state["model"]["embedding.weight"][0, 0] = float("nan")
-    broken = home.root / "runs" / "nan"
-    broken.mkdir()
-    save_checkpoint(broken / "best_model.pt", state)
-    refused = publish_serving_refit(
-        con, first, {"run_dir": str(broken)}, export, home.root / "models", thresholds
-    )
-    assert "NaN or infinite" in refused["refused"]
+    broken_embeddings = {
+        "collapsed": ((slice(None),), 0.1, "it looks collapsed"),
+        "nan": ((0, 0), float("nan"), "NaN or infinite"),  # on top of the collapse
+    }
+    for name, (cells, value, refusal) in broken_embeddings.items():
+        state["model"]["embedding.weight"][cells] = value
+        run_dir = home.root / "runs" / name
+        run_dir.mkdir()
+        save_checkpoint(run_dir / "best_model.pt", state)
+        refused = publish_serving_refit(
+            con, first, {"run_dir": str(run_dir)}, export, home.root / "models", thresholds
+        )
+        assert refusal in refused["refused"]
 
 
 def test_served_model_scores_unknown_ids_as_it_would_serve_them():
