@@ -68,8 +68,8 @@ def run_bare(path: Path, workdir: Path, memory_limit: str) -> dict:
 
 
 def run_encore(path: Path, workdir: Path, memory_limit: str) -> dict:
-    from tasks.sources import PRESETS, DatasetSpec
-    from tasks.warehouse.ingest import ingest_file, open_snapshot, register_dataset
+    from tasks.ingest.load import ingest_file, open_snapshot, register_dataset
+    from tasks.ingest.sources import PRESETS, DatasetSpec
     from tasks.warehouse.schema import connect
 
     con = connect(workdir / "encore.duckdb", memory_limit=memory_limit, temp_dir=workdir / "tmp")
@@ -94,8 +94,8 @@ def run_encore(path: Path, workdir: Path, memory_limit: str) -> dict:
 
 
 def run_validate(workdir: Path, snapshot_id: int, memory_limit: str) -> dict:
+    from tasks.validate.validation import validate_snapshot
     from tasks.warehouse.schema import connect
-    from tasks.warehouse.validation import validate_snapshot
 
     con = connect(workdir / "encore.duckdb", memory_limit=memory_limit, temp_dir=workdir / "tmp")
     started = time.perf_counter()

@@ -72,8 +72,8 @@ def prepare_home(root: Path, workload: str) -> None:
 def ingest_and_validate(con, specs, params, reports: Path) -> None:
     """Every dataset's landing files into the warehouse, then its snapshot validated (the
     warehouse calls the `ingest` flow makes, without Prefect)."""
-    from tasks.warehouse.ingest import ingest_file, open_snapshot, register_dataset
-    from tasks.warehouse.validation import validate_snapshot
+    from tasks.ingest.load import ingest_file, open_snapshot, register_dataset
+    from tasks.validate.validation import validate_snapshot
 
     for spec in specs:
         register_dataset(con, spec)
@@ -90,14 +90,14 @@ def direct_night(home, params) -> tuple[dict[str, float], list[dict]]:
     from models_src.learners import prepare_learner
     from models_src.runs import fit_baselines_run
     from models_src.trainers import AdvancedTrainer
-    from tasks.nightly import DEFAULT_MODELS
-    from tasks.report import stage_clock
-    from tasks.sources import load_datasets
-    from tasks.warehouse.export import export_interactions
-    from tasks.warehouse.gating import gate_version
-    from tasks.warehouse.publish import publish_run
+    from tasks.gate.gating import gate_version
+    from tasks.ingest.sources import load_datasets
+    from tasks.registry.publish import publish_run
+    from tasks.report.report import stage_clock
+    from tasks.score.scoring import score_dataset
+    from tasks.train.export import export_interactions
+    from tasks.train.plan import DEFAULT_MODELS
     from tasks.warehouse.schema import warehouse
-    from tasks.warehouse.scoring import score_dataset
 
     timings: dict[str, float] = {}
     models = []
@@ -154,8 +154,8 @@ def _serving_refit(con, home, verdict, version, files, export, run_dir, threshol
     """What the flow does after a promotion: refit the new champion on all of the snapshot,
     check it and register it."""
     from models_src.runs import refit_baseline_run, refit_run
-    from tasks.warehouse.refit import publish_serving_refit
-    from tasks.warehouse.registry import champion, version_row
+    from tasks.refit.refit import publish_serving_refit
+    from tasks.registry.registry import champion, version_row
 
     row = champion(con, version_row(con, version)["slot"], export["dataset"])
     out = run_dir.with_name(run_dir.name + "-serving")

@@ -135,7 +135,7 @@ def generate(home: Path, listens: int, ratings: int) -> dict:
 def night(home: Path, workers: int) -> dict:
     from flows.nightly import nightly_retrain
     from flows.params import NightlyParams
-    from tasks.report import STAGE_WINDOWS
+    from tasks.report.report import STAGE_WINDOWS
 
     params = NightlyParams.model_validate(
         {**SCALE_PARAMS, "task_runner": {"kind": "dask", "workers": workers}}

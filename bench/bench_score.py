@@ -80,7 +80,7 @@ def run_engine(catalog: str, engine: str) -> dict:
     import torch
 
     from models_src.onnx_export import TopKScorer, export_scorer
-    from tasks.warehouse.scoring import open_session
+    from tasks.score.scoring import open_session
 
     users, items, dim = CATALOGS[catalog]
     user_emb, item_emb = embeddings(users, items, dim)

@@ -4,6 +4,8 @@
     python -m bench.bench_train --datasets ml-100k-implicit --models "Encore GAT-BPR"
     python -m bench.bench_train --models "Encore GAT-BPR" "LightGCN (PyG)" --device cuda \
         --precision bf16 --out train_cuda_bf16      # on a GPU: bench/results/train_cuda_bf16.*
+    python -m bench.bench_train --datasets ml-100k-ratings --models "Surprise SVD++" --update
+                                                     # rerun some rows of train.json in place
 
 Ranking (Recall@10, NDCG@10, seconds per epoch, time to best val, peak RSS) on ml-100k as
 implicit feedback and HetRec Last.fm; ratings (test RMSE, MAE) on ml-100k. When ../shared/data
@@ -377,6 +379,12 @@ def main() -> None:
     parser.add_argument(
         "--precision", choices=["fp32", "bf16"], default="fp32", help="the same models' arithmetic"
     )
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="replace (or add) the rows of the (dataset, model) pairs run in the --out results, "
+        "keeping the others, and drop rows of models no longer in the bench",
+    )
     parser.add_argument("--child", nargs=2, metavar=("DATASET", "MODEL"), help=argparse.SUPPRESS)
     parser.add_argument(
         "--readme", type=Path, help="only rewrite this README's quality table from train.json"
@@ -389,13 +397,36 @@ def main() -> None:
         result = run_one(*args.child, args.seed, args.device, args.precision)
         print(json.dumps(result, default=float))
         return
+    jobs = plan(args.datasets, args.models)
+    kept = kept_rows(args.output, jobs) if args.update else []
     results = []
-    for dataset, model in plan(args.datasets, args.models):
+    for dataset, model in jobs:
         print(f"running {model} on {dataset} ...", flush=True)
         results.append(in_child(dataset, model, args.seed, args.device, args.precision))
-        write(results, args.output)  # after each model: a run cut short keeps what it finished
-    write(results, args.output)
-    print(markdown(results))
+        # after each model: a run cut short keeps what it finished
+        write(in_plan_order(kept + results), args.output)
+    print(markdown(in_plan_order(kept + results)))
+
+
+def kept_rows(stem: str, rerun: list[tuple[str, str]]) -> list[dict]:
+    """The rows of bench/results/<stem>.json that `--update` keeps: those of models still in
+    the bench (every dataset and model), other than the ones being rerun."""
+    path = RESULTS / f"{stem}.json"
+    if not path.exists():
+        return []
+    current = set(plan(None, None))
+    return [
+        row
+        for row in json.loads(path.read_text())
+        if (row["dataset"], row["model"]) in current
+        and (row["dataset"], row["model"]) not in set(rerun)
+    ]
+
+
+def in_plan_order(rows: list[dict]) -> list[dict]:
+    """Rows in the order a full run writes them (datasets, then peers before Encore)."""
+    order = {job: position for position, job in enumerate(plan(None, None))}
+    return sorted(rows, key=lambda row: order.get((row["dataset"], row["model"]), len(order)))
 
 
 def write(results: list[dict], stem: str) -> None:

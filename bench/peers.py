@@ -565,43 +565,28 @@ def global_mean(split: dict[str, Interactions], seed: int = 0) -> dict[str, Any]
     return _rating_result("GlobalMean", lambda data: np.full(len(data), mu), split, seconds)
 
 
-def _fit_biases(
-    train: Interactions, reg: float, passes: int = 10
-) -> tuple[float, np.ndarray, np.ndarray]:
-    """Regularized user and item biases around the global mean by alternating least squares
-    (Koren's baseline predictor): each pass solves items given users, then users given items."""
-    ratings = train.rating.astype(np.float64)
-    mu = float(ratings.mean())
-    b_user, b_item = np.zeros(train.num_users), np.zeros(train.num_items)
-    n_user = np.bincount(train.user, minlength=train.num_users)
-    n_item = np.bincount(train.item, minlength=train.num_items)
-    for _ in range(passes):
-        residual = ratings - mu - b_user[train.user]
-        b_item = np.bincount(train.item, residual, train.num_items) / (reg + n_item)
-        residual = ratings - mu - b_item[train.item]
-        b_user = np.bincount(train.user, residual, train.num_users) / (reg + n_user)
-    return mu, b_user, b_item
-
-
 def bias_baseline(
-    split: dict[str, Interactions], seed: int = 0, regs: tuple[float, ...] = (1, 3, 10, 25)
+    split: dict[str, Interactions], seed: int = 0, regs: tuple[float, ...] | None = None
 ) -> dict[str, Any]:
-    """mu + b_u + b_i with the regularization chosen on val RMSE."""
+    """The gate's own bias baseline (models_src/baselines.py: mu + b_u + b_i, Koren's baseline
+    predictor) with the regularization chosen on val RMSE: a baseline, not a peer written to be
+    independent of Encore, so the table shows what the nightly's rating gate compares against."""
+    from models_src.baselines import BIAS_REGULARIZATION, predict_ratings
+    from models_src.baselines import bias_baseline as fit_bias_baseline
+
     train, val = split["train"], split["val"]
     scale = _scale(train)
     tried, best = [], None
-    for reg in regs:
-        started = time.perf_counter()
-        mu, b_user, b_item = _fit_biases(train, reg)
-        seconds = time.perf_counter() - started
+    for reg in regs or BIAS_REGULARIZATION:
+        fitted = fit_bias_baseline(train, reg)
 
-        def predict(data: Interactions, mu=mu, b_user=b_user, b_item=b_item) -> np.ndarray:
-            return mu + b_user[data.user] + b_item[data.item]
+        def predict(data: Interactions, fitted=fitted) -> np.ndarray:
+            return predict_ratings(fitted, data).numpy()
 
         score = _rating_metrics(predict(val), val, scale)["rmse"]
-        tried.append({"reg": reg, "val_rmse": score, "train_seconds": seconds})
+        tried.append({"reg": reg, "val_rmse": score, "train_seconds": fitted.seconds})
         if best is None or score < best[0]:
-            best = (score, reg, predict, seconds)
+            best = (score, reg, predict, fitted.seconds)
     _, reg, predict, seconds = best
     tuning = {"grid": tried, "chosen": {"reg": reg}}
     return _rating_result("BiasBaseline", predict, split, seconds, tuning=tuning)

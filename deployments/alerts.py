@@ -3,9 +3,9 @@
 With ENCORE_ALERT_URL set, it creates or replaces, on the Prefect server at PREFECT_API_URL, a
 notification block and one automation, `encore-failure-alert`, which sends a message when a run of
 an Encore flow (nightly-retrain, batch-score, tune) ends Failed or Crashed, and when a snapshot
-fails validation (the `encore.validation.failed` event of tasks/alerts.py: the night goes on with
-the other datasets, so the run itself fails only later). The message names the run, its state and
-what failed (the state message names the stage), with a link to the run in the UI.
+fails validation (the `encore.validation.failed` event of tasks/validate/alerts.py: the night goes
+on with the other datasets, so the run itself fails only later). The message names the run, its
+state and what failed (the state message names the stage), with a link to the run in the UI.
 
 Without ENCORE_ALERT_URL it deletes both: deploying again without the URL turns alerts off.
 Running it twice leaves one automation, not two.
@@ -41,7 +41,7 @@ from prefect.blocks.notifications import (  # noqa: E402
 from prefect.client.orchestration import SyncPrefectClient, get_client  # noqa: E402
 from prefect.exceptions import ObjectNotFound, PrefectException  # noqa: E402
 
-from tasks.alerts import VALIDATION_FAILED  # noqa: E402
+from tasks.validate.alerts import VALIDATION_FAILED  # noqa: E402
 
 NAME = "encore-failure-alert"  # the automation's and the notification block's name
 FLOWS = ["nightly-retrain", "batch-score", "tune"]  # the flows of deployments/prefect.yaml
@@ -51,7 +51,7 @@ OFF = "ENCORE_ALERT_URL is not set: no failure alert created"
 
 # Jinja, rendered by the server when the automation fires. `flow_run` is the first flow run among
 # the event's resources: the failed run itself, or for a validation failure the nightly run that
-# validated (tasks/alerts.py puts it first, before the `ingest` subflow's run).
+# validated (tasks/validate/alerts.py puts it first, before the `ingest` subflow's run).
 SUBJECT = (
     "Encore: "
     "{% if event.event == '" + VALIDATION_FAILED + "' %}"

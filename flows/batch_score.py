@@ -20,7 +20,12 @@ from flows.runners import night_task_runner, scoring_parts
 from tasks.faults import crash_point
 from tasks.home import EncoreHome
 from tasks.lock import WRITER_LOCK, LockHeld, exclusive_lock
-from tasks.score import list_champions_task, load_scores_task, plan_scoring_task, score_range_task
+from tasks.score.tasks import (
+    list_champions_task,
+    load_scores_task,
+    plan_scoring_task,
+    score_range_task,
+)
 
 
 def score_champion(

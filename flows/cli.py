@@ -108,7 +108,7 @@ def generate_sample(
 def _check_sources(sources: Path | None, datasets: list[str] | None) -> None:
     """A missing or broken sources.toml, or a dataset it does not name, is a usage error of
     one line (exit 2), said before any flow or temporary Prefect server starts."""
-    from tasks.sources import SourceConfigError, dataset_choices, load_datasets
+    from tasks.ingest.sources import SourceConfigError, dataset_choices, load_datasets
 
     path = sources or EncoreHome.from_env().sources_file
     try:
@@ -159,7 +159,7 @@ def ingest(
 
 def _request_retries(paths: list[Path]) -> None:
     """`--retry FILE`: the next ingest reads these refused files again."""
-    from tasks.warehouse.ingest import request_retry
+    from tasks.ingest.load import request_retry
 
     for path in paths:
         if not path.is_file():
@@ -226,7 +226,7 @@ def nightly(
         except NightlyRunFailed as failure:
             typer.echo(f"nightly run FAILED: {failure}", err=True)
             raise typer.Exit(1) from failure
-    from tasks.report import headline
+    from tasks.report.report import headline
 
     if "skipped" in night:
         typer.echo(night["skipped"])
@@ -443,7 +443,7 @@ def validate(
     wait: Annotated[float, typer.Option(help=WAIT_HELP)] = 0.0,
 ) -> None:
     """Validate pending snapshots (those ingested with --no-validate)."""
-    from tasks.warehouse.validation import report_summary, validate_snapshot
+    from tasks.validate.validation import report_summary, validate_snapshot
 
     home = EncoreHome.from_env().ensure()
     failed = False
@@ -483,7 +483,7 @@ def models(
     dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
 ) -> None:
     """Model versions: family, slot, role, status, val metrics, and the gate's rule for each."""
-    from tasks.warehouse.registry import ensure_registry
+    from tasks.registry.registry import ensure_registry
     from tasks.warehouse.status import unknown_dataset
 
     with open_warehouse() as con:
@@ -532,8 +532,8 @@ def promote(
     wait: Annotated[float, typer.Option(help=WAIT_HELP)] = 0.0,
 ) -> None:
     """Make VERSION the champion of its kind and dataset (a logged human override)."""
-    from tasks.warehouse.registry import RegistryError
-    from tasks.warehouse.registry import promote as promote_version
+    from tasks.registry.registry import RegistryError
+    from tasks.registry.registry import promote as promote_version
 
     with data_home_writer("promote", wait), open_warehouse(RegistryError) as con:
         row = promote_version(con, version, actor)
@@ -552,8 +552,8 @@ def rollback(
     wait: Annotated[float, typer.Option(help=WAIT_HELP)] = 0.0,
 ) -> None:
     """Go back to the previous champion of SLOT (logged); re-score with `batch-score` after."""
-    from tasks.warehouse.registry import RegistryError
-    from tasks.warehouse.registry import rollback as rollback_slot
+    from tasks.registry.registry import RegistryError
+    from tasks.registry.registry import rollback as rollback_slot
 
     with data_home_writer("rollback", wait), open_warehouse(RegistryError) as con:
         row = rollback_slot(con, slot, dataset, actor)
@@ -578,7 +578,7 @@ def gc(
     wait: Annotated[float, typer.Option(help=WAIT_HELP)] = 0.0,
 ) -> None:
     """Remove model files and training folders no one can need (README, "Operating it")."""
-    from tasks.warehouse.retention import RetentionPolicy, apply_removals, plan_removals
+    from tasks.registry.retention import RetentionPolicy, apply_removals, plan_removals
 
     home = EncoreHome.from_env().ensure()
     policy = RetentionPolicy(
@@ -604,8 +604,8 @@ def recommend(
     k: Annotated[int, typer.Option("-k", help="How many to show.")] = 10,
 ) -> None:
     """A user's latest batch recommendations (from the dataset's ranking champion)."""
-    from tasks.warehouse.names import NAMES_SCHEMA
-    from tasks.warehouse.scoring import RECOMMENDATIONS_SCHEMA
+    from tasks.score.names import NAMES_SCHEMA
+    from tasks.score.scoring import RECOMMENDATIONS_SCHEMA
     from tasks.warehouse.status import unknown_dataset, why_no_list
 
     with open_warehouse() as con:
@@ -637,8 +637,8 @@ def predict(
     out: Annotated[Path, typer.Option(help="Where to write predictions (.csv or .parquet).")],
 ) -> None:
     """Predicted ratings for (user, item) pairs; unknown ids get the bias fallback, marked."""
-    from tasks.warehouse.predict import predict_pairs
-    from tasks.warehouse.registry import RegistryError
+    from tasks.registry.registry import RegistryError
+    from tasks.score.predict import predict_pairs
 
     if not pairs.is_file():
         _usage(f"--pairs {pairs}: no such file (a CSV or Parquet of user_id, item_id)")

@@ -2,7 +2,7 @@
 
 Reads like the run itself: plan what is new, then per dataset open a snapshot, load its new
 files (one task, one transaction per file), validate the snapshot, and publish one summary. Every
-step is a task in `tasks/ingest.py`.
+step is a task in `tasks/ingest/tasks.py` or `tasks/validate/tasks.py`.
 """
 
 from __future__ import annotations
@@ -12,15 +12,14 @@ from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
 from tasks.home import EncoreHome
-from tasks.ingest import (
+from tasks.ingest.tasks import (
     ingest_files_task,
     open_snapshot_task,
     plan_ingest,
     publish_ingest_summary,
-    validate_snapshot_task,
-    validation_outcome,
 )
-from tasks.warehouse.validation import ValidationThresholds, report_summary
+from tasks.validate.tasks import validate_snapshot_task, validation_outcome
+from tasks.validate.validation import ValidationThresholds, report_summary
 
 
 class SnapshotFailed(RuntimeError):

@@ -40,26 +40,22 @@ from flows.ingest import ingest
 from flows.params import DEFAULT_PARAMS, NightlyParams
 from flows.runners import night_task_runner, scoring_parts
 from tasks.faults import crash_point
+from tasks.gate.tasks import gate_candidate_task
 from tasks.home import EncoreHome
-from tasks.ingest import result_of
 from tasks.lock import WRITER_LOCK, LockHeld, exclusive_lock
-from tasks.nightly import (
-    clean_data_home_task,
-    gate_candidate_task,
-    plan_training,
-    publish_candidate_task,
-    publish_night_report,
-    publish_serving_task,
-)
-from tasks.report import stage_clock
-from tasks.train import (
+from tasks.refit.tasks import publish_serving_task, refit_serving_task
+from tasks.registry.tasks import clean_data_home_task, publish_candidate_task
+from tasks.report.report import stage_clock
+from tasks.report.tasks import publish_night_report
+from tasks.train.plan import plan_training
+from tasks.train.tasks import (
     export_snapshot_task,
     fit_baselines_task,
-    refit_serving_task,
     train_model_task,
     warm_start_source_task,
 )
 from tasks.tune import load_tuned
+from tasks.validate.tasks import result_of
 
 
 class NightlyRunFailed(RuntimeError):

@@ -8,8 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from models_src.params import GatBprParams, RatingParams, search_space
-from tasks.warehouse.retention import RetentionPolicy
-from tasks.warehouse.validation import ValidationThresholds
+from tasks.registry.retention import RetentionPolicy
+from tasks.validate.validation import ValidationThresholds
 
 ModelKind = Literal["gat-bpr", "rating"]
 # The models' parameters are defined once, in models_src/params.py (the trainers, the benchmark

@@ -7,7 +7,7 @@ from typing import Literal
 from prefect import flow
 
 from tasks.home import EncoreHome
-from tasks.train import export_snapshot_task, train_model_task
+from tasks.train.tasks import export_snapshot_task, train_model_task
 
 
 @flow(name="train", flow_run_name="train {model} on {dataset}")

@@ -12,7 +12,7 @@ Precision = Literal["fp32", "bf16"]
 
 
 # Keys a model version's recorded config carries besides TrainConfig's: a baseline's fitted
-# parameters (tasks/warehouse/publish.py). Read back from the registry, they are not knobs.
+# parameters (tasks/registry/publish.py). Read back from the registry, they are not knobs.
 RECORD_ONLY_KEYS = frozenset({"baseline"})
 
 

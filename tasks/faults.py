@@ -7,14 +7,14 @@ crash heals on the next plain run (tests/test_faults.py).
 and the lock are left exactly as a killed process leaves them. The points, in the order a night
 passes them:
 
-- ingest (tasks/warehouse/ingest.py): `staged`, `inserted`, `registered` inside one file's
+- ingest (tasks/ingest/load.py): `staged`, `inserted`, `registered` inside one file's
   transaction; `between files` after a file is committed;
-- validation (tasks/warehouse/validation.py): `validating`, inside the transaction that
+- validation (tasks/validate/validation.py): `validating`, inside the transaction that
   quarantines rows and records the verdict;
-- training (tasks/train.py): `epoch`, after an epoch's checkpoints were written;
+- training (tasks/train/tasks.py): `epoch`, after an epoch's checkpoints were written;
 - nightly (flows/nightly.py): `published` (a candidate registered, not yet gated), `gated`
   (a verdict recorded, no serving refit yet), `refit` (the refit registered, no lists yet);
-- registry (tasks/warehouse/registry.py): `retired old champion`, `crowned new champion`;
+- registry (tasks/registry/registry.py): `retired old champion`, `crowned new champion`;
 - scoring (flows/batch_score.py): `scored` (parts written, not yet loaded);
 - nightly again: `report` (everything done but the run report).
 

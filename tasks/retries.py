@@ -1,7 +1,8 @@
 """The retry policy and artifact keys every task module shares.
 
-Kept apart from tasks/ingest.py on purpose: a Dask worker imports the module of each task it
-runs, and importing this one must not pull in Great Expectations or PyG (seconds per worker).
+Kept apart from the stages' task modules on purpose: a Dask worker imports the module of each
+task it runs, and importing this one must not pull in Great Expectations or PyG (seconds per
+worker).
 """
 
 from __future__ import annotations

@@ -20,9 +20,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.logging import get_run_logger
 
 from tasks.files import write_text_atomically
-from tasks.report import image_markdown
+from tasks.report.report import image_markdown
 from tasks.retries import IO_RETRIES, artifact_key
-from tasks.warehouse.export import export_interactions
+from tasks.train.export import export_interactions
 from tasks.warehouse.schema import warehouse
 
 
@@ -92,7 +92,7 @@ def tunable_datasets(
     """(dataset, model) pairs to tune: the asked datasets (default: all) that have a passed
     snapshot, with the asked models (default: the nightly's for the dataset's kind). An asked
     dataset the warehouse does not know is an error naming the known ones."""
-    from tasks.nightly import DEFAULT_MODELS
+    from tasks.train.plan import DEFAULT_MODELS
 
     with warehouse(Path(warehouse_path)) as con:
         kinds = dict(

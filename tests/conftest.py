@@ -19,7 +19,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from models_src.data import Interactions  # noqa: E402
 from models_src.sample_data import SampleConfig, write_sample_days  # noqa: E402
 from tasks.home import EncoreHome, configure_environment  # noqa: E402
-from tasks.sources import PRESETS, DatasetSpec, SourceFormat  # noqa: E402
+from tasks.ingest.sources import PRESETS, DatasetSpec, SourceFormat  # noqa: E402
 from tasks.warehouse.schema import connect  # noqa: E402
 
 configure_environment(EncoreHome(_SESSION_HOME))

@@ -18,7 +18,7 @@ from prefect.server.utilities.user_templates import (
     render_user_template,
 )
 
-from tasks.alerts import VALIDATION_FAILED, validation_payload
+from tasks.validate.alerts import VALIDATION_FAILED, validation_payload
 
 ROOT = Path(__file__).resolve().parents[1]
 

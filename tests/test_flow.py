@@ -105,8 +105,8 @@ def test_batch_score_flow_scores_with_the_champion(flow_home):
     from flows.batch_score import batch_score
     from flows.train import train
     from tasks.lock import WRITER_LOCK, exclusive_lock
-    from tasks.warehouse.publish import publish_run
-    from tasks.warehouse.registry import record_gate_decision
+    from tasks.registry.publish import publish_run
+    from tasks.registry.registry import record_gate_decision
 
     write_days(flow_home, range(2))
     ingest()

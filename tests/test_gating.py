@@ -17,13 +17,13 @@ from models_src.gate import GateThresholds
 from models_src.learners import make_learner
 from models_src.runs import fit_baselines_run, load_baseline, refit_run, train_run
 from models_src.trainers import AdvancedTrainer
-from tasks.warehouse.export import export_interactions
-from tasks.warehouse.gating import Night, gate_version
-from tasks.warehouse.ingest import ingest_file, open_snapshot, register_dataset
-from tasks.warehouse.publish import build_scorer, publish_run
-from tasks.warehouse.refit import publish_serving_refit
-from tasks.warehouse.registry import champion, serving_version, version_row
-from tasks.warehouse.validation import ValidationThresholds, validate_snapshot
+from tasks.gate.gating import Night, gate_version
+from tasks.ingest.load import ingest_file, open_snapshot, register_dataset
+from tasks.refit.refit import publish_serving_refit
+from tasks.registry.publish import build_scorer, publish_run
+from tasks.registry.registry import champion, serving_version, version_row
+from tasks.train.export import export_interactions
+from tasks.validate.validation import ValidationThresholds, validate_snapshot
 
 
 def planted_listens(con, write_file) -> Path:
@@ -172,22 +172,19 @@ def test_serving_refit_is_registered_and_a_collapsed_one_refused(con, home, writ
     assert serving_version(con, champion(con, "ranking", "listens"))["version"] == row["version"]
     # A refit whose embeddings collapsed to one vector ranks no better than chance.
     state = load_checkpoint(Path(refit["run_dir"]) / "best_model.pt")
-    state["model"]["embedding.weight"][:] = 0.1
-    collapsed = home.root / "runs" / "collapsed"
-    collapsed.mkdir()
-    save_checkpoint(collapsed / "best_model.pt", state)
-    refused = publish_serving_refit(
-        con, first, {"run_dir": str(collapsed)}, export, home.root / "models", thresholds
-    )
-    assert "it looks collapsed" in refused["refused"]
-    state["model"]["embedding.weight"][0, 0] = float("nan")
-    broken = home.root / "runs" / "nan"
-    broken.mkdir()
-    save_checkpoint(broken / "best_model.pt", state)
-    refused = publish_serving_refit(
-        con, first, {"run_dir": str(broken)}, export, home.root / "models", thresholds
-    )
-    assert "NaN or infinite" in refused["refused"]
+    broken_embeddings = {
+        "collapsed": ((slice(None),), 0.1, "it looks collapsed"),
+        "nan": ((0, 0), float("nan"), "NaN or infinite"),  # on top of the collapse
+    }
+    for name, (cells, value, refusal) in broken_embeddings.items():
+        state["model"]["embedding.weight"][cells] = value
+        run_dir = home.root / "runs" / name
+        run_dir.mkdir()
+        save_checkpoint(run_dir / "best_model.pt", state)
+        refused = publish_serving_refit(
+            con, first, {"run_dir": str(run_dir)}, export, home.root / "models", thresholds
+        )
+        assert refusal in refused["refused"]
 
 
 def test_served_model_scores_unknown_ids_as_it_would_serve_them():

@@ -13,8 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import spec_for
 
-from tasks.sources import RatingScale, SourceFormat
-from tasks.warehouse.ingest import (
+from tasks.ingest.load import (
     IngestFileError,
     ingest_file,
     open_snapshot,
@@ -22,6 +21,7 @@ from tasks.warehouse.ingest import (
     register_dataset,
     scan_file,
 )
+from tasks.ingest.sources import RatingScale, SourceFormat
 from tasks.warehouse.schema import connect
 
 RATINGS_CSV = (
@@ -300,8 +300,8 @@ def test_crash_mid_file_leaves_nothing_and_a_rerun_loads_everything(home, write_
         import os, sys
         from pathlib import Path
         sys.path[:0] = {sys.path!r}
-        import tasks.warehouse.ingest as ingest
-        from tasks.sources import PRESETS, DatasetSpec
+        import tasks.ingest.load as ingest
+        from tasks.ingest.sources import PRESETS, DatasetSpec
         from tasks.warehouse.schema import connect
         ingest.crash_point = lambda stage: os._exit(3) if stage == "inserted" else None
         con = connect(Path({str(home.warehouse)!r}))
@@ -365,8 +365,8 @@ def test_rows_that_do_not_add_up_refuse_the_file_whole_and_it_is_not_read_again(
     the independent count finds one more), the file is refused whole (recorded, its rows
     counted as rejected), not left to stop the night; the planner then skips the same bytes
     until the file changes."""
+    from tasks.ingest.load import already_loaded
     from tasks.warehouse import ingest
-    from tasks.warehouse.ingest import already_loaded
 
     real_rows_read = ingest.rows_read
     monkeypatch.setattr(ingest, "rows_read", lambda *args: real_rows_read(*args) + 1)
@@ -411,7 +411,7 @@ def test_an_unreadable_file_is_refused_with_the_reason_in_words(
 def test_a_refused_file_is_read_again_after_a_retry_request_and_refused_again_if_unchanged(
     con, write_file
 ):
-    from tasks.warehouse.ingest import request_retry
+    from tasks.ingest.load import request_retry
 
     path = write_file("day.csv", gzip.compress(RATINGS_CSV.encode()))
     with pytest.raises(IngestFileError):
@@ -427,7 +427,7 @@ def test_a_refused_file_is_read_again_after_a_retry_request_and_refused_again_if
 
 
 def test_unknown_format_key_is_named(tmp_path):
-    from tasks.sources import SourceConfigError, load_datasets
+    from tasks.ingest.sources import SourceConfigError, load_datasets
 
     sources = tmp_path / "sources.toml"
     sources.write_text('[datasets.x]\nformat = "movielens-csv"\nlanding = "in"\ndelimeter = ";"\n')

@@ -152,7 +152,7 @@ def test_served_model_scores_as_the_scorer(blended_scorer):
 
 
 def test_the_run_report_says_what_the_blend_chose():
-    from tasks.report import _blend_line
+    from tasks.report.report import _blend_line
 
     chosen = {
         "lambda": 200.0,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from conftest import SHARED_DATA
 
-from tasks.sources import load_datasets
-from tasks.warehouse.names import load_item_names
+from tasks.ingest.sources import load_datasets
+from tasks.score.names import load_item_names
 
 
 def names(con, dataset: str) -> dict[str, str]:

@@ -33,7 +33,7 @@ from models_src.config import tuned_defaults
 from tasks import lock as lock_module
 from tasks.home import EncoreHome
 from tasks.lock import LockHeld, exclusive_lock
-from tasks.train import TrainingProgress
+from tasks.train.tasks import TrainingProgress
 from tasks.warehouse.schema import warehouse
 
 pytestmark = pytest.mark.slow

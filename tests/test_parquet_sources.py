@@ -16,18 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import tasks.sources as sources
-import tasks.warehouse.ingest as ingest
-from tasks.sources import (
-    DatasetSpec,
-    RemoteFile,
-    RemoteSourceError,
-    SourceConfigError,
-    SourceFormat,
-    as_location,
-    load_datasets,
-)
-from tasks.warehouse.ingest import (
+import tasks.ingest.load as ingest
+import tasks.ingest.sources as sources
+from tasks.ingest.load import (
     IngestFileError,
     already_loaded,
     ingest_file,
@@ -35,6 +26,15 @@ from tasks.warehouse.ingest import (
     open_snapshot,
     register_dataset,
     scan_file,
+)
+from tasks.ingest.sources import (
+    DatasetSpec,
+    RemoteFile,
+    RemoteSourceError,
+    SourceConfigError,
+    SourceFormat,
+    as_location,
+    load_datasets,
 )
 
 EVENTS = SourceFormat(
@@ -341,7 +341,7 @@ def test_remote_path_lists_reads_and_is_idempotent_by_identity(con, tmp_path, fi
 
 def test_the_ingest_plan_task_lists_remote_files(con, tmp_path, file_urls, home):
     """tasks.ingest.plan_ingest, as the flow runs it: its own connection, paths as strings."""
-    from tasks.ingest import plan_ingest
+    from tasks.ingest.tasks import plan_ingest
 
     root = tmp_path / "bucket" / "events"
     expected = partitioned_tree(root)

@@ -17,12 +17,12 @@ from models_src.learners import make_learner
 from models_src.models import RatingModel
 from models_src.onnx_export import PairScorer, export_pair_scorer
 from models_src.trainers import AdvancedTrainer
-from tasks.warehouse.export import export_interactions
-from tasks.warehouse.ingest import ingest_file, open_snapshot, register_dataset
-from tasks.warehouse.predict import predict_pairs
-from tasks.warehouse.publish import build_model, publish_baseline, publish_run
-from tasks.warehouse.registry import record_gate_decision, version_row
-from tasks.warehouse.validation import ValidationThresholds, validate_snapshot
+from tasks.ingest.load import ingest_file, open_snapshot, register_dataset
+from tasks.registry.publish import build_model, publish_baseline, publish_run
+from tasks.registry.registry import record_gate_decision, version_row
+from tasks.score.predict import predict_pairs
+from tasks.train.export import export_interactions
+from tasks.validate.validation import ValidationThresholds, validate_snapshot
 
 
 def test_pair_graph_matches_torch_and_falls_back_on_unknown_ids(tmp_path):

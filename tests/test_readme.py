@@ -72,3 +72,45 @@ def test_every_make_target_in_the_readme_exists():
     }
     shown |= set(re.findall(r"`make ([a-z][a-z-]*)", README))
     assert shown and shown <= targets, sorted(shown - targets)
+
+
+# --- the layout table -----------------------------------------------------------------------
+
+
+def layout_rows() -> dict[str, str]:
+    """The README's layout table: the path of each row -> the text of its "holds" cell."""
+    section = README.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([^`]+)` \| (.+) \|$", section, flags=re.M)
+    return dict(rows)
+
+
+def named_files(folder: str, holds: str) -> set[str]:
+    """The `*.py` names a row's text gives, as paths (a name with a slash is from the root)."""
+    names = re.findall(r"`([\w/]+\.py)`", holds)
+    return {name if "/" in name else f"{folder}{name}" for name in names}
+
+
+def python_modules(folder: Path) -> set[str]:
+    return {
+        str(path.relative_to(ROOT)) for path in folder.glob("*.py") if path.name != "__init__.py"
+    }
+
+
+def test_the_layout_table_lists_every_package_and_stage_module_and_nothing_else():
+    rows = layout_rows()
+    assert rows, "README has no layout table"
+    # Every top-level package, and every package of tasks/ (the stages and the warehouse).
+    packages = {
+        f"{path.parent.relative_to(ROOT)}/"
+        for pattern in ("*/__init__.py", "tasks/*/__init__.py")
+        for path in ROOT.glob(pattern)
+    }
+    assert packages - rows.keys() == set(), "packages missing from the README's layout table"
+    for folder, holds in rows.items():
+        assert (ROOT / folder).exists(), f"the layout table lists {folder}, which does not exist"
+        named = named_files(folder, holds)
+        missing = {name for name in named if not (ROOT / name).exists()}
+        assert not missing, f"the {folder} row names files that do not exist: {sorted(missing)}"
+        if folder.startswith(("tasks/", "flows/")):
+            unlisted = python_modules(ROOT / folder) - named
+            assert not unlisted, f"modules of {folder} missing from its row: {sorted(unlisted)}"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.warehouse.registry import (
+from tasks.registry.registry import (
     RegistryError,
     champion,
     promote,
@@ -111,7 +111,7 @@ def test_crash_mid_switch_leaves_exactly_one_verified_champion(home, tmp_path, s
         import os, sys
         from pathlib import Path
         sys.path[:0] = {sys.path!r}
-        import tasks.warehouse.registry as registry
+        import tasks.registry.registry as registry
         from tasks.warehouse.schema import connect
         registry.crash_point = lambda s: os._exit(3) if s == {stage!r} else None
         con = connect(Path({str(home.warehouse)!r}))

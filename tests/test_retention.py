@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from test_cli import encore
 
-import tasks.warehouse.registry as registry
-from tasks.warehouse.registry import (
+import tasks.registry.registry as registry
+from tasks.registry.registry import (
     RegistryError,
     champion,
     promote,
@@ -19,7 +19,7 @@ from tasks.warehouse.registry import (
     verify_artifacts,
     version_row,
 )
-from tasks.warehouse.retention import RetentionPolicy, apply_removals, plan_removals
+from tasks.registry.retention import RetentionPolicy, apply_removals, plan_removals
 from tasks.warehouse.schema import connect
 
 

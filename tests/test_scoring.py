@@ -14,12 +14,12 @@ from models_src.config import TrainConfig
 from models_src.data import Interactions, split_interactions
 from models_src.learners import make_learner
 from models_src.trainers import AdvancedTrainer
-from tasks.warehouse.export import export_interactions
-from tasks.warehouse.ingest import ingest_file, open_snapshot, register_dataset
-from tasks.warehouse.publish import publish_run
-from tasks.warehouse.registry import RegistryError, record_gate_decision, version_row
-from tasks.warehouse.scoring import score_dataset
-from tasks.warehouse.validation import ValidationThresholds, validate_snapshot
+from tasks.ingest.load import ingest_file, open_snapshot, register_dataset
+from tasks.registry.publish import publish_run
+from tasks.registry.registry import RegistryError, record_gate_decision, version_row
+from tasks.score.scoring import score_dataset
+from tasks.train.export import export_interactions
+from tasks.validate.validation import ValidationThresholds, validate_snapshot
 
 LOOSE = ValidationThresholds(min_users=1, min_items=1, min_interactions=1, max_growth=100)
 
@@ -72,7 +72,7 @@ def scored(con, home, write_file):
 
 
 def test_a_missing_list_is_explained_by_what_would_give_one(con, home, write_file):
-    from tasks.warehouse.scoring import RECOMMENDATIONS_SCHEMA
+    from tasks.score.scoring import RECOMMENDATIONS_SCHEMA
     from tasks.warehouse.status import unknown_dataset, why_no_list
 
     con.execute(RECOMMENDATIONS_SCHEMA)
@@ -137,7 +137,7 @@ def test_cli_lists_models_shows_recommendations_and_guards_overrides(con, home, 
     import subprocess
     import sys
 
-    from tasks.warehouse.names import load_item_names
+    from tasks.score.names import load_item_names
 
     titles = home.root / "tracks.dat"
     titles.write_text(
@@ -183,7 +183,7 @@ def test_cli_lists_models_shows_recommendations_and_guards_overrides(con, home, 
 
 def test_a_serving_refit_scores_for_its_champion_and_a_baseline_marks_its_rows(con, home, scored):
     from models_src.baselines import most_popular
-    from tasks.warehouse.publish import publish_baseline
+    from tasks.registry.publish import publish_baseline
 
     export = export_interactions(con, "listens", home.root / "exports" / "listens.parquet")
     data = Interactions.from_parquet(Path(export["path"]))  # both days: every user is known

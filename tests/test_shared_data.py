@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 from conftest import SHARED_DATA, spec_for
 
-from tasks.warehouse.ingest import ingest_file, open_snapshot, register_dataset
-from tasks.warehouse.validation import ValidationThresholds, validate_snapshot
+from tasks.ingest.load import ingest_file, open_snapshot, register_dataset
+from tasks.validate.validation import ValidationThresholds, validate_snapshot
 
 pytestmark = pytest.mark.integration
 

@@ -7,10 +7,10 @@ import pytest
 from conftest import spec_for
 
 from models_src.data import Interactions
-from tasks.sources import SourceFormat
-from tasks.warehouse.export import export_interactions
-from tasks.warehouse.ingest import ingest_file, open_snapshot, register_dataset
-from tasks.warehouse.validation import ValidationThresholds, validate_snapshot
+from tasks.ingest.load import ingest_file, open_snapshot, register_dataset
+from tasks.ingest.sources import SourceFormat
+from tasks.train.export import export_interactions
+from tasks.validate.validation import ValidationThresholds, validate_snapshot
 
 LOOSE = ValidationThresholds(
     min_users=1, min_items=1, min_interactions=1, max_quarantine_fraction=1.0

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 import pytest
 from conftest import spec_for
 
-from tasks.warehouse.ingest import ingest_file, open_snapshot, register_dataset
-from tasks.warehouse.validation import ValidationThresholds, report_markdown, validate_snapshot
+from tasks.ingest.load import ingest_file, open_snapshot, register_dataset
+from tasks.validate.validation import ValidationThresholds, report_markdown, validate_snapshot
 
 HEADER = "userId,movieId,rating,timestamp\n"
 NOW = datetime(2026, 11, 22, 12, 0, 0)

@@ -84,7 +84,7 @@ def status_text(con: duckdb.DuckDBPyConnection, home: EncoreHome) -> str:
 def unknown_dataset(con: duckdb.DuckDBPyConnection, dataset: str) -> str | None:
     """None when the warehouse knows `dataset`; else one line naming the ones it knows and the
     nearest (a typo is the usual cause)."""
-    from tasks.sources import dataset_choices
+    from tasks.ingest.sources import dataset_choices
 
     names = [r[0] for r in con.execute("SELECT name FROM datasets ORDER BY name").fetchall()]
     if dataset in names:
@@ -94,7 +94,7 @@ def unknown_dataset(con: duckdb.DuckDBPyConnection, dataset: str) -> str | None:
 
 def why_no_list(con: duckdb.DuckDBPyConnection, dataset: str, user_id: str) -> str:
     """Why `user_id` of a known `dataset` has no recommendations, and what gives them one."""
-    from tasks.warehouse.registry import champion
+    from tasks.registry.registry import champion
 
     serving = champion(con, "ranking", dataset)
     if serving is None:

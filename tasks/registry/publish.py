@@ -37,7 +37,7 @@ from models_src.onnx_export import (
     rating_scorer,
 )
 from models_src.runs import RESULT_FILE
-from tasks.warehouse.registry import allocate_version, register_candidate
+from tasks.registry.registry import allocate_version, register_candidate
 
 SCORER_FILE = "scorer.onnx"
 PAIRS_FILE = "pairs.onnx"

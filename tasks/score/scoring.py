@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.files import write_atomically
-from tasks.warehouse.registry import RegistryError, champion, serving_version, verify_artifacts
+from tasks.registry.registry import RegistryError, champion, serving_version, verify_artifacts
 from tasks.warehouse.schema import transaction
 
 RECOMMENDATIONS_SCHEMA = """

@@ -11,10 +11,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from tasks.warehouse.ingest import sql_str
-from tasks.warehouse.publish import PAIRS_FILE
-from tasks.warehouse.registry import RegistryError, champion, serving_version, verify_artifacts
-from tasks.warehouse.scoring import open_session
+from tasks.ingest.load import sql_str
+from tasks.registry.publish import PAIRS_FILE
+from tasks.registry.registry import RegistryError, champion, serving_version, verify_artifacts
+from tasks.score.scoring import open_session
 
 UNKNOWN = np.int64(2**31)  # past any index the model knows: it falls back to the biases
 

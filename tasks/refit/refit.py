@@ -23,10 +23,10 @@ import torch
 from models_src.gate import GateThresholds
 from models_src.onnx_export import TopKScorer
 from models_src.runs import load_baseline
-from tasks.warehouse.gating import Night
-from tasks.warehouse.publish import SCORER_FILE, publish_baseline, publish_run
-from tasks.warehouse.registry import version_row
-from tasks.warehouse.scoring import open_session
+from tasks.gate.gating import Night
+from tasks.registry.publish import SCORER_FILE, publish_baseline, publish_run
+from tasks.registry.registry import version_row
+from tasks.score.scoring import open_session
 
 PARITY_USERS = 256
 PARITY_TOLERANCE = 1e-4

@@ -26,10 +26,10 @@ from prefect.context import TaskRunContext
 from prefect.logging import get_run_logger
 
 from tasks.faults import crash_point
-from tasks.report import image_markdown, markdown_table, rounded_rows
+from tasks.registry.registry import champion, verify_artifacts
+from tasks.report.report import image_markdown, markdown_table, rounded_rows
 from tasks.retries import IO_RETRIES, artifact_key
-from tasks.warehouse.export import export_interactions
-from tasks.warehouse.registry import champion, verify_artifacts
+from tasks.train.export import export_interactions
 from tasks.warehouse.schema import warehouse
 
 
@@ -60,8 +60,8 @@ def warm_start_source_task(
     there is one tonight's model must not start from: another family, or evaluated under other
     split settings (it may have trained on tonight's held-out pairs)."""
     from models_src.data import Interactions
-    from tasks.warehouse.gating import champion_incompatibility
-    from tasks.warehouse.registry import serving_version, slot_of
+    from tasks.gate.gating import champion_incompatibility
+    from tasks.registry.registry import serving_version, slot_of
 
     with warehouse(Path(warehouse_path)) as con:
         row = champion(con, slot_of(model), dataset)
@@ -105,32 +105,6 @@ def fit_baselines_task(
     files = fit_baselines_run({**config, "model": model}, export["path"], out_dir, families)
     get_run_logger().info(f"baselines of {model} on {dataset}: {sorted(files)} in {out_dir}")
     return files
-
-
-@task(name="serving refit", task_run_name="refit {family} v{version} on all of {dataset}")
-def refit_serving_task(
-    family: str,
-    version: int,
-    dataset: str,
-    export_path: str,
-    gated_run: str | None,
-    baseline_file: str | None,
-    warm_checkpoint: str | None,
-    out_dir: str,
-) -> dict:
-    """The new champion's configuration on every interaction of the snapshot (for serving):
-    {"run_dir"} for a trained model, {"baseline_file"} for a baseline."""
-    from models_src.runs import refit_baseline_run, refit_run
-
-    logger = get_run_logger()
-    if baseline_file is not None:
-        out = Path(out_dir) / f"{family}-serving.baseline.pt"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        return {"baseline_file": refit_baseline_run(baseline_file, export_path, out)}
-    result = refit_run(
-        Path(gated_run), export_path, Path(out_dir), warm_checkpoint, log=logger.info
-    )
-    return {"run_dir": result["run_dir"], "epochs": result["epochs"]}
 
 
 class TrainingProgress:

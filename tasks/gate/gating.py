@@ -43,8 +43,8 @@ from models_src.gate import (
 from models_src.learners import split_for_training
 from models_src.runs import load_baseline
 from models_src.serving import ServedModel, popularity_counts
-from tasks.warehouse.publish import load_version_tables, publish_baseline
-from tasks.warehouse.registry import (
+from tasks.registry.publish import load_version_tables, publish_baseline
+from tasks.registry.registry import (
     champion,
     record_evaluation,
     record_gate_decision,

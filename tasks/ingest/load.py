@@ -28,7 +28,8 @@ import duckdb
 import numpy as np
 
 from tasks.faults import crash_point
-from tasks.sources import (
+from tasks.ingest.file_kind import no_header_reason, not_delimited_text
+from tasks.ingest.sources import (
     FIELD_TYPES,
     TIMESTAMP_READ_TYPES,
     DatasetSpec,
@@ -38,7 +39,6 @@ from tasks.sources import (
     require_httpfs,
     stat_remote,
 )
-from tasks.warehouse.file_kind import no_header_reason, not_delimited_text
 from tasks.warehouse.schema import StorageFull, is_storage_full, transaction
 
 SCAN_BLOCK_BYTES = 8 << 20

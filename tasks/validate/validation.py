@@ -3,7 +3,7 @@
 Two kinds of expectation:
 - row-level (not null, within scale, well-formed ids, sane timestamps): a failing row moves to the
   `quarantine` table with the expectation it failed; the snapshot can still pass. These run as
-  DuckDB SQL where the rows are (tasks/warehouse/row_checks.py), with GX's names and meaning.
+  DuckDB SQL where the rows are (tasks/validate/row_checks.py), with GX's names and meaning.
 - table-level (duplicates, minimum users/items/interactions, drift against the history, share of
   quarantined rows, unreadable files): a failure fails the snapshot, so it is never trained on.
 
@@ -29,12 +29,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.faults import crash_point
 from tasks.files import write_text_atomically
-from tasks.warehouse.ingest import (
+from tasks.ingest.load import (
     CONFLICT_EXPECTATION,
     AccountingError,
     refresh_snapshot_totals,
 )
-from tasks.warehouse.row_checks import (
+from tasks.validate.row_checks import (
     SAMPLE_SIZE,
     RowRule,
     count_failures,

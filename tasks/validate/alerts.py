@@ -4,7 +4,7 @@ Prefect emits flow-run state changes itself, but a snapshot that fails validatio
 the nightly run at once: the other datasets go on training for the rest of the night. This event
 says so the moment validation decides, with what failed and where the report is.
 
-Kept apart from tasks/ingest.py so that deployments/alerts.py can name the event without
+Kept apart from tasks/validate/tasks.py so that deployments/alerts.py can name the event without
 importing Great Expectations.
 """
 

@@ -7,15 +7,15 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
+from tasks.registry.registry import ensure_registry
 from tasks.retries import IO_RETRIES, artifact_key
-from tasks.warehouse.registry import ensure_registry
-from tasks.warehouse.schema import warehouse
-from tasks.warehouse.scoring import (
+from tasks.score.scoring import (
     ScoringPlan,
     load_scored_parts,
     plan_scoring,
     score_user_range,
 )
+from tasks.warehouse.schema import warehouse
 
 
 @task(name="plan scoring", task_run_name="plan scoring of {dataset}", **IO_RETRIES)

@@ -30,7 +30,7 @@ from pathlib import Path
 import duckdb
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.warehouse.registry import ensure_registry, predecessor, serving_version, version_row
+from tasks.registry.registry import ensure_registry, predecessor, serving_version, version_row
 from tasks.warehouse.schema import transaction
 
 NIGHT_FOLDER = re.compile(r"\d{8}T\d{6}")

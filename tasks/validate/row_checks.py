@@ -29,7 +29,7 @@ import duckdb
 import pandas as pd
 
 if TYPE_CHECKING:  # validation.py calls this module; these are only its types
-    from tasks.warehouse.validation import DatasetInfo, ValidationThresholds
+    from tasks.validate.validation import DatasetInfo, ValidationThresholds
 
 SAMPLE_SIZE = 5
 MALFORMED_IDS = "_malformed_ids"

@@ -1,0 +1,1 @@
+"""Stage 5, gate: tonight's challenger, baselines and champion evaluated; the verdict recorded."""

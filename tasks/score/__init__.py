@@ -1,0 +1,2 @@
+"""Stage 7, score: the champion's ONNX scorer over every user into DuckDB and Parquet; `encore
+recommend` and `encore predict`."""

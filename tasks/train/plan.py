@@ -1,0 +1,117 @@
+"""What is due tonight: which models to train on which snapshot, and why the others are not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from tasks.registry.registry import (
+    abandon_candidate,
+    champion,
+    ensure_registry,
+    serving_version,
+    slot_of,
+)
+from tasks.retries import IO_RETRIES
+from tasks.train.export import latest_passed_snapshot
+from tasks.warehouse.schema import warehouse
+
+# Lists for every dataset (GAT-BPR, judged on liked items for ratings); predicted stars too for
+# explicit ones.
+DEFAULT_MODELS = {"implicit": ["gat-bpr"], "explicit": ["gat-bpr", "rating"]}
+
+
+def _due(con, dataset: str, model: str, retrain: bool) -> dict:
+    """Is `model` on `dataset` due tonight? A work item, or a skip with its reason."""
+    item = {"dataset": dataset, "model": model}
+    snapshot = latest_passed_snapshot(con, dataset)
+    newest, status = con.execute(
+        "SELECT snapshot_id, status FROM snapshots WHERE dataset = ?"
+        " ORDER BY snapshot_id DESC LIMIT 1",
+        [dataset],
+    ).fetchone() or (None, None)
+    current = champion(con, slot_of(model), dataset)
+    serving = (
+        f"champion v{current['version']} ({current['kind']}) keeps serving"
+        if current
+        else "no champion yet"
+    )
+    if snapshot is None:
+        return {**item, "status": "skipped", "reason": f"no passed snapshot yet; {serving}"}
+    if newest != snapshot and status != "passed":
+        return {
+            **item,
+            "status": "skipped",
+            "snapshot_id": newest,
+            "reason": f"snapshot {newest} is {status} (see Data); {serving}",
+        }
+    # A version abandoned as interrupted does not count as trained (so a retried plan still
+    # trains its snapshot again).
+    trained = con.execute(
+        "SELECT version, status FROM model_versions WHERE kind = ? AND dataset = ?"
+        " AND snapshot_id = ? AND role = 'evaluated' AND version NOT IN"
+        " (SELECT challenger FROM promotions WHERE action = 'interrupted')"
+        " ORDER BY version DESC LIMIT 1",
+        [model, dataset, snapshot],
+    ).fetchone()
+    item["lists_missing"] = _lists_missing(con, current)
+    if trained and trained[1] == "candidate":  # published, then the night was killed
+        abandon_candidate(con, trained[0], INTERRUPTED)
+        healed = f"v{trained[0]} was {INTERRUPTED}"
+        return {**item, "status": "due", "snapshot_id": snapshot, "healed": healed}
+    if trained and not retrain:
+        reason = (
+            f"no new data: snapshot {snapshot} already trained v{trained[0]}"
+            f" ({trained[1]}); {serving}"
+        )
+        if item["lists_missing"]:  # a champion whose scoring was killed
+            return {**item, "status": "score", "snapshot_id": snapshot, "reason": reason}
+        return {**item, "status": "skipped", "snapshot_id": snapshot, "reason": reason}
+    return {**item, "status": "due", "snapshot_id": snapshot}
+
+
+INTERRUPTED = "published, but its night ended before the gate: its snapshot is trained again"
+
+
+def _lists_missing(con, current: dict | None) -> bool:
+    """A ranking champion with none of its serving version's lists in `recommendations` (the
+    night that crowned it was killed before its lists were loaded)."""
+    if current is None or current["slot"] != "ranking":
+        return False
+    serving = serving_version(con, current)
+    exists = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'recommendations'"
+    ).fetchone()[0]
+    if not exists:
+        return True
+    found = con.execute(
+        "SELECT count(*) FROM recommendations WHERE dataset = ? AND model_version = ?",
+        [current["dataset"], serving["version"]],
+    ).fetchone()[0]
+    return found == 0
+
+
+@task(
+    name="plan training",
+    task_run_name="plan training",
+    **IO_RETRIES,
+)
+def plan_training(
+    warehouse_path: str,
+    datasets: list[str],
+    models: dict[str, list[str]],
+    retrain_without_new_data: bool,
+) -> list[dict]:
+    """Per dataset and model: due (with the snapshot to train on) or skipped (with why)."""
+    plan = []
+    with warehouse(Path(warehouse_path)) as con:
+        ensure_registry(con)
+        kinds = dict(con.execute("SELECT name, kind FROM datasets").fetchall())
+        for dataset in datasets:
+            if dataset not in kinds:
+                continue  # never ingested: the ingest section of the report says why
+            chosen = models[dataset] if dataset in models else DEFAULT_MODELS[kinds[dataset]]
+            for model in chosen:
+                plan.append(_due(con, dataset, model, retrain_without_new_data))
+    return plan

@@ -1,0 +1,1 @@
+"""Stage 2, validate: the snapshot against the expectations; a failure stops only its dataset."""
