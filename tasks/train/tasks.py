@@ -1,4 +1,5 @@
-"""Prefect tasks around training: export a snapshot, train a model with models_src."""
+"""Prefect tasks around training: export the snapshot, find the champion to warm-start from,
+train a model with models_src, and fit tonight's baselines on the same split."""
 
 from __future__ import annotations
 
