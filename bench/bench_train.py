@@ -405,6 +405,7 @@ def main() -> None:
         results.append(in_child(dataset, model, args.seed, args.device, args.precision))
         # after each model: a run cut short keeps what it finished
         write(in_plan_order(kept + results), args.output)
+    write(in_plan_order(kept + results), args.output)  # also when no model ran
     print(markdown(in_plan_order(kept + results)))
 
 

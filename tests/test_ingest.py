@@ -365,8 +365,8 @@ def test_rows_that_do_not_add_up_refuse_the_file_whole_and_it_is_not_read_again(
     the independent count finds one more), the file is refused whole (recorded, its rows
     counted as rejected), not left to stop the night; the planner then skips the same bytes
     until the file changes."""
+    from tasks.ingest import load as ingest
     from tasks.ingest.load import already_loaded
-    from tasks.warehouse import ingest
 
     real_rows_read = ingest.rows_read
     monkeypatch.setattr(ingest, "rows_read", lambda *args: real_rows_read(*args) + 1)
