@@ -97,9 +97,13 @@ serve: venv
 		ENCORE_TIMEZONE="$(ENCORE_TIMEZONE)" \
 		$(PY) deployments/serve.py
 
+# Two pytest-xdist workers, a test file each at a time (--dist loadfile keeps a file's tests,
+# and its module fixtures, in one process): most of the suite waits on Prefect servers, workers
+# and subprocesses, so two files in flight use two cores where one leaves one idle.
+TEST_WORKERS ?= 2
 test: venv
 	$(VENV)/bin/ruff check flows tasks models_src tests bench
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: venv
 	$(PY) -m pytest -m "not slow and not integration and not e2e"
