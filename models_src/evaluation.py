@@ -164,11 +164,46 @@ class Protocol:
         k: int = 10,
         batch_size: int = 1024,
         device: torch.device | str = "cpu",
+        same_for_everyone: Tensor | None = None,
     ) -> dict[str, SplitResult]:
         """`evaluate` on several parts, each user scored once (see `rank`): the same results as
-        one `evaluate` per part, for the price of scoring the users of all of them once."""
-        tops = self.rank(score_users, parts, k, batch_size, device)
+        one `evaluate` per part, for the price of scoring the users of all of them once.
+
+        `same_for_everyone`: the item scores of a scorer whose ranking is the same for every
+        user (MostPopular; the bias baseline, whose user bias shifts a whole row), ranked by
+        `rank_alike` without a users x items matrix; `score_users` is then not called."""
+        if same_for_everyone is not None:
+            tops = self.rank_alike(same_for_everyone, parts, k, batch_size)
+        else:
+            tops = self.rank(score_users, parts, k, batch_size, device)
         return {part: self._result(part, tops[part], k, batch_size) for part in parts}
+
+    def rank_alike(
+        self, item_scores: Tensor, parts: tuple[str, ...], k: int = 10, batch_size: int = 1024
+    ) -> dict[str, Tensor]:
+        """`rank` for one ranking shared by every user: each user's top K are the first K items
+        of that order they have not had, so only the first K + (the user's excluded items) of
+        the order are looked at. Ties go to the lower item index. A user left with fewer than K
+        items gets the top of what they already had after them (misses, as `rank`'s -inf)."""
+        order = torch.from_numpy(np.argsort(-item_scores.double().numpy(), kind="stable"))
+        width = min(k, self.num_items)
+        tops = {}
+        for part in dict.fromkeys(parts):
+            rowptr, _ = self.exclude[part]
+            excluded_keys = torch.from_numpy(self._exclude_keys[part])
+            users_all = torch.from_numpy(self.users_with_relevant(part))
+            chunks = [torch.zeros((0, width), dtype=torch.long)]
+            for start in range(0, len(users_all), batch_size):
+                users = users_all[start : start + batch_size]
+                most_excluded = int((rowptr[users + 1] - rowptr[users]).max())
+                candidates = order[: min(self.num_items, width + most_excluded)]
+                had = sorted_isin(users.unsqueeze(1) * self.num_items + candidates, excluded_keys)
+                # Position in the order, pushed behind every item not had when had.
+                place = torch.arange(len(candidates)) + had.long() * len(candidates)
+                chosen = torch.topk(place, width, dim=1, largest=False).indices
+                chunks.append(candidates[chosen])
+            tops[part] = torch.cat(chunks)
+        return tops
 
     def rank(
         self,

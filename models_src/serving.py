@@ -61,6 +61,17 @@ class ServedModel:
         scores[~known] = torch.log1p(self.popularity)
         return scores
 
+    def ranking_for_everyone(self, num_users: int) -> Tensor | None:
+        """Item scores that rank tonight's items alike for all `num_users` users, or None when
+        the ranking depends on the user. It does not when no user has a taste vector (all zero:
+        MostPopular, the bias baseline, whose user bias shifts a whole row) and every user and
+        item is known (an unknown user gets the popularity fallback instead)."""
+        if self.item_item is not None or self.known_users < num_users:
+            return None
+        if self.known_items != len(self.popularity) or bool(self.user_emb.any()):
+            return None
+        return self.item_bias
+
     def _known_scores(self, u: Tensor) -> Tensor:
         """(users, known items) scores of users the model knows. The additions run in place on
         the product, in the order of u . i + b_u + b_i + offset."""

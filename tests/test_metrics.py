@@ -21,6 +21,7 @@ from models_src.metrics import (
     recall_at_k,
     rmse,
 )
+from models_src.serving import ServedModel
 
 
 def test_hand_computed_ranking_metrics():
@@ -195,3 +196,53 @@ def test_parts_evaluated_together_rank_as_each_part_alone():
             )
         alone = protocol.evaluate(score, part, k=k, batch_size=7)
         assert alone.summary == together[part].summary
+
+
+def test_one_ranking_shared_by_every_user_is_ranked_without_a_matrix_as_the_full_ranking():
+    """`rank_alike` (MostPopular, the bias baseline) against `rank` of the same scores repeated
+    for every user: the same top K for users with K items left, the same metric vectors for all,
+    including a user who has had all but two items; ties go to the lower index."""
+    users, items, k = 30, 40, 5
+    rng = np.random.default_rng(3)
+    train = [tuple(p) for p in rng.integers(0, [users, items], (300, 2))]
+    train += [(0, i) for i in range(items - 2)]  # user 0: two items left, fewer than K
+    pairs = {"train": train}
+    pairs |= {part: [tuple(p) for p in rng.integers(0, [users, items], (90, 2))]
+              for part in ("val", "test")}  # fmt: skip
+    pairs["val"].append((0, items - 2))  # and finds one of them in each part
+    pairs["test"].append((0, items - 1))
+    splits = {part: interactions(p, users, items) for part, p in pairs.items()}
+    protocol = Protocol(splits)
+    item_scores = torch.from_numpy(rng.permutation(items).astype(np.float32))  # no ties
+    full = protocol.evaluate_parts(lambda u: item_scores.expand(len(u), -1), k=k, batch_size=7)
+    alike = protocol.evaluate_parts(None, k=k, batch_size=7, same_for_everyone=item_scores)
+    tops_full = protocol.rank(lambda u: item_scores.expand(len(u), -1), ("val", "test"), k, 7)
+    tops_alike = protocol.rank_alike(item_scores, ("val", "test"), k, 7)
+    for part in ("val", "test"):
+        assert alike[part].users.tolist() == full[part].users.tolist()
+        for name, vector in full[part].per_user.items():
+            np.testing.assert_array_equal(alike[part].per_user[name], vector, err_msg=name)
+        left = items - np.bincount(protocol._exclude_keys[part] // items, minlength=users)
+        enough = torch.from_numpy(left[full[part].users] >= k)
+        assert torch.equal(tops_alike[part][enough], tops_full[part][enough])
+        assert not bool(enough[0])  # user 0's short list was exercised
+    tied = torch.zeros(items)
+    top = protocol.rank_alike(tied, ("val",), k)["val"]
+    first = int(protocol.users_with_relevant("val")[1])
+    keys = protocol._exclude_keys["val"]
+    had = set(keys[keys // items == first] % items)
+    assert top[1].tolist() == [i for i in range(items) if i not in had][:k]
+
+
+def test_a_served_model_ranks_alike_for_everyone_only_without_taste_vectors_or_unknown_ids():
+    from models_src.baselines import _buffers
+
+    popularity = torch.tensor([5, 1, 3, 0])
+    flat = _buffers(torch.zeros(3, 1), torch.zeros(4, 1), torch.randn(3), torch.randn(4))
+    served = ServedModel(flat, popularity)
+    assert torch.equal(served.ranking_for_everyone(3), flat["item_bias"])
+    assert served.ranking_for_everyone(4) is None  # user 3 unknown: the popularity fallback
+    tasteful = _buffers(torch.ones(3, 1), torch.ones(4, 1))
+    assert ServedModel(tasteful, popularity).ranking_for_everyone(3) is None
+    fewer_items = _buffers(torch.zeros(3, 1), torch.zeros(3, 1))
+    assert ServedModel(fewer_items, popularity).ranking_for_everyone(3) is None

@@ -91,7 +91,10 @@ class Night:
     ) -> tuple[Contender, dict]:
         """Per-unit vectors for the gate and the summaries for the report."""
         vectors, tables = {}, {}
-        results = self.protocol.evaluate_parts(model.score_users, HELD_OUT, k)
+        alike = model.ranking_for_everyone(self.protocol.num_users)
+        results = self.protocol.evaluate_parts(
+            model.score_users, HELD_OUT, k, same_for_everyone=alike
+        )
         for part, ranked in results.items():
             tables[part] = dict(ranked.summary)
             vectors[part] = dict(ranked.per_user)
