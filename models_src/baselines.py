@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from models_src.data import Interactions
-from models_src.evaluation import Protocol
+from models_src.evaluation import Protocol, SplitResult
 
 BASELINE_FAMILIES = ("most-popular", "als")
 RATING_BASELINE = "bias"
@@ -52,11 +52,18 @@ class FittedBaseline:
     buffers: dict[str, Tensor]
     params: dict = field(default_factory=dict)
     seconds: float = 0.0
+    # Parts already evaluated under the night's protocol while choosing it (ALS: val), kept so
+    # that they are not ranked again.
+    evaluated: dict[str, SplitResult] = field(default_factory=dict)
 
     def score_users(self, users: Tensor) -> Tensor:
+        """The scores as served (models_src/serving.py adds in the same order, to the same
+        floats), so a ranking made while choosing the baseline stands for the gate's."""
         b = self.buffers
-        scores = b["user_emb"][users] @ b["item_emb"].T + b["user_bias"][users].unsqueeze(1)
-        return scores + b["item_bias"] + b["offset"]
+        scores = b["user_emb"][users] @ b["item_emb"].T
+        return scores.add_(b["user_bias"][users].unsqueeze(1)).add_(b["item_bias"]).add_(
+            float(b["offset"])
+        )
 
 
 def _buffers(
@@ -149,12 +156,14 @@ def als_on_val(
     started = time.perf_counter()
     for setting in grid:
         fitted = fit_als(splits["train"], seed=seed, **setting)
-        recall = protocol.evaluate(fitted.score_users, "val", k).summary[f"recall@{k}"]
+        val = protocol.evaluate(fitted.score_users, "val", k)
+        recall = val.summary[f"recall@{k}"]
         tried.append({**setting, f"val_recall@{k}": recall})
         if best is None or recall > best[0]:
-            best = (recall, fitted)
+            best = (recall, fitted, val)
     fitted = best[1]
     fitted.params["grid"] = tried
+    fitted.evaluated = {"val": best[2]}
     fitted.seconds = time.perf_counter() - started
     return fitted
 

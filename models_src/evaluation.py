@@ -21,14 +21,17 @@ model records the version it was evaluated under, and the gate refuses to compar
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import reduce
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from models_src.config import TrainConfig, like_threshold
 from models_src.data import Interactions
 from models_src.metrics import RANKING_METRICS, mae, rmse
 
@@ -296,6 +299,38 @@ class Protocol:
         return summary
 
 
+def save_results(path: Path, results: dict[str, SplitResult], key: dict) -> None:
+    """Per-user vectors and summaries of evaluated parts, under `key` (what they answer: the
+    night's evaluation record and the model's fingerprint), for a later process to reuse."""
+    arrays = {}
+    for part, result in results.items():
+        arrays[f"{part}/users"], arrays[f"{part}/cold"] = result.users, result.cold
+        arrays |= {f"{part}/metric/{name}": v for name, v in result.per_user.items()}
+    summaries = {part: result.summary for part, result in results.items()}
+    header = json.dumps({"key": key, "summaries": summaries}, default=float)
+    with open(path, "wb") as f:
+        np.savez(f, header=np.array(header), **arrays)
+
+
+def load_results(path: Path, key: dict) -> dict[str, SplitResult]:
+    """What `save_results` wrote at `path` under the same `key`; empty when the file is missing
+    or answers another question (another night, split, K or model)."""
+    if not path.exists():
+        return {}
+    with np.load(path) as saved:
+        header = json.loads(str(saved["header"]))
+        if header["key"] != json.loads(json.dumps(key, default=float)):
+            return {}
+        results = {}
+        for part, summary in header["summaries"].items():
+            prefix = f"{part}/metric/"
+            per_user = {n[len(prefix) :]: saved[n] for n in saved.files if n.startswith(prefix)}
+            results[part] = SplitResult(
+                saved[f"{part}/users"], per_user, saved[f"{part}/cold"], summary
+            )
+    return results
+
+
 def _writable(scores: Tensor) -> Tensor:
     """`scores`, or a copy of them when they are a view of another tensor (e.g. one popularity
     row expanded to every user): `rank` masks them in place. A scorer's own fresh product is
@@ -380,6 +415,14 @@ def evaluation_record(
     if method == "time" and len(data):
         record["train_until"] = time_cuts(data, val_ratio, test_ratio)[0]
     return record
+
+
+def night_record(data: Interactions, config: dict, k: int) -> dict:
+    """The evaluation record of tonight's models trained with `config` (TrainConfig fields) on
+    `data`."""
+    c = TrainConfig.from_dict(config)
+    like = like_threshold(data, c.rating_threshold)
+    return evaluation_record(c.split, c.val_ratio, c.test_ratio, c.split_salt, data, like, k)
 
 
 def incompatibility(champion: dict | None, tonight: dict) -> str | None:

@@ -175,7 +175,39 @@ def fit_baselines_run(
         path = out_dir / f"{family}{BASELINE_SUFFIX}"
         save_baseline(baseline, path)
         files[family] = str(path)
+        if train_config.model != "rating":
+            _evaluate_for_the_gate(baseline, path, source, splits, protocol, config)
     return files
+
+
+def _evaluate_for_the_gate(baseline, path: Path, data, splits, protocol, config: dict) -> None:
+    """The baseline on val and test as it will serve, saved beside it for the gate, which then
+    does not rank it again: here it runs on the task runner beside training, and ALS's val
+    ranking from choosing its setting is reused (the same scores as served)."""
+    from models_src.evaluation import HELD_OUT, night_record, save_results
+    from models_src.serving import ServedModel, evaluate_served, popularity_counts
+
+    k = TrainConfig.from_dict(config).k
+    served = ServedModel(baseline.buffers, popularity_counts(splits["train"]))
+    results = dict(baseline.evaluated)
+    missing = tuple(part for part in HELD_OUT if part not in results)
+    results |= evaluate_served(protocol, served, missing, k) if missing else {}
+    key = evaluation_key(path, night_record(data, config, k))
+    save_results(evaluation_file(path), results, key)
+
+
+def evaluation_file(baseline_file: Path) -> Path:
+    return baseline_file.with_name(baseline_file.name.replace(BASELINE_SUFFIX, ".evaluation.npz"))
+
+
+def evaluation_key(baseline_file: Path, record: dict) -> dict:
+    """What a saved evaluation answers: tonight's evaluation record and this baseline file's
+    content (a refitted or replaced file is evaluated again)."""
+    import hashlib
+
+    with open(baseline_file, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"record": record, "baseline_sha256": digest}
 
 
 def save_baseline(baseline, path: Path) -> None:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from models_src.data import Interactions
+from models_src.evaluation import Protocol, SplitResult
 from models_src.item_item import blend, history_matrix, item_item_scores
 
 
@@ -90,6 +91,15 @@ class ServedModel:
         prediction = self.offset + self.user_bias[u] * known_u + self.item_bias[i] * known_i + dot
         low, high = self.rating_range or (-float("inf"), float("inf"))
         return prediction.clamp(low, high)
+
+
+def evaluate_served(
+    protocol: Protocol, model: ServedModel, parts: tuple[str, ...], k: int
+) -> dict[str, SplitResult]:
+    """`model` on `parts` of `protocol`, as it serves: what the gate compares, wherever it is
+    computed (the gate itself, or the task that fitted a baseline)."""
+    alike = model.ranking_for_everyone(protocol.num_users)
+    return protocol.evaluate_parts(model.score_users, parts, k, same_for_everyone=alike)
 
 
 def popularity_counts(train: Interactions) -> Tensor:

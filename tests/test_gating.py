@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import spec_for
@@ -241,3 +242,52 @@ def _buffers(run) -> dict:
     trainer, _ = run
     state = load_checkpoint(trainer.output_dir / "best_model.pt")
     return dict(build_scorer(state, 10).state_dict())
+
+
+def test_each_baseline_is_ranked_once_where_it_is_fitted_and_the_gate_reuses_it(
+    con, home, write_file, monkeypatch
+):
+    """The baselines task saves each baseline's val and test vectors (ALS's val from choosing its
+    setting); they equal a full ranking of the served model, and the gate ranks only the
+    challenger. Another night's record, another K or a replaced file is not reused."""
+    import tasks.gate.gating as gating
+    from models_src.evaluation import HELD_OUT, load_results
+    from models_src.runs import evaluation_file, evaluation_key
+
+    export = planted_listens(con, write_file)
+    files = baselines(home, export, ("most-popular", "als"))
+    night = Night.load(export, TrainConfig().to_dict(), 10)
+    for family, file in files.items():
+        path = Path(file)
+        saved = load_results(evaluation_file(path), evaluation_key(path, night.record))
+        served = night.served(load_baseline(path).buffers)
+        ranked = night.protocol.evaluate_parts(served.score_users, HELD_OUT, 10)  # full matrix
+        assert set(saved) == set(HELD_OUT), family
+        for part in HELD_OUT:
+            assert saved[part].users.tolist() == ranked[part].users.tolist()
+            assert saved[part].cold.tolist() == ranked[part].cold.tolist()
+            assert saved[part].summary == pytest.approx(ranked[part].summary, nan_ok=True)
+            for name, vector in ranked[part].per_user.items():
+                np.testing.assert_array_equal(saved[part].per_user[name], vector, err_msg=name)
+        other_k = evaluation_key(path, {**night.record, "k": 5})
+        assert load_results(evaluation_file(path), other_k) == {}
+
+    ranked_here = []
+    real = gating.evaluate_served
+    monkeypatch.setattr(
+        gating,
+        "evaluate_served",
+        lambda protocol, model, parts, k: (
+            ranked_here.append(parts) or real(protocol, model, parts, k)
+        ),
+    )
+    version = train_version(con, home, export, "good", lr=0.05, epochs=3)
+    gate(con, home, version, export, files)
+    assert ranked_here == [HELD_OUT]  # the challenger alone
+    Path(files["als"]).write_bytes(Path(files["als"]).read_bytes() + b"\0")  # another file
+    assert (
+        load_results(
+            evaluation_file(Path(files["als"])), evaluation_key(Path(files["als"]), night.record)
+        )
+        == {}
+    )

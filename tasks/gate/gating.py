@@ -23,8 +23,10 @@ from models_src.data import Interactions
 from models_src.evaluation import (
     HELD_OUT,
     Protocol,
-    evaluation_record,
+    SplitResult,
     incompatibility,
+    load_results,
+    night_record,
     rating_errors,
     rating_summary,
 )
@@ -41,8 +43,8 @@ from models_src.gate import (
     rating_metrics,
 )
 from models_src.learners import split_for_training
-from models_src.runs import load_baseline
-from models_src.serving import ServedModel, popularity_counts
+from models_src.runs import evaluation_file, evaluation_key, load_baseline
+from models_src.serving import ServedModel, evaluate_served, popularity_counts
 from tasks.registry.publish import load_version_tables, publish_baseline
 from tasks.registry.registry import (
     champion,
@@ -87,15 +89,23 @@ class Night:
         return ServedModel(buffers, self.popularity, scale, history=self.splits["train"])
 
     def contender(
-        self, name: str, role: str, family: str, model: ServedModel, k: int
+        self,
+        name: str,
+        role: str,
+        family: str,
+        model: ServedModel,
+        k: int,
+        evaluated: dict[str, SplitResult] | None = None,
     ) -> tuple[Contender, dict]:
-        """Per-unit vectors for the gate and the summaries for the report."""
+        """Per-unit vectors for the gate and the summaries for the report. `evaluated`: parts
+        already ranked under tonight's protocol as `model` serves (a baseline's, saved by the
+        task that fitted it); the others are ranked here."""
         vectors, tables = {}, {}
-        alike = model.ranking_for_everyone(self.protocol.num_users)
-        results = self.protocol.evaluate_parts(
-            model.score_users, HELD_OUT, k, same_for_everyone=alike
-        )
-        for part, ranked in results.items():
+        results = dict(evaluated or {})
+        missing = tuple(part for part in HELD_OUT if part not in results)
+        results |= evaluate_served(self.protocol, model, missing, k) if missing else {}
+        for part in HELD_OUT:
+            ranked = results[part]
             tables[part] = dict(ranked.summary)
             vectors[part] = dict(ranked.per_user)
             if self.rating:
@@ -110,13 +120,6 @@ class Night:
     def cold(self) -> np.ndarray | None:
         """The val cold-user mask of the ranking guardrail (None for the rating slot)."""
         return None if self.rating else self.protocol.cold_users("val")
-
-
-def night_record(data: Interactions, config: dict, k: int) -> dict:
-    """The evaluation record of tonight's models trained with `config` on `data`."""
-    c = TrainConfig.from_dict(config)
-    like = like_threshold(data, c.rating_threshold)
-    return evaluation_record(c.split, c.val_ratio, c.test_ratio, c.split_salt, data, like, k)
 
 
 def champion_incompatibility(row: dict, data: Interactions, config: dict, k: int) -> str | None:
@@ -168,8 +171,10 @@ def gate_version(
     fitted = {family: load_baseline(Path(path)) for family, path in (baseline_files or {}).items()}
     baselines = []
     for family, baseline in fitted.items():
+        path = Path(baseline_files[family])
+        evaluated = load_results(evaluation_file(path), evaluation_key(path, night.record))
         contender, tables[family] = night.contender(
-            family, BASELINE, family, night.served(baseline.buffers), t.k
+            family, BASELINE, family, night.served(baseline.buffers), t.k, evaluated
         )
         baselines.append(contender)
     current = champion(con, row["slot"], row["dataset"])
