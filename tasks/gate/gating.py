@@ -1,5 +1,7 @@
-"""The gate, run: tonight's challenger, tonight's baselines and the champion, evaluated now under
-one protocol on tonight's split, compared paired (models_src/gate.py), and the verdict applied.
+"""The gate, run: tonight's challenger, tonight's baselines and the champion, evaluated under one
+protocol on tonight's split, compared paired (models_src/gate.py), and the verdict applied.
+A baseline's evaluation is the one its fitting task saved (models_src/runs.py) when it answers
+tonight's evaluation record for that very file; everything else is ranked here.
 
 Each contender is scored as it would serve (models_src/serving.py): the champion knows a prefix
 of tonight's users and items; users it never saw get the popularity fallback, items it never saw
