@@ -61,8 +61,10 @@ class FittedBaseline:
         floats), so a ranking made while choosing the baseline stands for the gate's."""
         b = self.buffers
         scores = b["user_emb"][users] @ b["item_emb"].T
-        return scores.add_(b["user_bias"][users].unsqueeze(1)).add_(b["item_bias"]).add_(
-            float(b["offset"])
+        return (
+            scores.add_(b["user_bias"][users].unsqueeze(1))
+            .add_(b["item_bias"])
+            .add_(float(b["offset"]))
         )
 
 

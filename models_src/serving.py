@@ -14,6 +14,9 @@ scorer does: the user's 0/1 row of the interactions it may not recommend again (
 
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -100,6 +103,17 @@ def evaluate_served(
     computed (the gate itself, or the task that fitted a baseline)."""
     alike = model.ranking_for_everyone(protocol.num_users)
     return protocol.evaluate_parts(model.score_users, parts, k, same_for_everyone=alike)
+
+
+def tables_digest(buffers: dict[str, Tensor]) -> str:
+    """A fingerprint of a scorer's tables (names, types, shapes and values): a ranking saved
+    for these tables stands for them only."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name in sorted(buffers):
+        array = np.ascontiguousarray(buffers[name].detach().cpu().numpy())
+        digest.update(f"{name}:{array.dtype}:{array.shape};".encode())
+        digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
 
 
 def popularity_counts(train: Interactions) -> Tensor:

@@ -291,3 +291,52 @@ def test_each_baseline_is_ranked_once_where_it_is_fitted_and_the_gate_reuses_it(
         )
         == {}
     )
+
+
+def test_a_run_ranked_where_it_trained_is_published_from_its_tables_and_not_ranked_again(
+    con, home, write_file, monkeypatch
+):
+    """The train task's `rank_run_ahead`: publish exports the very tables build_scorer makes,
+    the gate reuses the saved ranking (ranking nothing itself on a first night) and reports what
+    a fresh ranking gives; a ranking saved for other tables is not reused."""
+    import tasks.gate.gating as gating
+    from models_src.evaluation import load_results
+    from models_src.serving import tables_digest
+    from tasks.registry.publish import RANKED_AHEAD_FILE, load_version_tables
+
+    export = planted_listens(con, write_file)
+    files = baselines(home, export, ("most-popular", "als"))
+    config = {
+        **TrainConfig(epochs=3, embedding_dim=16, heads=2, num_layers=1, batch_size=512).to_dict(),
+        "model": "gat-bpr",
+    }
+    run = home.root / "runs" / "ranked-ahead"
+    _, final = train_run(config, str(export), run, log=lambda _: None)
+    gating.rank_run_ahead(run, export, 10)
+    built = build_scorer(load_checkpoint(run / "best_model.pt"), 10).state_dict()
+    metrics = {part: final[part] for part in ("val", "test")}
+    version = publish_run(con, run, "listens", metrics, home.root / "models")
+    artifact_dir = Path(version_row(con, version)["artifact_dir"])
+    published = load_version_tables(artifact_dir)["buffers"]
+    assert set(published) == set(built)
+    for name, table in built.items():
+        assert torch.equal(published[name], table), name
+
+    ranked_here = []
+    real = gating.evaluate_served
+    monkeypatch.setattr(
+        gating,
+        "evaluate_served",
+        lambda protocol, model, parts, k: (
+            ranked_here.append(parts) or real(protocol, model, parts, k)
+        ),
+    )
+    _, tables = gate(con, home, version, export, files)
+    assert ranked_here == []
+    night = Night.load(export, config, 10)
+    _, fresh = night.contender("fresh", "challenger", "gat-bpr", night.served(published), 10)
+    for part, summary in fresh.items():
+        assert tables[f"challenger v{version}"][part] == pytest.approx(summary, nan_ok=True)
+    other = {**published, "user_emb": published["user_emb"] + 1.0}
+    key = {"record": night.record, "tables": tables_digest(other)}
+    assert load_results(artifact_dir / RANKED_AHEAD_FILE, key) == {}

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from models_src.baselines import FittedBaseline
+from models_src.checkpoint import load_checkpoint, save_checkpoint
 from models_src.config import TrainConfig, like_threshold, rating_scale
 from models_src.data import Interactions
 from models_src.evaluation import (
@@ -31,6 +32,7 @@ from models_src.evaluation import (
     night_record,
     rating_errors,
     rating_summary,
+    save_results,
 )
 from models_src.gate import (
     BASELINE,
@@ -46,8 +48,14 @@ from models_src.gate import (
 )
 from models_src.learners import split_for_training
 from models_src.runs import evaluation_file, evaluation_key, load_baseline
-from models_src.serving import ServedModel, evaluate_served, popularity_counts
-from tasks.registry.publish import load_version_tables, publish_baseline
+from models_src.serving import ServedModel, evaluate_served, popularity_counts, tables_digest
+from tasks.registry.publish import (
+    RANKED_AHEAD_FILE,
+    SERVED_TABLES_FILE,
+    build_scorer,
+    load_version_tables,
+    publish_baseline,
+)
 from tasks.registry.registry import (
     champion,
     record_evaluation,
@@ -100,8 +108,8 @@ class Night:
         evaluated: dict[str, SplitResult] | None = None,
     ) -> tuple[Contender, dict]:
         """Per-unit vectors for the gate and the summaries for the report. `evaluated`: parts
-        already ranked under tonight's protocol as `model` serves (a baseline's, saved by the
-        task that fitted it); the others are ranked here."""
+        already ranked under tonight's protocol as `model` serves (saved by the task that
+        trained or fitted it); the others are ranked here."""
         vectors, tables = {}, {}
         results = dict(evaluated or {})
         missing = tuple(part for part in HELD_OUT if part not in results)
@@ -131,11 +139,33 @@ def champion_incompatibility(row: dict, data: Interactions, config: dict, k: int
     return f"champion v{row['version']} cannot be compared: {why}" if why else None
 
 
-def _version_model(night: Night, row: dict) -> ServedModel:
+def _version_contender(night: Night, row: dict) -> tuple[ServedModel, dict[str, SplitResult]]:
+    """A registered version as it serves, with its ranking made ahead when that ranking is of
+    these very tables under tonight's evaluation record (else nothing: it is ranked here)."""
     verify_artifacts(row)
-    state = load_version_tables(Path(row["artifact_dir"]))
+    artifact_dir = Path(row["artifact_dir"])
+    state = load_version_tables(artifact_dir)
     scale = state.get("rating_range")
-    return night.served(state["buffers"], tuple(scale) if scale else None)
+    key = {"record": night.record, "tables": tables_digest(state["buffers"])}
+    ranked = load_results(artifact_dir / RANKED_AHEAD_FILE, key)
+    return night.served(state["buffers"], tuple(scale) if scale else None), ranked
+
+
+def rank_run_ahead(run_dir: Path, export_path: Path, k: int) -> None:
+    """The run's best checkpoint as it will serve, built and ranked on val and test where it was
+    trained (on the task runner, beside other training), saved in the run directory: publish
+    exports these tables instead of propagating the graph again, and the gate reuses the
+    ranking (`_version_contender`) instead of ranking the challenger in the flow's process."""
+    state = load_checkpoint(run_dir / "best_model.pt")
+    buffers = dict(build_scorer(state, k).state_dict())
+    config, scale = state["config"], state["model_args"].get("rating_range")
+    del state
+    save_checkpoint(run_dir / SERVED_TABLES_FILE, buffers)
+    night = Night.load(export_path, config, k)
+    model = night.served(buffers, tuple(scale) if scale else None)
+    results = evaluate_served(night.protocol, model, HELD_OUT, k)
+    key = {"record": night.record, "tables": tables_digest(buffers)}
+    save_results(run_dir / RANKED_AHEAD_FILE, results, key)
 
 
 def staleness(champion_record: dict | None, tonight: dict) -> Staleness:
@@ -167,8 +197,9 @@ def gate_version(
     night = Night.load(export_path, json.loads(row["config_json"]), t.k)
     tables: dict[str, dict] = {}
     challenger_name = f"challenger v{version}"
+    model, ranked = _version_contender(night, row)
     challenger, tables[challenger_name] = night.contender(
-        challenger_name, CHALLENGER, row["kind"], _version_model(night, row), t.k
+        challenger_name, CHALLENGER, row["kind"], model, t.k, ranked
     )
     fitted = {family: load_baseline(Path(path)) for family, path in (baseline_files or {}).items()}
     baselines = []
@@ -187,8 +218,9 @@ def gate_version(
         )
         if incomparable is None:
             name = f"champion v{current['version']}"
+            model, ranked = _version_contender(night, current)
             holder, tables[name] = night.contender(
-                name, CHAMPION, current["kind"], _version_model(night, current), t.k
+                name, CHAMPION, current["kind"], model, t.k, ranked
             )
     verdict = decide(
         challenger,

@@ -43,6 +43,11 @@ SCORER_FILE = "scorer.onnx"
 PAIRS_FILE = "pairs.onnx"
 EMBEDDINGS_FILE = "embeddings.pt"
 META_FILE = "scorer_meta.json"
+# Written by the train task on the task runner (tasks/gate/gating.py `rank_run_ahead`): the best
+# checkpoint's scorer tables, which publish exports instead of propagating the graph again, and
+# their ranking on val and test, which the gate reuses.
+SERVED_TABLES_FILE = "served_tables.pt"
+RANKED_AHEAD_FILE = "served.evaluation.npz"
 # What a version keeps of its run directory: what serving, the gate, rollback and warm start read
 # (the best checkpoint, the scorers and their tables) and what a person looks at (metrics,
 # curves, the run's result). Resume checkpoints and final weights stay behind with the run.
@@ -57,6 +62,7 @@ PUBLISHED_FILES = (
     "metrics.json",
     "history.png",
     RESULT_FILE,
+    RANKED_AHEAD_FILE,
 )
 
 # A last look at a version's exported files before it is registered (raises to refuse it).
@@ -99,6 +105,25 @@ def build_scorer(state: dict, k: int) -> TopKScorer:
         return gat_bpr_scorer(model, graph, k)
     weights = ease_weights(positives, blend["lambda"])
     return gat_bpr_scorer(model, graph, k, item_item=weights, blend_weight=blend["weight"])
+
+
+def run_scorer(run_dir: Path, state: dict, k: int) -> TopKScorer:
+    """The run's scorer: from the tables its train task saved, or built from the checkpoint."""
+    path = run_dir / SERVED_TABLES_FILE
+    if not path.exists():
+        return build_scorer(state, k)
+    t = load_checkpoint(path)
+    blend_weight = t.get("blend_weight")
+    return TopKScorer(
+        t["user_emb"],
+        t["item_emb"],
+        k,
+        t["user_bias"],
+        t["item_bias"],
+        float(t["offset"]),
+        t.get("item_item"),
+        0.0 if blend_weight is None else float(blend_weight),
+    )
 
 
 def load_version_tables(artifact_dir: Path) -> dict:
@@ -199,7 +224,7 @@ def publish_run(
         "refit_of": refit_of,
         "rating_range": state["model_args"].get("rating_range"),
     }
-    scorer = build_scorer(state, k)
+    scorer = run_scorer(run_dir, state, k)
     pair_model = build_model(state) if rating else None
     return _register(con, scorer, record, run_dir, models_root, pair_model, check)
 

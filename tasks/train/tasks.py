@@ -233,6 +233,8 @@ def train_model_task(
         )
         progress.finish(final)
         history = trainer.history
+        del trainer  # its graph and optimizer state, before the scorer is built
+    _rank_for_the_gate(out_dir, export["path"], config)
     key = artifact_key(f"{dataset}-{model}")
     create_table_artifact(
         table=rounded_rows(history),
@@ -246,6 +248,15 @@ def train_model_task(
         + markdown_table(history),
     )
     return {"run_dir": str(out_dir), "model": model, **final}
+
+
+def _rank_for_the_gate(run_dir: Path, export_path: str, config: dict) -> None:
+    """The best checkpoint's scorer built and ranked on val and test here, on the task runner
+    beside other training, rather than in the flow's process by publish and the gate."""
+    from models_src.config import TrainConfig
+    from tasks.gate.gating import rank_run_ahead
+
+    rank_run_ahead(run_dir, Path(export_path), TrainConfig.from_dict(config).k)
 
 
 def _train_with_torchrun(
