@@ -192,7 +192,7 @@ def _evaluate_for_the_gate(baseline, path: Path, data, splits, protocol, config:
     results = dict(baseline.evaluated)
     missing = tuple(part for part in HELD_OUT if part not in results)
     results |= evaluate_served(protocol, served, missing, k) if missing else {}
-    key = evaluation_key(path, night_record(data, config, k))
+    key = evaluation_key(baseline.buffers, night_record(data, config, k))
     save_results(evaluation_file(path), results, key)
 
 
@@ -200,14 +200,12 @@ def evaluation_file(baseline_file: Path) -> Path:
     return baseline_file.with_name(baseline_file.name.replace(BASELINE_SUFFIX, ".evaluation.npz"))
 
 
-def evaluation_key(baseline_file: Path, record: dict) -> dict:
-    """What a saved evaluation answers: tonight's evaluation record and this baseline file's
-    content (a refitted or replaced file is evaluated again)."""
-    import hashlib
+def evaluation_key(buffers: dict, record: dict) -> dict:
+    """What a saved ranking answers: tonight's evaluation record and the scorer tables it
+    ranked (a refitted or replaced model is ranked again)."""
+    from models_src.serving import tables_digest
 
-    with open(baseline_file, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return {"record": record, "baseline_sha256": digest}
+    return {"record": record, "tables": tables_digest(buffers)}
 
 
 def save_baseline(baseline, path: Path) -> None:

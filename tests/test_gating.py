@@ -244,23 +244,38 @@ def _buffers(run) -> dict:
     return dict(build_scorer(state, 10).state_dict())
 
 
+@pytest.fixture
+def rankings(monkeypatch) -> list[tuple[str, ...]]:
+    """The parts ranked through the gate module's `evaluate_served`, one entry per model ranked:
+    by the gate (what it could not reuse) or by `rank_run_ahead`."""
+    import tasks.gate.gating as gating
+
+    ranked, real = [], gating.evaluate_served
+    monkeypatch.setattr(
+        gating,
+        "evaluate_served",
+        lambda protocol, model, parts, k: ranked.append(parts) or real(protocol, model, parts, k),
+    )
+    return ranked
+
+
 def test_each_baseline_is_ranked_once_where_it_is_fitted_and_the_gate_reuses_it(
-    con, home, write_file, monkeypatch
+    con, home, write_file, rankings
 ):
     """The baselines task saves each baseline's val and test vectors (ALS's val from choosing its
     setting); they equal a full ranking of the served model, and the gate ranks only the
-    challenger. Another night's record, another K or a replaced file is not reused."""
-    import tasks.gate.gating as gating
+    challenger. Another night's record, another K or a replaced baseline is not reused."""
     from models_src.evaluation import HELD_OUT, load_results
-    from models_src.runs import evaluation_file, evaluation_key
+    from models_src.runs import evaluation_file, evaluation_key, save_baseline
 
     export = planted_listens(con, write_file)
     files = baselines(home, export, ("most-popular", "als"))
     night = Night.load(export, TrainConfig().to_dict(), 10)
     for family, file in files.items():
         path = Path(file)
-        saved = load_results(evaluation_file(path), evaluation_key(path, night.record))
-        served = night.served(load_baseline(path).buffers)
+        buffers = load_baseline(path).buffers
+        saved = load_results(evaluation_file(path), evaluation_key(buffers, night.record))
+        served = night.served(buffers)
         ranked = night.protocol.evaluate_parts(served.score_users, HELD_OUT, 10)  # full matrix
         assert set(saved) == set(HELD_OUT), family
         for part in HELD_OUT:
@@ -269,39 +284,29 @@ def test_each_baseline_is_ranked_once_where_it_is_fitted_and_the_gate_reuses_it(
             assert saved[part].summary == pytest.approx(ranked[part].summary, nan_ok=True)
             for name, vector in ranked[part].per_user.items():
                 np.testing.assert_array_equal(saved[part].per_user[name], vector, err_msg=name)
-        other_k = evaluation_key(path, {**night.record, "k": 5})
+        other_k = evaluation_key(buffers, {**night.record, "k": 5})
         assert load_results(evaluation_file(path), other_k) == {}
 
-    ranked_here = []
-    real = gating.evaluate_served
-    monkeypatch.setattr(
-        gating,
-        "evaluate_served",
-        lambda protocol, model, parts, k: (
-            ranked_here.append(parts) or real(protocol, model, parts, k)
-        ),
-    )
     version = train_version(con, home, export, "good", lr=0.05, epochs=3)
     gate(con, home, version, export, files)
-    assert ranked_here == [HELD_OUT]  # the challenger alone
-    Path(files["als"]).write_bytes(Path(files["als"]).read_bytes() + b"\0")  # another file
-    assert (
-        load_results(
-            evaluation_file(Path(files["als"])), evaluation_key(Path(files["als"]), night.record)
-        )
-        == {}
-    )
+    assert rankings == [HELD_OUT]  # the challenger alone
+    als_file = Path(files["als"])
+    replaced = load_baseline(als_file)
+    replaced.buffers["user_emb"] += 1.0
+    save_baseline(replaced, als_file)
+    replaced_key = evaluation_key(replaced.buffers, night.record)
+    assert load_results(evaluation_file(als_file), replaced_key) == {}
 
 
 def test_a_run_ranked_where_it_trained_is_published_from_its_tables_and_not_ranked_again(
-    con, home, write_file, monkeypatch
+    con, home, write_file, rankings
 ):
     """The train task's `rank_run_ahead`: publish exports the very tables build_scorer makes,
     the gate reuses the saved ranking (ranking nothing itself on a first night) and reports what
     a fresh ranking gives; a ranking saved for other tables is not reused."""
     import tasks.gate.gating as gating
     from models_src.evaluation import load_results
-    from models_src.serving import tables_digest
+    from models_src.runs import evaluation_key
     from tasks.registry.publish import RANKED_AHEAD_FILE, load_version_tables
 
     export = planted_listens(con, write_file)
@@ -313,6 +318,8 @@ def test_a_run_ranked_where_it_trained_is_published_from_its_tables_and_not_rank
     run = home.root / "runs" / "ranked-ahead"
     _, final = train_run(config, str(export), run, log=lambda _: None)
     gating.rank_run_ahead(run, export, 10)
+    assert rankings == [("val", "test")]  # where it trained
+    rankings.clear()
     built = build_scorer(load_checkpoint(run / "best_model.pt"), 10).state_dict()
     metrics = {part: final[part] for part in ("val", "test")}
     version = publish_run(con, run, "listens", metrics, home.root / "models")
@@ -322,21 +329,12 @@ def test_a_run_ranked_where_it_trained_is_published_from_its_tables_and_not_rank
     for name, table in built.items():
         assert torch.equal(published[name], table), name
 
-    ranked_here = []
-    real = gating.evaluate_served
-    monkeypatch.setattr(
-        gating,
-        "evaluate_served",
-        lambda protocol, model, parts, k: (
-            ranked_here.append(parts) or real(protocol, model, parts, k)
-        ),
-    )
     _, tables = gate(con, home, version, export, files)
-    assert ranked_here == []
+    assert rankings == []
     night = Night.load(export, config, 10)
     _, fresh = night.contender("fresh", "challenger", "gat-bpr", night.served(published), 10)
     for part, summary in fresh.items():
         assert tables[f"challenger v{version}"][part] == pytest.approx(summary, nan_ok=True)
     other = {**published, "user_emb": published["user_emb"] + 1.0}
-    key = {"record": night.record, "tables": tables_digest(other)}
+    key = evaluation_key(other, night.record)
     assert load_results(artifact_dir / RANKED_AHEAD_FILE, key) == {}

@@ -48,7 +48,7 @@ from models_src.gate import (
 )
 from models_src.learners import split_for_training
 from models_src.runs import evaluation_file, evaluation_key, load_baseline
-from models_src.serving import ServedModel, evaluate_served, popularity_counts, tables_digest
+from models_src.serving import ServedModel, evaluate_served, popularity_counts
 from tasks.registry.publish import (
     RANKED_AHEAD_FILE,
     SERVED_TABLES_FILE,
@@ -146,7 +146,7 @@ def _version_contender(night: Night, row: dict) -> tuple[ServedModel, dict[str, 
     artifact_dir = Path(row["artifact_dir"])
     state = load_version_tables(artifact_dir)
     scale = state.get("rating_range")
-    key = {"record": night.record, "tables": tables_digest(state["buffers"])}
+    key = evaluation_key(state["buffers"], night.record)
     ranked = load_results(artifact_dir / RANKED_AHEAD_FILE, key)
     return night.served(state["buffers"], tuple(scale) if scale else None), ranked
 
@@ -164,8 +164,7 @@ def rank_run_ahead(run_dir: Path, export_path: Path, k: int) -> None:
     night = Night.load(export_path, config, k)
     model = night.served(buffers, tuple(scale) if scale else None)
     results = evaluate_served(night.protocol, model, HELD_OUT, k)
-    key = {"record": night.record, "tables": tables_digest(buffers)}
-    save_results(run_dir / RANKED_AHEAD_FILE, results, key)
+    save_results(run_dir / RANKED_AHEAD_FILE, results, evaluation_key(buffers, night.record))
 
 
 def staleness(champion_record: dict | None, tonight: dict) -> Staleness:
@@ -204,8 +203,8 @@ def gate_version(
     fitted = {family: load_baseline(Path(path)) for family, path in (baseline_files or {}).items()}
     baselines = []
     for family, baseline in fitted.items():
-        path = Path(baseline_files[family])
-        evaluated = load_results(evaluation_file(path), evaluation_key(path, night.record))
+        key = evaluation_key(baseline.buffers, night.record)
+        evaluated = load_results(evaluation_file(Path(baseline_files[family])), key)
         contender, tables[family] = night.contender(
             family, BASELINE, family, night.served(baseline.buffers), t.k, evaluated
         )
