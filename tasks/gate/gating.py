@@ -1,7 +1,8 @@
 """The gate, run: tonight's challenger, tonight's baselines and the champion, evaluated under one
 protocol on tonight's split, compared paired (models_src/gate.py), and the verdict applied.
-A baseline's evaluation is the one its fitting task saved (models_src/runs.py) when it answers
-tonight's evaluation record for that very file; everything else is ranked here.
+A contender's ranking is the one saved where it was made (a baseline's by the task that fit it,
+models_src/runs.py; the challenger's by its train task, `rank_run_ahead`) when it answers
+tonight's evaluation record for those very tables; everything else is ranked here.
 
 Each contender is scored as it would serve (models_src/serving.py): the champion knows a prefix
 of tonight's users and items; users it never saw get the popularity fallback, items it never saw
