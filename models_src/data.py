@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -213,8 +213,11 @@ def split_interactions(
     if how not in SPLIT_METHODS:
         raise ValueError(f"unknown split method {how!r}; choose one of {sorted(SPLIT_METHODS)}")
     buckets = SPLIT_METHODS[how](data, val_ratio, test_ratio, salt)
+    # The parts go to training and evaluation, which never read time once the split is made;
+    # without `ts` the parts hold 8 bytes a row less.
+    timeless = replace(data, ts=None)
     return {
-        name: data.subset(buckets == code)
+        name: timeless.subset(buckets == code)
         for name, code in (("train", TRAIN), ("val", VAL), ("test", TEST))
     }
 

@@ -89,6 +89,10 @@ class Protocol:
     """Relevant and excluded items of each part, built once per split and reused by every model
     evaluated on it (so their per-user vectors line up for paired tests)."""
 
+    # Scores ranked at a time: 128 MB of float32. A block of 1,024 users over a 100k-item
+    # catalogue would hold three times that, beside everything the process already holds.
+    score_block_cells: int = 2**25
+
     def __init__(
         self,
         splits: dict[str, Interactions],
@@ -228,6 +232,7 @@ class Protocol:
         users_all = reduce(np.union1d, evaluated.values())
         member = {p: np.isin(users_all, evaluated[p], assume_unique=True) for p in order}
         tops: dict[str, list[Tensor]] = {part: [] for part in order}
+        batch_size = self.block_users(batch_size)
         for start in range(0, len(users_all), batch_size):
             users = torch.from_numpy(users_all[start : start + batch_size])
             scores = _writable(score_users(users.to(device)).float())
@@ -242,6 +247,11 @@ class Protocol:
             part: torch.cat(tops[part]) if tops[part] else torch.zeros((0, width), dtype=torch.long)
             for part in order
         }
+
+    def block_users(self, batch_size: int) -> int:
+        """Users scored at a time: `batch_size`, fewer on a catalogue so large that their score
+        matrix would pass `score_block_cells` (a block's top-K does not depend on its size)."""
+        return max(1, min(batch_size, self.score_block_cells // max(1, self.num_items)))
 
     def _result(self, part: str, top: Tensor, k: int, batch_size: int) -> SplitResult:
         """Per-user metrics of `part` from its users' top-K. Batches of `batch_size` users, as the

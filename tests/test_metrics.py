@@ -198,6 +198,37 @@ def test_parts_evaluated_together_rank_as_each_part_alone():
         assert alone.summary == together[part].summary
 
 
+def test_a_large_catalogue_is_scored_in_smaller_blocks_to_the_same_ranking():
+    """Past `score_block_cells` the users are scored a few at a time: the same top K and the
+    same summaries (ties included) as one block of `batch_size` users."""
+    torch.manual_seed(2)
+    users, items, k = 40, 25, 5
+    scores = torch.randint(0, 3, (users, items)).float()
+    rng = np.random.default_rng(2)
+    pairs = {part: rng.integers(0, [users, items], (n, 2)) for part, n in (
+        ("train", 200), ("val", 60), ("test", 60))}  # fmt: skip
+    splits = {part: interactions([tuple(p) for p in pairs[part]], users, items) for part in pairs}
+    blocks: list[int] = []
+
+    def score(batch):
+        blocks.append(len(batch))
+        return scores[batch]
+
+    protocol = Protocol(splits)
+    whole = protocol.rank(score, ("val", "test"), k, batch_size=64)
+    whole_results = protocol.evaluate_parts(score, k=k, batch_size=64)
+    assert max(blocks) > 3
+    protocol.score_block_cells = 3 * items + 1  # three users' scores at a time
+    blocks.clear()
+    small = protocol.rank(score, ("val", "test"), k, batch_size=64)
+    assert max(blocks) == 3
+    for part in ("val", "test"):
+        assert torch.equal(small[part], whole[part])
+    small_results = protocol.evaluate_parts(score, k=k, batch_size=64)
+    for part in ("val", "test"):
+        assert small_results[part].summary == whole_results[part].summary
+
+
 def test_one_ranking_shared_by_every_user_is_ranked_without_a_matrix_as_the_full_ranking():
     """`rank_alike` (MostPopular, the bias baseline) against `rank` of the same scores repeated
     for every user: the same top K for users with K items left, the same metric vectors for all,
