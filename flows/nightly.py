@@ -40,7 +40,7 @@ from flows.ingest import ingest
 from flows.params import DEFAULT_PARAMS, NightlyParams
 from flows.runners import night_task_runner, scoring_parts
 from tasks.faults import crash_point
-from tasks.gate.tasks import gate_candidate_task
+from tasks.gate.tasks import champion_to_rank_task, gate_candidate_task
 from tasks.home import EncoreHome
 from tasks.lock import WRITER_LOCK, LockHeld, exclusive_lock
 from tasks.refit.tasks import publish_serving_task, refit_serving_task
@@ -90,6 +90,7 @@ class _Branch:
         self.warm_source: dict | None = None
         self.training: PrefectFuture | None = None
         self.baselines: PrefectFuture | None = None
+        self.champion_ranking: str | None = None  # where the baselines task ranks the champion
 
     @property
     def labels(self) -> tuple[str, str]:
@@ -107,8 +108,9 @@ class _Branch:
 def _start_training(
     branch: _Branch, params: NightlyParams, home: EncoreHome, runner: TaskRunner, stamp: str
 ) -> None:
-    """Export the snapshot and find the champion to start from (both read the warehouse, so
-    in this process), then hand training to the runner (it reads the export file only)."""
+    """Export the snapshot and find the champion to start from and the one the gate will
+    compare (these read the warehouse, so in this process), then hand training, the baselines
+    and the champion's ranking to the runner (it reads files only)."""
     dataset, model = branch.item["dataset"], branch.item["model"]
     tuned = load_tuned(home.root, dataset, model)  # the tuning job's best, when there is one
     warehouse_path, config = str(home.warehouse), params.train_config(model, tuned)
@@ -144,6 +146,12 @@ def _start_training(
             },
         )
         families = [] if model == "rating" else list(params.gate.baselines)
+        gate_champion = champion_to_rank_task(warehouse_path, dataset, model)
+        if gate_champion is not None:
+            branch.champion_ranking = str(
+                Path(runs_dir) / f"{dataset}-{model}-champion-snapshot"
+                f"{branch.export['snapshot_id']}.evaluation.npz"
+            )
         branch.baselines = runner.submit(
             fit_baselines_task,
             {
@@ -153,6 +161,8 @@ def _start_training(
                 "config": config,
                 "runs_dir": runs_dir,
                 "families": families,
+                "champion": gate_champion,
+                "champion_ranking": branch.champion_ranking,
             },
         )
 
@@ -184,6 +194,7 @@ def _gate_and_serve(
                 branch.export["path"],
                 params.gate_thresholds(),
                 baseline_files,
+                branch.champion_ranking,
             )
         outcome["gate"] = gate
         crash_point("gated")

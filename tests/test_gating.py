@@ -338,3 +338,45 @@ def test_a_run_ranked_where_it_trained_is_published_from_its_tables_and_not_rank
     other = {**published, "user_emb": published["user_emb"] + 1.0}
     key = evaluation_key(other, night.record)
     assert load_results(artifact_dir / RANKED_AHEAD_FILE, key) == {}
+
+
+def test_the_champion_ranked_beside_training_is_not_ranked_again_by_the_gate(
+    con, home, write_file, rankings
+):
+    """`rank_champion_ahead` (the baselines task's, on the task runner): the gate reuses that
+    ranking of the champion and reports what a fresh ranking gives; a champion that cannot be
+    compared tonight is not ranked; a ranking of other tables is not used."""
+    import tasks.gate.gating as gating
+    from tasks.gate.tasks import champion_to_rank_task
+
+    export = planted_listens(con, write_file)
+    files = baselines(home, export)
+    first = train_version(con, home, export, "good", lr=0.05, epochs=15)
+    gate(con, home, first, export, files)
+    held = champion_to_rank_task.fn(str(home.warehouse), "listens", "gat-bpr")
+    assert held is not None and held["version"] == first
+    config = {**TrainConfig().to_dict(), "model": "gat-bpr"}
+    ahead = home.root / "runs" / "champion.evaluation.npz"
+    said = gating.rank_champion_ahead(held, export, config, 10, ahead)
+    assert said.startswith(f"champion v{first} ranked") and ahead.exists()
+    second = train_version(con, home, export, "barely-trained", lr=1e-5, epochs=1)
+    rankings.clear()
+    _, tables = gate_version(
+        con, second, export, home.root / "models", GateThresholds(), files, ahead
+    )
+    assert rankings == [("val", "test")]  # the challenger alone: it was not ranked ahead
+    night = Night.load(export, config, 10)
+    model, _ = gating._version_contender(night, version_row(con, first))
+    _, fresh = night.contender("fresh", "champion", "gat-bpr", model, 10)
+    for part, summary in fresh.items():
+        assert tables[f"champion v{first}"][part] == pytest.approx(summary, nan_ok=True)
+
+    rankings.clear()
+    stale = {**held, "evaluation_json": held["evaluation_json"].replace('"encore"', '"other"')}
+    said = gating.rank_champion_ahead(stale, export, config, 10, home.root / "stale.npz")
+    assert said.startswith("not ranked: champion v") and rankings == []
+    third = train_version(con, home, export, "barely-again", lr=1e-5, epochs=1)
+    other_tables = home.root / "runs" / "baselines" / "most-popular.evaluation.npz"
+    ahead.write_bytes(other_tables.read_bytes())
+    gate_version(con, third, export, home.root / "models", GateThresholds(), files, ahead)
+    assert rankings == [("val", "test"), ("val", "test")]  # challenger and champion, both here

@@ -1,8 +1,9 @@
 """The gate, run: tonight's challenger, tonight's baselines and the champion, evaluated under one
 protocol on tonight's split, compared paired (models_src/gate.py), and the verdict applied.
 A contender's ranking is the one saved where it was made (a baseline's by the task that fit it,
-models_src/runs.py; the challenger's by its train task, `rank_run_ahead`) when it answers
-tonight's evaluation record for those very tables; everything else is ranked here.
+models_src/runs.py; the challenger's by its train task, `rank_run_ahead`; the champion's by the
+baselines task, `rank_champion_ahead`) when it answers tonight's evaluation record for those very
+tables; everything else is ranked here.
 
 Each contender is scored as it would serve (models_src/serving.py): the champion knows a prefix
 of tonight's users and items; users it never saw get the popularity fallback, items it never saw
@@ -140,16 +141,43 @@ def champion_incompatibility(row: dict, data: Interactions, config: dict, k: int
     return f"champion v{row['version']} cannot be compared: {why}" if why else None
 
 
-def _version_contender(night: Night, row: dict) -> tuple[ServedModel, dict[str, SplitResult]]:
+def _version_contender(
+    night: Night, row: dict, ranked_elsewhere: Path | None = None
+) -> tuple[ServedModel, dict[str, SplitResult]]:
     """A registered version as it serves, with its ranking made ahead when that ranking is of
-    these very tables under tonight's evaluation record (else nothing: it is ranked here)."""
+    these very tables under tonight's evaluation record (else nothing: it is ranked here). The
+    ranking is looked for in the version's files (its train task's), then at `ranked_elsewhere`
+    (the champion's, ranked tonight beside training: `rank_champion_ahead`)."""
     verify_artifacts(row)
-    artifact_dir = Path(row["artifact_dir"])
+    model, buffers = _served_version(night, Path(row["artifact_dir"]))
+    key = evaluation_key(buffers, night.record)
+    ranked = load_results(Path(row["artifact_dir"]) / RANKED_AHEAD_FILE, key)
+    if not ranked and ranked_elsewhere is not None:
+        ranked = load_results(ranked_elsewhere, key)
+    return model, ranked
+
+
+def _served_version(night: Night, artifact_dir: Path) -> tuple[ServedModel, dict]:
+    """A registered version's tables as tonight's model would serve them, and the tables."""
     state = load_version_tables(artifact_dir)
     scale = state.get("rating_range")
-    key = evaluation_key(state["buffers"], night.record)
-    ranked = load_results(artifact_dir / RANKED_AHEAD_FILE, key)
-    return night.served(state["buffers"], tuple(scale) if scale else None), ranked
+    return night.served(state["buffers"], tuple(scale) if scale else None), state["buffers"]
+
+
+def rank_champion_ahead(champion: dict, export_path: Path, config: dict, k: int, out: Path) -> str:
+    """The champion (`champion`: its registry row's version, artifact_dir and evaluation_json)
+    ranked on tonight's val and test as it serves, saved at `out` for the gate: run on the task
+    runner beside training, so the flow's process ranks nothing on a night with a champion. The
+    gate checks the champion's files and uses this ranking only if it is of the tables it loads
+    under tonight's record. Returns what was done, for the log."""
+    night = Night.load(export_path, config, k)
+    why = champion_incompatibility(champion, night.data, config, k)
+    if why:
+        return f"not ranked: {why}"
+    model, buffers = _served_version(night, Path(champion["artifact_dir"]))
+    results = evaluate_served(night.protocol, model, HELD_OUT, k)
+    save_results(out, results, evaluation_key(buffers, night.record))
+    return f"champion v{champion['version']} ranked on val and test into {out}"
 
 
 def rank_run_ahead(run_dir: Path, export_path: Path, k: int) -> None:
@@ -188,10 +216,12 @@ def gate_version(
     models_root: Path,
     thresholds: GateThresholds | None = None,
     baseline_files: dict[str, str] | None = None,
+    champion_ranking: Path | None = None,
 ) -> tuple[Verdict, dict]:
     """Decide who serves tonight among the challenger `version`, the fitted baselines
     (family -> file) and the champion, apply it to the registry, and return the verdict and the
-    report's tables (contender -> part -> metrics)."""
+    report's tables (contender -> part -> metrics). `champion_ranking`: where the champion's
+    ranking made ahead tonight may be (`rank_champion_ahead`)."""
     t = thresholds or GateThresholds()
     row = version_row(con, version)
     night = Night.load(export_path, json.loads(row["config_json"]), t.k)
@@ -218,7 +248,7 @@ def gate_version(
         )
         if incomparable is None:
             name = f"champion v{current['version']}"
-            model, ranked = _version_contender(night, current)
+            model, ranked = _version_contender(night, current, champion_ranking)
             holder, tables[name] = night.contender(
                 name, CHAMPION, current["kind"], model, t.k, ranked
             )

@@ -13,13 +13,21 @@ from prefect.logging import get_run_logger
 
 from models_src.gate import GateThresholds
 from tasks.gate.gating import gate_version
-from tasks.registry.registry import (
-    champion,
-    version_row,
-)
+from tasks.registry.registry import champion, slot_of, version_row
 from tasks.report.report import metrics_rows, rounded_rows
 from tasks.retries import artifact_key
 from tasks.warehouse.schema import warehouse
+
+
+@task(name="find the champion", task_run_name="find the {model} champion on {dataset}")
+def champion_to_rank_task(warehouse_path: str, dataset: str, model: str) -> dict | None:
+    """The champion `model`'s challenger will meet at the gate (its version, files and
+    evaluation record), for the task runner to rank ahead beside training; None without one."""
+    with warehouse(Path(warehouse_path)) as con:
+        row = champion(con, slot_of(model), dataset)
+    if row is None:
+        return None
+    return {key: row[key] for key in ("version", "artifact_dir", "evaluation_json")}
 
 
 @task(name="gate", task_run_name="gate v{version} on {dataset}")
@@ -30,9 +38,11 @@ def gate_candidate_task(
     export_path: str,
     thresholds: dict,
     baseline_files: dict[str, str],
+    champion_ranking: str | None = None,
 ) -> dict:
     """Challenger vs tonight's baselines vs the champion, paired on tonight's val (test
-    confirms): the winner is crowned (a baseline registered first), every decision logged."""
+    confirms): the winner is crowned (a baseline registered first), every decision logged.
+    `champion_ranking`: the champion's ranking made ahead tonight, if it was."""
     gate = GateThresholds(**thresholds)
     logger = get_run_logger()
     with warehouse(Path(warehouse_path)) as con:
@@ -45,6 +55,7 @@ def gate_candidate_task(
             Path(warehouse_path).parent / "models",
             gate,
             baseline_files,
+            Path(champion_ranking) if champion_ranking else None,
         )
         after = champion(con, row["slot"], dataset)
     for line in verdict.reasons:

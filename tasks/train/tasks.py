@@ -96,15 +96,37 @@ def warm_start_source_task(
     task_run_name="fit baselines beside {model} on {dataset} snapshot {export[snapshot_id]}",
 )
 def fit_baselines_task(
-    export: dict, dataset: str, model: str, config: dict, runs_dir: str, families: list[str]
+    export: dict,
+    dataset: str,
+    model: str,
+    config: dict,
+    runs_dir: str,
+    families: list[str],
+    champion: dict | None = None,
+    champion_ranking: str | None = None,
 ) -> dict[str, str]:
     """Tonight's baselines on the same train split as the challenger (models_src/baselines.py):
-    family -> file. Runs on the task runner, beside training."""
+    family -> file. Runs on the task runner, beside training; so does the ranking of the
+    `champion` the gate will compare (`champion_to_rank_task`), saved at `champion_ranking`."""
     from models_src.runs import fit_baselines_run
 
+    logger = get_run_logger()
+    config = {**config, "model": model}
     out_dir = Path(runs_dir) / f"{dataset}-{model}-baselines-snapshot{export['snapshot_id']}"
-    files = fit_baselines_run({**config, "model": model}, export["path"], out_dir, families)
-    get_run_logger().info(f"baselines of {model} on {dataset}: {sorted(files)} in {out_dir}")
+    files = fit_baselines_run(config, export["path"], out_dir, families)
+    logger.info(f"baselines of {model} on {dataset}: {sorted(files)} in {out_dir}")
+    if champion is not None and champion_ranking is not None:
+        from models_src.config import TrainConfig
+        from tasks.gate.gating import rank_champion_ahead
+
+        k = TrainConfig.from_dict(config).k
+        try:
+            done = rank_champion_ahead(
+                champion, Path(export["path"]), config, k, Path(champion_ranking)
+            )
+        except Exception as error:  # noqa: BLE001 - a head start must never fail the night
+            done = f"not ranked ahead ({error!r}): the gate ranks it, or reports what is wrong"
+        logger.info(done)
     return files
 
 
