@@ -35,8 +35,10 @@ STAGES = (
     "ingest + validate",
     "export",
     "train",
+    "baselines",
     "publish (ONNX export)",
     "gate",
+    "serving refit",
     "batch scoring",
 )
 
@@ -90,7 +92,7 @@ def direct_night(home, params) -> tuple[dict[str, float], list[dict]]:
     from models_src.learners import prepare_learner
     from models_src.runs import fit_baselines_run
     from models_src.trainers import AdvancedTrainer
-    from tasks.gate.gating import gate_version
+    from tasks.gate.gating import gate_version, rank_run_ahead
     from tasks.ingest.sources import load_datasets
     from tasks.registry.publish import publish_run
     from tasks.report.report import stage_clock
@@ -121,6 +123,7 @@ def direct_night(home, params) -> tuple[dict[str, float], list[dict]]:
                     final = AdvancedTrainer(
                         learner, learner.config, run_dir, artifacts=artifacts, log=lambda _: None
                     ).fit()
+                    rank_run_ahead(run_dir, Path(export["path"]), learner.config.k)
                 with stage_clock(timings, "baselines"):
                     families = [] if model == "rating" else list(params.gate.baselines)
                     files = fit_baselines_run(
