@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prefect import flow, tags
+from prefect import flow
 from prefect.futures import PrefectFuture
 from prefect.logging import get_run_logger
 from prefect.runtime import flow_run
@@ -92,11 +92,6 @@ class _Branch:
         self.baselines: PrefectFuture | None = None
         self.champion_ranking: str | None = None  # where the baselines task ranks the champion
 
-    @property
-    def labels(self) -> tuple[str, str]:
-        """The run's tags: filter the UI by model or dataset."""
-        return self.item["model"], f"dataset:{self.item['dataset']}"
-
     def fail(self, stage: str, error: BaseException) -> None:
         self.outcome.update(status="failed", stage=stage, reason=f"{error!r}")
 
@@ -117,54 +112,51 @@ def _start_training(
     if config.get("tuned_from"):
         branch.outcome["tuned_from"] = config["tuned_from"]
     runs_dir = str(home.root / "runs" / stamp)
-    with tags(*branch.labels):
-        with stage_clock(branch.outcome["timings"], "export"):
-            branch.export = export_snapshot_task(
-                warehouse_path, dataset, str(home.root / "exports"), branch.item["snapshot_id"]
-            )
-            source = (
-                warm_start_source_task(
-                    warehouse_path, dataset, model, branch.export["path"], config
-                )
-                if params.warm_start
-                else None
-            )
-        branch.warm_source = source
-        warm = source
-        if source and "refused" not in source:
-            warm = {**source, "config": params.warm_train_config(model, tuned)}
-        branch.training = runner.submit(
-            train_model_task,
-            {
-                "export": branch.export,
-                "dataset": dataset,
-                "model": model,
-                "config": config,
-                "runs_dir": runs_dir,
-                "warm_start": warm,
-                "processes": params.gat_bpr.processes if model == "gat-bpr" else 1,
-            },
+    with stage_clock(branch.outcome["timings"], "export"):
+        branch.export = export_snapshot_task(
+            warehouse_path, dataset, str(home.root / "exports"), branch.item["snapshot_id"]
         )
-        families = [] if model == "rating" else list(params.gate.baselines)
-        gate_champion = champion_to_rank_task(warehouse_path, dataset, model)
-        if gate_champion is not None:
-            branch.champion_ranking = str(
-                Path(runs_dir) / f"{dataset}-{model}-champion-snapshot"
-                f"{branch.export['snapshot_id']}.evaluation.npz"
-            )
-        branch.baselines = runner.submit(
-            fit_baselines_task,
-            {
-                "export": branch.export,
-                "dataset": dataset,
-                "model": model,
-                "config": config,
-                "runs_dir": runs_dir,
-                "families": families,
-                "champion": gate_champion,
-                "champion_ranking": branch.champion_ranking,
-            },
+        source = (
+            warm_start_source_task(warehouse_path, dataset, model, branch.export["path"], config)
+            if params.warm_start
+            else None
         )
+    branch.warm_source = source
+    warm = source
+    if source and "refused" not in source:
+        warm = {**source, "config": params.warm_train_config(model, tuned)}
+    branch.training = runner.submit(
+        train_model_task,
+        {
+            "export": branch.export,
+            "dataset": dataset,
+            "model": model,
+            "config": config,
+            "runs_dir": runs_dir,
+            "warm_start": warm,
+            "processes": params.gat_bpr.processes if model == "gat-bpr" else 1,
+        },
+    )
+    families = [] if model == "rating" else list(params.gate.baselines)
+    gate_champion = champion_to_rank_task(warehouse_path, dataset, model)
+    if gate_champion is not None:
+        branch.champion_ranking = str(
+            Path(runs_dir) / f"{dataset}-{model}-champion-snapshot"
+            f"{branch.export['snapshot_id']}.evaluation.npz"
+        )
+    branch.baselines = runner.submit(
+        fit_baselines_task,
+        {
+            "export": branch.export,
+            "dataset": dataset,
+            "model": model,
+            "config": config,
+            "runs_dir": runs_dir,
+            "families": families,
+            "champion": gate_champion,
+            "champion_ranking": branch.champion_ranking,
+        },
+    )
 
 
 def _gate_and_serve(
@@ -179,44 +171,41 @@ def _gate_and_serve(
         outcome["training"] = branch.training.result()
     with stage_clock(timings, "baselines"):
         baseline_files = branch.baselines.result()
-    with tags(*branch.labels):
-        with stage_clock(timings, "publish (ONNX export)"):
-            published = publish_candidate_task(
-                warehouse_path, outcome["training"], dataset, params.k
-            )
-        outcome["model_dir"] = published["model_dir"]
-        crash_point("published")
-        with stage_clock(timings, "gate"):
-            gate = gate_candidate_task(
-                warehouse_path,
-                published["version"],
-                dataset,
-                branch.export["path"],
-                params.gate_thresholds(),
-                baseline_files,
-                branch.champion_ranking,
-            )
-        outcome["gate"] = gate
-        crash_point("gated")
-        new_champion = gate["champion_after"] != gate["champion_before"]
-        if new_champion and params.gate.serving_refit:
-            with stage_clock(timings, "serving refit"):
-                outcome["serving"] = _refit(branch, gate, baseline_files, params, home, runner)
-            crash_point("refit")
-        rescore = (
-            new_champion
-            or (params.score_kept_champion and gate["champion_before"])
-            or branch.item.get("lists_missing")
+    with stage_clock(timings, "publish (ONNX export)"):
+        published = publish_candidate_task(warehouse_path, outcome["training"], dataset, params.k)
+    outcome["model_dir"] = published["model_dir"]
+    crash_point("published")
+    with stage_clock(timings, "gate"):
+        gate = gate_candidate_task(
+            warehouse_path,
+            published["version"],
+            dataset,
+            branch.export["path"],
+            params.gate_thresholds(),
+            baseline_files,
+            branch.champion_ranking,
         )
-        if model != "rating" and gate["champion_after"] is not None and rescore:
-            with stage_clock(timings, "batch scoring"):
-                outcome["scoring"] = score_champion(
-                    runner,
-                    scoring_parts(params.task_runner),
-                    warehouse_path,
-                    dataset,
-                    str(home.root / "exports"),
-                )
+    outcome["gate"] = gate
+    crash_point("gated")
+    new_champion = gate["champion_after"] != gate["champion_before"]
+    if new_champion and params.gate.serving_refit:
+        with stage_clock(timings, "serving refit"):
+            outcome["serving"] = _refit(branch, gate, baseline_files, params, home, runner)
+        crash_point("refit")
+    rescore = (
+        new_champion
+        or (params.score_kept_champion and gate["champion_before"])
+        or branch.item.get("lists_missing")
+    )
+    if model != "rating" and gate["champion_after"] is not None and rescore:
+        with stage_clock(timings, "batch scoring"):
+            outcome["scoring"] = score_champion(
+                runner,
+                scoring_parts(params.task_runner),
+                warehouse_path,
+                dataset,
+                str(home.root / "exports"),
+            )
     outcome["status"] = _status(gate)
 
 
@@ -227,7 +216,7 @@ def _score_only(
     before they were loaded): score them now."""
     outcome = branch.outcome
     try:
-        with tags(*branch.labels), stage_clock(outcome["timings"], "batch scoring"):
+        with stage_clock(outcome["timings"], "batch scoring"):
             outcome["scoring"] = score_champion(
                 runner,
                 scoring_parts(params.task_runner),

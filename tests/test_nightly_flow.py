@@ -192,7 +192,7 @@ def test_first_night_serves_every_slot_scores_reports_and_a_quiet_night_does_not
     assert champions(night_home) == current
 
 
-def test_tasks_say_what_they_did_carry_tags_and_training_reports_progress(night_home):
+def test_tasks_say_what_they_did_untagged_and_training_reports_progress(night_home):
     state = nightly_retrain(quick(models={"sample-ratings": []}), return_state=True)
     assert state.is_completed(), state.message
     (outcome,) = state.result()["outcomes"]
@@ -207,15 +207,16 @@ def test_tasks_say_what_they_did_carry_tags_and_training_reports_progress(night_
         progress = [
             a for a in client.read_artifacts() if a.type == "progress" and a.task_run_id == train.id
         ]
-    assert {"gat-bpr", "dataset:sample-listens"} <= set(train.tags)
     for name in (
         "export sample-listens",
+        "find the gat-bpr champion of sample-listens to rank",
         "fit baselines beside gat-bpr on sample-listens snapshot 1",
         "gate v1 on sample-listens",
         f"refit {family} v{outcome['gate']['champion_after']} on all of sample-listens",
         f"load sample-listens recommendations ({family})",
     ):
-        assert {"gat-bpr", "dataset:sample-listens"} <= set(tasks[name].tags), name
+        # Untagged: Prefect takes a concurrency slot from the server for every tag of a task run.
+        assert name in tasks and tasks[name].tags == [], name
     assert len(progress) == 1 and progress[0].data == 100.0
     assert "done after 3 epochs" in progress[0].description
     assert progress[0].key == "progress-sample-listens-gat-bpr"  # one history page per model

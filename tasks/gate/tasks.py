@@ -19,7 +19,9 @@ from tasks.retries import artifact_key
 from tasks.warehouse.schema import warehouse
 
 
-@task(name="find the champion", task_run_name="find the {model} champion on {dataset}")
+@task(
+    name="find the gate's champion", task_run_name="find the {model} champion of {dataset} to rank"
+)
 def champion_to_rank_task(warehouse_path: str, dataset: str, model: str) -> dict | None:
     """The champion `model`'s challenger will meet at the gate (its version, files and
     evaluation record), for the task runner to rank ahead beside training; None without one."""
