@@ -1,6 +1,7 @@
 """The nightly run's wall time by stage, and Prefect's share of it.
 
     python -m bench.bench_nightly            (make bench-nightly)
+    python -m bench.bench_nightly --workloads sample --repeats 5   (one workload remeasured)
 
 Workloads: the built-in sample (30 days of listens and ratings, 60 files) and, when ../shared is
 present, MovieLens 100K (explicit -> rating model) + HetRec Last.fm (implicit -> GAT-BPR).
@@ -41,6 +42,10 @@ STAGES = (
     "serving refit",
     "batch scoring",
 )
+
+# Prefect's share of the night a user would accept: the sample night is short, so the fixed
+# costs (a flow run, its tasks' states) weigh more there.
+OVERHEAD_TARGETS = {"sample": 0.10, "ml-100k+lastfm": 0.05}
 
 
 def sources_for(workload: str) -> str | None:
@@ -282,7 +287,7 @@ def _median(values: list[float]) -> float:
     return ordered[len(ordered) // 2]
 
 
-def summarize(workload: str, runs: list[dict]) -> dict:
+def summarize(workload: str, runs: list[dict], repeats: int) -> dict:
     by_mode = {mode: [r for r in runs if r["mode"] == mode] for mode in ("direct", "prefect")}
     stages = {
         stage: {
@@ -294,6 +299,7 @@ def summarize(workload: str, runs: list[dict]) -> dict:
     overhead = total["prefect"] - total["direct"]
     return {
         "workload": workload,
+        "repeats": repeats,
         "stages": stages,
         "run_seconds": total,
         "overhead_seconds": overhead,
@@ -302,18 +308,24 @@ def summarize(workload: str, runs: list[dict]) -> dict:
     }
 
 
-def markdown(results: list[dict], repeats: int) -> str:
+def markdown(results: list[dict]) -> str:
     lines = [
         "# Nightly run: wall time by stage, Prefect vs the same calls without Prefect",
         "",
-        f"Median of {repeats} run(s) per mode, each in a fresh process from an empty data home;"
+        "Each run in a fresh process from an empty data home, the two modes alternating;"
         " `prefect` runs the flow against a real local Prefect server. Machine: "
         f"{os.cpu_count()} cores, CPU only.",
+        "",
+        "The flow's stage seconds are its waits: its task runner trains the next model while the"
+        " flow publishes and gates the one before, so a stage can be shorter there than called"
+        " directly. The whole night is what compares.",
         "",
     ]
     for r in results:
         lines += [
             f"## {r['workload']}",
+            "",
+            f"Median of {r.get('repeats', 'the')} run(s) per mode{_measured(r)}.",
             "",
             "| stage | direct (s) | Prefect flow (s) |",
             "|---|---:|---:|",
@@ -325,7 +337,7 @@ def markdown(results: list[dict], repeats: int) -> str:
             f"| **whole night** | **{total['direct']:.1f}** | **{total['prefect']:.1f}** |",
             "",
             f"Orchestration overhead: {r['overhead_seconds']:.1f} s ="
-            f" **{r['overhead_share']:.1%}** of the Prefect run.",
+            f" **{r['overhead_share']:.1%}** of the Prefect run{_target(r['workload'])}.",
             "",
             "| mode | dataset | model | epochs | test recall@10 | promoted |",
             "|---|---|---|---:|---:|---|",
@@ -340,10 +352,28 @@ def markdown(results: list[dict], repeats: int) -> str:
     return "\n".join(lines)
 
 
+def _target(workload: str) -> str:
+    share = OVERHEAD_TARGETS.get(workload)
+    return f" (target <= {share:.0%})" if share is not None else ""
+
+
+def _measured(result: dict) -> str:
+    return f", measured {result['measured']}" if result.get("measured") else ""
+
+
+def merged(previous: list[dict], fresh: list[dict]) -> list[dict]:
+    """The committed results with the workloads measured now replaced (the others kept as they
+    were, each section saying when it was measured): a long workload need not be rerun to
+    remeasure a short one."""
+    by_name = {r["workload"]: r for r in previous} | {r["workload"]: r for r in fresh}
+    order = [w for w in ("sample", "ml-100k+lastfm") if w in by_name]
+    return [by_name[w] for w in order + sorted(set(by_name) - set(order))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--child", nargs=3, metavar=("MODE", "HOME", "OUT"), help=argparse.SUPPRESS)
-    parser.add_argument("--repeats", type=int, default=1, help="Runs per mode (median).")
+    parser.add_argument("--repeats", type=int, default=3, help="Runs per mode (median).")
     parser.add_argument("--workloads", nargs="+", default=["sample", "ml-100k+lastfm"])
     args = parser.parse_args()
     if args.child:
@@ -363,11 +393,14 @@ def main() -> None:
                     for mode in ("direct", "prefect"):
                         runs.append(run_child(mode, workload, scratch, env))
                         print(f"{workload} {mode}: {runs[-1]['run_seconds']:.1f} s", flush=True)
-                results.append(summarize(workload, runs))
+                results.append(summarize(workload, runs, args.repeats))
+                results[-1]["measured"] = time.strftime("%Y-%m-%d")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "nightly.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / "nightly.md").write_text(markdown(results, args.repeats))
-    print(markdown(results, args.repeats))
+    saved = RESULTS / "nightly.json"
+    results = merged(json.loads(saved.read_text()) if saved.exists() else [], results)
+    saved.write_text(json.dumps(results, indent=2))
+    (RESULTS / "nightly.md").write_text(markdown(results))
+    print(markdown(results))
 
 
 if __name__ == "__main__":
