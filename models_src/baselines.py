@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models_src.data import Interactions
+from models_src.data import Interactions, pair_keys
 from models_src.evaluation import Protocol, SplitResult
 
 BASELINE_FAMILIES = ("most-popular", "als")
@@ -101,7 +101,7 @@ def user_items_matrix(train: Interactions):
     """Binary users x items CSR of the train pairs (repeats collapse to 1)."""
     from scipy.sparse import csr_matrix
 
-    keys = np.unique(train.user.astype(np.int64) * train.num_items + train.item)
+    keys = pair_keys(train)
     users, items = keys // train.num_items, keys % train.num_items
     ones = np.ones(len(keys), dtype=np.float32)
     return csr_matrix((ones, (users, items)), shape=(train.num_users, train.num_items))

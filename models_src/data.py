@@ -222,6 +222,25 @@ def split_interactions(
     }
 
 
+def distinct_sorted(keys: np.ndarray) -> np.ndarray:
+    """np.unique(keys) for a 1-D integer array, by a sort and a neighbour comparison.
+
+    numpy 2.4's np.unique hashes first: on 8M mostly distinct int64 pair keys it took 12 s where
+    this takes 0.2 s (the Protocol of a 10M-interaction night spent 33 s in it)."""
+    ordered = np.sort(keys)
+    if len(ordered) < 2:
+        return ordered
+    first = np.empty(len(ordered), dtype=bool)
+    first[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    return ordered[first]
+
+
+def pair_keys(data: Interactions) -> np.ndarray:
+    """Sorted distinct user * num_items + item keys: a user-item pair once, however often seen."""
+    return distinct_sorted(data.user.astype(np.int64) * data.num_items + data.item.astype(np.int64))
+
+
 def bipartite_edge_index(train: Interactions, with_groups: bool = True) -> torch.Tensor:
     """Undirected user-item graph over nodes [users | items | groups], as PyG's edge_index.
 
@@ -240,7 +259,8 @@ def bipartite_edge_index(train: Interactions, with_groups: bool = True) -> torch
     # sorted by (source, target) as torch.unique(dim=1) would: through one int64 key per edge,
     # because the column-wise unique sorts rows of a 2 x E tensor at several times the memory
     # and time of a 1-D sort.
-    keys = np.unique(np.concatenate([source * num_nodes + target, target * num_nodes + source]))
+    both_ways = np.concatenate([source * num_nodes + target, target * num_nodes + source])
+    keys = distinct_sorted(both_ways)
     return torch.from_numpy(np.stack([keys // num_nodes, keys % num_nodes]))
 
 
@@ -249,8 +269,8 @@ def positives_csr(data: Interactions) -> tuple[torch.Tensor, torch.Tensor]:
 
     A pair seen on several days (repeated listens) counts once: otherwise it would inflate
     |relevant| in Recall's denominator while it can only be hit once."""
-    pairs = np.unique(np.stack([data.user, data.item]), axis=1)
-    users, items = pairs[0], pairs[1]
+    keys = pair_keys(data)
+    users, items = keys // data.num_items, keys % data.num_items
     counts = np.bincount(users, minlength=data.num_users)
     rowptr = np.concatenate([[0], np.cumsum(counts)])
     return torch.from_numpy(rowptr), torch.from_numpy(items)

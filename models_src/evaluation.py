@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from models_src.config import TrainConfig, like_threshold
-from models_src.data import Interactions
+from models_src.data import Interactions, distinct_sorted, pair_keys
 from models_src.metrics import RANKING_METRICS, mae, rmse
 
 PROTOCOL_VERSION = 2
@@ -50,11 +50,6 @@ CSR = tuple[Tensor, Tensor]
 class SliceSettings:
     cold_user_max: int = 5
     head_share: float = 0.2
-
-
-def pair_keys(data: Interactions) -> np.ndarray:
-    """Sorted distinct user * num_items + item keys: a user-item pair once, however often seen."""
-    return np.unique(data.user.astype(np.int64) * data.num_items + data.item.astype(np.int64))
 
 
 def keys_to_csr(keys: np.ndarray, num_users: int, num_items: int) -> CSR:
@@ -377,7 +372,7 @@ def sorted_isin(keys: Tensor, sorted_keys: Tensor) -> Tensor:
 def _union(arrays: list[np.ndarray]) -> np.ndarray:
     if not arrays:
         return np.zeros(0, dtype=np.int64)
-    return np.unique(np.concatenate(arrays))
+    return distinct_sorted(np.concatenate(arrays))
 
 
 def _mean(values: np.ndarray) -> float:

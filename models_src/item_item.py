@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models_src.data import Interactions
+from models_src.data import Interactions, distinct_sorted
 
 LAMBDAS = (50.0, 200.0, 800.0)  # EASE^R's L2 weight; brackets what bench-train chose on val
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # the item-item share; 0 = the embeddings alone
@@ -49,7 +49,7 @@ def history_matrix(data: Interactions, num_users: int, num_items: int):
     from scipy.sparse import csr_matrix
 
     keep = (data.user < num_users) & (data.item < num_items)
-    keys = np.unique(data.user[keep].astype(np.int64) * num_items + data.item[keep])
+    keys = distinct_sorted(data.user[keep].astype(np.int64) * num_items + data.item[keep])
     ones = np.ones(len(keys), dtype=np.float32)
     return csr_matrix((ones, (keys // num_items, keys % num_items)), shape=(num_users, num_items))
 

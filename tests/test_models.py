@@ -22,6 +22,7 @@ from models_src.data import (
     Interactions,
     bipartite_edge_index,
     day_hash_split,
+    distinct_sorted,
     hash_split,
     split_interactions,
     time_cuts,
@@ -118,6 +119,16 @@ def test_day_hash_split_keeps_whole_days_together():
     assert set(split_interactions(data, "day-hash", 0.15, 0.15)) == {"train", "val", "test"}
     with pytest.raises(ValueError, match="unknown split method 'days'"):
         split_interactions(data, "days", 0.15, 0.15)
+
+
+@pytest.mark.parametrize("size, high", [(0, 5), (1, 5), (2, 1), (5_000, 50), (5_000, 10**12)])
+def test_distinct_sorted_is_np_unique(size, high):
+    """The sort-based distinct keys every pair key, edge and Protocol goes through: np.unique's
+    result (duplicates many or none, empty and one-element arrays), as int64."""
+    keys = np.random.default_rng(size).integers(0, high, size, dtype=np.int64)
+    expected = np.unique(keys)
+    got = distinct_sorted(keys)
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)
 
 
 def test_bipartite_graph_is_undirected_with_group_nodes():
