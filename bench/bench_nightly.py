@@ -92,11 +92,8 @@ def ingest_and_validate(con, specs, params, reports: Path) -> None:
 
 def direct_night(home, params) -> tuple[dict[str, float], list[dict]]:
     """The nightly stages called directly: no Prefect anywhere."""
-    from models_src.config import TrainConfig
     from models_src.gate import GateThresholds
-    from models_src.learners import prepare_learner
-    from models_src.runs import fit_baselines_run
-    from models_src.trainers import AdvancedTrainer
+    from models_src.runs import fit_baselines_run, train_run
     from tasks.gate.gating import gate_version, rank_run_ahead
     from tasks.ingest.sources import load_datasets
     from tasks.registry.publish import publish_run
@@ -122,13 +119,10 @@ def direct_night(home, params) -> tuple[dict[str, float], list[dict]]:
                 config = params.train_config(model)
                 run_dir = home.root / "runs" / f"{spec.name}-{model}"
                 with stage_clock(timings, "train"):
-                    learner, artifacts = prepare_learner(
-                        TrainConfig.from_dict(config), export["path"]
-                    )
-                    final = AdvancedTrainer(
-                        learner, learner.config, run_dir, artifacts=artifacts, log=lambda _: None
-                    ).fit()
-                    rank_run_ahead(run_dir, Path(export["path"]), learner.config.k)
+                    # train_run, as the train task: the item-item blend is part of training.
+                    trainer, final = train_run(config, export["path"], run_dir, log=lambda _: None)
+                    del trainer
+                    rank_run_ahead(run_dir, Path(export["path"]), config["k"])
                 with stage_clock(timings, "baselines"):
                     families = [] if model == "rating" else list(params.gate.baselines)
                     files = fit_baselines_run(
