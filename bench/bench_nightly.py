@@ -43,6 +43,7 @@ STAGES = (
     "batch scoring",
 )
 
+MODES = ("direct", "prefect")
 # Prefect's share of the night a user would accept: the sample night is short, so the fixed
 # costs (a flow run, its tasks' states) weigh more there.
 OVERHEAD_TARGETS = {"sample": 0.10, "ml-100k+lastfm": 0.05}
@@ -282,7 +283,7 @@ def _median(values: list[float]) -> float:
 
 
 def summarize(workload: str, runs: list[dict], repeats: int) -> dict:
-    by_mode = {mode: [r for r in runs if r["mode"] == mode] for mode in ("direct", "prefect")}
+    by_mode = {mode: [r for r in runs if r["mode"] == mode] for mode in MODES}
     stages = {
         stage: {
             mode: _median([r["stages"].get(stage, 0.0) for r in rs]) for mode, rs in by_mode.items()
@@ -333,6 +334,8 @@ def markdown(results: list[dict]) -> str:
             f"Orchestration overhead: {r['overhead_seconds']:.1f} s ="
             f" **{r['overhead_share']:.1%}** of the Prefect run{_target(r['workload'])}.",
             "",
+            _pairs(r["runs"]),
+            "",
             "| mode | dataset | model | epochs | test recall@10 | promoted |",
             "|---|---|---|---:|---:|---|",
         ]
@@ -344,6 +347,17 @@ def markdown(results: list[dict]) -> str:
                 )
         lines.append("")
     return "\n".join(lines)
+
+
+def _pairs(runs: list[dict]) -> str:
+    """Each run's whole night in the order run: the spread behind the medians (the machine's
+    speed drifts by more than Prefect's share within one sitting)."""
+    seconds = {mode: [r["run_seconds"] for r in runs if r["mode"] == mode] for mode in MODES}
+    pairs = ", ".join(
+        f"{direct:.1f} / {flow:.1f}"
+        for direct, flow in zip(seconds["direct"], seconds["prefect"], strict=False)
+    )
+    return f"Whole night of each run in turn, direct / Prefect (s): {pairs}."
 
 
 def _target(workload: str) -> str:
@@ -384,7 +398,7 @@ def main() -> None:
                     continue
                 runs = []
                 for _ in range(args.repeats):
-                    for mode in ("direct", "prefect"):
+                    for mode in MODES:
                         runs.append(run_child(mode, workload, scratch, env))
                         print(f"{workload} {mode}: {runs[-1]['run_seconds']:.1f} s", flush=True)
                 results.append(summarize(workload, runs, args.repeats))
