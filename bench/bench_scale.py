@@ -280,6 +280,12 @@ def markdown(result: dict) -> str:
         f"Speed-up from 1 to 2 Dask workers: **{speedup:.2f}x** end to end, {ranges:.2f}x in the"
         " ranges phase (workers score; the flow's process plans and loads) (target >= 1.6x).",
     ]
+    gate, scoring = n["stages"].get("gate"), n["stages"].get("batch scoring")
+    if gate is not None and scoring:
+        lines.append(
+            f"Gate / the same night's batch scoring: **{gate / scoring:.2f}x** ({gate:.1f} s vs"
+            f" {scoring:.1f} s; target <= 1x)."
+        )
     peak = max(p["peak_rss_mb"] for p in n["peak_rss"])
     lines += [
         f"Largest process peak RSS: **{peak:,.0f} MB**; all processes together at their"
