@@ -173,6 +173,44 @@ def test_lightgcn_propagation_is_the_symmetric_normalised_mean_and_its_graph_is_
     assert model.propagation_graph(edge_index.clone(), 4) is not cached
 
 
+def test_the_fused_lightgcn_mean_has_the_layer_by_layer_output_and_gradient():
+    """SymmetricLayerMean (the whole graph, no noise, no view) against autograd through each
+    layer's sparse product (the path a contrastive view takes): the same embedding and the
+    same gradient on the embedding table."""
+    data = Interactions(np.array([0, 0, 1, 2, 2]), np.array([0, 1, 1, 0, 2]), 3, 3)
+    edge_index = bipartite_edge_index(data)
+    model = GATBPR(3, 3, 0, embedding_dim=4, num_layers=3, attention=False)
+    weights = torch.randn(6, 4)
+
+    def output_and_gradient(view_layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        model.embedding.weight.grad = None
+        out, _ = model.perturbed_embedding(edge_index, view_layer=view_layer)
+        (out * weights).sum().backward()
+        return out.detach(), model.embedding.weight.grad.clone()
+
+    fused, layered = output_and_gradient(view_layer=0), output_and_gradient(view_layer=1)
+    assert torch.allclose(fused[0], layered[0], atol=1e-6)
+    assert torch.allclose(fused[1], layered[1], atol=1e-6)
+    assert fused[1].abs().sum() > 0
+
+
+def test_lightgcn_on_a_sampled_subgraph_aggregates_along_the_edges_as_pyg_does():
+    """A sampled subgraph is directed (drawn neighbour -> the node that drew it): each node
+    sums what its incoming edges bring, as PyG's LGConv does with the same normalised edges,
+    not what its outgoing edges point at."""
+    from torch_geometric.nn import LGConv
+    from torch_geometric.nn.conv.gcn_conv import gcn_norm
+
+    model = GATBPR(2, 2, 0, embedding_dim=1, num_layers=1, attention=False)
+    edge_index = torch.tensor([[0, 1, 2, 3], [2, 2, 0, 1]])
+    x = torch.tensor([[1.0], [10.0], [100.0], [1000.0]])
+    graph = model.propagation_graph(edge_index, 4)
+    normalised, weight = gcn_norm(edge_index, None, 4, add_self_loops=False)
+    expected = LGConv(normalize=False)(x, normalised, weight)
+    assert torch.allclose(model.convs[0](x, graph), expected)
+    assert expected[2, 0] > 0 and expected[3, 0] == 0  # node 2 has incoming edges, 3 none
+
+
 def test_negatives_are_never_train_positives():
     data = planted()
     config = TrainConfig(negatives=16, batch_size=64, embedding_dim=8)

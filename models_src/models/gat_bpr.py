@@ -80,7 +80,7 @@ class GATBPR(nn.Module):
     def get_embedding(self, edge_index: Tensor, nodes: Tensor | None = None) -> Tensor:
         """Final embedding of every node: the mean over layers 0..L. With `nodes`, of a
         subgraph: `edge_index` is in positions of `nodes` (models_src/sampling.py)."""
-        return self.perturbed_embedding(edge_index, nodes)[0]
+        return self.perturbed_embedding(edge_index, nodes, view_layer=0)[0]
 
     def perturbed_embedding(
         self,
@@ -95,7 +95,12 @@ class GATBPR(nn.Module):
         in its own orthant, so the two are two views of each node for a contrastive loss
         computed from one propagation (SimGCL needs three)."""
         x = self.embedding.weight if nodes is None else self.embedding(nodes)
-        graph = self.propagation_graph(edge_index, x.size(0))
+        # The whole graph is undirected (models_src/data.py's bipartite_edge_index); a sampled
+        # subgraph's edges point from the drawn neighbours to the nodes that drew them.
+        symmetric = nodes is None
+        graph = self.propagation_graph(edge_index, x.size(0), symmetric)
+        if self._propagates_linearly(x, symmetric, eps, view_layer):
+            return SymmetricLayerMean.apply(x, graph, self.num_layers), x
         layers, view = [x], x
         for depth, conv in enumerate(self.convs, start=1):
             x = self._layer(conv, x, graph)
@@ -107,6 +112,14 @@ class GATBPR(nn.Module):
                 view = x
         return torch.stack(layers).mean(dim=0), view
 
+    def _propagates_linearly(self, x: Tensor, symmetric: bool, eps: float, view_layer: int) -> bool:
+        """Whether the layer mean is LightGCN's linear smoothing of `x` by a symmetric matrix,
+        which SymmetricLayerMean computes and differentiates in a fraction of autograd's
+        memory: no attention, no noise, no intermediate layer asked for as a view, and fp32
+        (under autocast each layer's dtype is autocast's choice, the layers' path below)."""
+        plain = not self.attention and eps == 0 and view_layer == 0
+        return plain and symmetric and not torch.is_autocast_enabled(x.device.type)
+
     def _layer(self, conv: nn.Module, x: Tensor, graph: Tensor) -> Tensor:
         """One propagation layer. Under bf16 autocast on CPU the LightGCN layer's sparse CSR
         product stays fp32: torch has no bf16 kernel for it there. On CUDA autocast hands it to
@@ -116,21 +129,25 @@ class GATBPR(nn.Module):
         with torch.autocast("cpu", enabled=False):
             return conv(x.float(), graph)
 
-    def propagation_graph(self, edge_index: Tensor, num_nodes: int) -> Tensor:
+    def propagation_graph(
+        self, edge_index: Tensor, num_nodes: int, symmetric: bool = False
+    ) -> Tensor:
         """What the layers propagate over: the edge list for attention; without it, LightGCN's
         D^-1/2 A D^-1/2 as a sparse CSR matrix, built once per graph and reused by every layer
         and step (one sparse matrix product per layer instead of a degree computation and a
-        scatter per layer and step). The graph is undirected, so the matrix is its own
-        transpose, as PyG's adj_t convention wants."""
+        scatter per layer and step). Its rows are the edges' targets, PyG's adj_t convention,
+        so each node sums what its incoming edges bring; a `symmetric` edge list (the whole
+        undirected graph) is its own transpose and is used as it is."""
         if self.attention:
             return edge_index
         cached = self._graph_cache
         if cached is not None and cached[0] is edge_index:
             return cached[1]
         normalised, weight = gcn_norm(edge_index, None, num_nodes, add_self_loops=False)
+        rows_are_targets = normalised if symmetric else normalised.flip(0)
         with warnings.catch_warnings():  # torch calls sparse CSR "beta": it is what we want
             warnings.simplefilter("ignore", UserWarning)
-            adjacency = to_torch_csr_tensor(normalised, weight, size=(num_nodes, num_nodes))
+            adjacency = to_torch_csr_tensor(rows_are_targets, weight, size=(num_nodes, num_nodes))
         self._graph_cache = (edge_index, adjacency)
         return adjacency
 
@@ -216,3 +233,32 @@ class GATBPR(nn.Module):
         first, second = F.normalize(first, dim=-1), F.normalize(second, dim=-1)
         logits = first @ second.T / temperature
         return F.cross_entropy(logits, torch.arange(len(first), device=first.device))
+
+
+class SymmetricLayerMean(torch.autograd.Function):
+    """mean(x, A x, A^2 x, ..., A^L x) for a symmetric sparse A: LightGCN's propagation and
+    layer mean in one step, and its gradient the same operator applied to the incoming
+    gradient (the operator is symmetric, as A is).
+
+    Autograd through L sparse products and a stacked mean keeps every layer, the stack and,
+    in each product's backward, a transposed copy of A: 1.2 GB above the floor of the 10M
+    bench-scale night's training worker, its largest process. This holds three node tables
+    at a time and never transposes A."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, adjacency: Tensor, num_layers: int) -> Tensor:
+        ctx.adjacency, ctx.num_layers = adjacency, num_layers
+        return layer_mean(adjacency, x, num_layers)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        return layer_mean(ctx.adjacency, grad, ctx.num_layers), None, None
+
+
+def layer_mean(adjacency: Tensor, x: Tensor, num_layers: int) -> Tensor:
+    """mean(x, A x, ..., A^L x), summed as it goes."""
+    total, layer = x.clone(), x
+    for _ in range(num_layers):
+        layer = torch.sparse.mm(adjacency, layer)
+        total += layer
+    return total.div_(num_layers + 1)
