@@ -242,7 +242,7 @@ class AdvancedTrainer(BaseTrainer):
             "seconds_to_best": self.seconds_to_best,
             "seconds": self.elapsed,
             "step_seconds": self.step_seconds,
-            "val": self.evaluate("val"),
+            "val": self._recorded_val() or self.evaluate("val"),
             "test": self.evaluate("test"),
         }
         if self.start_metrics is not None:
@@ -251,6 +251,17 @@ class AdvancedTrainer(BaseTrainer):
         if self.is_main:
             plot_history(self.history, self.output_dir / "history.png", self.learner.monitor)
         return final
+
+    def _recorded_val(self) -> dict[str, float] | None:
+        """The val metrics the best weights scored when they were kept (their epoch's row, or
+        the starting point's): the reloaded weights score the same, and on a 10M-listen graph
+        one more val evaluation is a minute. None when no scored weights were kept."""
+        if self.best_epoch == 0:
+            return self.start_metrics
+        for row in self.history:
+            if row["epoch"] == self.best_epoch:
+                return {key[len("val_") :]: v for key, v in row.items() if key.startswith("val_")}
+        return None
 
     def _save(self, name: str, epoch: int) -> None:
         if self.is_main:

@@ -411,6 +411,26 @@ def test_early_stopping_and_scheduler(tmp_path):
     assert [p.name for p in tmp_path.glob("checkpoint_epoch_*.pt")] == ["checkpoint_epoch_6.pt"]
 
 
+def test_the_final_val_is_what_the_kept_weights_scored_without_scoring_them_again(tmp_path):
+    """The best weights' val metrics are taken from their epoch's row: the reloaded weights
+    score exactly that, and val is evaluated once per epoch, not once more at the end."""
+    torch.manual_seed(0)
+    config = TrainConfig(
+        lr=0.05, batch_size=256, embedding_dim=8, heads=2, epochs=4, patience=10,
+        attention=False,
+    )  # fmt: skip
+    learner = BPRLearner(tiny_splits(planted()), config, torch.device("cpu"))
+    scored: list[str] = []
+    evaluate = learner.evaluate
+    learner.evaluate = lambda split: scored.append(split) or evaluate(split)
+    trainer = AdvancedTrainer(learner, config, tmp_path, log=lambda line: None)
+    final = trainer.fit()
+    assert scored.count("val") == final["epochs_run"] == 4 and scored.count("test") == 1
+    assert final["val"] == evaluate("val")  # the reloaded best weights, scored afresh
+    best = trainer.history[final["best_epoch"] - 1]
+    assert final["val"]["recall@10"] == best["val_recall@10"]
+
+
 def test_resume_ends_where_an_uninterrupted_run_would(tmp_path):
     data = tiny_splits(planted())
 
