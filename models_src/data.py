@@ -264,13 +264,14 @@ def bipartite_edge_index(train: Interactions, with_groups: bool = True) -> torch
     return torch.from_numpy(np.stack([keys // num_nodes, keys % num_nodes]))
 
 
-def positives_csr(data: Interactions) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rowptr, col) of each user's distinct items, for relevance and exclusion masks.
+def keys_to_csr(
+    keys: np.ndarray, num_users: int, num_items: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rowptr, col) of sorted pair keys (`pair_keys`): each user's distinct items, for
+    relevance and exclusion masks.
 
     A pair seen on several days (repeated listens) counts once: otherwise it would inflate
     |relevant| in Recall's denominator while it can only be hit once."""
-    keys = pair_keys(data)
-    users, items = keys // data.num_items, keys % data.num_items
-    counts = np.bincount(users, minlength=data.num_users)
-    rowptr = np.concatenate([[0], np.cumsum(counts)])
-    return torch.from_numpy(rowptr), torch.from_numpy(items)
+    users, items = keys // num_items, keys % num_items
+    rowptr = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=num_users))])
+    return torch.from_numpy(rowptr.astype(np.int64)), torch.from_numpy(items.astype(np.int64))

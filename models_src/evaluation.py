@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from models_src.config import TrainConfig, like_threshold
-from models_src.data import Interactions, distinct_sorted, pair_keys
+from models_src.data import Interactions, distinct_sorted, keys_to_csr, pair_keys
 from models_src.metrics import RANKING_METRICS, mae, rmse
 
 PROTOCOL_VERSION = 2
@@ -50,13 +50,6 @@ CSR = tuple[Tensor, Tensor]
 class SliceSettings:
     cold_user_max: int = 5
     head_share: float = 0.2
-
-
-def keys_to_csr(keys: np.ndarray, num_users: int, num_items: int) -> CSR:
-    """(rowptr, col) of sorted pair keys."""
-    users, items = keys // num_items, keys % num_items
-    rowptr = np.concatenate([[0], np.cumsum(np.bincount(users, minlength=num_users))])
-    return torch.from_numpy(rowptr.astype(np.int64)), torch.from_numpy(items.astype(np.int64))
 
 
 def csr_rows(rowptr: Tensor, col: Tensor, users: Tensor) -> tuple[Tensor, Tensor]:

@@ -8,13 +8,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from models_src.data import Interactions, bipartite_edge_index, positives_csr
+from models_src.data import Interactions, bipartite_edge_index, keys_to_csr, pair_keys
 from models_src.models import GATBPR, RatingModel
 from models_src.onnx_export import export_scorer, gat_bpr_scorer, id_map_checksum, rating_scorer
 
 
 def exclusion_mask(data: Interactions, users: torch.Tensor) -> torch.Tensor:
-    rowptr, col = positives_csr(data)
+    rowptr, col = keys_to_csr(pair_keys(data), data.num_users, data.num_items)
     mask = torch.zeros(len(users), data.num_items, dtype=torch.bool)
     for row, user in enumerate(users.tolist()):
         mask[row, col[rowptr[user] : rowptr[user + 1]]] = True
