@@ -43,7 +43,6 @@ EARLIER_PARTS = {"train": (), "val": ("train",), "test": ("train", "val")}
 # Users -> (users, items) scores. The result is masked in place: a scorer returns a tensor of
 # its own making (a product, a fresh matrix), or a view, which is copied; never a stored tensor.
 ScoreUsers = Callable[[Tensor], Tensor]
-CSR = tuple[Tensor, Tensor]
 
 
 @dataclass(frozen=True)
