@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 
 from models_src.config import TrainConfig
+from models_src.data import Interactions
+from models_src.evaluation import Protocol
 from models_src.learners import prepare_learner
 from models_src.trainers import AdvancedTrainer
 from models_src.warm_start import WarmStartIncompatible, warm_start
@@ -139,25 +141,33 @@ BASELINE_SUFFIX = ".baseline.pt"
 
 
 def fit_baselines_run(
-    config: dict, data: str, out_dir: Path, families: list[str]
+    config: dict,
+    data: str | Interactions,
+    out_dir: Path,
+    families: list[str],
+    *,
+    splits: dict[str, Interactions] | None = None,
+    protocol: Protocol | None = None,
 ) -> dict[str, str]:
     """Tonight's baselines of `config`'s slot on its train split, each saved to
     `out_dir/<family>.baseline.pt`; returns family -> file. Ranking: `families` (MostPopular,
-    ALS), judged on the protocol's liked items for explicit data. Rating: the bias baseline."""
+    ALS), judged on the protocol's liked items for explicit data. Rating: the bias baseline.
+    `data`: a source name or its loaded interactions; `splits` and `protocol`: `config`'s split
+    and evaluation protocol of them when the caller already built them (the baselines task does,
+    for the champion it ranks beside: at 10M rows each costs seconds and a copy of the data)."""
     from models_src.baselines import bias_on_val, fit_ranking_baselines
     from models_src.config import like_threshold
     from models_src.datasets import load_source
-    from models_src.evaluation import Protocol
     from models_src.learners import split_for_training, training_positives
 
     train_config = TrainConfig.from_dict(config)
-    source = load_source(data)
-    splits = split_for_training(source, train_config)
+    source = load_source(data) if isinstance(data, str) else data
+    splits = splits or split_for_training(source, train_config)
     if train_config.model == "rating":
         fitted = {"bias": bias_on_val(splits)}
     else:
         threshold = like_threshold(source, train_config.rating_threshold)
-        protocol = Protocol(splits, threshold)
+        protocol = protocol or Protocol(splits, threshold)
         positives = {
             **splits,
             "train": training_positives(splits["train"], train_config, threshold),

@@ -357,7 +357,8 @@ def test_the_champion_ranked_beside_training_is_not_ranked_again_by_the_gate(
     assert held is not None and held["version"] == first
     config = {**TrainConfig().to_dict(), "model": "gat-bpr"}
     ahead = home.root / "runs" / "champion.evaluation.npz"
-    said = gating.rank_champion_ahead(held, export, config, 10, ahead)
+    night = Night.load(export, config, 10)
+    said = gating.rank_champion_ahead(held, night, config, 10, ahead)
     assert said.startswith(f"champion v{first} ranked") and ahead.exists()
     second = train_version(con, home, export, "barely-trained", lr=1e-5, epochs=1)
     rankings.clear()
@@ -365,7 +366,6 @@ def test_the_champion_ranked_beside_training_is_not_ranked_again_by_the_gate(
         con, second, export, home.root / "models", GateThresholds(), files, ahead
     )
     assert rankings == [("val", "test")]  # the challenger alone: it was not ranked ahead
-    night = Night.load(export, config, 10)
     model, _ = gating._version_contender(night, version_row(con, first))
     _, fresh = night.contender("fresh", "champion", "gat-bpr", model, 10)
     for part, summary in fresh.items():
@@ -373,7 +373,7 @@ def test_the_champion_ranked_beside_training_is_not_ranked_again_by_the_gate(
 
     rankings.clear()
     stale = {**held, "evaluation_json": held["evaluation_json"].replace('"encore"', '"other"')}
-    said = gating.rank_champion_ahead(stale, export, config, 10, home.root / "stale.npz")
+    said = gating.rank_champion_ahead(stale, night, config, 10, home.root / "stale.npz")
     assert said.startswith("not ranked: champion v") and rankings == []
     third = train_version(con, home, export, "barely-again", lr=1e-5, epochs=1)
     other_tables = home.root / "runs" / "baselines" / "most-popular.evaluation.npz"

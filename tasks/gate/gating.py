@@ -164,13 +164,13 @@ def _served_version(night: Night, artifact_dir: Path) -> tuple[ServedModel, dict
     return night.served(state["buffers"], tuple(scale) if scale else None), state["buffers"]
 
 
-def rank_champion_ahead(champion: dict, export_path: Path, config: dict, k: int, out: Path) -> str:
+def rank_champion_ahead(champion: dict, night: Night, config: dict, k: int, out: Path) -> str:
     """The champion (`champion`: its registry row's version, artifact_dir and evaluation_json)
-    ranked on tonight's val and test as it serves, saved at `out` for the gate: run on the task
-    runner beside training, so the flow's process ranks nothing on a night with a champion. The
-    gate checks the champion's files and uses this ranking only if it is of the tables it loads
-    under tonight's record. Returns what was done, for the log."""
-    night = Night.load(export_path, config, k)
+    ranked on tonight's val and test (`night`, under `config`'s split) as it serves, saved at
+    `out` for the gate: run on the task runner beside training, so the flow's process ranks
+    nothing on a night with a champion. The gate checks the champion's files and uses this
+    ranking only if it is of the tables it loads under tonight's record. Returns what was done,
+    for the log."""
     why = champion_incompatibility(champion, night.data, config, k)
     if why:
         return f"not ranked: {why}"

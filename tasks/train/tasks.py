@@ -108,25 +108,29 @@ def fit_baselines_task(
     """Tonight's baselines on the same train split as the challenger (models_src/baselines.py):
     family -> file. Runs on the task runner, beside training; so does the ranking of the
     `champion` the gate will compare (`champion_to_rank_task`), saved at `champion_ranking`."""
+    from models_src.config import TrainConfig
     from models_src.runs import fit_baselines_run
+    from tasks.gate.gating import Night, rank_champion_ahead
 
     logger = get_run_logger()
     config = {**config, "model": model}
     out_dir = Path(runs_dir) / f"{dataset}-{model}-baselines-snapshot{export['snapshot_id']}"
-    files = fit_baselines_run(config, export["path"], out_dir, families)
+    if champion is None or champion_ranking is None:
+        files = fit_baselines_run(config, export["path"], out_dir, families)
+        logger.info(f"baselines of {model} on {dataset}: {sorted(files)} in {out_dir}")
+        return files
+    # One load, split and protocol of tonight's data for the baselines and the champion.
+    k = TrainConfig.from_dict(config).k
+    night = Night.load(Path(export["path"]), config, k)
+    files = fit_baselines_run(
+        config, night.data, out_dir, families, splits=night.splits, protocol=night.protocol
+    )
     logger.info(f"baselines of {model} on {dataset}: {sorted(files)} in {out_dir}")
-    if champion is not None and champion_ranking is not None:
-        from models_src.config import TrainConfig
-        from tasks.gate.gating import rank_champion_ahead
-
-        k = TrainConfig.from_dict(config).k
-        try:
-            done = rank_champion_ahead(
-                champion, Path(export["path"]), config, k, Path(champion_ranking)
-            )
-        except Exception as error:  # noqa: BLE001 - a head start must never fail the night
-            done = f"not ranked ahead ({error!r}): the gate ranks it, or reports what is wrong"
-        logger.info(done)
+    try:
+        done = rank_champion_ahead(champion, night, config, k, Path(champion_ranking))
+    except Exception as error:  # noqa: BLE001 - a head start must never fail the night
+        done = f"not ranked ahead ({error!r}): the gate ranks it, or reports what is wrong"
+    logger.info(done)
     return files
 
 
