@@ -6,7 +6,7 @@ ENCORE := $(VENV)/bin/encore
 STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv run server deploy deploy-docker deploy-kubernetes worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly bench-warm-start bench-retention bench-scale bench-gate bench-served bench-ablation bench-tune bench-blend bench-gpu gpu-wheels clean-data
+.PHONY: venv run server deploy deploy-docker deploy-kubernetes worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly bench-warm-start bench-allocator bench-retention bench-scale bench-gate bench-served bench-ablation bench-tune bench-blend bench-gpu gpu-wheels clean-data
 
 # The venv is rebuilt when pyproject.toml changes. torch goes first and pinned so that no other
 # package can pull a multi-GB CUDA build.
@@ -158,6 +158,10 @@ bench-blend: venv
 ## Warm vs cold start over 5 simulated nights: quality and training time.
 bench-warm-start: venv
 	$(PY) -m bench.bench_warm_start
+
+## GAT-BPR's training on the sample with glibc's default allocation, THP, and THP without mmap.
+bench-allocator: venv
+	$(PY) -m bench.bench_allocator
 
 # The data home's size over 30 nights of the sample under the default retention policy.
 bench-retention: venv
