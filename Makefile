@@ -159,7 +159,7 @@ bench-blend: venv
 bench-warm-start: venv
 	$(PY) -m bench.bench_warm_start
 
-## GAT-BPR's training on the sample with glibc's default allocation, THP, and THP without mmap.
+## GAT-BPR's training on the sample (nightly and CLI defaults) with glibc's default allocation, THP, and THP without mmap.
 bench-allocator: venv
 	$(PY) -m bench.bench_allocator
 
