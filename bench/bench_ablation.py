@@ -117,6 +117,7 @@ def run_variant(dataset: str, variant: str, seed: int) -> dict[str, Any]:
     data = load_dataset(dataset)
     split = split_interactions(data, "hash", VAL_RATIO, TEST_RATIO)
     result = encore_model(split, "gat-bpr", seed, overrides=knobs(variant))
+    result.pop("test_per_user", None)  # bench-train's paired tests need it; the table does not
     return {**result, "dataset": dataset, "variant": variant, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -216,7 +217,9 @@ def main() -> None:
             parser.error(f"variant {name!r} sets unknown knobs {set(VARIANTS[name]) - known}")
     fresh, references = [], []
     for dataset in args.datasets:
-        references.append(bench_train.in_child(dataset, REFERENCE, args.seed))
+        reference = bench_train.in_child(dataset, REFERENCE, args.seed)
+        reference.pop("test_per_user", None)
+        references.append(reference)
         for variant in args.variants:
             row = in_child(dataset, variant, args.seed)
             if "error" in row:

@@ -416,7 +416,9 @@ class BPRLearner(Learner):
             return None
         nodes = self.model.embedding.num_embeddings
         fanouts = [config.fanout] * config.num_layers
-        return NeighborSampler(self.edge_index, nodes, fanouts, config.seed + self.parallel.rank)
+        sampler = NeighborSampler(self.edge_index, nodes, fanouts, config.seed + self.parallel.rank)
+        self.model.whole_graph_degree = sampler.degree.to(device)
+        return sampler
 
     def _backward(
         self, users: Tensor, positives: Tensor, negatives: Tensor, share: float

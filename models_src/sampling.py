@@ -48,8 +48,8 @@ class NeighborSampler:
         source, target = edge_index.cpu()
         order = torch.argsort(target, stable=True)
         self.sources = source[order]
-        counts = torch.bincount(target, minlength=num_nodes)
-        self.rowptr = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+        self.degree = torch.bincount(target, minlength=num_nodes)  # incoming edges per node
+        self.rowptr = torch.cat([torch.zeros(1, dtype=torch.long), self.degree.cumsum(0)])
         self.fanouts = list(fanouts)
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -80,6 +80,23 @@ class NeighborSampler:
         local[nodes] = torch.arange(len(nodes))
         edges = torch.stack([local[torch.cat(sources)], local[torch.cat(targets)]])
         return SampledGraph(nodes, edges, len(seeds))
+
+
+def sampled_edge_weight(edge_index: Tensor, degree: Tensor) -> Tensor:
+    """LightGCN's weights for a sampled subgraph's edges (drawn neighbour j -> node i that drew
+    it; `degree`: the whole graph's degree of each of the subgraph's nodes), chosen so that each
+    node's weighted sum estimates, without bias, the sum it gets on the whole graph,
+    sum_j x_j / sqrt(d_i d_j) over all its d_i neighbours. Each of the m_i edges into i is a
+    uniform draw among those neighbours, so each weighs d_i / m_i / sqrt(d_i d_j).
+
+    PyG's gcn_norm on the subgraph itself would take the draws' counts for degrees (a scale the
+    whole graph, which evaluation and serving propagate over, never has) and give the last
+    hop's nodes, which drew nothing and so have no incoming edge, degree 0: their edges would
+    weigh nothing and a step would see one hop less than the model has layers."""
+    source, target = edge_index
+    draws = torch.bincount(target, minlength=len(degree)).clamp(min=1).to(torch.float32)
+    degree = degree.to(torch.float32)
+    return degree[target].sqrt() / (draws[target] * degree[source].sqrt())
 
 
 def full_graph_step_bytes(

@@ -194,23 +194,6 @@ def test_the_fused_lightgcn_mean_has_the_layer_by_layer_output_and_gradient():
     assert fused[1].abs().sum() > 0
 
 
-def test_lightgcn_on_a_sampled_subgraph_aggregates_along_the_edges_as_pyg_does():
-    """A sampled subgraph is directed (drawn neighbour -> the node that drew it): each node
-    sums what its incoming edges bring, as PyG's LGConv does with the same normalised edges,
-    not what its outgoing edges point at."""
-    from torch_geometric.nn import LGConv
-    from torch_geometric.nn.conv.gcn_conv import gcn_norm
-
-    model = GATBPR(2, 2, 0, embedding_dim=1, num_layers=1, attention=False)
-    edge_index = torch.tensor([[0, 1, 2, 3], [2, 2, 0, 1]])
-    x = torch.tensor([[1.0], [10.0], [100.0], [1000.0]])
-    graph = model.propagation_graph(edge_index, 4)
-    normalised, weight = gcn_norm(edge_index, None, 4, add_self_loops=False)
-    expected = LGConv(normalize=False)(x, normalised, weight)
-    assert torch.allclose(model.convs[0](x, graph), expected)
-    assert expected[2, 0] > 0 and expected[3, 0] == 0  # node 2 has incoming edges, 3 none
-
-
 def test_negatives_are_never_train_positives():
     data = planted()
     config = TrainConfig(negatives=16, batch_size=64, embedding_dim=8)

@@ -9,6 +9,7 @@ from conftest import planted
 from models_src.config import TrainConfig
 from models_src.data import bipartite_edge_index, split_interactions
 from models_src.learners import make_learner
+from models_src.models import GATBPR
 from models_src.sampling import NeighborSampler, full_graph_fits, full_graph_step_bytes
 from models_src.trainers import AdvancedTrainer
 
@@ -32,6 +33,59 @@ def test_sampled_edges_exist_point_at_their_seeds_and_respect_the_fanout():
     into_seeds = torch.bincount(graph.edge_index[1][graph.edge_index[1] < 3], minlength=3)
     assert torch.all(into_seeds >= 3)
     assert len(sampled) <= 3 * 3 + 2 * len(graph.nodes)
+
+
+def lightgcn_on(data, num_layers: int) -> tuple[GATBPR, torch.Tensor]:
+    """A LightGCN-propagating GAT-BPR over `data`'s graph, told its degrees as a sampler does."""
+    edge_index = bipartite_edge_index(data, with_groups=False)
+    model = GATBPR(data.num_users, data.num_items, 0, embedding_dim=4, num_layers=num_layers,
+                   attention=False)  # fmt: skip
+    nodes = data.num_users + data.num_items
+    model.whole_graph_degree = torch.bincount(edge_index[1], minlength=nodes)
+    return model, edge_index
+
+
+def test_a_subgraph_of_every_edge_within_reach_gives_its_seed_the_whole_graphs_embedding():
+    """Each node of the subgraph that drew neighbours drew all of them once: the sampled
+    propagation is then the whole graph's exactly, for the seed, whose two layers reach the
+    hop-2 users. (The subgraph's own gcn_norm would weigh those users' edges 0: they drew
+    nothing, so have no incoming edge.)"""
+    data = planted(users=30, items_per_group=6, groups=["a", "b"], seed=4)
+    model, edge_index = lightgcn_on(data, num_layers=2)
+    source, target = edge_index
+    seed = torch.tensor([0])
+    hop1 = source[target == 0]  # the seed's items, each an edge item -> seed
+    into_hop1 = torch.isin(target, hop1)  # every user of those items -> the item
+    sub_source = torch.cat([hop1, source[into_hop1]])
+    sub_target = torch.cat([torch.zeros_like(hop1), target[into_hop1]])
+    others = torch.unique(torch.cat([sub_source, sub_target]))
+    nodes = torch.cat([seed, others[others != 0]])
+    local = torch.full((int(nodes.max()) + 1,), -1)
+    local[nodes] = torch.arange(len(nodes))
+    sampled = model.get_embedding(torch.stack([local[sub_source], local[sub_target]]), nodes)
+    whole = model.get_embedding(edge_index)
+    assert torch.allclose(sampled[0], whole[0], atol=1e-6)
+
+
+def test_sampled_steps_estimate_the_whole_graphs_propagation_without_bias():
+    """Three draws per node, averaged over many samples, give the seeds the embedding the
+    whole graph gives them (the estimate is unbiased, so the model trained on samples is the
+    one evaluation and serving propagate over the whole graph): every coordinate of the mean
+    lies within 4 standard errors of it."""
+    torch.manual_seed(0)
+    data = planted(users=40, items_per_group=8, groups=["a", "b"], seed=5)
+    model, edge_index = lightgcn_on(data, num_layers=1)
+    sampler = NeighborSampler(edge_index, len(model.whole_graph_degree), fanouts=[3], seed=0)
+    seeds = torch.tensor([1, 2, data.num_users + 3])
+    with torch.no_grad():
+        whole = model.get_embedding(edge_index)[seeds]
+        draws = [sampler.sample(seeds) for _ in range(4000)]
+        estimates = torch.stack(
+            [model.get_embedding(d.edge_index, d.nodes)[: d.num_seeds] for d in draws]
+        )
+    standard_error = estimates.std(0) / len(draws) ** 0.5
+    assert (standard_error > 0).all()
+    assert ((estimates.mean(0) - whole).abs() < 4 * standard_error).all()
 
 
 def test_training_on_sampled_subgraphs_learns(tmp_path):

@@ -24,6 +24,8 @@ from torch_geometric.nn import GATConv, LGConv
 from torch_geometric.nn.conv.gcn_conv import gcn_norm
 from torch_geometric.utils import to_torch_csr_tensor
 
+from models_src.sampling import sampled_edge_weight
+
 
 class GATBPR(nn.Module):
     def __init__(
@@ -63,6 +65,10 @@ class GATBPR(nn.Module):
             for _ in range(num_layers)
         )
         self._graph_cache: tuple[Tensor, Tensor] | None = None
+        # The whole graph's node degrees, which steps on sampled subgraphs weigh their edges by
+        # (`propagation_graph`), on the training device; set by whoever samples. A plain
+        # attribute, not a buffer: the graph's, not the model's, so never saved or broadcast.
+        self.whole_graph_degree: Tensor | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -98,7 +104,7 @@ class GATBPR(nn.Module):
         # The whole graph is undirected (models_src/data.py's bipartite_edge_index); a sampled
         # subgraph's edges point from the drawn neighbours to the nodes that drew them.
         symmetric = nodes is None
-        graph = self.propagation_graph(edge_index, x.size(0), symmetric)
+        graph = self.propagation_graph(edge_index, x.size(0), nodes)
         if self._propagates_linearly(x, symmetric, eps, view_layer):
             return SymmetricLayerMean.apply(x, graph, self.num_layers), x
         layers, view = [x], x
@@ -130,21 +136,29 @@ class GATBPR(nn.Module):
             return conv(x.float(), graph)
 
     def propagation_graph(
-        self, edge_index: Tensor, num_nodes: int, symmetric: bool = False
+        self, edge_index: Tensor, num_nodes: int, nodes: Tensor | None = None
     ) -> Tensor:
         """What the layers propagate over: the edge list for attention; without it, LightGCN's
-        D^-1/2 A D^-1/2 as a sparse CSR matrix, built once per graph and reused by every layer
-        and step (one sparse matrix product per layer instead of a degree computation and a
-        scatter per layer and step). Its rows are the edges' targets, PyG's adj_t convention,
-        so each node sums what its incoming edges bring; a `symmetric` edge list (the whole
-        undirected graph) is its own transpose and is used as it is."""
+        weighted adjacency as a sparse CSR matrix, built once per graph and reused by every
+        layer and step (one sparse matrix product per layer instead of a degree computation
+        and a scatter per layer and step). The whole graph (`nodes` None) is undirected:
+        D^-1/2 A D^-1/2, its own transpose. A subgraph sampled around a batch (`nodes`: its
+        nodes' global ids) is directed, drawn neighbour -> the node that drew it: rows are the
+        edges' targets (PyG's adj_t), so each node sums what its sampled neighbours bring,
+        weighted by the whole graph's degrees (`sampled_edge_weight`) so that training learns
+        the propagation evaluation and serving apply to the whole graph."""
         if self.attention:
             return edge_index
         cached = self._graph_cache
         if cached is not None and cached[0] is edge_index:
             return cached[1]
-        normalised, weight = gcn_norm(edge_index, None, num_nodes, add_self_loops=False)
-        rows_are_targets = normalised if symmetric else normalised.flip(0)
+        if nodes is None:
+            rows_are_targets, weight = gcn_norm(edge_index, None, num_nodes, add_self_loops=False)
+        else:
+            if self.whole_graph_degree is None:
+                raise ValueError("a sampled subgraph needs whole_graph_degree set on the model")
+            weight = sampled_edge_weight(edge_index, self.whole_graph_degree[nodes])
+            rows_are_targets = edge_index.flip(0)
         with warnings.catch_warnings():  # torch calls sparse CSR "beta": it is what we want
             warnings.simplefilter("ignore", UserWarning)
             adjacency = to_torch_csr_tensor(rows_are_targets, weight, size=(num_nodes, num_nodes))
