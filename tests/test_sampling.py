@@ -38,8 +38,9 @@ def test_sampled_edges_exist_point_at_their_seeds_and_respect_the_fanout():
 def lightgcn_on(data, num_layers: int) -> tuple[GATBPR, torch.Tensor]:
     """A LightGCN-propagating GAT-BPR over `data`'s graph, told its degrees as a sampler does."""
     edge_index = bipartite_edge_index(data, with_groups=False)
-    model = GATBPR(data.num_users, data.num_items, 0, embedding_dim=4, num_layers=num_layers,
-                   attention=False)  # fmt: skip
+    model = GATBPR(
+        data.num_users, data.num_items, 0, embedding_dim=4, num_layers=num_layers, attention=False
+    )
     nodes = data.num_users + data.num_items
     model.whole_graph_degree = torch.bincount(edge_index[1], minlength=nodes)
     return model, edge_index
