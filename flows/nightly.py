@@ -7,7 +7,8 @@ The flow only composes; every step is a task in `tasks/`. It reads as the night 
    dataset: the others go on, and the champion of the failed one keeps serving);
 3. per dataset and model that is due: export the snapshot and find the champion to warm-start
    from, then train, and fit tonight's baselines on the same split. Both run on the night's task
-   runner (flows/runners.py: in-process, or Dask, where they run side by side);
+   runner (flows/runners.py: in-process, one model after another, or Dask, where every model
+   trains side by side);
 4. per model, in the flow's process (DuckDB has one writer): publish a candidate (ONNX), gate it
    against tonight's baselines and the champion (paired per user on val, test confirming); when
    the gate crowns a new champion, refit its configuration on all of the snapshot (on the
@@ -274,29 +275,50 @@ def _refit(
 
 
 def _run_branches(plan: list[dict], params: NightlyParams, home: EncoreHome) -> list[dict]:
-    """Every due model: all trainings go to the runner first (on Dask they train side by side),
-    then each is published, gated and served in plan order. A failure ends its own branch:
-    the next model still trains, is gated and serves."""
+    """Every due model, in plan order. A failure ends its own branch: the next model still
+    trains, is gated and serves.
+
+    On Dask every training and baseline fit goes to the cluster first, so they run side by side
+    on the workers while the flow gates each model in turn. In-process, each model is trained,
+    gated and served before the next one starts: the flow's own steps (the ONNX export and its
+    checks, the gate, the scoring) keep every core busy through onnxruntime as training does
+    through torch, so overlapping them on one machine made both slower (bench-nightly).
+    """
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%S}"
     rescores = [_Branch(item) for item in plan if item["status"] == "score"]
     branches = [_Branch(item) for item in plan if item["status"] == "due"]
+    side_by_side = params.task_runner.kind == "dask"
     with night_task_runner(params.task_runner) as runner:
         for branch in rescores:
             _score_only(branch, home, runner, params)
+        for branch in branches if side_by_side else []:
+            _start_branch(branch, params, home, runner, stamp)
         for branch in branches:
-            try:
-                _start_training(branch, params, home, runner, stamp)
-            except Exception as error:  # the next model still runs
-                branch.fail("export", error)
-        for branch in branches:
-            if branch.failed:
-                continue
-            try:
-                _gate_and_serve(branch, params, home, runner)
-            except Exception as error:  # the next model still runs
-                branch.fail("train" if "training" not in branch.outcome else "gate", error)
+            if not side_by_side:
+                _start_branch(branch, params, home, runner, stamp)
+            _finish_branch(branch, params, home, runner)
     outcomes = {id(branch.item): branch.outcome for branch in rescores + branches}
     return [outcomes.get(id(item), item) for item in plan]
+
+
+def _start_branch(
+    branch: _Branch, params: NightlyParams, home: EncoreHome, runner: TaskRunner, stamp: str
+) -> None:
+    try:
+        _start_training(branch, params, home, runner, stamp)
+    except Exception as error:  # the next model still runs
+        branch.fail("export", error)
+
+
+def _finish_branch(
+    branch: _Branch, params: NightlyParams, home: EncoreHome, runner: TaskRunner
+) -> None:
+    if branch.failed:
+        return
+    try:
+        _gate_and_serve(branch, params, home, runner)
+    except Exception as error:  # the next model still runs
+        branch.fail("train" if "training" not in branch.outcome else "gate", error)
 
 
 def _warnings(ingested: dict, outcomes: list[dict]) -> list[str]:
