@@ -112,8 +112,8 @@ def _start_training(
     warehouse_path, config = str(home.warehouse), params.train_config(model, tuned)
     if config.get("tuned_from"):
         branch.outcome["tuned_from"] = config["tuned_from"]
-    runs_dir = str(home.root / "runs" / stamp)
-    with stage_clock(branch.outcome["timings"], "export"):
+    runs_dir, timings = str(home.root / "runs" / stamp), branch.outcome["timings"]
+    with stage_clock(timings, "export"):
         branch.export = export_snapshot_task(
             warehouse_path, dataset, str(home.root / "exports"), branch.item["snapshot_id"]
         )
@@ -126,18 +126,21 @@ def _start_training(
     warm = source
     if source and "refused" not in source:
         warm = {**source, "config": params.warm_train_config(model, tuned)}
-    branch.training = runner.submit(
-        train_model_task,
-        {
-            "export": branch.export,
-            "dataset": dataset,
-            "model": model,
-            "config": config,
-            "runs_dir": runs_dir,
-            "warm_start": warm,
-            "processes": params.gat_bpr.processes if model == "gat-bpr" else 1,
-        },
-    )
+    # In-process, the runner trains here and now; on Dask this only submits, and the flow's
+    # wait for the result adds to the same stages in _gate_and_serve.
+    with stage_clock(timings, "train"):
+        branch.training = runner.submit(
+            train_model_task,
+            {
+                "export": branch.export,
+                "dataset": dataset,
+                "model": model,
+                "config": config,
+                "runs_dir": runs_dir,
+                "warm_start": warm,
+                "processes": params.gat_bpr.processes if model == "gat-bpr" else 1,
+            },
+        )
     families = [] if model == "rating" else list(params.gate.baselines)
     gate_champion = champion_to_rank_task(warehouse_path, dataset, model)
     if gate_champion is not None:
@@ -145,19 +148,20 @@ def _start_training(
             Path(runs_dir) / f"{dataset}-{model}-champion-snapshot"
             f"{branch.export['snapshot_id']}.evaluation.npz"
         )
-    branch.baselines = runner.submit(
-        fit_baselines_task,
-        {
-            "export": branch.export,
-            "dataset": dataset,
-            "model": model,
-            "config": config,
-            "runs_dir": runs_dir,
-            "families": families,
-            "champion": gate_champion,
-            "champion_ranking": branch.champion_ranking,
-        },
-    )
+    with stage_clock(timings, "baselines"):
+        branch.baselines = runner.submit(
+            fit_baselines_task,
+            {
+                "export": branch.export,
+                "dataset": dataset,
+                "model": model,
+                "config": config,
+                "runs_dir": runs_dir,
+                "families": families,
+                "champion": gate_champion,
+                "champion_ranking": branch.champion_ranking,
+            },
+        )
 
 
 def _gate_and_serve(
