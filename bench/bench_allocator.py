@@ -3,7 +3,7 @@
     python -m bench.bench_allocator     (make bench-allocator)
 
 Each setting trains the built-in sample's listens (seeded; 20 epochs, 2 with attention) in a
-fresh process, on a worker thread as the nightly flow's task runner does, with two
+fresh process, on a worker thread as a Dask worker runs a night's training, with two
 configurations: the nightly's defaults (LightGCN's propagation, models_src/params.py) and the
 training CLIs' (learned attention, TrainConfig's own defaults), and reports wall, user and
 system seconds, minor page faults and peak RSS (getrusage):

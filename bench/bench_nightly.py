@@ -348,9 +348,9 @@ def markdown(results: list[dict]) -> str:
         " `prefect` runs the flow against a real local Prefect server. Machine: "
         f"{os.cpu_count()} cores, CPU only.",
         "",
-        "Measuring starts once the server idles after its start. The flow's stage seconds are"
-        " its waits on its in-process task runner (one model after another, as called"
-        " directly); the whole night is what compares.",
+        "Measuring starts once the server idles after its start. The flow runs its tasks in"
+        " its own thread, one model after another, as they are called directly; the whole"
+        " night is what compares.",
         "",
     ]
     for r in results:

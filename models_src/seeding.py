@@ -1,7 +1,8 @@
 """Reproducible training when one process does several things at once.
 
-The in-process nightly run trains one model in a worker thread while the flow's thread does
-other work (publishing, gating, fitting baselines). Anything that draws from, reseeds, or saves
+Training can run on one thread while other threads of the process do other work: a Dask
+worker with several threads (`threads_per_worker`) trains one model beside another model's
+baselines or user ranges. Anything that draws from, reseeds, or saves
 and restores torch's *global* RNG in one thread moves the stream another thread draws from (the
 torch.onnx exporter Encore once used did the last: a training run beside an export was not
 reproducible from its seed). So a training run draws from generators of its own
