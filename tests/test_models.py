@@ -301,7 +301,7 @@ def test_a_step_taken_in_chunks_has_the_one_shot_loss_and_gradients(variant):
         else:
             loss = learner.step(*step_inputs)
             loss.backward()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         grads.append(
             {n: p.grad.clone() for n, p in learner.model.named_parameters() if p.grad is not None}
         )
