@@ -126,17 +126,20 @@ def _start_training(
     warm = source
     if source and "refused" not in source:
         warm = {**source, "config": params.warm_train_config(model, tuned)}
+    inputs = {
+        "export": branch.export,
+        "dataset": dataset,
+        "model": model,
+        "config": config,
+        "runs_dir": runs_dir,
+    }
     # In-process, the runner trains here and now; on Dask this only submits, and the flow's
     # wait for the result adds to the same stages in _gate_and_serve.
     with stage_clock(timings, "train"):
         branch.training = runner.submit(
             train_model_task,
             {
-                "export": branch.export,
-                "dataset": dataset,
-                "model": model,
-                "config": config,
-                "runs_dir": runs_dir,
+                **inputs,
                 "warm_start": warm,
                 "processes": params.gat_bpr.processes if model == "gat-bpr" else 1,
             },
@@ -152,11 +155,7 @@ def _start_training(
         branch.baselines = runner.submit(
             fit_baselines_task,
             {
-                "export": branch.export,
-                "dataset": dataset,
-                "model": model,
-                "config": config,
-                "runs_dir": runs_dir,
+                **inputs,
                 "families": families,
                 "champion": gate_champion,
                 "champion_ranking": branch.champion_ranking,
