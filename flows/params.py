@@ -25,14 +25,22 @@ class SplitParams(_Params):
     """How interactions split into train / val / test. Stable: a pair keeps its split as data
     grows, so tonight's champion and challenger are compared on held-out data neither saw."""
 
-    method: Literal["hash", "time", "day-hash"] = Field(
-        "hash",
-        description="hash: each (user, item) pair by a hash of it and the salt; time: a forward "
-        "holdout, the latest events are test and the ones before them val; day-hash: whole "
-        "days by a hash of the day and the salt.",
+    method: Literal["auto", "hash", "time", "day-hash"] = Field(
+        "auto",
+        description="auto: time when the dataset has timestamps, else hash. time: a forward "
+        "holdout, the latest events are test and the ones before them val, so the gate picks "
+        "the model that predicts the next days; hash: each (user, item) pair by a hash of it "
+        "and the salt; day-hash: whole days by a hash of the day and the salt.",
     )
     val_ratio: float = Field(0.15, gt=0, lt=0.5, description="Share of pairs for validation.")
     test_ratio: float = Field(0.15, gt=0, lt=0.5, description="Share of pairs for test.")
+    holdout_days: float | None = Field(
+        7.0,
+        gt=0,
+        description="The time split's held-out days: test is the last ones and val the ones "
+        "before (each at least 5 % of the events), so the gate judges on the days like the "
+        "ones a model serves next. None: val_ratio and test_ratio of the events.",
+    )
     salt: str = Field(
         "encore",
         description="Changing it reshuffles the hash splits: champions evaluated under the old "
@@ -88,10 +96,11 @@ class GateParams(_Params):
         description="Reject a challenger whose Recall@K on cold users (at most 5 train "
         "interactions) is significantly worse than the champion's.",
     )
-    baselines: list[Literal["most-popular", "als"]] = Field(
-        default_factory=lambda: ["most-popular", "als"],
+    baselines: list[Literal["most-popular", "recent-popular", "als"]] = Field(
+        default_factory=lambda: ["most-popular", "recent-popular", "als"],
         description="Baselines fitted each night on the same split; a model significantly worse "
-        "than the best of them does not serve, and when nothing trained passes, the best serves.",
+        "than the best of them does not serve, and when nothing trained passes, the best serves. "
+        "recent-popular counts only the last days of train (the window chosen on val).",
     )
     serving_refit: bool = Field(
         True,
@@ -224,6 +233,7 @@ class NightlyParams(_Params):
             "val_ratio": self.split.val_ratio,
             "test_ratio": self.split.test_ratio,
             "split_salt": self.split.salt,
+            "holdout_days": self.split.holdout_days,
             "rating_threshold": self.like_threshold,
             "k": self.k,
             "device": self.device,
@@ -290,3 +300,4 @@ class TuneParams(_Params):
         ge=0,
         description="How long to wait for a running nightly before exporting the snapshot.",
     )
+

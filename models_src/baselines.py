@@ -7,6 +7,8 @@ embedding tables of `TopKScorer` (score = user_emb[u] . item_emb[i] + user_bias[
 item_bias[i] + offset), so it is evaluated, exported to ONNX and batch-scored like any model.
 
 - MostPopular: the same list for everyone, by train interactions.
+- Recent MostPopular: the same, counted over the last days of train only, the window chosen on
+  val (models_src/recency.py); on a forward holdout it is the list to beat for the next days.
 - ALS: implicit's alternating least squares (Hu, Koren & Volinsky 2008) on the binary train
   pairs, with a small grid over (regularization, alpha) chosen on val; it scales to catalogues of
   100k+ items, where EASE^R's item x item matrix would not fit.
@@ -27,7 +29,7 @@ from torch import Tensor
 from models_src.data import Interactions, pair_keys
 from models_src.evaluation import Protocol, SplitResult
 
-BASELINE_FAMILIES = ("most-popular", "als")
+BASELINE_FAMILIES = ("most-popular", "recent-popular", "als")
 RATING_BASELINE = "bias"
 
 # (regularization, alpha) settings tried on val. implicit does not scale the regularisation by
@@ -95,6 +97,41 @@ def most_popular(train: Interactions) -> FittedBaseline:
         torch.zeros(train.num_users, 1), torch.zeros(train.num_items, 1), None, scores
     )
     return FittedBaseline("most-popular", buffers, {}, time.perf_counter() - started)
+
+
+def recent_popular(
+    train: Interactions, window_days: float | None, params: dict | None = None
+) -> FittedBaseline:
+    """Items by train interactions in the `window_days` before train's newest event."""
+    from models_src.recency import popularity_scores
+
+    started = time.perf_counter()
+    buffers = _buffers(
+        torch.zeros(train.num_users, 1),
+        torch.zeros(train.num_items, 1),
+        None,
+        popularity_scores(train, window_days),
+    )
+    params = {**(params or {}), "window_days": window_days}
+    return FittedBaseline("recent-popular", buffers, params, time.perf_counter() - started)
+
+
+def recent_popular_on_val(
+    splits: dict[str, Interactions], protocol: Protocol, k: int = 10
+) -> FittedBaseline:
+    """Recent MostPopular with the window of best val Recall@K (never test)."""
+    from models_src.recency import choose_window
+
+    started = time.perf_counter()
+
+    def val_recall(item_scores: Tensor) -> float:
+        result = protocol.evaluate_parts(None, ("val",), k, same_for_everyone=item_scores.float())
+        return result["val"].summary[f"recall@{k}"]
+
+    choice = choose_window(splits["train"], val_recall)
+    fitted = recent_popular(splits["train"], choice.window_days, {"grid": choice.tried})
+    fitted.seconds = time.perf_counter() - started
+    return fitted
 
 
 def user_items_matrix(train: Interactions):
@@ -180,6 +217,7 @@ def fit_ranking_baselines(
     """Tonight's ranking baselines on the train split, hyperparameters (if any) chosen on val."""
     fitters: dict[str, Callable[[], FittedBaseline]] = {
         "most-popular": lambda: most_popular(splits["train"]),
+        "recent-popular": lambda: recent_popular_on_val(splits, protocol, k),
         "als": lambda: als_on_val(splits, protocol, k, seed=seed),
     }
     unknown = set(families) - set(fitters)
@@ -193,6 +231,8 @@ def refit_on_all(baseline: FittedBaseline, data: Interactions) -> FittedBaseline
     serving."""
     if baseline.family == "most-popular":
         return most_popular(data)
+    if baseline.family == "recent-popular":
+        return recent_popular(data, baseline.params["window_days"])
     if baseline.family == "als":
         settings = {k: baseline.params[k] for k in ("regularization", "alpha", "factors", "seed")}
         return fit_als(data, iterations=baseline.params["iterations"], **settings)

@@ -35,8 +35,12 @@ class TrainConfig:
     use_scheduler: bool = False
     val_ratio: float = 0.15
     test_ratio: float = 0.15
-    split: Literal["hash", "time", "day-hash"] = "hash"
+    # auto: the forward holdout (time) when the data has timestamps, else hash (models_src/data.py)
+    split: Literal["auto", "hash", "time", "day-hash"] = "hash"
     split_salt: str = "encore"
+    # The time split's held-out days: test the last ones, val the ones before (data.time_cuts);
+    # None: val_ratio and test_ratio of the events.
+    holdout_days: float | None = None
     k: int = 10
     device: str = "auto"
     # The training step's arithmetic: bf16 runs GAT-BPR's propagation (and the rating model's
@@ -73,6 +77,9 @@ class TrainConfig:
     # training (models_src/item_item.py), on catalogues of at most this many items.
     item_item: bool = False
     item_item_max_items: int = 20_000
+    # After the blend: recent popularity added to the served scores as an item bias, window and
+    # weight chosen on val (models_src/recency.py); weight 0 when it does not help.
+    recency_prior: bool = False
     # "study <name> trial <n>" when a tuning study (models_src/tuning.py) chose the parameters:
     # recorded with the model version.
     tuned_from: str | None = None

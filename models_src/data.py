@@ -155,24 +155,50 @@ def _timestamps(data: Interactions, method: str) -> np.ndarray:
     return data.ts
 
 
-def time_cuts(data: Interactions, val_ratio: float, test_ratio: float) -> tuple[int, int]:
+# With `holdout_days`, each held-out part still holds at least this share of the events, so a
+# quiet week does not leave the gate a handful of users to decide on.
+MIN_HOLDOUT_SHARE = 0.05
+
+
+def time_cuts(
+    data: Interactions, val_ratio: float, test_ratio: float, holdout_days: float | None = None
+) -> tuple[int, int]:
     """The forward holdout's cut points: the first timestamp of val and of test.
 
-    The latest `test_ratio` of the events (by time) are test, the `val_ratio` before them val;
-    events at a cut's very second go to the later part, so a cut never splits one timestamp.
+    Without `holdout_days`, the latest `test_ratio` of the events (by time) are test and the
+    `val_ratio` before them val. With it, test is the last `holdout_days` and val the
+    `holdout_days` before them (the days a nightly model serves next), each widened back to at
+    least MIN_HOLDOUT_SHARE of the events and cut to at most its ratio (a history shorter than
+    the days is not all held out). Events at a cut's very second go to the later part,
+    so a cut never splits one timestamp.
     """
     _check_ratios(val_ratio, test_ratio)
     ts = np.sort(_timestamps(data, "time"))
     n = len(ts)
     if n == 0:
         return 0, 0
-    val_cut = ts[min(n - 1, int(n * (1.0 - val_ratio - test_ratio)))]
-    test_cut = ts[min(n - 1, int(n * (1.0 - test_ratio)))]
+
+    def at_share(share_after: float) -> int:
+        return int(ts[min(n - 1, int(n * (1.0 - share_after)))])
+
+    if holdout_days is None:
+        return at_share(val_ratio + test_ratio), at_share(test_ratio)
+    end, span = int(ts[-1]) + 1, int(holdout_days * SECONDS_PER_DAY)
+    # Each part: its days, widened to MIN_HOLDOUT_SHARE of the events, at most its ratio.
+    test_cut = max(at_share(test_ratio), min(end - span, at_share(MIN_HOLDOUT_SHARE)))
+    before_test = ts[ts < test_cut]
+    at_least = max(1, int(n * MIN_HOLDOUT_SHARE))
+    val_by_share = int(before_test[max(0, len(before_test) - at_least)]) if len(before_test) else 0
+    val_cut = max(at_share(val_ratio + test_ratio), min(test_cut - span, val_by_share))
     return int(val_cut), int(test_cut)
 
 
 def time_split(
-    data: Interactions, val_ratio: float, test_ratio: float, salt: str = "encore"
+    data: Interactions,
+    val_ratio: float,
+    test_ratio: float,
+    salt: str = "encore",
+    holdout_days: float | None = None,
 ) -> np.ndarray:
     """A forward holdout over the whole dataset: train before val before test, by timestamp.
 
@@ -182,7 +208,7 @@ def time_split(
     registry entry records its cuts, and the gate refuses to compare a champion that trained past
     tonight's val cut. `salt` is unused (kept for the common signature).
     """
-    val_cut, test_cut = time_cuts(data, val_ratio, test_ratio)
+    val_cut, test_cut = time_cuts(data, val_ratio, test_ratio, holdout_days)
     split = np.full(len(data), TRAIN, dtype=np.int8)
     split[data.ts >= val_cut] = VAL
     split[data.ts >= test_cut] = TEST
@@ -205,20 +231,41 @@ def day_hash_split(
 
 
 SPLIT_METHODS = {"hash": hash_split, "time": time_split, "day-hash": day_hash_split}
+AUTO_SPLIT = "auto"
+
+
+def resolve_split_method(how: str, data: Interactions) -> str:
+    """`auto` is the forward holdout (`time`) when every event has a timestamp, else `hash`: a
+    nightly system is judged on the days after its data, which only timestamps can show."""
+    if how != AUTO_SPLIT:
+        return how
+    return "time" if data.ts is not None and len(data.ts) else "hash"
 
 
 def split_interactions(
-    data: Interactions, how: str, val_ratio: float, test_ratio: float, salt: str = "encore"
+    data: Interactions,
+    how: str,
+    val_ratio: float,
+    test_ratio: float,
+    salt: str = "encore",
+    holdout_days: float | None = None,
 ) -> dict[str, Interactions]:
+    """train / val / test of `data`; `holdout_days` is the time split's (see `time_cuts`)."""
+    how = resolve_split_method(how, data)
     if how not in SPLIT_METHODS:
         raise ValueError(f"unknown split method {how!r}; choose one of {sorted(SPLIT_METHODS)}")
-    buckets = SPLIT_METHODS[how](data, val_ratio, test_ratio, salt)
-    # The parts go to training and evaluation, which never read time once the split is made;
-    # without `ts` the parts hold 8 bytes a row less.
+    if how == "time":
+        buckets = time_split(data, val_ratio, test_ratio, salt, holdout_days)
+    else:
+        buckets = SPLIT_METHODS[how](data, val_ratio, test_ratio, salt)
+    # Evaluation never reads time once the split is made, so val and test go without `ts` (8
+    # bytes a row less); train keeps it for what counts recent interactions (models_src/
+    # recency.py).
     timeless = replace(data, ts=None)
     return {
-        name: timeless.subset(buckets == code)
-        for name, code in (("train", TRAIN), ("val", VAL), ("test", TEST))
+        "train": data.subset(buckets == TRAIN),
+        "val": timeless.subset(buckets == VAL),
+        "test": timeless.subset(buckets == TEST),
     }
 
 

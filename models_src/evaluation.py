@@ -35,7 +35,8 @@ from models_src.config import TrainConfig, like_threshold
 from models_src.data import Interactions, distinct_sorted, keys_to_csr, pair_keys
 from models_src.metrics import RANKING_METRICS, mae, rmse
 
-PROTOCOL_VERSION = 2
+# 3: users without train history are judged on the cold-start list (models_src/serving.py).
+PROTOCOL_VERSION = 3
 HELD_OUT = ("val", "test")
 # The parts whose items a user already had before the evaluated one.
 EARLIER_PARTS = {"train": (), "val": ("train",), "test": ("train", "val")}
@@ -389,12 +390,14 @@ def evaluation_record(
     data: Interactions,
     like: float | None,
     k: int,
+    holdout_days: float | None = None,
 ) -> dict:
     """What a model version was evaluated under, as the registry keeps it: the split settings,
     the protocol version, the like threshold, K, and where tonight's data stands (for the gate's
     staleness rule and the time split's no-leak check)."""
-    from models_src.data import time_cuts
+    from models_src.data import resolve_split_method, time_cuts
 
+    method = resolve_split_method(method, data)
     record = {
         "protocol": PROTOCOL_VERSION,
         "split": {
@@ -402,6 +405,7 @@ def evaluation_record(
             "val_ratio": val_ratio,
             "test_ratio": test_ratio,
             "salt": None if method == "time" else salt,
+            **({"holdout_days": holdout_days} if method == "time" and holdout_days else {}),
         },
         "like_threshold": like,
         "k": k,
@@ -410,7 +414,7 @@ def evaluation_record(
         "snapshot_id": data.meta.get("snapshot_id"),
     }
     if method == "time" and len(data):
-        record["train_until"] = time_cuts(data, val_ratio, test_ratio)[0]
+        record["train_until"] = time_cuts(data, val_ratio, test_ratio, holdout_days)[0]
     return record
 
 
@@ -419,7 +423,9 @@ def night_record(data: Interactions, config: dict, k: int) -> dict:
     `data`."""
     c = TrainConfig.from_dict(config)
     like = like_threshold(data, c.rating_threshold)
-    return evaluation_record(c.split, c.val_ratio, c.test_ratio, c.split_salt, data, like, k)
+    return evaluation_record(
+        c.split, c.val_ratio, c.test_ratio, c.split_salt, data, like, k, c.holdout_days
+    )
 
 
 def incompatibility(champion: dict | None, tonight: dict) -> str | None:

@@ -565,7 +565,12 @@ def training_positives(
 def split_for_training(data: Interactions, config: TrainConfig) -> dict[str, Interactions]:
     """The run's train/val/test, from the config's split settings (stable across nights)."""
     return split_interactions(
-        data, config.split, config.val_ratio, config.test_ratio, config.split_salt
+        data,
+        config.split,
+        config.val_ratio,
+        config.test_ratio,
+        config.split_salt,
+        config.holdout_days,
     )
 
 

@@ -119,6 +119,11 @@ class GatBprParams(_Params):
         ge=0,
         description="Largest catalogue the blend is built for (its matrix is items x items).",
     )
+    recency_prior: bool = Field(
+        True,
+        description="Add recent popularity to the served scores as an item bias, its window and "
+        "weight chosen on val after training (0 when it does not help; models_src/recency.py).",
+    )
     cl_weight: float = Field(
         0.0, ge=0, description="Weight of XSimGCL's contrastive term (0: off)."
     )

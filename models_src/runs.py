@@ -81,12 +81,12 @@ def blend_item_item(
     learner, config: TrainConfig, out_dir: Path, final: dict, log: Callable[[str], None] = print
 ) -> tuple[dict, Callable | None]:
     """After GAT-BPR's training: choose on val EASE^R's λ and its weight in the blend
-    (models_src/item_item.py), record the choice in best_model.pt (publish and the serving
-    refit rebuild the same blend from it) and return `final` with the blend's val and test
-    metrics (the embeddings' own kept under `embeddings_only`) and the score function of the
-    model as it will serve (users -> item scores; None for a rating model). `final` is
-    unchanged when the config turns the blend off or the catalogue is too large for it."""
-    from models_src.checkpoint import load_checkpoint, save_checkpoint
+    (models_src/item_item.py), then the recency prior's window and weight (models_src/
+    recency.py), record the choices in best_model.pt (publish and the serving refit rebuild the
+    same scorer from them) and return `final` with the served model's val and test metrics (the
+    embeddings' own kept under `embeddings_only`) and the score function of the model as it will
+    serve (users -> item scores; None for a rating model). `final` is unchanged when the config
+    turns both off (or the catalogue is too large for the blend and the prior does not help)."""
     from models_src.item_item import blend, choose_blend, fits, history_matrix, item_item_scores
     from models_src.learners import BPRLearner, training_positives
 
@@ -98,22 +98,27 @@ def blend_item_item(
         # Propagated on first use only: a nightly run with the blend off never needs them.
         return tuple(table.cpu() for table in learner.item_scores())
 
-    def embedding_scores(users: torch.Tensor) -> torch.Tensor:
+    def embedding_scores(users: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         user_emb, item_emb = tables()
-        return user_emb[users.cpu()] @ item_emb.T
+        block = user_emb[users.cpu()] @ item_emb.T
+        return block if bias is None else block.add_(bias)
 
-    if not config.item_item:
-        return final, embedding_scores
-    if not fits(learner.num_users, learner.num_items, config.item_item_max_items):
-        log(f"item-item blend skipped: {learner.num_items} items is past what it is built for")
-        return {**final, "item_item": {"skipped": "catalogue too large"}}, embedding_scores
-    train = learner.splits["train"]
-    positives = training_positives(train, config, learner.like_threshold)
-    history = history_matrix(train, learner.num_users, learner.num_items)
+    def plain(bias: torch.Tensor | None) -> Callable:
+        return functools.partial(embedding_scores, bias=bias)
 
     def summary(scores, part: str) -> dict:
         return learner.protocol.evaluate(scores, part, config.k, config.eval_batch_size).summary
 
+    train = learner.splits["train"]
+    positives = training_positives(train, config, learner.like_threshold)
+    served = _Served(learner, config, out_dir, final, summary, positives, log)
+    if not config.item_item:
+        return served.with_recency_prior(plain, embedding_scores)
+    if not fits(learner.num_users, learner.num_items, config.item_item_max_items):
+        log(f"item-item blend skipped: {learner.num_items} items is past what it is built for")
+        served.result["item_item"] = {"skipped": "catalogue too large"}
+        return served.with_recency_prior(plain, embedding_scores)
+    history = history_matrix(train, learner.num_users, learner.num_items)
     choice, weights = choose_blend(
         embedding_scores, positives, history, lambda s: summary(s, "val")[config.monitor]
     )
@@ -121,20 +126,74 @@ def blend_item_item(
         f"item-item blend: EASE^R lambda {choice.lam:g}, weight {choice.weight:g}"
         f" ({choice.seconds:.0f} s)"
     )
-    result = {**final, "item_item": choice.to_dict()}
+    served.result["item_item"] = choice.to_dict()
     if weights is None:
-        return result, embedding_scores
+        return served.with_recency_prior(plain, embedding_scores)
 
-    def blended(users: torch.Tensor) -> torch.Tensor:
-        learned = item_item_scores(history, users, weights)
-        return blend(embedding_scores(users), learned, choice.weight)
+    def blended(bias: torch.Tensor | None) -> Callable:
+        def scores(users: torch.Tensor) -> torch.Tensor:
+            learned = item_item_scores(history, users, weights)
+            return blend(embedding_scores(users, bias), learned, choice.weight)
 
-    result["embeddings_only"] = {"val": final["val"], "test": final["test"]}
-    result["val"], result["test"] = summary(blended, "val"), summary(blended, "test")
-    best = load_checkpoint(out_dir / "best_model.pt")
-    best["item_item"] = {"lambda": choice.lam, "weight": choice.weight}
-    save_checkpoint(out_dir / "best_model.pt", best)
-    return result, blended
+        return scores
+
+    served.record({"val": final["val"], "test": final["test"]}, blended(None))
+    served.save_choice("item_item", {"lambda": choice.lam, "weight": choice.weight})
+    return served.with_recency_prior(blended, embedding_scores)
+
+
+class _Served:
+    """The served scorer's choices after training, recorded in `result` and best_model.pt."""
+
+    def __init__(self, learner, config, out_dir, final, summary, positives, log) -> None:
+        self.learner, self.config, self.out_dir = learner, config, out_dir
+        self.result, self.summary, self.positives, self.log = dict(final), summary, positives, log
+
+    def record(self, embeddings_only: dict | None, scores: Callable) -> None:
+        """The served model's val and test metrics; the embeddings' own kept once."""
+        if embeddings_only is not None and "embeddings_only" not in self.result:
+            self.result["embeddings_only"] = embeddings_only
+        self.result["val"] = self.summary(scores, "val")
+        self.result["test"] = self.summary(scores, "test")
+
+    def save_choice(self, key: str, value: dict) -> None:
+        from models_src.checkpoint import load_checkpoint, save_checkpoint
+
+        best = load_checkpoint(self.out_dir / "best_model.pt")
+        best[key] = value
+        save_checkpoint(self.out_dir / "best_model.pt", best)
+
+    def with_recency_prior(
+        self, compose: Callable, embedding_scores: Callable
+    ) -> tuple[dict, Callable]:
+        """Choose the recency prior's window and weight on val for the scorer `compose(bias)`
+        builds (the bias added to the embeddings' scores, before any blend, as served)."""
+        from models_src.recency import choose_prior, score_spread
+
+        if not self.config.recency_prior:
+            return self.result, compose(None)
+        spread = score_spread(embedding_scores, self.learner.num_users)
+        current = self.result["val"][self.config.monitor]
+        choice, bias = choose_prior(
+            compose,
+            self.positives,
+            spread,
+            lambda scores: self.summary(scores, "val")[self.config.monitor],
+            current,
+        )
+        self.log(
+            f"recency prior: window {choice.label}, weight {choice.weight:g}"
+            f" ({choice.seconds:.0f} s)"
+        )
+        self.result["recency_prior"] = choice.to_dict()
+        if bias is None:
+            return self.result, compose(None)
+        scores = compose(bias)
+        self.record({"val": self.result["val"], "test": self.result["test"]}, scores)
+        self.save_choice(
+            "recency_prior", {"window_days": choice.window_days, "weight": choice.weight}
+        )
+        return self.result, scores
 
 
 BASELINE_SUFFIX = ".baseline.pt"
@@ -195,11 +254,21 @@ def _evaluate_for_the_gate(baseline, path: Path, data, splits, protocol, config:
     does not rank it again: here it runs on the task runner beside training, and ALS's val
     ranking from choosing its setting is reused (the same scores as served)."""
     from models_src.evaluation import HELD_OUT, night_record, save_results
-    from models_src.serving import ServedModel, evaluate_served, popularity_counts
+    from models_src.serving import (
+        ServedModel,
+        cold_start_on_val,
+        evaluate_served,
+        popularity_counts,
+    )
 
     k = TrainConfig.from_dict(config).k
-    served = ServedModel(baseline.buffers, popularity_counts(splits["train"]))
-    results = dict(baseline.evaluated)
+    cold_start = cold_start_on_val(splits, protocol, k)
+    served = ServedModel(
+        baseline.buffers, popularity_counts(splits["train"]), cold_start=cold_start
+    )
+    # A ranking made while choosing the baseline stands only where no user goes to the
+    # cold-start list instead.
+    results = {} if bool(cold_start.no_history.any()) else dict(baseline.evaluated)
     missing = tuple(part for part in HELD_OUT if part not in results)
     results |= evaluate_served(protocol, served, missing, k) if missing else {}
     key = evaluation_key(baseline.buffers, night_record(data, config, k))
@@ -287,8 +356,10 @@ def refit_run(
             "epoch": len(schedule),
             "config": config.to_dict(),
             "artifacts": artifacts,
-            # The gated run's blend (λ, weight), refitted on every interaction at publish.
+            # The gated run's blend (λ, weight) and recency prior (window, weight), rebuilt on
+            # every interaction at publish.
             "item_item": gated.get("item_item"),
+            "recency_prior": gated.get("recency_prior"),
             "history": [
                 {"epoch": e, "train_loss": loss, "lr": lr}
                 for e, (loss, lr) in enumerate(zip(losses, schedule, strict=True), 1)

@@ -291,7 +291,9 @@ def test_deployment_runs_nightly_through_a_real_server_and_worker(deployed):
     assert list(deployed.home.reports.glob("nightly-*.md"))
     exports = sorted(p.name for p in (deployed.home.root / "exports").glob("recommendations_*"))
     assert exports == [
+        "recommendations_sample-listens_cold_start.parquet",
         "recommendations_sample-listens_ranking.parquet",
+        "recommendations_sample-ratings_cold_start.parquet",
         "recommendations_sample-ratings_ranking.parquet",
     ]
 

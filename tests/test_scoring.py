@@ -170,10 +170,14 @@ def test_cli_lists_models_shows_recommendations_and_guards_overrides(con, home, 
     assert typo.stderr.strip() == (
         "no dataset 'listen' in the warehouse (datasets: listens); did you mean 'listens'?"
     )
-    stranger = run("recommend", "nobody", "--dataset", "listens")
-    assert stranger.returncode == 1
+    # A user never seen gets the cold-start list, said on stderr, the same for every stranger.
+    stranger = run("recommend", "nobody", "--dataset", "listens", "-k", "3")
+    assert stranger.returncode == 0, stranger.stderr
     (line,) = stranger.stderr.strip().splitlines()
-    assert line.startswith("no user 'nobody' in listens (") and "ids match exactly" in line
+    assert line.startswith("user 'nobody' has no history in listens: the cold-start list")
+    assert [row.split()[0] for row in stranger.stdout.splitlines()] == ["1.", "2.", "3."]
+    assert all(row.endswith("(cold start)") for row in stranger.stdout.splitlines())
+    assert run("recommend", "somebody", "--dataset", "listens", "-k", "3").stdout == stranger.stdout
     assert run("models", "--dataset", "listen").returncode == 2
     again = run("promote", "1")
     assert again.returncode == 1 and "already is the champion" in again.stderr

@@ -6,9 +6,10 @@ baselines task, `rank_champion_ahead`) when it answers tonight's evaluation reco
 tables; everything else is ranked here.
 
 Each contender is scored as it would serve (models_src/serving.py): the champion knows a prefix
-of tonight's users and items; users it never saw get the popularity fallback, items it never saw
-it cannot recommend. When a baseline wins, it is registered as a version of its own (with its
-ONNX scorer) and crowned; the challenger is logged as rejected with the same checks.
+of tonight's users and items; users it never saw, and users with no train history (a forward
+holdout's new users), get tonight's cold-start list; items it never saw it cannot recommend.
+When a baseline wins, it is registered as a version of its own (with its ONNX scorer) and
+crowned; the challenger is logged as rejected with the same checks.
 """
 
 from __future__ import annotations
@@ -50,7 +51,13 @@ from models_src.gate import (
 )
 from models_src.learners import split_for_training
 from models_src.runs import evaluation_file, evaluation_key, load_baseline
-from models_src.serving import ServedModel, evaluate_served, popularity_counts
+from models_src.serving import (
+    ColdStart,
+    ServedModel,
+    cold_start_on_val,
+    evaluate_served,
+    popularity_counts,
+)
 from tasks.registry.publish import (
     RANKED_AHEAD_FILE,
     SERVED_TABLES_FILE,
@@ -66,6 +73,7 @@ from tasks.registry.registry import (
     verify_artifacts,
     version_row,
 )
+from tasks.score.scoring import record_cold_start_window
 
 SECONDS_PER_DAY = 86_400
 
@@ -80,25 +88,35 @@ class Night:
     record: dict  # the evaluation record every version registered tonight carries
     rating: bool  # the rating slot (RMSE) rather than the ranking one
     popularity: torch.Tensor
+    cold_start: ColdStart | None  # what users without history get (ranking slot)
 
     @classmethod
     def load(cls, export_path: Path, config: dict, k: int) -> Night:
         data = Interactions.from_parquet(export_path)
         train_config = TrainConfig.from_dict(config)
         splits = split_for_training(data, train_config)
+        protocol = Protocol(splits, like_threshold(data, train_config.rating_threshold))
+        rating = slot_of(config.get("model", "gat-bpr")) == "rating"
         return cls(
             data,
             splits,
-            Protocol(splits, like_threshold(data, train_config.rating_threshold)),
+            protocol,
             night_record(data, config, k),
-            slot_of(config.get("model", "gat-bpr")) == "rating",
+            rating,
             popularity_counts(splits["train"]),
+            None if rating else cold_start_on_val(splits, protocol, k),
         )
 
     def served(self, buffers: dict, scale: tuple[float, float] | None = None) -> ServedModel:
         if self.rating and scale is None:
             scale = rating_scale(self.data)
-        return ServedModel(buffers, self.popularity, scale, history=self.splits["train"])
+        return ServedModel(
+            buffers,
+            self.popularity,
+            scale,
+            history=self.splits["train"],
+            cold_start=self.cold_start,
+        )
 
     def contender(
         self,
@@ -263,6 +281,10 @@ def gate_version(
         incomparable,
     )
     _apply(con, verdict, row, fitted, night, tables, t, models_root, baseline_files or {})
+    if night.cold_start is not None:
+        record_cold_start_window(
+            con, row["dataset"], night.data.meta.get("snapshot_id"), night.cold_start.to_dict()
+        )
     return verdict, tables
 
 

@@ -102,9 +102,26 @@ def build_scorer(state: dict, k: int) -> TopKScorer:
     graph = bipartite_edge_index(positives, with_groups=model.num_groups > 0)
     blend = state.get("item_item") or {}
     if not blend.get("weight"):
-        return gat_bpr_scorer(model, graph, k)
-    weights = ease_weights(positives, blend["lambda"])
-    return gat_bpr_scorer(model, graph, k, item_item=weights, blend_weight=blend["weight"])
+        scorer = gat_bpr_scorer(model, graph, k)
+    else:
+        weights = ease_weights(positives, blend["lambda"])
+        scorer = gat_bpr_scorer(model, graph, k, item_item=weights, blend_weight=blend["weight"])
+    return with_recency_prior(scorer, state.get("recency_prior"), positives)
+
+
+def with_recency_prior(scorer: TopKScorer, prior: dict | None, positives: Interactions):
+    """The recency prior training chose, as the scorer's item bias: the window's popularity in
+    the pairs it learned from (the newest days of train, or of everything for a serving refit),
+    scaled by the spread of the scorer's own embedding scores, as training measured it."""
+    if not prior or not prior.get("weight"):
+        return scorer
+    from models_src.recency import popularity_scores, prior_bias, score_spread
+
+    user_emb, item_emb = scorer.user_emb, scorer.item_emb
+    spread = score_spread(lambda users: user_emb[users] @ item_emb.T, len(user_emb))
+    popularity = popularity_scores(positives, prior["window_days"])
+    scorer.item_bias.copy_(prior_bias(popularity, prior["weight"], spread))
+    return scorer
 
 
 def run_scorer(run_dir: Path, state: dict, k: int) -> TopKScorer:

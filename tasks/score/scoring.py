@@ -4,9 +4,14 @@ one, else the champion itself.
 
 Users the model knows get its top-K (items they have interacted with excluded through the
 scorer's `exclude` input), marked `model`, or `baseline` when the champion is a baseline
-(MostPopular, ALS) that won the gate; users who arrived after it was trained get the most popular
-items they have not seen, marked `fallback`. The dataset's previous lists are replaced in one
-transaction, so readers see either the old set or the new one, never a mix.
+(MostPopular, ALS) that won the gate; users who arrived after it was trained get the cold-start
+list's items they have not seen, marked `fallback`. The dataset's previous lists are replaced in
+one transaction, so readers see either the old set or the new one, never a mix.
+
+Users never seen at all get the cold-start list itself (`cold_start_recommendations` and
+`exports/recommendations_<dataset>_cold_start.parquet`; `encore recommend` returns it for an
+unknown user): recent popularity over the window the gate chose on val for users without
+history (models_src/serving.py: `cold_start_on_val`), all time until a gate has chosen one.
 """
 
 from __future__ import annotations
@@ -43,7 +48,68 @@ CREATE TABLE IF NOT EXISTS recommendations (
     source VARCHAR NOT NULL          -- model | baseline | fallback
 );
 """
-BASELINE_FAMILIES = ("most-popular", "als")
+# models_src.baselines.BASELINE_FAMILIES, written again: importing it would load torch into
+# scoring workers, which run onnxruntime only.
+BASELINE_FAMILIES = ("most-popular", "recent-popular", "als")
+
+COLD_START_SCHEMA = """
+CREATE TABLE IF NOT EXISTS cold_start_windows (  -- the gate's choice, one row per gated night
+    dataset VARCHAR NOT NULL,
+    snapshot_id INTEGER,
+    window_days DOUBLE,                          -- NULL: all time
+    chosen_at TIMESTAMP NOT NULL,
+    val_json VARCHAR                             -- val Recall@K of every window tried
+);
+CREATE TABLE IF NOT EXISTS cold_start_recommendations (  -- the list of users never seen
+    dataset VARCHAR NOT NULL,
+    rank INTEGER NOT NULL,
+    item_id VARCHAR NOT NULL,
+    score DOUBLE,                                -- interactions in the window
+    window_days DOUBLE,
+    generated_at TIMESTAMP NOT NULL
+);
+"""
+
+
+def record_cold_start_window(
+    con: duckdb.DuckDBPyConnection, dataset: str, snapshot_id: int | None, choice: dict
+) -> None:
+    """The cold-start window the gate chose tonight, for scoring to build the list from."""
+    con.execute(COLD_START_SCHEMA)
+    con.execute(
+        "INSERT INTO cold_start_windows VALUES (?, ?, ?, now()::TIMESTAMP, ?)",
+        [dataset, snapshot_id, choice.get("window_days"), json.dumps(choice.get("val", {}))],
+    )
+
+
+def cold_start_window(con: duckdb.DuckDBPyConnection, dataset: str) -> float | None:
+    con.execute(COLD_START_SCHEMA)
+    row = con.execute(
+        "SELECT window_days FROM cold_start_windows WHERE dataset = ?"
+        " ORDER BY chosen_at DESC LIMIT 1",
+        [dataset],
+    ).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def cold_start_items(
+    con: duckdb.DuckDBPyConnection, dataset: str, window_days: float | None, limit: int
+) -> list[tuple[int, int]]:
+    """(item_idx, interactions in the window) of the cold-start list, most first; ties by
+    all-time interactions, then index, as models_src/recency.py ranks them."""
+    since = "TIMESTAMP '1970-01-01'"
+    if window_days is not None:
+        since = (
+            "(SELECT max(ts) FROM training_interactions WHERE dataset = $dataset)"
+            f" - to_microseconds(CAST({float(window_days) * 86_400e6} AS BIGINT))"
+        )
+    rows = con.execute(
+        f"""SELECT item_idx, count(*) FILTER (WHERE ts >= {since}) AS recent, count(*) AS every
+            FROM training_interactions WHERE dataset = $dataset
+            GROUP BY 1 ORDER BY recent DESC, every DESC, item_idx LIMIT $limit""",
+        {"dataset": dataset, "limit": limit},
+    ).fetchall()
+    return [(int(item), int(recent)) for item, recent, _ in rows]
 
 
 def recommendations_file(exports_dir: Path, dataset: str) -> Path:
@@ -116,12 +182,13 @@ class ScoringPlan:
     source: str  # model | baseline: what its rows are marked
     scorer: str  # the serving version's scorer.onnx
     seen: str  # .npz with the seen-items CSR (rowptr, items)
-    popular: list[tuple[int, int]]  # (item_idx, interactions), most first: the fallback
+    popular: list[tuple[int, int]]  # (item_idx, interactions), most first: the cold-start list
     num_users: int  # tonight's users
     model_users: int  # users the model knows (a prefix of tonight's)
     model_items: int
     k: int
     parts_dir: str
+    cold_start_days: float | None = None  # the cold-start list's window (None: all time)
 
     def ranges(self, parts: int) -> list[tuple[int, int]]:
         """`parts` contiguous user ranges of near-equal size covering every user."""
@@ -152,11 +219,8 @@ def plan_scoring(con: duckdb.DuckDBPyConnection, dataset: str, work_dir: Path) -
     parts_dir.mkdir(parents=True)
     rowptr, seen = _seen(con, dataset, len(user_ids))
     np.savez(parts_dir / "seen.npz", rowptr=rowptr, items=seen)
-    popular = con.execute(
-        "SELECT item_idx, count(*) AS n FROM training_interactions WHERE dataset = ?"
-        " GROUP BY 1 ORDER BY n DESC, item_idx LIMIT ?",
-        [dataset, sizes["k"] + 1000],
-    ).fetchall()
+    window = cold_start_window(con, dataset)
+    popular = cold_start_items(con, dataset, window, sizes["k"] + 1000)
     return ScoringPlan(
         dataset=dataset,
         kind=row["kind"],
@@ -165,12 +229,13 @@ def plan_scoring(con: duckdb.DuckDBPyConnection, dataset: str, work_dir: Path) -
         source="baseline" if row["kind"] in BASELINE_FAMILIES else "model",
         scorer=str(directory / "scorer.onnx"),
         seen=str(parts_dir / "seen.npz"),
-        popular=[(int(i), int(n)) for i, n in popular],
+        popular=popular,
         num_users=len(user_ids),
         model_users=sizes["num_users"],
         model_items=sizes["num_items"],
         k=sizes["k"],
         parts_dir=str(parts_dir),
+        cold_start_days=window,
     )
 
 
@@ -235,7 +300,9 @@ def load_scored_parts(
             f"scoring parts cover {covered} users of {plan.num_users} in {plan.dataset}"
         )
     con.execute(RECOMMENDATIONS_SCHEMA)
+    con.execute(COLD_START_SCHEMA)
     with transaction(con):
+        _replace_cold_start_list(con, plan)
         con.execute("DELETE FROM recommendations WHERE dataset = ?", [plan.dataset])
         con.execute(
             """INSERT INTO recommendations
@@ -251,6 +318,14 @@ def load_scored_parts(
         lambda partial: con.execute(
             f"""COPY (SELECT * FROM recommendations WHERE dataset = ?
                      ORDER BY user_id, rank) TO '{_sql_path(partial)}' (FORMAT parquet)""",
+            [plan.dataset],
+        ),
+    )
+    write_atomically(
+        cold_start_file(exports_dir, plan.dataset),
+        lambda partial: con.execute(
+            f"""COPY (SELECT * FROM cold_start_recommendations WHERE dataset = ?
+                     ORDER BY rank) TO '{_sql_path(partial)}' (FORMAT parquet)""",
             [plan.dataset],
         ),
     )
@@ -272,6 +347,24 @@ def load_scored_parts(
         "parquet": str(path),
         "scoring_seconds": sum(part["seconds"] for part in parts),
     }
+
+
+def cold_start_file(exports_dir: Path, dataset: str) -> Path:
+    return exports_dir / f"recommendations_{dataset}_cold_start.parquet"
+
+
+def _replace_cold_start_list(con: duckdb.DuckDBPyConnection, plan: ScoringPlan) -> None:
+    """The list of users never seen, with the lists (in their transaction)."""
+    con.execute("DELETE FROM cold_start_recommendations WHERE dataset = ?", [plan.dataset])
+    con.executemany(
+        """INSERT INTO cold_start_recommendations
+           SELECT ?, ?, external_id, ?, ?, now()::TIMESTAMP FROM item_ids
+           WHERE dataset = ? AND idx = ?""",
+        [
+            [plan.dataset, rank, float(n), plan.cold_start_days, plan.dataset, item]
+            for rank, (item, n) in enumerate(plan.popular[: plan.k], start=1)
+        ],
+    )
 
 
 def _sql_path(path: Path) -> str:
