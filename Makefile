@@ -6,7 +6,7 @@ ENCORE := $(VENV)/bin/encore
 STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv run server deploy deploy-docker deploy-kubernetes worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly bench-warm-start bench-allocator bench-retention bench-scale bench-gate bench-served bench-ablation bench-tune bench-blend bench-gpu gpu-wheels clean-data
+.PHONY: venv run server deploy deploy-docker deploy-kubernetes worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly bench-warm-start bench-allocator bench-retention bench-scale bench-gate bench-served bench-replay bench-ablation bench-tune bench-blend bench-gpu gpu-wheels clean-data
 
 # The venv is rebuilt when pyproject.toml changes. torch goes first and pinned so that no other
 # package can pull a multi-GB CUDA build.
@@ -141,6 +141,11 @@ bench-gate: venv
 ## MostPopular and the night's own ALS baseline.
 bench-served: venv
 	$(PY) -m bench.bench_served
+
+## What Encore serves, replayed night by night on time-ordered public data (ml-100k weekly,
+## ml-latest-small monthly), judged on the next period beside peers refit on the same schedule.
+bench-replay: venv
+	$(PY) -m bench.bench_replay
 
 ## GAT-BPR's levers one at a time on bench-train's split, chosen on val (bench/results/ablation.md).
 bench-ablation: venv

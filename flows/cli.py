@@ -676,5 +676,13 @@ def predict(
     )
 
 
+def _register_replay() -> None:
+    from flows.cli_replay import replay_command  # its own module: cli.py is long enough
+
+    app.command("replay")(replay_command)
+
+
+_register_replay()
+
 if __name__ == "__main__":
     app()

@@ -301,3 +301,33 @@ class TuneParams(_Params):
         description="How long to wait for a running nightly before exporting the snapshot.",
     )
 
+
+def _replay_nightly() -> NightlyParams:
+    """The nightly settings of a replay: the defaults, with the two validation checks that a
+    replay's own deliveries trip relaxed. Its first night holds years of history and the next
+    ones a period each (the volume check compares a night with the median of the last three);
+    and a sign-up wave of mostly new users is real traffic, not remapped ids (issue 37)."""
+    return NightlyParams(
+        validation=ValidationThresholds(max_volume_ratio=1e6, max_new_id_share=1.0)
+    )
+
+
+class ReplayParams(_Params):
+    """`encore replay` (flows/replay.py): a timestamped dataset delivered period by period, the
+    nightly after each, what served judged on the next period."""
+
+    dataset: str = Field(description="The dataset of `sources_file` to replay (timestamps needed).")
+    sources_file: str = Field(description="The sources.toml that names the dataset.")
+    start: float = Field(
+        0.7, gt=0, lt=1, description="Share of the events (by time) before the first night's cut."
+    )
+    period: Literal["day", "week", "month"] = Field("week", description="One delivery a night.")
+    nights: int | None = Field(
+        None, ge=1, description="Stop after this many nights (default: to the end of the data)."
+    )
+    results_dir: str | None = Field(
+        None, description="Also write the report's JSON, markdown and plots here."
+    )
+    nightly: NightlyParams = Field(
+        default_factory=_replay_nightly, description="The settings of every replayed night."
+    )

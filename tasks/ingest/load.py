@@ -279,6 +279,18 @@ def _canonical_select(fmt: SourceFormat) -> str:
     return ", ".join(parts)
 
 
+def stage_file(con: duckdb.DuckDBPyConnection, spec: DatasetSpec, path: Path) -> tuple[int, int]:
+    """Read one landing file as the ingest does, into the temp view `_staged` (canonical
+    columns) of `con`, without loading it anywhere; returns (rows staged, rows rejected). For
+    readers of a whole source (`encore replay`)."""
+    fmt = spec.format
+    stage = _Stage(con, path, fmt, spec.partitions(path) if fmt.file_type == "parquet" else None)
+    stage.read()
+    stage.finish(scan_file(path, fmt))
+    staged = con.execute("SELECT count(*) FROM _staged").fetchone()[0]
+    return staged, con.execute("SELECT count(*) FROM _file_rejects").fetchone()[0]
+
+
 class _Stage:
     """Reads the file into the temp table `_raw` and exposes it as the temp view `_staged`
     (line, canonical columns); malformed lines land in the temp table `_file_rejects`.
