@@ -629,10 +629,11 @@ def recommend(
         typer.echo(why, err=True)
         raise typer.Exit(1)
     if cold:
-        window = cold[0][-1]
+        half_life = cold[0][-1]
+        recent = "all time" if half_life is None else f"recent days, half-life {half_life:g} days"
         typer.echo(
             f"user '{user_id}' has no history in {dataset}: the cold-start list (most taken up"
-            f" over {'all time' if window is None else f'the last {window:g} days'})",
+            f" over {recent})",
             err=True,
         )
     for rank, item, score, source, *_ in rows or cold:
@@ -648,7 +649,7 @@ def _cold_start_rows(con, dataset: str, user_id: str, k: int) -> list[tuple]:
         return []
     return con.execute(
         """SELECT c.rank, c.item_id || coalesce(' ' || chr(8212) || ' ' || n.name, ''), c.score,
-                  'cold start', c.window_days
+                  'cold start', c.half_life_days
            FROM cold_start_recommendations c
            LEFT JOIN item_names n ON n.dataset = c.dataset AND n.external_id = c.item_id
            WHERE c.dataset = ? AND c.rank <= ? ORDER BY c.rank""",

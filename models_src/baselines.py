@@ -7,8 +7,8 @@ embedding tables of `TopKScorer` (score = user_emb[u] . item_emb[i] + user_bias[
 item_bias[i] + offset), so it is evaluated, exported to ONNX and batch-scored like any model.
 
 - MostPopular: the same list for everyone, by train interactions.
-- Recent MostPopular: the same, counted over the last days of train only, the window chosen on
-  val (models_src/recency.py); on a forward holdout it is the list to beat for the next days.
+- Recent MostPopular: the same, each interaction weighted by its age (a half-life chosen on val,
+  models_src/recency.py); on a forward holdout it is the list to beat for the next days.
 - ALS: implicit's alternating least squares (Hu, Koren & Volinsky 2008) on the binary train
   pairs, with a small grid over (regularization, alpha) chosen on val; it scales to catalogues of
   100k+ items, where EASE^R's item x item matrix would not fit.
@@ -100,9 +100,9 @@ def most_popular(train: Interactions) -> FittedBaseline:
 
 
 def recent_popular(
-    train: Interactions, window_days: float | None, params: dict | None = None
+    train: Interactions, half_life_days: float | None, params: dict | None = None
 ) -> FittedBaseline:
-    """Items by train interactions in the `window_days` before train's newest event."""
+    """Items by train interactions, each halved every `half_life_days` of its age."""
     from models_src.recency import popularity_scores
 
     started = time.perf_counter()
@@ -110,17 +110,17 @@ def recent_popular(
         torch.zeros(train.num_users, 1),
         torch.zeros(train.num_items, 1),
         None,
-        popularity_scores(train, window_days),
+        popularity_scores(train, half_life_days),
     )
-    params = {**(params or {}), "window_days": window_days}
+    params = {**(params or {}), "half_life_days": half_life_days}
     return FittedBaseline("recent-popular", buffers, params, time.perf_counter() - started)
 
 
 def recent_popular_on_val(
     splits: dict[str, Interactions], protocol: Protocol, k: int = 10
 ) -> FittedBaseline:
-    """Recent MostPopular with the window of best val Recall@K (never test)."""
-    from models_src.recency import choose_window
+    """Recent MostPopular with the half-life of best val Recall@K (never test)."""
+    from models_src.recency import choose_half_life
 
     started = time.perf_counter()
 
@@ -128,8 +128,8 @@ def recent_popular_on_val(
         result = protocol.evaluate_parts(None, ("val",), k, same_for_everyone=item_scores.float())
         return result["val"].summary[f"recall@{k}"]
 
-    choice = choose_window(splits["train"], val_recall)
-    fitted = recent_popular(splits["train"], choice.window_days, {"grid": choice.tried})
+    choice = choose_half_life(splits["train"], val_recall)
+    fitted = recent_popular(splits["train"], choice.half_life_days, {"grid": choice.tried})
     fitted.seconds = time.perf_counter() - started
     return fitted
 
@@ -232,7 +232,7 @@ def refit_on_all(baseline: FittedBaseline, data: Interactions) -> FittedBaseline
     if baseline.family == "most-popular":
         return most_popular(data)
     if baseline.family == "recent-popular":
-        return recent_popular(data, baseline.params["window_days"])
+        return recent_popular(data, baseline.params["half_life_days"])
     if baseline.family == "als":
         settings = {k: baseline.params[k] for k in ("regularization", "alpha", "factors", "seed")}
         return fit_als(data, iterations=baseline.params["iterations"], **settings)

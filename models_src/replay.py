@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from models_src.data import SECONDS_PER_DAY, Interactions
-from models_src.recency import WINDOWS, popularity_scores
+from models_src.recency import popularity_scores
 
 PERIOD_SECONDS = {"day": SECONDS_PER_DAY, "week": 7 * SECONDS_PER_DAY}
 
@@ -154,7 +154,16 @@ def _with_fallback(
 
 
 def most_popular_peer(history: Interactions, window_days: float | None = None):
-    scores = popularity_scores(history, window_days).numpy().astype(np.float32)
+    """Items by interactions, all time or in the last `window_days` (a hard window, as a user
+    would write it: the issue's 28-day list), ties by all-time counts then index."""
+    overall = np.bincount(history.item, minlength=history.num_items).astype(np.float64)
+    recent = overall
+    if window_days is not None:
+        keep = history.ts >= int(history.ts.max()) - window_days * SECONDS_PER_DAY
+        recent = np.bincount(history.item[keep], minlength=history.num_items).astype(np.float64)
+    order = np.lexsort((np.arange(history.num_items), -overall, -recent))
+    scores = np.empty(history.num_items, dtype=np.float32)
+    scores[order] = np.arange(history.num_items, 0, -1, dtype=np.float32)
     return lambda users: np.broadcast_to(scores, (len(users), len(scores)))
 
 
@@ -195,10 +204,12 @@ def rp3beta_peer(history: Interactions, alpha: float, beta: float, neighbours: i
     return _with_fallback(lambda users: (matrix[users] @ sparse).toarray(), history)
 
 
+# The recent MostPopular peer's windows, in days.
+PEER_WINDOWS = (7.0, 14.0, 28.0, 56.0, 112.0)
 # Settings tried once on the forward holdout before the replay's start.
 PEER_GRIDS: dict[str, tuple[dict, ...]] = {
     "MostPopular (all time)": ({},),
-    "MostPopular (recent)": tuple({"window_days": w} for w in WINDOWS if w is not None),
+    "MostPopular (recent)": tuple({"window_days": w} for w in PEER_WINDOWS),
     "implicit ALS": (
         {"regularization": 10.0, "alpha": 3.0},
         {"regularization": 30.0, "alpha": 10.0},

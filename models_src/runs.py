@@ -81,7 +81,7 @@ def blend_item_item(
     learner, config: TrainConfig, out_dir: Path, final: dict, log: Callable[[str], None] = print
 ) -> tuple[dict, Callable | None]:
     """After GAT-BPR's training: choose on val EASE^R's λ and its weight in the blend
-    (models_src/item_item.py), then the recency prior's window and weight (models_src/
+    (models_src/item_item.py), then the recency prior's half-life and weight (models_src/
     recency.py), record the choices in best_model.pt (publish and the serving refit rebuild the
     same scorer from them) and return `final` with the served model's val and test metrics (the
     embeddings' own kept under `embeddings_only`) and the score function of the model as it will
@@ -166,7 +166,7 @@ class _Served:
     def with_recency_prior(
         self, compose: Callable, embedding_scores: Callable
     ) -> tuple[dict, Callable]:
-        """Choose the recency prior's window and weight on val for the scorer `compose(bias)`
+        """Choose the recency prior's half-life and weight on val for the scorer `compose(bias)`
         builds (the bias added to the embeddings' scores, before any blend, as served)."""
         from models_src.recency import choose_prior, score_spread
 
@@ -182,8 +182,7 @@ class _Served:
             current,
         )
         self.log(
-            f"recency prior: window {choice.label}, weight {choice.weight:g}"
-            f" ({choice.seconds:.0f} s)"
+            f"recency prior: {choice.label}, weight {choice.weight:g} ({choice.seconds:.0f} s)"
         )
         self.result["recency_prior"] = choice.to_dict()
         if bias is None:
@@ -191,7 +190,7 @@ class _Served:
         scores = compose(bias)
         self.record({"val": self.result["val"], "test": self.result["test"]}, scores)
         self.save_choice(
-            "recency_prior", {"window_days": choice.window_days, "weight": choice.weight}
+            "recency_prior", {"half_life_days": choice.half_life_days, "weight": choice.weight}
         )
         return self.result, scores
 
@@ -356,7 +355,7 @@ def refit_run(
             "epoch": len(schedule),
             "config": config.to_dict(),
             "artifacts": artifacts,
-            # The gated run's blend (λ, weight) and recency prior (window, weight), rebuilt on
+            # The gated run's blend (λ, weight) and recency prior (half-life, weight), rebuilt on
             # every interaction at publish.
             "item_item": gated.get("item_item"),
             "recency_prior": gated.get("recency_prior"),

@@ -5,7 +5,7 @@ It is evaluated exactly as it would serve: users it knows get their embedding sc
 items it knows; items it has never seen cannot be recommended by it (score -inf, so they only
 count against it as misses); users it does not know, and users with no history in what it is
 judged after (a forward holdout's new users), get the cold-start list that batch scoring gives
-users it has never seen (`ColdStart`: recent popularity, its window chosen on val), or all-time
+users it has never seen (`ColdStart`: recent popularity, its half-life chosen on val), or all-time
 popularity when none is given. The rating model predicts an unknown pair from whatever it knows
 of the pair (global mean + known biases), as its pair scorer does.
 
@@ -26,9 +26,9 @@ from torch import Tensor
 from models_src.data import Interactions
 from models_src.evaluation import Protocol, SplitResult
 from models_src.item_item import blend, history_matrix, item_item_scores
-from models_src.recency import choose_window, popularity_scores
+from models_src.recency import choose_half_life, popularity_scores
 
-# Fewer val users than this with no train history: the cold-start window is chosen on the cold
+# Fewer val users than this with no train history: the cold-start half-life is chosen on the cold
 # users (models_src/evaluation.py's SliceSettings) instead, whose lists it most resembles.
 MIN_NEW_USERS = 30
 
@@ -40,17 +40,17 @@ class ColdStart:
 
     scores: Tensor
     no_history: Tensor
-    window_days: float | None = None
+    half_life_days: float | None = None
     tried: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"window_days": self.window_days, "val": self.tried}
+        return {"half_life_days": self.half_life_days, "val": self.tried}
 
 
 def cold_start_on_val(
     splits: dict[str, Interactions], protocol: Protocol, k: int = 10
 ) -> ColdStart:
-    """The cold-start list: recent popularity with the window of best val Recall@K over the
+    """The cold-start list: recent popularity with the half-life of best val Recall@K over the
     val users with no train history (or the cold users, when fewer than MIN_NEW_USERS)."""
     train = splits["train"]
     no_history = protocol.train_items_per_user == 0
@@ -64,11 +64,11 @@ def cold_start_on_val(
         per_user = result["val"].per_user[f"recall@{k}"]
         return float(per_user[judged].mean()) if judged.any() else float(per_user.mean())
 
-    choice = choose_window(train, val_recall)
+    choice = choose_half_life(train, val_recall)
     return ColdStart(
-        popularity_scores(train, choice.window_days).float(),
+        popularity_scores(train, choice.half_life_days).float(),
         torch.from_numpy(no_history),
-        choice.window_days,
+        choice.half_life_days,
         choice.tried,
     )
 

@@ -9,9 +9,9 @@ import torch
 from models_src.data import SECONDS_PER_DAY, Interactions, split_interactions
 from models_src.evaluation import Protocol
 from models_src.recency import (
-    candidate_windows,
+    candidate_half_lives,
+    choose_half_life,
     choose_prior,
-    choose_window,
     popularity_scores,
     prior_bias,
     recent_counts,
@@ -33,29 +33,30 @@ def _data(user, item, days, num_users=None, num_items=None) -> Interactions:
     )
 
 
-def test_recent_counts_count_only_the_window_before_the_newest_event():
-    # item 0 was popular long ago, item 1 in the last week
+def test_recent_counts_halve_every_half_life_before_the_newest_event():
+    # item 0 was popular long ago (days 0-3), item 1 in the last days (98, 100)
     data = _data([0, 1, 2, 3, 0, 1], [0, 0, 0, 0, 1, 1], [0, 1, 2, 3, 98, 100])
     assert recent_counts(data, None).tolist() == [4, 2]
-    assert recent_counts(data, 7.0).tolist() == [0, 2]
+    old = sum(0.5 ** (age / 7) for age in (100, 99, 98, 97))
+    assert np.allclose(recent_counts(data, 7.0), [old, 0.5 ** (2 / 7) + 1.0])
     scores = popularity_scores(data, 7.0)
-    assert scores[1] > scores[0]  # the recent item leads over the window
+    assert scores[1] > scores[0]  # the recent item leads once old interactions have faded
     assert popularity_scores(data, None)[0] > popularity_scores(data, None)[1]
 
 
-def test_without_timestamps_the_only_window_is_all_time():
+def test_without_timestamps_the_only_choice_is_no_decay():
     data = Interactions(np.array([0, 1]), np.array([0, 1]), 2, 2)
-    assert candidate_windows(data) == (None,)
+    assert candidate_half_lives(data) == (None,)
     assert recent_counts(data, 7.0).tolist() == [1, 1]
     spanning = _data([0, 1, 2], [0, 1, 1], [0, 10, 20])
-    assert candidate_windows(spanning) == (7.0, 14.0, None)  # none at or past the 20-day span
+    assert candidate_half_lives(spanning) == (3.0, 7.0, 14.0, None)  # none past the 20 days
 
 
-def test_choose_window_keeps_the_window_the_evaluation_prefers():
+def test_choose_half_life_keeps_the_one_the_evaluation_prefers():
     data = _data([0, 1, 2, 3, 0, 1], [0, 0, 0, 0, 1, 1], [0, 1, 2, 3, 98, 100])
-    chosen = choose_window(data, lambda scores: float(scores[1] > scores[0]))
-    assert chosen.window_days == 7.0  # the shortest window that puts item 1 first
-    assert chosen.tried["all time"] == 0.0 and chosen.tried["7 days"] == 1.0
+    chosen = choose_half_life(data, lambda scores: float(scores[1] > scores[0]))
+    assert chosen.half_life_days == 3.0  # the shortest that puts item 1 first
+    assert chosen.tried["no decay"] == 0.0 and chosen.tried["half-life 3 days"] == 1.0
 
 
 def test_the_prior_is_standardised_and_scaled_by_the_models_spread():

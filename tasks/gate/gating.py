@@ -73,7 +73,7 @@ from tasks.registry.registry import (
     verify_artifacts,
     version_row,
 )
-from tasks.score.scoring import record_cold_start_window
+from tasks.score.scoring import record_cold_start_choice
 
 SECONDS_PER_DAY = 86_400
 
@@ -282,7 +282,7 @@ def gate_version(
     )
     _apply(con, verdict, row, fitted, night, tables, t, models_root, baseline_files or {})
     if night.cold_start is not None:
-        record_cold_start_window(
+        record_cold_start_choice(
             con, row["dataset"], night.data.meta.get("snapshot_id"), night.cold_start.to_dict()
         )
     return verdict, tables

@@ -110,8 +110,8 @@ def build_scorer(state: dict, k: int) -> TopKScorer:
 
 
 def with_recency_prior(scorer: TopKScorer, prior: dict | None, positives: Interactions):
-    """The recency prior training chose, as the scorer's item bias: the window's popularity in
-    the pairs it learned from (the newest days of train, or of everything for a serving refit),
+    """The recency prior training chose, as the scorer's item bias: the decayed popularity of
+    the pairs it learned from (aged from the newest of train, or of everything for a refit),
     scaled by the spread of the scorer's own embedding scores, as training measured it."""
     if not prior or not prior.get("weight"):
         return scorer
@@ -119,7 +119,7 @@ def with_recency_prior(scorer: TopKScorer, prior: dict | None, positives: Intera
 
     user_emb, item_emb = scorer.user_emb, scorer.item_emb
     spread = score_spread(lambda users: user_emb[users] @ item_emb.T, len(user_emb))
-    popularity = popularity_scores(positives, prior["window_days"])
+    popularity = popularity_scores(positives, prior["half_life_days"])
     scorer.item_bias.copy_(prior_bias(popularity, prior["weight"], spread))
     return scorer
 

@@ -10,7 +10,7 @@ one transaction, so readers see either the old set or the new one, never a mix.
 
 Users never seen at all get the cold-start list itself (`cold_start_recommendations` and
 `exports/recommendations_<dataset>_cold_start.parquet`; `encore recommend` returns it for an
-unknown user): recent popularity over the window the gate chose on val for users without
+unknown user): recent popularity with the half-life the gate chose on val for users without
 history (models_src/serving.py: `cold_start_on_val`), all time until a gate has chosen one.
 """
 
@@ -53,39 +53,39 @@ CREATE TABLE IF NOT EXISTS recommendations (
 BASELINE_FAMILIES = ("most-popular", "recent-popular", "als")
 
 COLD_START_SCHEMA = """
-CREATE TABLE IF NOT EXISTS cold_start_windows (  -- the gate's choice, one row per gated night
+CREATE TABLE IF NOT EXISTS cold_start_choices (  -- the gate's choice, one row per gated night
     dataset VARCHAR NOT NULL,
     snapshot_id INTEGER,
-    window_days DOUBLE,                          -- NULL: all time
+    half_life_days DOUBLE,                          -- NULL: all time
     chosen_at TIMESTAMP NOT NULL,
-    val_json VARCHAR                             -- val Recall@K of every window tried
+    val_json VARCHAR                             -- val Recall@K of every half-life tried
 );
 CREATE TABLE IF NOT EXISTS cold_start_recommendations (  -- the list of users never seen
     dataset VARCHAR NOT NULL,
     rank INTEGER NOT NULL,
     item_id VARCHAR NOT NULL,
-    score DOUBLE,                                -- interactions in the window
-    window_days DOUBLE,
+    score DOUBLE,                                -- interactions, each halved per half-life of age
+    half_life_days DOUBLE,
     generated_at TIMESTAMP NOT NULL
 );
 """
 
 
-def record_cold_start_window(
+def record_cold_start_choice(
     con: duckdb.DuckDBPyConnection, dataset: str, snapshot_id: int | None, choice: dict
 ) -> None:
-    """The cold-start window the gate chose tonight, for scoring to build the list from."""
+    """The cold-start half-life the gate chose tonight, for scoring to build the list from."""
     con.execute(COLD_START_SCHEMA)
     con.execute(
-        "INSERT INTO cold_start_windows VALUES (?, ?, ?, now()::TIMESTAMP, ?)",
-        [dataset, snapshot_id, choice.get("window_days"), json.dumps(choice.get("val", {}))],
+        "INSERT INTO cold_start_choices VALUES (?, ?, ?, now()::TIMESTAMP, ?)",
+        [dataset, snapshot_id, choice.get("half_life_days"), json.dumps(choice.get("val", {}))],
     )
 
 
-def cold_start_window(con: duckdb.DuckDBPyConnection, dataset: str) -> float | None:
+def cold_start_half_life(con: duckdb.DuckDBPyConnection, dataset: str) -> float | None:
     con.execute(COLD_START_SCHEMA)
     row = con.execute(
-        "SELECT window_days FROM cold_start_windows WHERE dataset = ?"
+        "SELECT half_life_days FROM cold_start_choices WHERE dataset = ?"
         " ORDER BY chosen_at DESC LIMIT 1",
         [dataset],
     ).fetchone()
@@ -93,23 +93,24 @@ def cold_start_window(con: duckdb.DuckDBPyConnection, dataset: str) -> float | N
 
 
 def cold_start_items(
-    con: duckdb.DuckDBPyConnection, dataset: str, window_days: float | None, limit: int
-) -> list[tuple[int, int]]:
-    """(item_idx, interactions in the window) of the cold-start list, most first; ties by
-    all-time interactions, then index, as models_src/recency.py ranks them."""
-    since = "TIMESTAMP '1970-01-01'"
-    if window_days is not None:
-        since = (
-            "(SELECT max(ts) FROM training_interactions WHERE dataset = $dataset)"
-            f" - to_microseconds(CAST({float(window_days) * 86_400e6} AS BIGINT))"
+    con: duckdb.DuckDBPyConnection, dataset: str, half_life_days: float | None, limit: int
+) -> list[tuple[int, float]]:
+    """(item_idx, interactions each halved per `half_life_days` of age before the newest) of the
+    cold-start list, most first; ties by all-time interactions, then index: the order of
+    models_src/recency.py's `popularity_scores`, in SQL over the warehouse."""
+    recent = "count(*)"
+    if half_life_days is not None:
+        recent = (
+            f"sum(pow(0.5, (epoch(n.newest) - epoch(t.ts)) / 86400.0 / {float(half_life_days)!r}))"
         )
     rows = con.execute(
-        f"""SELECT item_idx, count(*) FILTER (WHERE ts >= {since}) AS recent, count(*) AS every
-            FROM training_interactions WHERE dataset = $dataset
-            GROUP BY 1 ORDER BY recent DESC, every DESC, item_idx LIMIT $limit""",
-        {"dataset": dataset, "limit": limit},
+        f"""WITH n AS (SELECT max(ts) AS newest FROM training_interactions WHERE dataset = $d)
+            SELECT t.item_idx, {recent} AS recent, count(*) AS every
+            FROM training_interactions t, n WHERE t.dataset = $d
+            GROUP BY 1 ORDER BY recent DESC NULLS LAST, every DESC, t.item_idx LIMIT $limit""",
+        {"d": dataset, "limit": limit},
     ).fetchall()
-    return [(int(item), int(recent)) for item, recent, _ in rows]
+    return [(int(item), float(recent or 0.0)) for item, recent, _ in rows]
 
 
 def recommendations_file(exports_dir: Path, dataset: str) -> Path:
@@ -182,13 +183,13 @@ class ScoringPlan:
     source: str  # model | baseline: what its rows are marked
     scorer: str  # the serving version's scorer.onnx
     seen: str  # .npz with the seen-items CSR (rowptr, items)
-    popular: list[tuple[int, int]]  # (item_idx, interactions), most first: the cold-start list
+    popular: list[tuple[int, float]]  # (item_idx, decayed interactions): the cold-start list
     num_users: int  # tonight's users
     model_users: int  # users the model knows (a prefix of tonight's)
     model_items: int
     k: int
     parts_dir: str
-    cold_start_days: float | None = None  # the cold-start list's window (None: all time)
+    cold_start_days: float | None = None  # the cold-start list's half-life (None: no decay)
 
     def ranges(self, parts: int) -> list[tuple[int, int]]:
         """`parts` contiguous user ranges of near-equal size covering every user."""
@@ -219,8 +220,8 @@ def plan_scoring(con: duckdb.DuckDBPyConnection, dataset: str, work_dir: Path) -
     parts_dir.mkdir(parents=True)
     rowptr, seen = _seen(con, dataset, len(user_ids))
     np.savez(parts_dir / "seen.npz", rowptr=rowptr, items=seen)
-    window = cold_start_window(con, dataset)
-    popular = cold_start_items(con, dataset, window, sizes["k"] + 1000)
+    half_life = cold_start_half_life(con, dataset)
+    popular = cold_start_items(con, dataset, half_life, sizes["k"] + 1000)
     return ScoringPlan(
         dataset=dataset,
         kind=row["kind"],
@@ -235,7 +236,7 @@ def plan_scoring(con: duckdb.DuckDBPyConnection, dataset: str, work_dir: Path) -
         model_items=sizes["num_items"],
         k=sizes["k"],
         parts_dir=str(parts_dir),
-        cold_start_days=window,
+        cold_start_days=half_life,
     )
 
 
