@@ -44,9 +44,13 @@ from tasks.faults import crash_point
 from tasks.gate.tasks import champion_to_rank_task, gate_candidate_task
 from tasks.home import EncoreHome
 from tasks.lock import WRITER_LOCK, LockHeld, exclusive_lock
-from tasks.refit.tasks import publish_serving_task, refit_serving_task
+from tasks.refit.tasks import (
+    kept_champion_inputs_task,
+    publish_serving_task,
+    refit_serving_task,
+)
 from tasks.registry.tasks import clean_data_home_task, publish_candidate_task
-from tasks.report.report import stage_clock
+from tasks.report.report import stage_clock, still_serving
 from tasks.report.tasks import publish_night_report
 from tasks.train.plan import plan_training
 from tasks.train.tasks import (
@@ -192,12 +196,20 @@ def _gate_and_serve(
     outcome["gate"] = gate
     crash_point("gated")
     new_champion = gate["champion_after"] != gate["champion_before"]
+    refreshed = False
     if new_champion and params.gate.serving_refit:
         with stage_clock(timings, "serving refit"):
             outcome["serving"] = _refit(branch, gate, baseline_files, params, home, runner)
         crash_point("refit")
+    elif gate["champion_after"] is not None and params.gate.refresh_kept_champion:
+        with stage_clock(timings, "serving refit"):
+            refresh = _refresh(branch, gate["champion_after"], params, home, runner)
+        if refresh is not None:
+            outcome["serving"] = refresh
+            refreshed = "version" in refresh
     rescore = (
         new_champion
+        or refreshed
         or (params.score_kept_champion and gate["champion_before"])
         or branch.item.get("lists_missing")
     )
@@ -277,6 +289,33 @@ def _refit(
     )
 
 
+def _refresh(
+    branch: _Branch, version: int, params: NightlyParams, home: EncoreHome, runner: TaskRunner
+) -> dict | None:
+    """A kept champion's configuration refit on tonight's snapshot (warm from what serves for it
+    now), so the lists learn tonight's interactions although the champion stayed: what serves
+    would otherwise be frozen on the night it was crowned (for recent popularity, a window that
+    no longer moves). None when it already serves for tonight's data."""
+    out_dir = Path(branch.outcome["training"]["run_dir"]).parent / f"serving-v{version}-refresh"
+    inputs = kept_champion_inputs_task(str(home.warehouse), version, str(out_dir))
+    if inputs is None:
+        return None
+    refit = runner.submit(
+        refit_serving_task,
+        {
+            **inputs,
+            "version": version,
+            "dataset": branch.item["dataset"],
+            "export_path": branch.export["path"],
+            "out_dir": str(out_dir),
+        },
+    ).result()
+    published = publish_serving_task(
+        str(home.warehouse), version, refit, branch.export["path"], params.gate_thresholds()
+    )
+    return {**published, "refreshed": True}
+
+
 def _run_branches(plan: list[dict], params: NightlyParams, home: EncoreHome) -> list[dict]:
     """Every due model, in plan order. A failure ends its own branch: the next model still
     trains, is gated and serves.
@@ -339,7 +378,7 @@ def _warnings(ingested: dict, outcomes: list[dict]) -> list[str]:
         refused = (o.get("serving") or {}).get("refused")
         if refused:
             found.append(
-                f"{where}: the serving refit was refused ({refused}); the evaluated champion serves"
+                f"{where}: the serving refit was refused ({refused}); {still_serving(o['serving'])}"
             )
     return found
 

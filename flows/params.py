@@ -107,6 +107,13 @@ class GateParams(_Params):
         description="After a new champion is chosen, train its configuration on all of the "
         "snapshot and serve that (checked for parity and collapse).",
     )
+    refresh_kept_champion: bool = Field(
+        True,
+        description="On a night with new data whose gate keeps the champion, refit the "
+        "champion's configuration on all of tonight's snapshot (warm from what serves) and "
+        "serve that: the lists learn tonight's interactions, and a recent-popularity list moves "
+        "with the days.",
+    )
 
 
 class TaskRunnerParams(_Params):
@@ -185,7 +192,8 @@ class NightlyParams(_Params):
     warm_start: bool = Field(
         True,
         description="Start from the champion's weights when one of the same model and shape "
-        "exists (new users and items get new rows); train from scratch otherwise.",
+        "exists, or, when a baseline holds the slot, from the newest kept version of the same "
+        "model (new users and items get new rows); train from scratch otherwise.",
     )
     warm_start_epochs: int = Field(
         10,
@@ -253,7 +261,9 @@ class NightlyParams(_Params):
 
     def gate_thresholds(self) -> dict[str, Any]:
         """The models_src.gate.GateThresholds fields."""
-        knobs = self.gate.model_dump(exclude={"baselines", "serving_refit"})
+        knobs = self.gate.model_dump(
+            exclude={"baselines", "serving_refit", "refresh_kept_champion"}
+        )
         return {**knobs, "k": self.k}
 
 

@@ -380,6 +380,36 @@ def test_a_challenger_that_is_not_better_is_rejected_and_the_champion_rescored(n
     )
 
 
+def test_a_kept_champion_is_refit_on_the_new_night_and_its_refit_serves(night_home):
+    listens = ["sample-listens"]
+    nightly_retrain(quick(datasets=listens))
+    kept = champions(night_home)[("sample-listens", "ranking")][0]
+    first_serving = serving_of(night_home, kept)
+    write_days(night_home, range(3, 4))  # a new day: the champion's lists should learn it
+    state = nightly_retrain(quick(datasets=listens, gate={**NO_BASELINES, "min_gain": 1.0}))
+    (outcome,) = state["outcomes"]
+    assert (
+        outcome["status"] == "kept"
+        and champions(night_home)[("sample-listens", "ranking")][0] == kept
+    )
+    refreshed = outcome["serving"]
+    assert refreshed["refreshed"] and refreshed["version"] > first_serving
+    assert serving_of(night_home, kept) == refreshed["version"]
+    assert served_versions(night_home)["sample-listens"] == {refreshed["version"]}
+    with warehouse(night_home.warehouse) as con:
+        snapshot, refit_of = con.execute(
+            "SELECT snapshot_id, refit_of FROM model_versions WHERE version = ?",
+            [refreshed["version"]],
+        ).fetchone()
+    assert (snapshot, refit_of) == (outcome["snapshot_id"], kept)  # tonight's data, same champion
+    # Nothing new: nothing to refresh, the same serving model rescored.
+    again = nightly_retrain(
+        quick(datasets=listens, retrain_without_new_data=True, gate={"min_gain": 1.0})
+    )
+    assert "serving" not in again["outcomes"][0]
+    assert serving_of(night_home, kept) == refreshed["version"]
+
+
 def test_a_better_model_the_next_night_is_promoted_warm_started_from_the_champion(night_home):
     # The hash split: on four days of the sample, the forward holdout's val (the latest days)
     # holds too few users for a win to be significant; the gate's rules are what is tested.

@@ -182,3 +182,21 @@ def test_a_registry_from_before_slots_is_migrated(home):
     assert champion(con, "ranking", "l")["evaluation_json"] is None  # first-night rules for it
     assert "rule" in {c[0] for c in con.execute("DESCRIBE promotions").fetchall()}
     con.close()
+
+
+def test_latest_of_kind_is_the_newest_decided_version_of_that_family_with_its_files(con, tmp_path):
+    from tasks.registry.registry import latest_of_kind
+
+    assert latest_of_kind(con, "listens", "gat-bpr") is None
+    first = register(con, tmp_path, "a")
+    assert latest_of_kind(con, "listens", "gat-bpr") is None  # a candidate: a night in progress
+    record_gate_decision(con, first, False, ["lost to the baseline"], [], {})
+    baseline = register(con, tmp_path, "b", kind="als")
+    record_gate_decision(con, baseline, True, ["best on val"], [], {})
+    assert latest_of_kind(con, "listens", "gat-bpr")["version"] == first  # rejected, kept
+    second = register(con, tmp_path, "c")
+    record_gate_decision(con, second, False, ["lost again"], [], {})
+    assert latest_of_kind(con, "listens", "gat-bpr")["version"] == second
+    con.execute("UPDATE model_versions SET pruned_at = now() WHERE version = ?", [second])
+    assert latest_of_kind(con, "listens", "gat-bpr")["version"] == first  # files gone: skipped
+    assert latest_of_kind(con, "other", "gat-bpr") is None

@@ -64,3 +64,46 @@ def refit_serving_task(
         Path(gated_run), export_path, Path(out_dir), warm_checkpoint, log=logger.info
     )
     return {"run_dir": result["run_dir"], "epochs": result["epochs"]}
+
+
+@task(name="kept champion's refit inputs", task_run_name="find what v{version} refits from")
+def kept_champion_inputs_task(warehouse_path: str, version: int, out_dir: str) -> dict | None:
+    """What refitting a kept champion on tonight's snapshot needs: its family, its run (a
+    trained model: the published best checkpoint, with the epoch schedule the refit replays) or
+    its baseline file (rebuilt from the registry: the fitted settings are in its config), and
+    its current serving refit to warm-start from. None when it serves for a snapshot as new as
+    tonight's (nothing to refresh) or its files are gone."""
+    import json
+
+    from models_src.baselines import FittedBaseline
+    from models_src.runs import save_baseline
+    from tasks.registry.publish import load_version_tables
+    from tasks.registry.registry import serving_version, verify_artifacts, version_row
+
+    with warehouse(Path(warehouse_path)) as con:
+        row = version_row(con, version)
+        serving = serving_version(con, row)
+        latest = con.execute(
+            "SELECT max(snapshot_id) FROM snapshots WHERE dataset = ? AND status = 'passed'",
+            [row["dataset"]],
+        ).fetchone()[0]
+    if serving["snapshot_id"] is None or latest is None or serving["snapshot_id"] >= latest:
+        return None
+    if row["pruned_at"] is not None:
+        return None
+    verify_artifacts(row)
+    config = json.loads(row["config_json"])
+    inputs = {"family": row["kind"], "gated_run": None, "baseline_file": None}
+    if "baseline" in config:
+        buffers = load_version_tables(Path(row["artifact_dir"]))["buffers"]
+        path = Path(out_dir) / f"{row['kind']}-v{version}.baseline.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_baseline(FittedBaseline(row["kind"], buffers, config["baseline"]), path)
+        return {**inputs, "baseline_file": str(path), "warm_checkpoint": None}
+    verify_artifacts(serving)
+    warm = Path(serving["artifact_dir"]) / "best_model.pt"
+    return {
+        **inputs,
+        "gated_run": row["artifact_dir"],
+        "warm_checkpoint": str(warm) if warm.exists() else None,
+    }

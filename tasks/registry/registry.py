@@ -237,6 +237,18 @@ def champion(con: duckdb.DuckDBPyConnection, slot: str, dataset: str) -> dict | 
     return version_row(con, row[0][0]) if row else None
 
 
+def latest_of_kind(con: duckdb.DuckDBPyConnection, dataset: str, kind: str) -> dict | None:
+    """The newest evaluated version of `kind` on `dataset` whose files are kept, or None."""
+    ensure_registry(con)
+    row = con.execute(
+        """SELECT max(version) FROM model_versions
+           WHERE dataset = ? AND kind = ? AND role = 'evaluated' AND pruned_at IS NULL
+             AND status != 'candidate'""",
+        [dataset, kind],
+    ).fetchone()
+    return version_row(con, row[0]) if row and row[0] is not None else None
+
+
 def record_evaluation(con: duckdb.DuckDBPyConnection, version: int, record: dict) -> None:
     """The settings the gate evaluated `version` under (set once: the first evaluation)."""
     con.execute(

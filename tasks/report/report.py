@@ -261,10 +261,11 @@ def model_section(outcome: dict) -> list[str]:
         lines += _gate_lines(outcome, gate)
     serving = outcome.get("serving")
     if serving:
+        kept = "the kept champion's " if serving.get("refreshed") else ""
         lines += [
-            f"Serving refit on all of the snapshot: v{serving['version']}."
+            f"Serving refit of {kept}configuration on all of the snapshot: v{serving['version']}."
             if "version" in serving
-            else f"**Serving refit refused** ({serving['refused']}): the evaluated model serves.",
+            else f"**Serving refit refused** ({serving['refused']}): {still_serving(serving)}.",
             "",
         ]
     scoring = outcome.get("scoring")
@@ -372,3 +373,10 @@ def nightly_report_markdown(night: dict) -> str:
         lines += cleaning_section(night["cleaned"])
     lines += timings_section(night["timings"], night["seconds"])
     return "\n".join(lines) + "\n"
+
+
+def still_serving(serving: dict) -> str:
+    """What serves when a serving refit was refused."""
+    if serving.get("refreshed"):
+        return "the kept champion's previous serving model goes on serving"
+    return "the evaluated model serves"

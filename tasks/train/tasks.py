@@ -56,21 +56,23 @@ def export_snapshot_task(
 def warm_start_source_task(
     warehouse_path: str, dataset: str, model: str, export_path: str, config: dict
 ) -> dict | None:
-    """The champion's evaluated checkpoint (checksums verified) and its serving refit's, for
-    the serving refit to start from; None when there is no champion; {"refused": why} when
-    there is one tonight's model must not start from: another family, or evaluated under other
-    split settings (it may have trained on tonight's held-out pairs)."""
+    """The checkpoint tonight's model starts from (checksums verified) and the one its serving
+    refit starts from: the champion's, or, when a baseline holds the slot, the newest version of
+    this model whose files are kept (last night's challenger, rejected or not: a model trained
+    on the most recent data is a better start than none). None when there is neither;
+    {"refused": why} when the one found must not be started from: evaluated under other split
+    settings (it may have trained on tonight's held-out pairs)."""
     from models_src.data import Interactions
     from tasks.gate.gating import champion_incompatibility
-    from tasks.registry.registry import serving_version, slot_of
+    from tasks.registry.registry import latest_of_kind, serving_version, slot_of
 
     with warehouse(Path(warehouse_path)) as con:
         row = champion(con, slot_of(model), dataset)
+        if row is not None and row["kind"] != model:
+            row = latest_of_kind(con, dataset, model)
         serving = serving_version(con, row) if row is not None else None
     if row is None:
         return None
-    if row["kind"] != model:
-        return {"refused": f"champion v{row['version']} is a {row['kind']} model, not {model}"}
     data = Interactions.from_parquet(Path(export_path))
     incompatible = champion_incompatibility(row, data, config, config.get("k", 10))
     if incompatible:
