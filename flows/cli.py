@@ -605,14 +605,15 @@ def recommend(
 ) -> None:
     """A user's latest batch recommendations (from the dataset's ranking champion); a user
     never seen gets the cold-start list (recent popularity), said on stderr."""
+    from tasks.score.cold_start import cold_start_rows
     from tasks.score.names import NAMES_SCHEMA
-    from tasks.score.scoring import COLD_START_SCHEMA, RECOMMENDATIONS_SCHEMA
+    from tasks.score.scoring import RECOMMENDATIONS_SCHEMA
     from tasks.warehouse.status import unknown_dataset, why_no_list
 
     with open_warehouse() as con:
         if unknown := unknown_dataset(con, dataset):
             _usage(unknown)
-        for schema in (RECOMMENDATIONS_SCHEMA, COLD_START_SCHEMA, NAMES_SCHEMA):
+        for schema in (RECOMMENDATIONS_SCHEMA, NAMES_SCHEMA):
             con.execute(schema)
         rows = con.execute(
             """SELECT r.rank, r.item_id || coalesce(' ' || chr(8212) || ' ' || n.name, ''),
@@ -623,7 +624,7 @@ def recommend(
                ORDER BY r.rank""",
             [dataset, user_id, k],
         ).fetchall()
-        cold = [] if rows else _cold_start_rows(con, dataset, user_id, k)
+        cold = [] if rows else cold_start_rows(con, dataset, user_id, k)
         why = None if rows or cold else why_no_list(con, dataset, user_id)
     if why:
         typer.echo(why, err=True)
@@ -638,23 +639,6 @@ def recommend(
         )
     for rank, item, score, source, *_ in rows or cold:
         typer.echo(f"{rank:>3}. {item}  score {score:.4f}  ({source})")
-
-
-def _cold_start_rows(con, dataset: str, user_id: str, k: int) -> list[tuple]:
-    """The cold-start list, for a user id the dataset has never seen (none otherwise)."""
-    known = con.execute(
-        "SELECT count(*) FROM user_ids WHERE dataset = ? AND external_id = ?", [dataset, user_id]
-    ).fetchone()[0]
-    if known:
-        return []
-    return con.execute(
-        """SELECT c.rank, c.item_id || coalesce(' ' || chr(8212) || ' ' || n.name, ''), c.score,
-                  'cold start', c.half_life_days
-           FROM cold_start_recommendations c
-           LEFT JOIN item_names n ON n.dataset = c.dataset AND n.external_id = c.item_id
-           WHERE c.dataset = ? AND c.rank <= ? ORDER BY c.rank""",
-        [dataset, k],
-    ).fetchall()
 
 
 @app.command()

@@ -73,7 +73,7 @@ from tasks.registry.registry import (
     verify_artifacts,
     version_row,
 )
-from tasks.score.scoring import record_cold_start_choice
+from tasks.score.cold_start import record_cold_start_choice
 
 SECONDS_PER_DAY = 86_400
 

@@ -24,7 +24,8 @@ from models_src.replay import (
     top_k_lists,
 )
 from tasks.replay.events import Events
-from tasks.score.scoring import cold_start_file, open_session, recommendations_file
+from tasks.score.cold_start import cold_start_file
+from tasks.score.scoring import open_session, recommendations_file
 from tasks.warehouse.schema import warehouse as open_warehouse
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from models_src.replay import paired_difference
 from tasks.files import write_text_atomically
 from tasks.replay.state import ReplayState, load_vectors
-from tasks.replay.tasks import ENCORE, FROZEN, PREVIOUS, seen_split
+from tasks.replay.tasks import ENCORE, FROZEN, PREVIOUS
 
 K_METRICS = ("recall@10", "ndcg@10")
 
@@ -29,8 +29,8 @@ def pooled(folder: Path, state: ReplayState) -> dict:
     seen: list[np.ndarray] = []
     nights = sorted(state.nights, key=lambda n: n["night"])
     for night in nights:
-        vectors = load_vectors(folder, night["night"])
-        seen.append(seen_split(folder, night["night"]))
+        vectors, seen_before = load_vectors(folder, night["night"])
+        seen.append(seen_before)
         for name, by in vectors.items():
             if name == PREVIOUS:
                 continue
@@ -107,7 +107,7 @@ def promotions(folder: Path, state: ReplayState) -> dict:
     for night in sorted(state.nights, key=lambda n: n["night"]):
         if not night["promoted"]:
             continue
-        vectors = load_vectors(folder, night["night"])
+        vectors, _ = load_vectors(folder, night["night"])
         if PREVIOUS not in vectors:
             judged.append({"night": night["night"], "better": None})
             continue

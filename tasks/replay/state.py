@@ -50,9 +50,16 @@ class ReplayState:
         return {night["night"] for night in self.nights}
 
 
-def save_vectors(folder: Path, night: int, vectors: dict[str, dict[str, np.ndarray]]) -> None:
-    """Per-user metric vectors of every contender, aligned on the night's active users."""
+SEEN = "seen before the night"
+
+
+def save_vectors(
+    folder: Path, night: int, vectors: dict[str, dict[str, np.ndarray]], seen: np.ndarray
+) -> None:
+    """Per-user metric vectors of every contender, aligned on the night's active users, and
+    whether each of those users was seen before the night."""
     flat = {f"{name}|{metric}": v for name, by in vectors.items() for metric, v in by.items()}
+    flat[SEEN] = seen
 
     def write(partial: Path) -> None:
         with partial.open("wb") as out:  # a file object: np.savez adds no suffix to it
@@ -61,10 +68,13 @@ def save_vectors(folder: Path, night: int, vectors: dict[str, dict[str, np.ndarr
     write_atomically(folder / "nights" / f"night-{night:04d}.npz", write)
 
 
-def load_vectors(folder: Path, night: int) -> dict[str, dict[str, np.ndarray]]:
+def load_vectors(folder: Path, night: int) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray]:
+    """(contender -> metric -> per-user values, seen-before flags) of one judged night."""
     vectors: dict[str, dict[str, np.ndarray]] = {}
     with np.load(folder / "nights" / f"night-{night:04d}.npz") as stored:
+        seen = stored[SEEN]
         for key in stored.files:
-            name, metric = key.split("|")
-            vectors.setdefault(name, {})[metric] = stored[key]
-    return vectors
+            if key != SEEN:
+                name, metric = key.split("|")
+                vectors.setdefault(name, {})[metric] = stored[key]
+    return vectors, seen

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 from prefect import task
 
 from models_src.replay import (
@@ -170,7 +169,7 @@ def judge_night_task(
     for name, (peer, seconds) in peer_lists(events, cut, judged, state.peers, k).items():
         lists[name], timings[name] = peer, seconds
     vectors = {name: judged.score(given, k) for name, given in lists.items()}
-    save_vectors(root, night, vectors)
+    save_vectors(root, night, vectors, judged.seen_users)
     record = {
         "night": night,
         "cut": cut,
@@ -210,10 +209,3 @@ def _home_bytes(home: Path) -> int:
             continue
         total += path.stat().st_size
     return total
-
-
-def seen_split(folder: Path, night: int) -> np.ndarray:
-    """Bool per active user of `night`: seen before the cut."""
-    state = ReplayState.load(folder)
-    events = load_events(folder / "events.parquet")
-    return next_period(events, state.cuts[night], state.cuts[night + 1]).seen_users

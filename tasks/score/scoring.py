@@ -33,6 +33,13 @@ import pyarrow.parquet as pq
 
 from tasks.files import write_atomically
 from tasks.registry.registry import RegistryError, champion, serving_version, verify_artifacts
+from tasks.score.cold_start import (
+    COLD_START_SCHEMA,
+    cold_start_file,
+    cold_start_half_life,
+    cold_start_items,
+    replace_cold_start_list,
+)
 from tasks.warehouse.schema import transaction
 
 RECOMMENDATIONS_SCHEMA = """
@@ -51,66 +58,6 @@ CREATE TABLE IF NOT EXISTS recommendations (
 # models_src.baselines.BASELINE_FAMILIES, written again: importing it would load torch into
 # scoring workers, which run onnxruntime only.
 BASELINE_FAMILIES = ("most-popular", "recent-popular", "als")
-
-COLD_START_SCHEMA = """
-CREATE TABLE IF NOT EXISTS cold_start_choices (  -- the gate's choice, one row per gated night
-    dataset VARCHAR NOT NULL,
-    snapshot_id INTEGER,
-    half_life_days DOUBLE,                          -- NULL: all time
-    chosen_at TIMESTAMP NOT NULL,
-    val_json VARCHAR                             -- val Recall@K of every half-life tried
-);
-CREATE TABLE IF NOT EXISTS cold_start_recommendations (  -- the list of users never seen
-    dataset VARCHAR NOT NULL,
-    rank INTEGER NOT NULL,
-    item_id VARCHAR NOT NULL,
-    score DOUBLE,                                -- interactions, each halved per half-life of age
-    half_life_days DOUBLE,
-    generated_at TIMESTAMP NOT NULL
-);
-"""
-
-
-def record_cold_start_choice(
-    con: duckdb.DuckDBPyConnection, dataset: str, snapshot_id: int | None, choice: dict
-) -> None:
-    """The cold-start half-life the gate chose tonight, for scoring to build the list from."""
-    con.execute(COLD_START_SCHEMA)
-    con.execute(
-        "INSERT INTO cold_start_choices VALUES (?, ?, ?, now()::TIMESTAMP, ?)",
-        [dataset, snapshot_id, choice.get("half_life_days"), json.dumps(choice.get("val", {}))],
-    )
-
-
-def cold_start_half_life(con: duckdb.DuckDBPyConnection, dataset: str) -> float | None:
-    con.execute(COLD_START_SCHEMA)
-    row = con.execute(
-        "SELECT half_life_days FROM cold_start_choices WHERE dataset = ?"
-        " ORDER BY chosen_at DESC LIMIT 1",
-        [dataset],
-    ).fetchone()
-    return None if row is None or row[0] is None else float(row[0])
-
-
-def cold_start_items(
-    con: duckdb.DuckDBPyConnection, dataset: str, half_life_days: float | None, limit: int
-) -> list[tuple[int, float]]:
-    """(item_idx, interactions each halved per `half_life_days` of age before the newest) of the
-    cold-start list, most first; ties by all-time interactions, then index: the order of
-    models_src/recency.py's `popularity_scores`, in SQL over the warehouse."""
-    recent = "count(*)"
-    if half_life_days is not None:
-        recent = (
-            f"sum(pow(0.5, (epoch(n.newest) - epoch(t.ts)) / 86400.0 / {float(half_life_days)!r}))"
-        )
-    rows = con.execute(
-        f"""WITH n AS (SELECT max(ts) AS newest FROM training_interactions WHERE dataset = $d)
-            SELECT t.item_idx, {recent} AS recent, count(*) AS every
-            FROM training_interactions t, n WHERE t.dataset = $d
-            GROUP BY 1 ORDER BY recent DESC NULLS LAST, every DESC, t.item_idx LIMIT $limit""",
-        {"d": dataset, "limit": limit},
-    ).fetchall()
-    return [(int(item), float(recent or 0.0)) for item, recent, _ in rows]
 
 
 def recommendations_file(exports_dir: Path, dataset: str) -> Path:
@@ -303,7 +250,7 @@ def load_scored_parts(
     con.execute(RECOMMENDATIONS_SCHEMA)
     con.execute(COLD_START_SCHEMA)
     with transaction(con):
-        _replace_cold_start_list(con, plan)
+        replace_cold_start_list(con, plan.dataset, plan.popular[: plan.k], plan.cold_start_days)
         con.execute("DELETE FROM recommendations WHERE dataset = ?", [plan.dataset])
         con.execute(
             """INSERT INTO recommendations
@@ -348,24 +295,6 @@ def load_scored_parts(
         "parquet": str(path),
         "scoring_seconds": sum(part["seconds"] for part in parts),
     }
-
-
-def cold_start_file(exports_dir: Path, dataset: str) -> Path:
-    return exports_dir / f"recommendations_{dataset}_cold_start.parquet"
-
-
-def _replace_cold_start_list(con: duckdb.DuckDBPyConnection, plan: ScoringPlan) -> None:
-    """The list of users never seen, with the lists (in their transaction)."""
-    con.execute("DELETE FROM cold_start_recommendations WHERE dataset = ?", [plan.dataset])
-    con.executemany(
-        """INSERT INTO cold_start_recommendations
-           SELECT ?, ?, external_id, ?, ?, now()::TIMESTAMP FROM item_ids
-           WHERE dataset = ? AND idx = ?""",
-        [
-            [plan.dataset, rank, float(n), plan.cold_start_days, plan.dataset, item]
-            for rank, (item, n) in enumerate(plan.popular[: plan.k], start=1)
-        ],
-    )
 
 
 def _sql_path(path: Path) -> str:
