@@ -5,7 +5,7 @@ It is recent popularity in the warehouse, each interaction halved per half-life 
 before the newest (models_src/recency.py ranks the same way), with the half-life the gate chose
 on val among users without history (`record_cold_start_choice`). Batch scoring builds it beside
 the lists, in their transaction, and exports it (`cold_start_recommendations`,
-`exports/recommendations_<dataset>_cold_start.parquet`); `encore recommend` returns it for an
+`exports/cold_start_<dataset>.parquet`); `encore recommend` returns it for an
 unknown user id (`cold_start_rows`).
 """
 
@@ -78,7 +78,8 @@ def cold_start_items(
 
 
 def cold_start_file(exports_dir: Path, dataset: str) -> Path:
-    return exports_dir / f"recommendations_{dataset}_cold_start.parquet"
+    # Not recommendations_<dataset>_*.parquet: consumers glob that for the lists.
+    return exports_dir / f"cold_start_{dataset}.parquet"
 
 
 def replace_cold_start_list(

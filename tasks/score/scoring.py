@@ -9,7 +9,7 @@ list's items they have not seen, marked `fallback`. The dataset's previous lists
 one transaction, so readers see either the old set or the new one, never a mix.
 
 Users never seen at all get the cold-start list itself (`cold_start_recommendations` and
-`exports/recommendations_<dataset>_cold_start.parquet`; `encore recommend` returns it for an
+`exports/cold_start_<dataset>.parquet`; `encore recommend` returns it for an
 unknown user): recent popularity with the half-life the gate chose on val for users without
 history (models_src/serving.py: `cold_start_on_val`), all time until a gate has chosen one.
 """
