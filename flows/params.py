@@ -91,6 +91,12 @@ class GateParams(_Params):
         description="A champion is stale when tonight's snapshot has this share more "
         "interactions than the one it was trained on.",
     )
+    prefer_trained: bool = Field(
+        True,
+        description="Serve the trained model rather than a baseline ahead of it on val by a "
+        "margin the paired interval cannot tell from noise; a baseline serves when it is "
+        "significantly better (or the model fails another check).",
+    )
     cold_user_guardrail: bool = Field(
         True,
         description="Reject a challenger whose Recall@K on cold users (at most 5 train "

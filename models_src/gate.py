@@ -24,14 +24,21 @@ Rules, in the order they apply:
      serves;
    - test shows no significant regression on any gated metric (test confirms, never selects);
    - (ranking) cold users' val Recall@K shows no significant regression, when the guardrail is on.
-   The best promotable contender by val primary mean is promoted; otherwise the champion keeps
-   serving. Tonight's baselines are contenders like the challenger: a champion that has fallen
-   below a simple model is replaced by it under these same rules (and when val and test
-   disagree about it, the champion stays).
+   The best promotable contender by val primary mean is promoted (with `prefer_trained`, the
+   challenger whenever it is promotable); otherwise the champion keeps serving. Tonight's
+   baselines are contenders like the challenger: a champion that has fallen below a simple
+   model is replaced by it under these same rules (and when val and test disagree about it, the
+   champion stays).
 4. Without a comparable champion (the first night, or a champion evaluated under other split
    settings or another protocol version: first-night rules), the best contender by val primary
    mean among those that pass the floor and show no significant test regression against the best
-   baseline serves. The best baseline always qualifies, so users always get something.
+   baseline serves (with `prefer_trained`, the challenger whenever it is among them). The best
+   baseline always qualifies, so users always get something.
+`prefer_trained` (on by default): a baseline serves only when the trained model cannot, i.e. when
+a baseline is significantly better on val (the floor), test regresses, or it is not promotable
+against the champion. A baseline ahead by a val mean that the paired interval cannot tell from
+noise does not displace the model: on a forward holdout's few days the ranks of close contenders
+flip from night to night, and the trained model is the one that carries what users like.
 Whenever a baseline serves, the verdict carries a warning saying why the challenger does not.
 Ties in the val mean go to the earlier contender: the challenger before the baselines.
 """
@@ -92,6 +99,7 @@ class GateThresholds:
     max_champion_age_days: float = 7.0
     max_data_growth: float = 0.2
     cold_user_guardrail: bool = True
+    prefer_trained: bool = True  # the challenger before a baseline that is not significantly better
     resamples: int = 1000
     seed: int = 0
 
@@ -324,6 +332,20 @@ class _Judge:
             return None
         return BETTER_RULE if better else STALE_RULE
 
+    def winner(self, contenders: list[Contender]) -> Contender | None:
+        """Who serves among contenders that all qualify: the challenger when it is one of them
+        and `prefer_trained` is on, else the best by val primary mean."""
+        challenger = next((c for c in contenders if c.role == CHALLENGER), None)
+        if challenger is None or not self.t.prefer_trained:
+            return self.best(contenders)
+        best = self.best(contenders)
+        if best is not challenger:
+            self.verdict.reasons.append(
+                f"{challenger.name} serves before {best.name}, ahead on val by a mean the"
+                " paired interval cannot tell from noise (prefer_trained)"
+            )
+        return challenger
+
     def best(self, contenders: list[Contender]) -> Contender | None:
         """Highest val primary (lowest, for RMSE); ties go to the earlier contender."""
         if not contenders:
@@ -390,7 +412,7 @@ def _against_champion(
     rules = {c.name: judge.promotable(c, champion, stale, cold) for c in floored}
     promotable = [c for c in floored if rules[c.name]]
     if promotable:
-        winner = judge.best(promotable)
+        winner = judge.winner(promotable)
         return judge.serve(winner, rules[winner.name])
     return judge.serve(champion, KEPT_RULE)
 
@@ -403,7 +425,7 @@ def _first_night(
         for c in floored
         if best_baseline is None or c is best_baseline or judge.no_test_regression(c, best_baseline)
     ]
-    winner = judge.best(confirmed)
+    winner = judge.winner(confirmed)
     if winner is None:
         judge.verdict.reasons.append("nothing can serve: no contender has a finite evaluation")
         judge.verdict.rule = "nothing to serve"

@@ -171,6 +171,25 @@ def test_a_baseline_that_beats_the_challenger_serves_and_is_flagged():
     assert verdict.serve == "als" and verdict.warnings
 
 
+def test_a_baseline_ahead_by_noise_does_not_displace_the_trained_model():
+    # ALS ahead on val by less than the per-user noise lets the paired interval resolve
+    als = model("als", BASELINE, "als", shift=0.006, noise=0.1, seed=8, test_shift=0.0)
+    challenger = model("challenger v1", CHALLENGER, shift=0.0, noise=0.1, seed=9)
+    assert als.value("val", _recall()) > challenger.value("val", _recall())
+    verdict = decide(challenger, [most_popular(), als])
+    assert verdict.serve == "challenger v1" and not verdict.warnings
+    assert any("serves before als" in r and "prefer_trained" in r for r in verdict.reasons)
+    # The same on a night with a stale champion: the challenger, not ALS, replaces it.
+    champion = model("champion v0", CHAMPION, shift=-0.001, noise=0.1, seed=10)
+    verdict = decide(challenger, [als], champion, staleness=Staleness(age_days=30.0))
+    assert verdict.serve == "challenger v1"
+    # Without the preference the better mean wins, as before.
+    verdict = decide(
+        challenger, [most_popular(), als], thresholds=GateThresholds(prefer_trained=False)
+    )
+    assert verdict.serve == "als" and verdict.warnings
+
+
 def test_first_night_with_nothing_trained_passing_serves_most_popular_flagged():
     broken = model("challenger v1", CHALLENGER)
     broken.vectors["val"]["recall@10"] = np.full(USERS, np.nan)
