@@ -157,3 +157,20 @@ def test_the_time_split_holds_out_the_last_days_each_at_least_a_share_of_the_eve
     val_cut, test_cut = time_cuts(short, 0.15, 0.15, holdout_days=7)
     assert (val_cut, test_cut) == (DAY, DAY)  # day 1 held out, as the ratios alone would
     assert time_cuts(short, 0.15, 0.15) == (DAY, DAY)
+
+
+def test_choose_prior_tries_each_half_life_at_weight_1_then_each_weight_at_the_best():
+    from models_src.recency import PRIOR_WEIGHTS
+
+    data = _data([0, 1, 2, 3, 0, 1], [0, 0, 0, 0, 1, 1], [0, 1, 2, 3, 98, 100])
+    tried = []
+
+    def gap(bias):  # the "scorer" is the bias: a wider lead of the recent item is better
+        tried.append(bias)
+        return float(bias[1] - bias[0])
+
+    choice, bias = choose_prior(lambda bias: bias, data, 1.0, gap, alone=0.0)
+    # weight 1 once per half-life, then the other non-zero weights at the leading half-life
+    assert len(tried) == len(candidate_half_lives(data)) + len(PRIOR_WEIGHTS) - 2
+    assert choice.half_life_days == 3.0 and choice.weight == max(PRIOR_WEIGHTS)
+    assert float(bias[1] - bias[0]) == max(float(b[1] - b[0]) for b in tried)
