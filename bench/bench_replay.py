@@ -65,7 +65,7 @@ def run_replay(
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        sys.exit(f"encore replay {dataset} failed:\n{done.stderr[-4000:]}")
+        raise RuntimeError(f"encore replay {dataset} failed:\n{done.stderr[-4000:]}")
     print(done.stdout, end="")
     path = results / f"replay_{dataset}.json"
     result = json.loads(path.read_text())
@@ -210,10 +210,14 @@ def main() -> None:
     parser.add_argument(
         "--cold", action="store_true", help="Replay each dataset again without warm starts."
     )
+    parser.add_argument(
+        "--work", type=Path, help="Folder of the replays' homes (kept on failure: resumable)."
+    )
     args = parser.parse_args()
     if not SHARED_DATA.exists():
         sys.exit(f"{SHARED_DATA} is missing: the replay bench needs the shared datasets")
-    work = Path(tempfile.mkdtemp(prefix="encore-replay-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="encore-replay-"))
+    work.mkdir(parents=True, exist_ok=True)
     try:
         for dataset in args.dataset or REPLAYS:
             summary, folder = run_replay(dataset, work, args.nights)
@@ -224,8 +228,10 @@ def main() -> None:
                 result = json.loads(path.read_text())
                 result["summary"] = summary
                 path.write_text(json.dumps(result, indent=1, default=float))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    except BaseException:
+        print(f"kept {work}: rerun with --work {work} to resume", file=sys.stderr)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
     summaries = {  # a run of one dataset keeps the other's last results in the table
         d: json.loads((RESULTS / f"replay_{d}.json").read_text())["summary"]
         for d in REPLAYS

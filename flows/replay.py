@@ -15,6 +15,7 @@ the replay's, never a production home's. Killed, it resumes at the first night n
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from prefect import flow
@@ -68,11 +69,14 @@ def replay(params: ReplayParams) -> dict:
         before = keep_scorer(
             previous[0]["champion_after"] if previous else None, folder / "previous"
         )
+        started = time.perf_counter()
         with parent_heartbeat_only():
             state_of_night = nightly_retrain(nightly, return_state=True)
         result = state_of_night.result(raise_on_failure=False)
         if not isinstance(result, dict):  # a failed night: the champion serves on
             result = {"problems": [str(state_of_night.message)]}
+            logger.warning(f"night {night} failed: {state_of_night.message}")
+        result.setdefault("seconds", time.perf_counter() - started)
         record = judge_night_task(
             str(folder), str(home.root), params.dataset, night, _night_summary(result), before,
             params.nightly.k,

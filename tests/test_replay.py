@@ -150,3 +150,26 @@ def test_a_replay_runs_the_nightly_per_period_judges_the_next_one_and_resumes(tm
     connect(source / "warehouse.duckdb").close()  # a home that already serves
     production = encore(source, *args)
     assert production.returncode == 2 and "already holds a warehouse" in production.stderr
+
+
+def test_wall_times_leave_out_failed_nights_and_say_which_failed():
+    from tasks.replay.report import wall_times
+    from tasks.replay.state import ReplayState
+
+    def night(i: int, seconds: float, warm: bool, problems=()) -> dict:
+        return {
+            "night": i,
+            "nightly": {"seconds": seconds, "warm": warm, "problems": list(problems)},
+        }
+
+    state = ReplayState("d", 0.7, "week", [0, 1, 2, 3, 4], {}, {})
+    state.nights = [
+        night(0, 30.0, False),
+        night(1, 10.0, True),
+        night(2, 2.0, False, ["validation failed: d"]),
+        night(3, 12.0, True),
+    ]
+    wall = wall_times(state)
+    assert (wall["warm_median_s"], wall["cold_median_s"]) == (11.0, 30.0)
+    assert wall["warm_over_cold"] == pytest.approx(11.0 / 30.0)
+    assert wall["failed_nights"] == [2]

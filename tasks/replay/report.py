@@ -125,8 +125,9 @@ def promotions(folder: Path, state: ReplayState) -> dict:
 def wall_times(state: ReplayState) -> dict:
     """Night wall time; warm-started nights against cold ones (medians)."""
     nights = [n["nightly"] for n in sorted(state.nights, key=lambda n: n["night"])]
-    warm = [n["seconds"] for n in nights if n.get("warm")]
-    cold = [n["seconds"] for n in nights if not n.get("warm")]
+    ran = [n for n in nights if n.get("seconds") is not None and not n.get("problems")]
+    warm = [n["seconds"] for n in ran if n.get("warm")]
+    cold = [n["seconds"] for n in ran if not n.get("warm")]
     median = lambda v: float(np.median(v)) if v else None  # noqa: E731
     return {
         "warm_median_s": median(warm),
@@ -134,6 +135,7 @@ def wall_times(state: ReplayState) -> dict:
         "warm_over_cold": median(warm) / median(cold) if warm and cold else None,
         "warm_nights": len(warm),
         "cold_nights": len(cold),
+        "failed_nights": [i for i, n in enumerate(nights) if n.get("problems")],
     }
 
 
@@ -185,6 +187,7 @@ def markdown(summary: dict, state: ReplayState) -> str:
         f"**Every active user had a list:** {summary['every_user_has_a_list']}.",
         f"**Wall time:** warm-started nights median {_s(w['warm_median_s'])} "
         f"({w['warm_nights']}), cold {_s(w['cold_median_s'])} ({w['cold_nights']}).",
+        f"**Failed nights** (what served before went on serving): {w['failed_nights'] or 'none'}.",
         f"**Data home:** {summary['home_mb']['after_first']:.1f} MB after the first night, "
         f"{summary['home_mb']['after_last']:.1f} MB after the last.",
         "",
