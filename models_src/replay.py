@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from models_src.data import SECONDS_PER_DAY, Interactions
 from models_src.recency import popularity_scores
@@ -267,8 +266,3 @@ def as_interactions(
     user: np.ndarray, item: np.ndarray, ts: np.ndarray, num_users: int, num_items: int
 ) -> Interactions:
     return Interactions(user, item, num_users, num_items, ts=np.asarray(ts, dtype=np.int64))
-
-
-def tensor_scorer(score_users: Callable[[torch.Tensor], torch.Tensor]):
-    """A torch scorer (users tensor -> scores) as the numpy scorer `top_k_lists` takes."""
-    return lambda users: score_users(torch.from_numpy(np.asarray(users, np.int64))).numpy()
