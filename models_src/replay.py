@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models_src.baselines import user_items_matrix
 from models_src.data import SECONDS_PER_DAY, Interactions
 from models_src.recency import popularity_scores
 
@@ -125,17 +126,6 @@ def top_k_lists(
 # --- Peers: what a user would refit on the same schedule, hyperparameters chosen once. -------
 
 
-def _matrix(history: Interactions):
-    from scipy.sparse import csr_matrix
-
-    keys = np.unique(history.user * history.num_items + history.item)
-    ones = np.ones(len(keys), dtype=np.float32)
-    return csr_matrix(
-        (ones, (keys // history.num_items, keys % history.num_items)),
-        shape=(history.num_users, history.num_items),
-    )
-
-
 def _with_fallback(
     personal: Callable[[np.ndarray], np.ndarray], history: Interactions
 ) -> Callable[[np.ndarray], np.ndarray]:
@@ -177,7 +167,7 @@ def als_peer(history: Interactions, regularization: float, alpha: float, seed: i
 def ease_peer(history: Interactions, lam: float):
     from models_src.item_item import ease_weights
 
-    weights, matrix = ease_weights(history, lam).numpy(), _matrix(history)
+    weights, matrix = ease_weights(history, lam).numpy(), user_items_matrix(history)
     return _with_fallback(lambda users: matrix[users] @ weights, history)
 
 
@@ -186,7 +176,7 @@ def rp3beta_peer(history: Interactions, alpha: float, beta: float, neighbours: i
     `alpha`, divided by the target item's popularity to the `beta`, top `neighbours` per item."""
     from scipy.sparse import csr_matrix, diags
 
-    matrix = _matrix(history)
+    matrix = user_items_matrix(history)
     user_degree = np.asarray(matrix.sum(1)).ravel()
     item_degree = np.asarray(matrix.sum(0)).ravel()
     p_ui = diags(1.0 / np.maximum(user_degree, 1)) @ matrix
