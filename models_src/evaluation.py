@@ -397,7 +397,7 @@ def evaluation_record(
     staleness rule and the time split's no-leak check)."""
     from models_src.data import resolve_split_method, time_cuts
 
-    method = resolve_split_method(method, data)
+    method = resolve_split_method(method, data, val_ratio, test_ratio, holdout_days)
     record = {
         "protocol": PROTOCOL_VERSION,
         "split": {

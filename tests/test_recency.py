@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from models_src.data import SECONDS_PER_DAY, Interactions, split_interactions
+from models_src.data import (
+    MIN_RETURNING_USERS,
+    SECONDS_PER_DAY,
+    Interactions,
+    resolve_split_method,
+    returning_users,
+    split_interactions,
+)
 from models_src.evaluation import Protocol
 from models_src.recency import (
     candidate_half_lives,
@@ -87,14 +94,28 @@ def test_choose_prior_returns_no_bias_when_the_model_alone_is_best():
 
 
 def test_auto_split_is_the_forward_holdout_with_timestamps_and_train_keeps_time():
-    data = _data(np.arange(100) % 7, np.arange(100) % 5, np.arange(100))
+    n = 3000  # 300 users, each active all along: every held-out user is a returning one
+    data = _data(np.arange(n) % 300, np.arange(n) % 50, np.arange(n))
     parts = split_interactions(data, "auto", 0.2, 0.2)
     assert parts["train"].ts is not None and parts["val"].ts is None
-    assert parts["train"].ts.max() < data.ts[60]  # everything in train precedes val
+    assert parts["train"].ts.max() < data.ts[int(0.6 * n)]  # everything in train precedes val
     timeless = Interactions(data.user, data.item, data.num_users, data.num_items)
     hashed = split_interactions(timeless, "auto", 0.2, 0.2)
     expected = split_interactions(timeless, "hash", 0.2, 0.2)
     assert np.array_equal(hashed["val"].user, expected["val"].user)
+
+
+def test_auto_split_hashes_when_the_forward_holdout_holds_few_returning_users():
+    n = 3000  # 300 users, each active in one burst of 10 events: the held-out days are new users
+    data = _data(np.arange(n) // 10, np.arange(n) % 50, np.arange(n))
+    assert returning_users(data, 0.2, 0.2) == (0, 0)  # each burst lies wholly in one part
+    assert resolve_split_method("auto", data, 0.2, 0.2) == "hash"
+    assert resolve_split_method("time", data, 0.2, 0.2) == "time"  # asked for, it is kept
+    parts = split_interactions(data, "auto", 0.2, 0.2)
+    expected = split_interactions(data, "hash", 0.2, 0.2)
+    assert np.array_equal(parts["val"].user, expected["val"].user)
+    returning = _data(np.arange(n) % 300, np.arange(n) % 50, np.arange(n))
+    assert min(returning_users(returning, 0.2, 0.2)) >= MIN_RETURNING_USERS
 
 
 def _forward_night():
