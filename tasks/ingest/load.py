@@ -77,6 +77,9 @@ class FileScan:
     # None when every record is one line.
     record_lines: tuple[int, ...] | None = None
     blank_records: frozenset[int] = frozenset()
+    # Why the csv module could not read the records (line, reason); the file is then refused
+    # whole. Kept on the scan, not raised, so the sha256 still reaches the refusal's record.
+    unparsable: tuple[int, str] | None = None
 
     def data_rows(self, header: bool) -> int:
         """Records less blank lines and the header: what the reader should account for."""
@@ -142,9 +145,18 @@ def scan_file(path: Path | RemoteFile, fmt: SourceFormat | None = None) -> FileS
         lines += 1  # a last line without a trailing newline still is a line
     scan = FileScan(digest.hexdigest(), size, lines - len(blank), tuple(blank))
     if spans:
-        starts, blank_records = _csv_records(path, fmt)
+        try:
+            starts, blank_records = _csv_records(path, fmt)
+        except _Unparsable as err:
+            return replace(scan, unparsable=(err.line, err.reason))
         scan = replace(scan, record_lines=starts, blank_records=blank_records)
     return scan
+
+
+class _Unparsable(Exception):
+    def __init__(self, line: int, reason: str):
+        super().__init__(f"line {line}: {reason}")
+        self.line, self.reason = line, reason
 
 
 def _quote_open_at_a_newline(lines: bytes, quote: bytes, parity: int) -> tuple[bool, int]:
@@ -185,12 +197,19 @@ def _csv_records(path: Path, fmt: SourceFormat) -> tuple[tuple[int, ...], frozen
         # would also split on a lone \r inside a quoted field).
         lines = (raw.decode(fmt.encoding, errors="replace") for raw in handle)
         reader = csv.reader(lines, delimiter=fmt.delimiter, quotechar=fmt.quote, strict=False)
-        previous_end = 0
-        for ordinal, record in enumerate(reader, start=1):
-            starts.append(previous_end + 1)
-            if not record:
-                blank.add(ordinal)
-            previous_end = reader.line_num
+        previous_end, ordinal = 0, 0
+        try:
+            for ordinal, record in enumerate(reader, start=1):
+                starts.append(previous_end + 1)
+                if not record:
+                    blank.add(ordinal)
+                previous_end = reader.line_num
+        except csv.Error as err:  # a stray \r or a NUL outside quotes: not one CSV dialect
+            raise _Unparsable(
+                previous_end + 1,
+                f"not readable as CSV with delimiter {fmt.delimiter!r} and quote {fmt.quote!r}"
+                f" ({err}); fix the quoting or the line endings and deliver it again",
+            ) from None
     return tuple(starts), frozenset(blank)
 
 
@@ -215,9 +234,14 @@ def read_header(path: Path, fmt: SourceFormat) -> list[str]:
         first = raw.decode(fmt.encoding).lstrip("\ufeff").rstrip("\r\n")
     except UnicodeDecodeError as err:
         raise IngestFileError(path, f"header is not valid {fmt.encoding}: {err}", 1) from err
-    if len(fmt.delimiter) == 1:
+    if len(fmt.delimiter) != 1:
+        return [name.strip() for name in first.split(fmt.delimiter)]
+    try:
         return [name.strip() for name in next(csv.reader([first], delimiter=fmt.delimiter))]
-    return [name.strip() for name in first.split(fmt.delimiter)]
+    except (csv.Error, StopIteration) as err:  # a lone \r or a NUL in the header line
+        raise IngestFileError(
+            path, f"header line cannot be read as CSV ({err}); deliver it as plain text", 1
+        ) from None
 
 
 def file_columns(path: Path, fmt: SourceFormat) -> list[tuple[str, str]]:
@@ -324,6 +348,9 @@ class _Stage:
 
     def finish(self, scan: FileScan) -> None:
         """Number the lines (blank lines come from the scan) and reject impossible epochs."""
+        if scan.unparsable is not None:
+            line, reason = scan.unparsable
+            raise IngestFileError(self.path, reason, line=line)
         self.scan = scan
         if scan.record_lines is not None:
             self._number_records()
@@ -837,6 +864,15 @@ def _record_error(
     )
 
 
+def _one_line(message: str) -> str:
+    """DuckDB's CSV errors run to a dozen lines (possible fixes, the sniffer's settings): the
+    first says what is wrong; the refusal keeps it, one line as every refusal is."""
+    first = message.strip().splitlines()[0] if message.strip() else "unreadable"
+    if len(message.strip().splitlines()) > 1:
+        first += " (DuckDB's CSV reader: check the quoting, the line endings and the delimiter)"
+    return first
+
+
 class _AlreadyLoaded(Exception):
     """Raised inside the load transaction to roll it back when the content is known."""
 
@@ -901,8 +937,12 @@ def ingest_file(
             # A DuckDB error about the data, or rows that do not add up (the load is rolled
             # back), become a file error that names the path: the file is refused whole and
             # recorded, and the dataset's other files and the other datasets go on.
-            wrapped = IngestFileError(path, str(err).removeprefix(f"{path}: "))
-            _record_error(con, spec, path, pending_scan.result(), snapshot_id, str(wrapped))
+            scan = pending_scan.result()
+            if scan.unparsable is not None:  # the csv module said where: that line, not none
+                wrapped = IngestFileError(path, scan.unparsable[1], line=scan.unparsable[0])
+            else:
+                wrapped = IngestFileError(path, _one_line(str(err).removeprefix(f"{path}: ")))
+            _record_error(con, spec, path, scan, snapshot_id, str(wrapped))
             raise wrapped from err
     result.seconds = time.perf_counter() - started
     con.execute(
