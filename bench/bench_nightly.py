@@ -101,7 +101,7 @@ def direct_night(home, params) -> tuple[dict[str, float], list[dict]]:
     from models_src.gate import GateThresholds
     from models_src.runs import fit_baselines_run, train_run
     from tasks.gate.gating import gate_version, rank_run_ahead
-    from tasks.ingest.sources import load_datasets
+    from tasks.ingest.sources_file import load_datasets
     from tasks.registry.publish import publish_run
     from tasks.report.report import stage_clock
     from tasks.score.scoring import score_dataset

@@ -78,7 +78,7 @@ def run(nights: int, warm_epochs: int, warm_lr_factor: float, warm_patience: int
     from flows.params import NightlyParams
     from models_src.config import TrainConfig
     from tasks.home import EncoreHome, configure_environment
-    from tasks.ingest.sources import load_datasets
+    from tasks.ingest.sources_file import load_datasets
     from tasks.train.export import export_interactions
     from tasks.warehouse.schema import warehouse
 

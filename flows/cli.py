@@ -106,18 +106,26 @@ def generate_sample(
 
 
 def _check_sources(sources: Path | None, datasets: list[str] | None) -> None:
-    """A missing or broken sources.toml, or a dataset it does not name, is a usage error of
-    one line (exit 2), said before any flow or temporary Prefect server starts."""
-    from tasks.ingest.sources import SourceConfigError, dataset_choices, load_datasets
+    """A missing or broken sources.toml, a landing that does not exist, a mapped column the
+    newest file lacks, or a dataset it does not name: a usage error of one line (exit 2), said
+    before any flow or temporary Prefect server starts. A renamed dataset is a warning."""
+    from flows.cli_check import source_problems
+    from tasks.ingest.sources import dataset_choices
 
     path = sources or EncoreHome.from_env().sources_file
-    try:
-        names = [spec.name for spec in load_datasets(path)]
-    except SourceConfigError as error:
-        _usage(str(error))
+    specs, errors, warnings = source_problems(path)
+    if not specs and errors:  # sources.toml itself does not parse
+        _usage(errors[0])
+    names = [spec.name for spec in specs]
     for name in datasets or []:
         if name not in names:
             _usage(f"{path}: no dataset named '{name}' {dataset_choices(name, names)}")
+    for warning in warnings:
+        typer.echo(f"WARNING: {warning}", err=True)
+    chosen = [e for e in errors if not datasets or any(f"'{d}'" in e for d in datasets)]
+    if chosen:
+        more = "\n(`encore check` lists every problem)" if len(chosen) > 1 else ""
+        _usage("\n".join(chosen) + more)
 
 
 @app.command()
@@ -659,6 +667,15 @@ def predict(
         f"{result['pairs']:,} predictions ({result['fallback']:,} by fallback) from rating"
         f" model v{result['model_version']} -> {result['out']}"
     )
+
+
+def _register_check() -> None:
+    from flows.cli_check import check_command  # its own module: cli.py is long enough
+
+    app.command("check")(check_command)
+
+
+_register_check()
 
 
 def _register_replay() -> None:

@@ -144,3 +144,65 @@ def test_prefect_and_gx_are_kept_from_phoning_home_unless_the_user_says_otherwis
     configure_environment(EncoreHome(tmp_path / "home"))
     assert os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
     assert os.environ["GX_ANALYTICS_ENABLED"] == "true"  # the user's own choice stands
+
+
+def test_each_sources_toml_mistake_is_one_line_exit_2_and_encore_check_lists_them(tmp_path):
+    """Issue 37: a typo in a value, a landing that does not exist, a mapped column the files
+    lack and a renamed dataset, each said before any flow starts."""
+    home = tmp_path / "home"
+    landing = home / "landing" / "shop"
+    landing.mkdir(parents=True)
+    (landing / "day1.csv").write_text("user,item,stars\nu1,i1,4\n")
+    sources = home / "sources.toml"
+    good = (
+        '[datasets.shop]\nformat = "delimited"\nkind = "explicit"\nlanding = "landing/shop"\n'
+        "rating_scale = [1, 5]\n"
+        'columns = { user_id = "user", item_id = "item", rating = "stars" }\n'
+    )
+    mistakes = {
+        'kind = "explict"': "kind: Input should be 'implicit' or 'explicit' (got 'explict')",
+        'landing = "landing/shpo"': f"dataset 'shop': landing {home / 'landing/shpo'} does not"
+        " exist",
+        'rating = "stars"': "the newest landing file day1.csv has no column 'score' (its rating)",
+    }
+    replacements = {
+        'kind = "explict"': ('kind = "explicit"', 'kind = "explict"'),
+        'landing = "landing/shpo"': ('landing = "landing/shop"', 'landing = "landing/shpo"'),
+        'rating = "stars"': ('rating = "stars"', 'rating = "score"'),
+    }
+    for mistake, expected in mistakes.items():
+        old, new = replacements[mistake]
+        sources.write_text(good.replace(old, new))
+        for command in (("ingest",), ("nightly",), ("check",)):
+            run = encore(home, *command)
+            assert run.returncode == 2, (command, run.stdout, run.stderr)
+            errors = [line for line in run.stderr.strip().splitlines() if line]
+            assert len(errors) == 1 and expected in errors[0], (command, run.stderr)
+        assert not (home / "warehouse.duckdb").exists()  # refused before any flow ran
+    sources.write_text(good)
+    checked = encore(home, "check")
+    assert checked.returncode == 0, checked.stderr
+    assert "shop: explicit, delimited" in checked.stdout
+    assert "1 file(s), all new" in checked.stdout and "no problems" in checked.stdout
+
+
+def test_a_renamed_dataset_is_a_warning_naming_the_old_one(tmp_path):
+    from tasks.ingest.sources_file import load_datasets, renamed_datasets
+    from tasks.warehouse.schema import connect
+
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (landing / "day1.csv").write_text("userId,movieId,rating,timestamp\n1,10,4.0,964982703\n")
+    sources = tmp_path / "sources.toml"
+    sources.write_text('[datasets.old]\nformat = "movielens-csv"\nlanding = "landing"\n')
+    from tasks.ingest.load import ingest_file, open_snapshot, register_dataset
+
+    con = connect(tmp_path / "warehouse.duckdb")
+    (spec,) = load_datasets(sources)
+    register_dataset(con, spec)
+    ingest_file(con, spec, landing / "day1.csv", open_snapshot(con, "old"))
+    assert renamed_datasets(con, [spec]) == []
+    sources.write_text('[datasets.new]\nformat = "movielens-csv"\nlanding = "landing"\n')
+    (warning,) = renamed_datasets(con, load_datasets(sources))
+    assert "dataset 'new' reads files already loaded as dataset 'old'" in warning
+    con.close()

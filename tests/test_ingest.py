@@ -427,11 +427,14 @@ def test_a_refused_file_is_read_again_after_a_retry_request_and_refused_again_if
 
 
 def test_unknown_format_key_is_named(tmp_path):
-    from tasks.ingest.sources import SourceConfigError, load_datasets
+    from tasks.ingest.sources import SourceConfigError
+    from tasks.ingest.sources_file import load_datasets
 
     sources = tmp_path / "sources.toml"
     sources.write_text('[datasets.x]\nformat = "movielens-csv"\nlanding = "in"\ndelimeter = ";"\n')
-    with pytest.raises(SourceConfigError, match=r"\[datasets\.x\]: unknown keys \['delimeter'\]"):
+    with pytest.raises(
+        SourceConfigError, match=r"\[datasets\.x\]: unknown key 'delimeter'; allowed: "
+    ):
         load_datasets(sources)
 
 

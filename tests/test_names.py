@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from conftest import SHARED_DATA
 
-from tasks.ingest.sources import load_datasets
+from tasks.ingest.sources_file import load_datasets
 from tasks.score.names import load_item_names
 
 

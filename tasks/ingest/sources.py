@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -467,52 +466,3 @@ def dataset_choices(name: str, names: list[str]) -> str:
     near = difflib.get_close_matches(name, names, n=1)
     known = ", ".join(names) or "none yet: `encore ingest` or `encore nightly` loads them"
     return f"(datasets: {known})" + (f"; did you mean '{near[0]}'?" if near else "")
-
-
-def load_datasets(sources_file: Path) -> list[DatasetSpec]:
-    """Read `sources.toml`: one `[datasets.NAME]` table per dataset.
-
-    Relative landing paths are resolved against the file's folder (the data home).
-    """
-    if not sources_file.exists():
-        raise SourceConfigError(
-            f"{sources_file}: no sources file; run `encore generate-sample` or write one "
-            "(see README: 'Sources')"
-        )
-    with sources_file.open("rb") as handle:
-        try:
-            document = tomllib.load(handle)
-        except tomllib.TOMLDecodeError as err:
-            raise SourceConfigError(f"{sources_file}: {err}") from err
-    datasets = []
-    for name, table in document.get("datasets", {}).items():
-        where = f"{sources_file} [datasets.{name}]"
-        table = dict(table)
-        landing = table.pop("landing", None)
-        pattern = table.pop("pattern", "*")
-        names = table.pop("item_names", None)
-        names_format = table.pop("item_names_format", None)
-        names_path = None
-        if names:
-            names_path = Path(names) if Path(names).is_absolute() else sources_file.parent / names
-        if not landing:
-            raise SourceConfigError(f"{where}: 'landing' (a folder or a file) is required")
-        try:
-            landing_path = as_location(landing)
-            if isinstance(landing_path, Path) and not landing_path.is_absolute():
-                landing_path = sources_file.parent / landing_path
-            datasets.append(
-                DatasetSpec(
-                    name,
-                    format_from_table(table, where),
-                    landing_path,
-                    pattern,
-                    names_path,
-                    names_format,
-                )
-            )
-        except SourceConfigError as err:
-            if str(err).startswith(where):
-                raise
-            raise SourceConfigError(f"{where}: {err}") from err
-    return datasets

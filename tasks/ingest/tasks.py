@@ -24,7 +24,8 @@ from tasks.ingest.load import (
     register_dataset,
     scan_file,
 )
-from tasks.ingest.sources import DatasetSpec, load_datasets
+from tasks.ingest.sources import DatasetSpec, SourceConfigError
+from tasks.ingest.sources_file import landing_problems, load_datasets
 from tasks.retries import IO_RETRIES
 from tasks.score.names import load_item_names
 from tasks.validate.validation import report_markdown
@@ -53,6 +54,9 @@ def plan_ingest(sources_file: str, warehouse_path: str, datasets: list[str] | No
         for spec in specs:
             if datasets and spec.name not in datasets:
                 continue
+            missing = [p for p in landing_problems(spec) if "does not exist" in p]
+            if missing:  # not "no new files": the dataset would stop taking data unnoticed
+                raise SourceConfigError(missing[0])
             register_dataset(con, spec)
             if spec.item_names is not None:
                 load_item_names(con, spec.name, spec.item_names, spec.item_names_format or "")

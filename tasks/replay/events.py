@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 
 from tasks.files import write_atomically
 from tasks.ingest.load import stage_file
-from tasks.ingest.sources import DatasetSpec, dataset_choices, load_datasets
+from tasks.ingest.sources import DatasetSpec, dataset_choices
+from tasks.ingest.sources_file import load_datasets
 
 
 class ReplayInputError(ValueError):
