@@ -440,7 +440,11 @@ def _night(home: EncoreHome, params: NightlyParams) -> dict | State:
         )
     datasets = [r["dataset"] for r in ingested["reports"]] + list(ingested["idle"])
     plan = plan_training(
-        str(home.warehouse), datasets, params.models, params.retrain_without_new_data
+        str(home.warehouse),
+        datasets,
+        params.models,
+        params.retrain_without_new_data,
+        str(home.root / "exports"),
     )
     outcomes = _run_branches(plan, params, home)
     for outcome in outcomes:

@@ -118,12 +118,22 @@ def test_a_night_killed_at_each_stage_and_a_killed_batch_scoring_heal(sample_hom
     champion, rows = serving_lists(sample_home)
     assert rows == 0  # crowned, but never scored
 
-    # Nothing new to train on: the next night scores the champion's lists, and is killed just
-    # before its report.
+    # Nothing new to train on: the next night scores the champion's lists and is killed once
+    # they are committed to DuckDB, before the Parquet export is written.
+    export = sample_home.root / "exports" / "recommendations_sample-listens_ranking.parquet"
+    killed = encore(sample_home, prefect_api, *QUICK_NIGHT, crash_at="lists committed")
+    assert killed.returncode == CRASH_EXIT_CODE, killed.stderr[-2000:]
+    assert serving_lists(sample_home)[1] > 0 and not export.exists()
+
+    # The next night sees the export missing, scores again, and is killed just before its
+    # report: both the lists and the export are there, row for row.
     killed = encore(sample_home, prefect_api, *QUICK_NIGHT, crash_at="report")
     assert killed.returncode == CRASH_EXIT_CODE, killed.stderr[-2000:]
     still_champion, loaded = serving_lists(sample_home)
     assert still_champion == champion and loaded > 0
+    exported = query(sample_home, "SELECT count(*) FROM read_parquet(?)", [str(export)])
+    assert exported == [(loaded,)]
+    assert not list((sample_home.root / "exports" / "scoring").glob("scoring-*"))
 
     # A batch scoring killed after writing its parts (before loading them), then run again.
     parts = sample_home.root / "exports" / "scoring"

@@ -31,6 +31,7 @@ import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tasks.faults import crash_point
 from tasks.files import write_atomically
 from tasks.registry.registry import RegistryError, champion, serving_version, verify_artifacts
 from tasks.score.cold_start import (
@@ -261,6 +262,9 @@ def load_scored_parts(
                JOIN item_ids i ON i.dataset = ? AND i.idx = p.item_idx""",
             [plan.dataset, plan.kind, plan.version, paths, plan.dataset, plan.dataset],
         )
+    # A kill here leaves the lists committed and the export old or absent: the next night's
+    # plan (tasks/train/plan.py) checks both and scores again.
+    crash_point("lists committed")
     path = write_atomically(
         recommendations_file(exports_dir, plan.dataset),
         lambda partial: con.execute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
 from prefect import task
 
 from tasks.registry.registry import (
@@ -22,7 +23,7 @@ from tasks.warehouse.schema import warehouse
 DEFAULT_MODELS = {"implicit": ["gat-bpr"], "explicit": ["gat-bpr", "rating"]}
 
 
-def _due(con, dataset: str, model: str, retrain: bool) -> dict:
+def _due(con, dataset: str, model: str, retrain: bool, exports_dir: Path | None = None) -> dict:
     """Is `model` on `dataset` due tonight? A work item, or a skip with its reason."""
     item = {"dataset": dataset, "model": model}
     snapshot = latest_passed_snapshot(con, dataset)
@@ -55,7 +56,7 @@ def _due(con, dataset: str, model: str, retrain: bool) -> dict:
         " ORDER BY version DESC LIMIT 1",
         [model, dataset, snapshot],
     ).fetchone()
-    item["lists_missing"] = _lists_missing(con, current)
+    item["lists_missing"] = _lists_missing(con, current, exports_dir)
     if trained and trained[1] == "candidate":  # published, then the night was killed
         abandon_candidate(con, trained[0], INTERRUPTED)
         healed = f"v{trained[0]} was {INTERRUPTED}"
@@ -74,9 +75,10 @@ def _due(con, dataset: str, model: str, retrain: bool) -> dict:
 INTERRUPTED = "published, but its night ended before the gate: its snapshot is trained again"
 
 
-def _lists_missing(con, current: dict | None) -> bool:
+def _lists_missing(con, current: dict | None, exports_dir: Path | None = None) -> bool:
     """A ranking champion with none of its serving version's lists in `recommendations` (the
-    night that crowned it was killed before its lists were loaded)."""
+    night that crowned it was killed before its lists were loaded), or, given `exports_dir`,
+    without them in its Parquet export."""
     if current is None or current["slot"] != "ranking":
         return False
     serving = serving_version(con, current)
@@ -89,7 +91,30 @@ def _lists_missing(con, current: dict | None) -> bool:
         "SELECT count(*) FROM recommendations WHERE dataset = ? AND model_version = ?",
         [current["dataset"], serving["version"]],
     ).fetchone()[0]
-    return found == 0
+    if found == 0:
+        return True
+    return exports_dir is not None and not _export_holds(
+        con, exports_dir, current["dataset"], serving["version"], found
+    )
+
+
+def _export_holds(con, exports_dir: Path, dataset: str, version: int, rows: int) -> bool:
+    """The Parquet export holds the serving version's lists, as many rows as DuckDB: a night
+    killed between the lists' commit and the export's rename leaves the old file, or none, and
+    is then scored again (issue 37)."""
+    from tasks.score.scoring import recommendations_file
+
+    path = recommendations_file(exports_dir, dataset)
+    if not path.exists():
+        return False
+    try:
+        exported = con.execute(
+            "SELECT count(*) FILTER (WHERE model_version = ?), count(*) FROM read_parquet(?)",
+            [version, str(path)],
+        ).fetchone()
+    except duckdb.Error:
+        return False  # unreadable: written again
+    return exported == (rows, rows)
 
 
 @task(
@@ -102,8 +127,10 @@ def plan_training(
     datasets: list[str],
     models: dict[str, list[str]],
     retrain_without_new_data: bool,
+    exports_dir: str | None = None,
 ) -> list[dict]:
-    """Per dataset and model: due (with the snapshot to train on) or skipped (with why)."""
+    """Per dataset and model: due (with the snapshot to train on) or skipped (with why); a
+    champion whose lists are missing from the warehouse or from `exports_dir` is scored."""
     plan = []
     with warehouse(Path(warehouse_path)) as con:
         ensure_registry(con)
@@ -113,5 +140,6 @@ def plan_training(
                 continue  # never ingested: the ingest section of the report says why
             chosen = models[dataset] if dataset in models else DEFAULT_MODELS[kinds[dataset]]
             for model in chosen:
-                plan.append(_due(con, dataset, model, retrain_without_new_data))
+                exports = Path(exports_dir) if exports_dir else None
+                plan.append(_due(con, dataset, model, retrain_without_new_data, exports))
     return plan
