@@ -100,6 +100,27 @@ def test_tampered_model_file_is_refused(con, tmp_path):
     assert champion(con, "ranking", "listens") is None
 
 
+def test_a_same_size_edit_with_its_mtime_put_back_is_refused(con, tmp_path):
+    """Size, mtime and inode as registered: only the inode change time shows the edit."""
+    import os
+
+    version = register(con, tmp_path, "a")
+    path = Path(version_row(con, version)["artifact_dir"]) / "best_model.pt"
+    before = path.stat()
+    original = path.read_bytes()
+    path.chmod(0o644)
+    with path.open("r+b") as handle:  # in place: the inode stays
+        handle.write(bytes([original[0] ^ 0xFF]) + original[1:])
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    path.chmod(before.st_mode)
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (
+        before.st_size, before.st_mtime_ns, before.st_ino
+    )  # fmt: skip
+    with pytest.raises(RegistryError, match="refusing a tampered or corrupt model file"):
+        promote(con, version)
+
+
 @pytest.mark.parametrize("stage", ["retired old champion", "crowned new champion"])
 def test_crash_mid_switch_leaves_exactly_one_verified_champion(home, tmp_path, stage):
     con = connect(home.warehouse)

@@ -121,10 +121,13 @@ def sha256_file(path: Path) -> str:
 
 
 def _stat_key(path: Path) -> list[int]:
-    """What a change to a file cannot leave as it was without effort: its size, modification
-    time and inode (a write, or a copy put in its place, changes at least one)."""
+    """What a change to a file cannot leave as it was: its size, modification time, inode and
+    inode change time. The last is the one an edit cannot put back: a write, a chmod and even
+    the utime call that restores a modification time all set it to now, and no user call sets
+    it. (Size, mtime and inode alone let an altered file of the same size, its mtime restored,
+    pass unhashed: issue 37.) Any other change only costs a full hash, never a refusal."""
     info = path.stat()
-    return [info.st_size, info.st_mtime_ns, info.st_ino]
+    return [info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns]
 
 
 def _freeze(directory: Path) -> tuple[dict[str, str], dict[str, list[int]]]:
