@@ -241,6 +241,17 @@ def test_failed_snapshot_rows_do_not_block_a_corrected_redelivery(con, write_fil
     assert report["accounting"]["totals"]["duplicates"] == 0
     assert report["status"] == "passed"
     assert count(con, "SELECT count(*) FROM training_interactions") == 200
+    # Accepted later, the failed night's rows that the redelivery loaded again are dropped:
+    # training never holds a pair twice (issue 37).
+    from tasks.validate.review import accept_snapshot
+
+    accepted = accept_snapshot(con, bad_night, "reviewed", actor="ops")
+    assert accepted["snapshot_id"] == bad_night
+    assert count(con, "SELECT count(*) FROM training_interactions") == 200
+    assert (
+        count(con, "SELECT count(*) FROM quarantine WHERE expectation = 'duplicate_of_redelivery'")
+        == 4
+    )
 
 
 def test_unreadable_file_fails_its_snapshot(con, write_file):
@@ -276,3 +287,50 @@ def test_row_checks_follow_gx_conventions_and_python_regexes(con, write_file):
     assert (malformed["unexpected_count"], malformed["sample"]) == (1, ["test-1"])
     quarantined = con.execute("SELECT line, column_name FROM quarantine ORDER BY line").fetchall()
     assert quarantined == [(202, "rating"), (203, "rating"), (204, "user_id")]
+
+
+def test_a_sign_up_wave_with_returning_users_passes_and_a_remap_still_fails(con, write_file):
+    """Issue 37: mostly-new users tonight is growth when users seen before come back too."""
+    three_normal_nights(con, write_file)
+    returning = good_rows(n_users=20, start=1_700_000_000)  # the 20 users seen before, 200 rows
+    wave = "".join(f"new{u // 4},{u % 10},3.0,{1_700_100_000 + u}\n" for u in range(2000))
+    roomy = LOOSE.model_copy(update={"max_growth": 10.0, "max_volume_ratio": 20.0})  # a big wave
+    report = validate_snapshot(
+        con, ingest_night(con, write_file, "day3.csv", returning + wave), roomy, now=NOW
+    )
+    assert report["status"] == "passed", report["failed"]
+    assert report["profile"]["new_user_share"] == 0.0  # not counted: the old ids came back
+
+
+def test_a_failed_snapshot_accepted_after_review_reaches_training_and_is_logged(
+    con, write_file
+):
+    from tasks.validate.review import ReviewError, accept_snapshot, revalidate_snapshot
+
+    three_normal_nights(con, write_file)
+    remapped = "x" + good_rows(start=1_700_000_000).replace("\n", "\nx")[: -len("x")]
+    snapshot_id = ingest_night(con, write_file, "day3.csv", remapped)
+    assert validate_snapshot(con, snapshot_id, LOOSE, now=NOW)["status"] == "failed"
+    training = "SELECT count(*) FROM training_interactions WHERE snapshot_id = ?"
+    assert con.execute(training, [snapshot_id]).fetchone()[0] == 0
+    with pytest.raises(ReviewError, match="--reason is required"):
+        accept_snapshot(con, snapshot_id, " ")
+    # Validated again under a looser bound, it passes; logged as such.
+    looser = LOOSE.model_copy(update={"max_new_id_share": 1.0})
+    assert revalidate_snapshot(con, snapshot_id, looser, "")["status"] == "passed"
+    assert con.execute(training, [snapshot_id]).fetchone()[0] == 200
+    # A second failed night, accepted: its rows reach training, with who and why kept.
+    again = "y" + good_rows(start=1_750_000_000).replace("\n", "\ny")[: -len("y")]
+    second = ingest_night(con, write_file, "day4.csv", again)
+    report = validate_snapshot(con, second, LOOSE, now=NOW)
+    assert report["status"] == "failed", report["profile"]
+    accepted = accept_snapshot(con, second, "new id scheme from the CRM migration", actor="ops")
+    assert accepted["dataset"] == "ds"
+    assert con.execute(training, [second]).fetchone()[0] == 200
+    reviews = con.execute(
+        "SELECT snapshot_id, action, actor, status_after FROM snapshot_reviews ORDER BY 1"
+    ).fetchall()
+    assert reviews[1] == (second, "accepted", "ops", "passed")
+    assert reviews[0][:2] == (snapshot_id, "revalidated") and reviews[0][3] == "passed"
+    with pytest.raises(ReviewError, match="is passed, not failed"):
+        accept_snapshot(con, second, "twice")

@@ -96,8 +96,10 @@ class ValidationThresholds(BaseModel):
         ge=0,
         le=1,
         description="Largest share of tonight's rows whose user (or item) was never seen "
-        "before: mostly-new ids mean the ids were remapped upstream. Checked once the dataset "
-        "has 3 passed snapshots.",
+        "before, counted only when the ids seen before went silent (under 2 % of tonight's ids "
+        "were seen before): mostly-new ids with the old ones gone mean the ids were remapped "
+        "upstream; a sign-up wave brings returning users too. Checked once the dataset has 3 "
+        "passed snapshots.",
     )
     max_single_user_share: float = Field(
         0.2,
@@ -363,28 +365,44 @@ def _against_recent(
     con: duckdb.DuckDBPyConnection, dataset: str, snapshot_id: int, tonight_rows: int
 ) -> tuple[float | None, float | None, float | None]:
     """Tonight's rows / the recent snapshots' median, and the shares of tonight's rows whose
-    user, or item, is new tonight; None while the dataset has too little history."""
-    recent = [
-        r[0]
-        for r in con.execute(
-            "SELECT loaded FROM snapshots WHERE dataset = ? AND status = 'passed'"
-            " AND snapshot_id < ? ORDER BY snapshot_id DESC LIMIT ?",
-            [dataset, snapshot_id, RECENT],
-        ).fetchall()
-    ]
+    user, or item, looks remapped: new tonight while the ids seen before went silent (see
+    `_remapped_share`); None while the dataset has too little history."""
+    recent = con.execute(
+        "SELECT snapshot_id, loaded FROM snapshots WHERE dataset = ? AND status = 'passed'"
+        " AND snapshot_id < ? ORDER BY snapshot_id DESC LIMIT ?",
+        [dataset, snapshot_id, RECENT],
+    ).fetchall()
     if len(recent) < RECENT_MIN or not tonight_rows:
         return None, None, None
-    median = float(np.median(recent))
-    new_users, new_items = con.execute(
-        """SELECT avg((u.first_snapshot = i.snapshot_id)::INTEGER),
-                  avg((t.first_snapshot = i.snapshot_id)::INTEGER)
-           FROM interactions i
-           JOIN user_ids u ON u.dataset = i.dataset AND u.idx = i.user_idx
-           JOIN item_ids t ON t.dataset = i.dataset AND t.idx = i.item_idx
-           WHERE i.snapshot_id = ?""",
+    median = float(np.median([loaded for _, loaded in recent]))
+    shares = [
+        _remapped_share(con, snapshot_id, column, table)
+        for column, table in (("user_idx", "user_ids"), ("item_idx", "item_ids"))
+    ]
+    return (tonight_rows / median if median else None), shares[0], shares[1]
+
+
+# An id remap upstream makes every id new at once: the ids seen before all go silent. A real wave
+# of sign-ups (MovieLens 100K's week of 1998-03-21: 91.7 % of its rows from new users) still
+# brings users seen before back. Tonight's new ids are judged a remap only when fewer than this
+# share of tonight's distinct ids (and fewer than RETURNING_MIN) were seen before.
+RETURNING_SHARE, RETURNING_MIN = 0.02, 3
+
+
+def _remapped_share(con: duckdb.DuckDBPyConnection, snapshot_id: int, column: str, table: str):
+    """The share of tonight's rows whose id is new tonight, when almost none of tonight's ids
+    were seen before; 0 when enough were (growth, not a remap)."""
+    new_share, returning, distinct = con.execute(
+        f"""SELECT avg((m.first_snapshot = i.snapshot_id)::INTEGER),
+                   count(DISTINCT i.{column}) FILTER (WHERE m.first_snapshot < i.snapshot_id),
+                   count(DISTINCT i.{column})
+            FROM interactions i
+            JOIN {table} m ON m.dataset = i.dataset AND m.idx = i.{column}
+            WHERE i.snapshot_id = ?""",
         [snapshot_id],
     ).fetchone()
-    return (tonight_rows / median if median else None), new_users, new_items
+    came_back = returning >= max(RETURNING_MIN, RETURNING_SHARE * distinct)
+    return 0.0 if came_back else float(new_share or 0.0)
 
 
 def _table_rules(info: DatasetInfo, t: ValidationThresholds, profile: dict) -> list:
@@ -464,7 +482,7 @@ def _table_rules(info: DatasetInfo, t: ValidationThresholds, profile: dict) -> l
                     None,
                     t.max_new_id_share,
                     f"at most {t.max_new_id_share:.0%} of tonight's rows from {what} never "
-                    "seen before",
+                    f"seen before while the {what} seen before went silent (an id remap)",
                 )
             )
     if profile["growth"] is not None:
