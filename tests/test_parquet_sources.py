@@ -34,8 +34,8 @@ from tasks.ingest.sources import (
     SourceConfigError,
     SourceFormat,
     as_location,
-    load_datasets,
 )
+from tasks.ingest.sources_file import load_datasets
 
 EVENTS = SourceFormat(
     kind="implicit",

@@ -302,9 +302,7 @@ def test_a_sign_up_wave_with_returning_users_passes_and_a_remap_still_fails(con,
     assert report["profile"]["new_user_share"] == 0.0  # not counted: the old ids came back
 
 
-def test_a_failed_snapshot_accepted_after_review_reaches_training_and_is_logged(
-    con, write_file
-):
+def test_a_failed_snapshot_accepted_after_review_reaches_training_and_is_logged(con, write_file):
     from tasks.validate.review import ReviewError, accept_snapshot, revalidate_snapshot
 
     three_normal_nights(con, write_file)

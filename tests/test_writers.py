@@ -66,6 +66,8 @@ def test_a_writer_is_refused_in_one_line_while_the_data_home_is_held(home, comma
     from flows.cli import SAMPLE_SOURCES
 
     home.sources_file.write_text(SAMPLE_SOURCES)  # so that nightly and ingest get to the lock
+    for kind in ("listens", "ratings"):
+        (home.landing / f"sample-{kind}").mkdir(parents=True, exist_ok=True)
     with exclusive_lock(home.root / "nightly.lock", "nightly flow run test-night"):
         refused = encore(home, *command)
     assert refused.returncode == 1
