@@ -26,7 +26,10 @@ class TrainConfig:
     heads: int = 4
     num_layers: int = 2
     negatives: int = 4  # sampled negatives per positive (BPR)
-    l2: float = 1e-4  # BPR: L2 on the batch's layer-0 embeddings; rating: Adam weight decay
+    l2: float = 1e-4  # BPR: L2 on the batch's layer-0 embeddings; rating: on the batch's factors
+    # The rating model's closed-form biases: their regularisation (None: chosen on val; a serving
+    # refit takes the gated run's, which has no val to choose on).
+    bias_regularization: float | None = None
     weight_decay: float = 0.0
     patience: int = 5
     min_lr: float = 1e-4

@@ -496,6 +496,9 @@ class RatingLearner(Learner):
                 global_mean=float(train.rating.mean()),
                 rating_range=self.rating_range,
             )
+        self.bias_fit = self._fit_biases(splits, config)
+        buffers = self.bias_fit.buffers
+        model.set_biases(buffers["offset"], buffers["user_bias"], buffers["item_bias"])
         self.model = model.to(device)
         self.generator = run_generator(config.seed, device)
         self.tensors = {
@@ -506,6 +509,23 @@ class RatingLearner(Learner):
             for name, data in splits.items()
         }
         self.protocol = Protocol(splits, self.threshold)
+
+    # The model starts as its bias baseline: the trainer scores that start as epoch 0, the one
+    # to beat (models_src/runs.py), so training never ends worse than the baseline on val.
+    starts_from_baseline = True
+
+    @staticmethod
+    def _fit_biases(splits: dict[str, Interactions], config: TrainConfig):
+        """The closed-form bias baseline the factors start from: its regularisation chosen on
+        val like the gate's own bias baseline, or, without val (a serving refit), the one the
+        gated run chose (`config.bias_regularization`)."""
+        from models_src.baselines import bias_baseline, bias_on_val
+
+        if config.bias_regularization is not None:
+            return bias_baseline(splits["train"], config.bias_regularization)
+        if "val" not in splits:
+            return bias_baseline(splits["train"])
+        return bias_on_val(splits)
 
     def model_args(self) -> dict:
         m = self.model

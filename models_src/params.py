@@ -169,7 +169,8 @@ class RatingParams(_Params):
     l2: float = Field(
         0.05,
         ge=0,
-        description="Adam weight decay.",
+        description="L2 on the factor rows each batch touches (per example); the biases are "
+        "the bias baseline's, fitted in closed form with their own regularisation chosen on val.",
         json_schema_extra=_search(1e-3, 0.3, log=True),
     )
     use_scheduler: bool = Field(True, description="ReduceLROnPlateau on val RMSE.")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -38,6 +39,8 @@ def train_run(
     """
     cold = TrainConfig.from_dict(config)
     learner, artifacts = prepare_learner(cold, data)
+    if hasattr(learner, "bias_fit"):  # what the serving refit fits its biases with
+        artifacts["bias_regularization"] = learner.bias_fit.params["regularization"]
     train_config, started = cold, {"warm": False, "reason": "no champion to start from"}
     if warm is not None and "refused" in warm:  # a champion tonight's model must not start from
         started, warm = {"warm": False, "reason": warm["refused"]}, None
@@ -58,7 +61,7 @@ def train_run(
         learner,
         train_config,
         out_dir,
-        score_start=started["warm"],
+        score_start=started["warm"] or getattr(learner, "starts_from_baseline", False),
         artifacts=artifacts,
         log=log,
         on_epoch=on_epoch,
@@ -327,6 +330,9 @@ def refit_run(
 
     gated = load_checkpoint(gated_run / "best_model.pt")
     config = TrainConfig.from_dict(gated["config"])
+    chosen = gated.get("artifacts", {}).get("bias_regularization")
+    if chosen is not None and config.bias_regularization is None:
+        config = replace(config, bias_regularization=chosen)  # chosen on the gated run's val
     learner, artifacts = prepare_learner(config, data, holdout=False)
     artifacts["holdout"] = False
     started = {"warm": False}

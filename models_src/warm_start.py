@@ -9,10 +9,10 @@ first epoch already ranks sensibly for them:
   training graph (a user at the mean of the items it played, an item at the mean of its
   listeners and its artist): one step of the propagation the model itself does. A node with no
   known neighbour keeps the model's random initialisation.
-- Rating model: new users and items keep the model's own initialisation (small random factors,
-  zero biases), so a new user's prediction starts at the global mean plus the item's bias, the
-  classic cold-start baseline. (Mean-of-neighbours is not meaningful here: user and item factors
-  live in different roles of a dot product.)
+- Rating model: the champion's factors are copied; the biases are always tonight's closed-form
+  fit, and new users and items keep small random factors, so a new user's prediction starts at
+  tonight's bias baseline, the classic cold-start answer. (Mean-of-neighbours is not meaningful
+  here: user and item factors live in different roles of a dot product.)
 
 Everything that does not depend on the number of nodes (GATConv weights) is copied as is.
 """
@@ -136,10 +136,8 @@ def _warm_gat_bpr(learner: BPRLearner, state: dict, maps: dict) -> dict[str, int
 
 def _warm_rating(learner: RatingLearner, state: dict, maps: dict) -> dict[str, int]:
     model, old = learner.model, state["model"]
-    tables = {
-        "users": ("user_embedding.weight", "user_bias.weight"),
-        "items": ("item_embedding.weight", "item_bias.weight"),
-    }
+    # The factors only: the biases are tonight's closed-form fit (models_src/models/rating.py).
+    tables = {"users": ("user_embedding.weight",), "items": ("item_embedding.weight",)}
     params = dict(model.named_parameters())
     with torch.no_grad():
         for section, names in tables.items():

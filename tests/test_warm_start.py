@@ -153,7 +153,9 @@ def test_warm_start_begins_at_the_champions_quality_not_at_random(nights, tmp_pa
     assert final["val"]["recall@10"] >= start
 
 
-def test_rating_model_copies_rows_and_biases_and_new_users_start_at_the_baseline(tmp_path):
+def test_rating_model_copies_factors_and_takes_tonights_biases(tmp_path):
+    """The champion's factors carry over; the biases are tonight's closed-form fit for every
+    user and item, so a new user starts at tonight's bias baseline (issue 36)."""
     before = planted(users=60, items_per_group=10, groups=GROUPS, seed=5)
     after = grown(before, new_users=6, seed=6)
     config = TrainConfig(model="rating", epochs=3, embedding_dim=8, device="cpu")
@@ -162,15 +164,17 @@ def test_rating_model_copies_rows_and_biases_and_new_users_start_at_the_baseline
     report = warm_start(learner, artifacts_of(after), checkpoint)
 
     assert report.kept == {"users": 60, "items": 40} and report.new["users"] == 6
-    for name in ("user_embedding", "user_bias"):
+    for name in ("user_embedding", "item_embedding"):
+        rows = 60 if name == "user_embedding" else 40
         torch.testing.assert_close(
-            getattr(learner.model, name).weight[:60], getattr(champion.model, name).weight[:60]
+            getattr(learner.model, name).weight[:rows], getattr(champion.model, name).weight[:rows]
         )
-    torch.testing.assert_close(
-        learner.model.item_bias.weight[:40], champion.model.item_bias.weight[:40]
-    )
-    assert torch.all(learner.model.user_bias.weight[60:] == 0)
-    assert torch.all(learner.model.item_bias.weight[40:] == 0)
+    fitted = learner.bias_fit.buffers
+    for name in ("user_bias", "item_bias"):
+        torch.testing.assert_close(
+            getattr(learner.model, name).weight.squeeze(-1), fitted[name].float()
+        )
+    assert float(learner.model.global_mean) == pytest.approx(float(fitted["offset"]))
 
 
 def test_a_champion_of_another_shape_is_refused_with_the_reason(nights):

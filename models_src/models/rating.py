@@ -2,6 +2,13 @@
 
 prediction(u, i) = μ + b_u + b_i + p_u · q_i, clipped to the source's scale when predicting.
 It also ranks: top-K by predicted rating, with relevant = rating ≥ a threshold.
+
+μ, b_u and b_i are the bias baseline's, fitted in closed form (`set_biases`) and then frozen:
+the factors learn the residuals, with their own per-example L2. Trained end to end from zero
+biases under one penalty (as before issue 36), the factors overfit before the biases converged
+and the model lost to the very bias term it contains; this way, with the factors at zero (or
+their dimension 0) it *is* the bias baseline, and early stopping from that starting point can
+only keep or improve its val RMSE.
 """
 
 from __future__ import annotations
@@ -35,6 +42,15 @@ class RatingModel(nn.Module):
         nn.init.zeros_(self.user_bias.weight)
         nn.init.zeros_(self.item_bias.weight)
 
+    @torch.no_grad()
+    def set_biases(self, global_mean: float, user_bias: Tensor, item_bias: Tensor) -> None:
+        """Take the bias baseline's μ, b_u, b_i and freeze them (the factors learn the rest)."""
+        self.global_mean.fill_(float(global_mean))
+        self.user_bias.weight.copy_(user_bias.reshape(-1, 1).to(self.user_bias.weight))
+        self.item_bias.weight.copy_(item_bias.reshape(-1, 1).to(self.item_bias.weight))
+        self.user_bias.weight.requires_grad_(False)
+        self.item_bias.weight.requires_grad_(False)
+
     def forward(self, users: Tensor, items: Tensor) -> Tensor:
         """Unclipped predicted ratings of (user, item) pairs (training uses these)."""
         dot = (self.user_embedding(users) * self.item_embedding(items)).sum(dim=-1)
@@ -67,14 +83,12 @@ class RatingModel(nn.Module):
         return top.indices, top.values
 
     def penalty(self, users: Tensor, items: Tensor) -> Tensor:
-        """L2 on the rows a batch touches (per-example weight decay, as SGD matrix factorisation
-        does): a rarely-seen user is not shrunk at every step it is absent from."""
-        rows = (
-            self.user_embedding(users),
-            self.item_embedding(items),
-            self.user_bias(users),
-            self.item_bias(items),
-        )
+        """L2 on the factor rows a batch touches (per-example weight decay, as SGD matrix
+        factorisation does): a rarely-seen user is not shrunk at every step it is absent from.
+        Biases that are still trained (not set by `set_biases`) are penalised alike."""
+        rows = [self.user_embedding(users), self.item_embedding(items)]
+        if self.user_bias.weight.requires_grad:
+            rows += [self.user_bias(users), self.item_bias(items)]
         return sum(row.pow(2).sum(-1) for row in rows).mean()
 
     def loss(
