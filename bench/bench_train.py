@@ -37,7 +37,11 @@ RANKING_DATASETS = {
     "lastfm": "sample-implicit",
     "ml-latest-small-implicit": "sample-implicit",
 }
-RATING_DATASETS = {"ml-100k-ratings": "sample-ratings"}
+RATING_DATASETS = {
+    "ml-100k-ratings": "sample-ratings",
+    "ml-latest-small-ratings": "sample-ratings",
+    "sample-ratings": "sample-ratings",
+}
 ENCORE_RANKING, ENCORE_RATING = "Encore GAT-BPR", "Encore rating model"
 LIGHTGCN = "LightGCN (PyG)"
 # The models that take --device and --precision (torch models); the rest run on the CPU.

@@ -26,6 +26,7 @@ _FILES = {
     "ml-100k-ratings": "ml-100k/u.data",
     "lastfm": "hetrec2011-lastfm-2k/user_artists.dat",
     "ml-latest-small-implicit": "ml-latest-small/ratings.csv",
+    "ml-latest-small-ratings": "ml-latest-small/ratings.csv",
     "lastfm-sparse": "hetrec2011-lastfm-2k/user_artists.dat",
 }
 # Datasets whose interactions carry a weight (Last.fm's listen count) a peer may use as
@@ -126,6 +127,7 @@ _LOADERS: dict[str, Callable[[str], Interactions]] = {
     "ml-100k-ratings": lambda name: _shared(name, keep_rating=True),
     "lastfm": lambda name: _shared(name, keep_rating=False),
     "ml-latest-small-implicit": lambda name: _shared(name, keep_rating=False),
+    "ml-latest-small-ratings": lambda name: _shared(name, keep_rating=True),
     "lastfm-sparse": _lastfm_sparse,
     "sample-implicit": _sample_implicit,
     "sample-ratings": _sample_ratings,
