@@ -138,17 +138,18 @@ def test_first_night_serves_every_slot_scores_reports_and_a_quiet_night_does_not
         ("sample-ratings", "rating"),
     ]
     assert {o["status"] for o in night["outcomes"]} <= {"promoted", "baseline"}
-    # The real gate, both ways. The ratings' GAT-BPR passes the baseline floor (on val it is
-    # within the noise of MostPopular); the rating model, after 3 epochs, is significantly
-    # worse than the bias baseline: it fails the floor and the bias baseline serves.
+    # The real gate. The ratings' GAT-BPR passes the baseline floor (on val it is within the
+    # noise of MostPopular); the rating model starts as its bias baseline and only keeps or
+    # improves on it (issue 36), so even after 3 epochs it passes the floor and serves.
     by_model = {(o["dataset"], o["model"]): o for o in night["outcomes"]}
     ratings_lists = by_model[("sample-ratings", "gat-bpr")]["gate"]["reasons"]
     floor = [r for r in ratings_lists if r.split(": ", 1)[-1].startswith("baseline floor: chall")]
     assert floor and all(r.startswith("ok:") for r in floor), ratings_lists
     stars = by_model[("sample-ratings", "rating")]
-    assert stars["status"] == "baseline", stars["gate"]["reasons"]
-    assert any(r.startswith("NO: baseline floor: challenger") for r in stars["gate"]["reasons"])
-    assert stars["gate"]["champion_after_family"] == "bias"
+    assert stars["status"] == "promoted", stars["gate"]["reasons"]
+    stars_floor = [r for r in stars["gate"]["reasons"] if "baseline floor: challenger" in r]
+    assert stars_floor and all(r.startswith("ok:") for r in stars_floor), stars["gate"]["reasons"]
+    assert stars["gate"]["champion_after_family"] == "rating"
     current = champions(night_home)
     assert set(current) == {
         ("sample-listens", "ranking"),
