@@ -38,6 +38,15 @@ def test_generate_ingest_next_day_status(tmp_path, prefect_api):
     assert encore(home, "generate-sample", "--next-day").returncode == 0
     second = encore(home, "ingest", api=prefect_api)
     assert "snapshot 3 of sample-listens: passed (1 file(s))" in second.stdout
+    # Nothing new: answered from the landing folders' stats, no flow and no Prefect server
+    # (which would say so on stderr: this run has no API to report to).
+    quiet = encore(home, "ingest")
+    assert (quiet.returncode, quiet.stderr) == (0, "")
+    assert quiet.stdout.splitlines() == [
+        "nothing new to ingest",
+        "sample-listens: no new files in the landing folder",
+        "sample-ratings: no new files in the landing folder",
+    ]
     status = encore(home, "status")
     assert status.returncode == 0, status.stderr
     assert "sample-ratings" in status.stdout and "BROKEN" not in status.stdout

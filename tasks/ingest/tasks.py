@@ -14,20 +14,13 @@ from tasks.faults import crash_point
 from tasks.home import EncoreHome
 from tasks.ingest.load import (
     IngestFileError,
-    already_loaded,
-    held_back,
     ingest_file,
-    is_known_unchanged,
     open_snapshot,
-    pending_snapshot,
-    refused_before,
-    register_dataset,
-    scan_file,
 )
-from tasks.ingest.sources import DatasetSpec, SourceConfigError
-from tasks.ingest.sources_file import landing_problems, load_datasets
+from tasks.ingest.plan import plan_datasets
+from tasks.ingest.sources import DatasetSpec
+from tasks.ingest.sources_file import load_datasets
 from tasks.retries import IO_RETRIES
-from tasks.score.names import load_item_names
 from tasks.validate.validation import report_markdown
 from tasks.warehouse.schema import warehouse
 
@@ -39,48 +32,14 @@ def find_dataset(sources_file: Path, name: str) -> DatasetSpec:
     raise KeyError(f"{sources_file}: no dataset named {name!r}")
 
 
+def _warn(message: str) -> None:
+    get_run_logger().warning(message)
+
+
 @task(name="plan ingest", **IO_RETRIES)
 def plan_ingest(sources_file: str, warehouse_path: str, datasets: list[str] | None) -> dict:
-    """Per dataset: which landing files are new (already-loaded content is skipped by sha256),
-    the snapshot an interrupted ingest left pending, if any, and what failed validation since
-    the last snapshot that passed, and the reminders for files refused before and not changed
-    since: {"files": [...], "refused": [...], "pending", "held_back"}."""
-    plan: dict[str, dict] = {}
-    specs = load_datasets(Path(sources_file))
-    unknown = sorted(set(datasets or []) - {s.name for s in specs})
-    if unknown:
-        raise KeyError(f"{sources_file}: no dataset named {unknown}")
-    with warehouse(Path(warehouse_path)) as con:
-        for spec in specs:
-            if datasets and spec.name not in datasets:
-                continue
-            missing = [p for p in landing_problems(spec) if "does not exist" in p]
-            if missing:  # not "no new files": the dataset would stop taking data unnoticed
-                raise SourceConfigError(missing[0])
-            register_dataset(con, spec)
-            if spec.item_names is not None:
-                load_item_names(con, spec.name, spec.item_names, spec.item_names_format or "")
-            files, refused = [], []
-            for path in spec.landing_files():
-                if is_known_unchanged(con, spec.name, path):
-                    continue
-                sha256 = scan_file(path).sha256
-                why = refused_before(con, spec.name, sha256)
-                if why is not None:
-                    refused.append(
-                        f"{path} is unchanged since it was {why.split(': ', 1)[0]}; replace it,"
-                        f" or `encore ingest --retry {path}` to read it again"
-                    )
-                    get_run_logger().warning(refused[-1])
-                elif already_loaded(con, spec.name, sha256) is None:
-                    files.append(str(path))
-            plan[spec.name] = {
-                "files": files,
-                "refused": refused,
-                "pending": pending_snapshot(con, spec.name),
-                "held_back": held_back(con, spec.name),
-            }
-    return plan
+    """What is due per dataset (see `tasks.ingest.plan.plan_datasets`), as a flow's task."""
+    return plan_datasets(sources_file, warehouse_path, datasets, _warn)
 
 
 @task(name="open snapshot", task_run_name="open snapshot of {dataset}")
