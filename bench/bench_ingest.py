@@ -68,7 +68,8 @@ def run_bare(path: Path, workdir: Path, memory_limit: str) -> dict:
 
 
 def run_encore(path: Path, workdir: Path, memory_limit: str) -> dict:
-    from tasks.ingest.load import ingest_file, open_snapshot, register_dataset
+    from tasks.ingest.load import ingest_file
+    from tasks.ingest.snapshots import open_snapshot, register_dataset
     from tasks.ingest.sources import PRESETS, DatasetSpec
     from tasks.warehouse.schema import connect
 

@@ -85,7 +85,8 @@ def prepare_home(root: Path, workload: str) -> None:
 def ingest_and_validate(con, specs, params, reports: Path) -> None:
     """Every dataset's landing files into the warehouse, then its snapshot validated (the
     warehouse calls the `ingest` flow makes, without Prefect)."""
-    from tasks.ingest.load import ingest_file, open_snapshot, register_dataset
+    from tasks.ingest.load import ingest_file
+    from tasks.ingest.snapshots import open_snapshot, register_dataset
     from tasks.validate.validation import validate_snapshot
 
     for spec in specs:

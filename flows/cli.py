@@ -190,7 +190,7 @@ def _nothing_new_to_ingest(
 
 def _request_retries(paths: list[Path]) -> None:
     """`--retry FILE`: the next ingest reads these refused files again."""
-    from tasks.ingest.load import request_retry
+    from tasks.ingest.snapshots import request_retry
 
     for path in paths:
         if not path.is_file():

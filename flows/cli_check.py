@@ -45,7 +45,7 @@ def _new_files(spec) -> str:
     """How many landing files an ingest would read (content already loaded is not read)."""
     import duckdb
 
-    from tasks.ingest.load import is_known_unchanged
+    from tasks.ingest.snapshots import is_known_unchanged
 
     if spec.is_remote:
         return "remote (listed at ingest)"

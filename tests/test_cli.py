@@ -204,7 +204,8 @@ def test_a_renamed_dataset_is_a_warning_naming_the_old_one(tmp_path):
     (landing / "day1.csv").write_text("userId,movieId,rating,timestamp\n1,10,4.0,964982703\n")
     sources = tmp_path / "sources.toml"
     sources.write_text('[datasets.old]\nformat = "movielens-csv"\nlanding = "landing"\n')
-    from tasks.ingest.load import ingest_file, open_snapshot, register_dataset
+    from tasks.ingest.load import ingest_file
+    from tasks.ingest.snapshots import open_snapshot, register_dataset
 
     con = connect(tmp_path / "warehouse.duckdb")
     (spec,) = load_datasets(sources)

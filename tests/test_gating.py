@@ -19,7 +19,8 @@ from models_src.learners import make_learner
 from models_src.runs import fit_baselines_run, load_baseline, refit_run, train_run
 from models_src.trainers import AdvancedTrainer
 from tasks.gate.gating import Night, gate_version
-from tasks.ingest.load import ingest_file, open_snapshot, register_dataset
+from tasks.ingest.load import ingest_file
+from tasks.ingest.snapshots import open_snapshot, register_dataset
 from tasks.refit.refit import publish_serving_refit
 from tasks.registry.publish import build_scorer, publish_run
 from tasks.registry.registry import champion, serving_version, version_row

@@ -13,14 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import spec_for
 
-from tasks.ingest.load import (
-    IngestFileError,
-    ingest_file,
-    open_snapshot,
-    refused_before,
-    register_dataset,
-    scan_file,
-)
+from tasks.ingest.errors import IngestFileError
+from tasks.ingest.load import ingest_file
+from tasks.ingest.scan import scan_file
+from tasks.ingest.snapshots import open_snapshot, refused_before, register_dataset
 from tasks.ingest.sources import RatingScale, SourceFormat
 from tasks.warehouse.schema import connect
 
@@ -301,13 +297,14 @@ def test_crash_mid_file_leaves_nothing_and_a_rerun_loads_everything(home, write_
         from pathlib import Path
         sys.path[:0] = {sys.path!r}
         import tasks.ingest.load as ingest
+        from tasks.ingest.snapshots import open_snapshot, register_dataset
         from tasks.ingest.sources import PRESETS, DatasetSpec
         from tasks.warehouse.schema import connect
         ingest.crash_point = lambda stage: os._exit(3) if stage == "inserted" else None
         con = connect(Path({str(home.warehouse)!r}))
         spec = DatasetSpec("ds", PRESETS["movielens-csv"], Path({str(path)!r}))
-        ingest.register_dataset(con, spec)
-        ingest.ingest_file(con, spec, spec.landing, ingest.open_snapshot(con, "ds"))
+        register_dataset(con, spec)
+        ingest.ingest_file(con, spec, spec.landing, open_snapshot(con, "ds"))
     """)
     crashed = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
     assert crashed.returncode == 3, crashed.stderr
@@ -366,7 +363,7 @@ def test_rows_that_do_not_add_up_refuse_the_file_whole_and_it_is_not_read_again(
     counted as rejected), not left to stop the night; the planner then skips the same bytes
     until the file changes."""
     from tasks.ingest import load as ingest
-    from tasks.ingest.load import already_loaded
+    from tasks.ingest.snapshots import already_loaded
 
     real_rows_read = ingest.rows_read
     monkeypatch.setattr(ingest, "rows_read", lambda *args: real_rows_read(*args) + 1)
@@ -411,7 +408,7 @@ def test_an_unreadable_file_is_refused_with_the_reason_in_words(
 def test_a_refused_file_is_read_again_after_a_retry_request_and_refused_again_if_unchanged(
     con, write_file
 ):
-    from tasks.ingest.load import request_retry
+    from tasks.ingest.snapshots import request_retry
 
     path = write_file("day.csv", gzip.compress(RATINGS_CSV.encode()))
     with pytest.raises(IngestFileError):

@@ -17,15 +17,10 @@ from conftest import spec_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks.ingest.load import (
-    FileResult,
-    IngestFileError,
-    ingest_file,
-    open_snapshot,
-    refused_before,
-    register_dataset,
-    scan_file,
-)
+from tasks.ingest.errors import IngestFileError
+from tasks.ingest.load import FileResult, ingest_file
+from tasks.ingest.scan import scan_file
+from tasks.ingest.snapshots import open_snapshot, refused_before, register_dataset
 from tasks.warehouse.schema import connect
 
 CORPUS = Path(__file__).parent / "ingest_corpus"

@@ -18,14 +18,14 @@ import pytest
 
 import tasks.ingest.load as ingest
 import tasks.ingest.sources as sources
-from tasks.ingest.load import (
-    IngestFileError,
+from tasks.ingest.errors import IngestFileError
+from tasks.ingest.load import ingest_file
+from tasks.ingest.scan import scan_file
+from tasks.ingest.snapshots import (
     already_loaded,
-    ingest_file,
     is_known_unchanged,
     open_snapshot,
     register_dataset,
-    scan_file,
 )
 from tasks.ingest.sources import (
     DatasetSpec,

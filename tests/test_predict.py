@@ -17,7 +17,8 @@ from models_src.learners import make_learner
 from models_src.models import RatingModel
 from models_src.onnx_export import PairScorer, export_pair_scorer
 from models_src.trainers import AdvancedTrainer
-from tasks.ingest.load import ingest_file, open_snapshot, register_dataset
+from tasks.ingest.load import ingest_file
+from tasks.ingest.snapshots import open_snapshot, register_dataset
 from tasks.registry.publish import build_model, publish_baseline, publish_run
 from tasks.registry.registry import record_gate_decision, version_row
 from tasks.score.predict import predict_pairs

@@ -14,7 +14,8 @@ from models_src.config import TrainConfig
 from models_src.data import Interactions, split_interactions
 from models_src.learners import make_learner
 from models_src.trainers import AdvancedTrainer
-from tasks.ingest.load import ingest_file, open_snapshot, register_dataset
+from tasks.ingest.load import ingest_file
+from tasks.ingest.snapshots import open_snapshot, register_dataset
 from tasks.registry.publish import publish_run
 from tasks.registry.registry import RegistryError, record_gate_decision, version_row
 from tasks.score.scoring import score_dataset

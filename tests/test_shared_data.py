@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 from conftest import SHARED_DATA, spec_for
 
-from tasks.ingest.load import ingest_file, open_snapshot, register_dataset
+from tasks.ingest.load import ingest_file
+from tasks.ingest.snapshots import open_snapshot, register_dataset
 from tasks.validate.validation import ValidationThresholds, validate_snapshot
 
 pytestmark = pytest.mark.integration

@@ -7,7 +7,8 @@ import pytest
 from conftest import spec_for
 
 from models_src.data import Interactions
-from tasks.ingest.load import ingest_file, open_snapshot, register_dataset
+from tasks.ingest.load import ingest_file
+from tasks.ingest.snapshots import open_snapshot, register_dataset
 from tasks.ingest.sources import SourceFormat
 from tasks.train.export import export_interactions
 from tasks.validate.validation import ValidationThresholds, validate_snapshot

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta
 import pytest
 from conftest import spec_for
 
-from tasks.ingest.load import ingest_file, open_snapshot, register_dataset
+from tasks.ingest.load import ingest_file
+from tasks.ingest.snapshots import open_snapshot, register_dataset
 from tasks.validate.validation import ValidationThresholds, report_markdown, validate_snapshot
 
 HEADER = "userId,movieId,rating,timestamp\n"

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from conftest import SHARED_DATA, spec_for
 
-from tasks.ingest.load import ingest_file, open_snapshot, register_dataset
+from tasks.ingest.load import ingest_file
+from tasks.ingest.snapshots import open_snapshot, register_dataset
 from tasks.validate.review import accept_snapshot
 from tasks.validate.validation import validate_snapshot
 

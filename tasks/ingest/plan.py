@@ -11,14 +11,14 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from tasks.ingest.load import (
+from tasks.ingest.scan import scan_file
+from tasks.ingest.snapshots import (
     already_loaded,
     held_back,
     is_known_unchanged,
     pending_snapshot,
     refused_before,
     register_dataset,
-    scan_file,
 )
 from tasks.ingest.sources import SourceConfigError
 from tasks.ingest.sources_file import landing_problems, load_datasets

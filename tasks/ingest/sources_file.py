@@ -145,8 +145,9 @@ def landing_problems(spec: DatasetSpec) -> list[str]:
 
 
 def _missing_columns(spec: DatasetSpec, newest: Path) -> list[str]:
+    from tasks.ingest.errors import IngestFileError
     from tasks.ingest.file_kind import not_delimited_text
-    from tasks.ingest.load import IngestFileError, read_header
+    from tasks.ingest.stage import read_header
 
     fmt = spec.format
     if fmt.file_type == "parquet":

@@ -12,12 +12,10 @@ from prefect.runtime import task_run
 
 from tasks.faults import crash_point
 from tasks.home import EncoreHome
-from tasks.ingest.load import (
-    IngestFileError,
-    ingest_file,
-    open_snapshot,
-)
+from tasks.ingest.errors import IngestFileError
+from tasks.ingest.load import ingest_file
 from tasks.ingest.plan import plan_datasets
+from tasks.ingest.snapshots import open_snapshot
 from tasks.ingest.sources import DatasetSpec
 from tasks.ingest.sources_file import load_datasets
 from tasks.retries import IO_RETRIES

@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.files import write_atomically
-from tasks.ingest.load import stage_file
 from tasks.ingest.sources import DatasetSpec, dataset_choices
 from tasks.ingest.sources_file import load_datasets
+from tasks.ingest.stage import stage_file
 
 
 class ReplayInputError(ValueError):

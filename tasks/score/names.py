@@ -10,7 +10,7 @@ from pathlib import Path
 
 import duckdb
 
-from tasks.ingest.load import sql_str
+from tasks.ingest.stage import sql_str
 from tasks.warehouse.schema import transaction
 
 NAMES_SCHEMA = """

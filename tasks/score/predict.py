@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from tasks.ingest.load import sql_str
+from tasks.ingest.stage import sql_str
 from tasks.registry.publish import PAIRS_FILE
 from tasks.registry.registry import RegistryError, champion, serving_version, verify_artifacts
 from tasks.score.scoring import open_session

@@ -18,7 +18,7 @@ from pathlib import Path
 import duckdb
 
 from tasks.files import write_text_atomically
-from tasks.ingest.load import refresh_snapshot_totals
+from tasks.ingest.snapshots import refresh_snapshot_totals
 from tasks.warehouse.schema import transaction
 
 REVIEWS_SCHEMA = """

@@ -29,11 +29,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.faults import crash_point
 from tasks.files import write_text_atomically
-from tasks.ingest.load import (
-    CONFLICT_EXPECTATION,
-    AccountingError,
-    refresh_snapshot_totals,
-)
+from tasks.ingest.dedupe import CONFLICT_EXPECTATION
+from tasks.ingest.errors import AccountingError
+from tasks.ingest.snapshots import refresh_snapshot_totals
 from tasks.validate.row_checks import (
     SAMPLE_SIZE,
     RowRule,
