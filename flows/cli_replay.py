@@ -34,7 +34,7 @@ def replay_command(
     """Replay a timestamped dataset period by period in this data home (use an empty --home):
     land each period, run the nightly, judge what it served on the next period beside peers
     refit on the same schedule and the first night's model never retrained. Resumable."""
-    from flows.cli import _dotted, _merge, _usage, data_home_writer
+    from flows.cli_common import _dotted, _merge, _usage, data_home_writer
     from flows.params import ReplayParams
     from tasks.replay.state import ReplayState
 
