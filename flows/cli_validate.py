@@ -32,8 +32,9 @@ def validate(
 ) -> None:
     """Validate pending snapshots (those ingested with --no-validate), or review a failed one:
     --accept it (logged with who and why) or --revalidate it under changed thresholds."""
+    from tasks.validate.report import report_summary
     from tasks.validate.review import ReviewError, accept_snapshot, revalidate_snapshot
-    from tasks.validate.validation import report_summary, validate_snapshot
+    from tasks.validate.validation import validate_snapshot
 
     home = EncoreHome.from_env().ensure()
     thresholds = _thresholds(settings or [])
@@ -81,7 +82,7 @@ def _thresholds(settings: list[str]):
     """ValidationThresholds with `--set NAME=VALUE` applied; a wrong one is a usage error."""
     from pydantic import ValidationError
 
-    from tasks.validate.validation import ValidationThresholds
+    from tasks.validate.thresholds import ValidationThresholds
 
     values = {".".join(key): value for key, value in map(_dotted, settings)}
     unknown = sorted(set(values) - set(ValidationThresholds.model_fields))

@@ -18,8 +18,9 @@ from tasks.ingest.tasks import (
     plan_ingest,
     publish_ingest_summary,
 )
+from tasks.validate.report import report_summary
 from tasks.validate.tasks import validate_snapshot_task, validation_outcome
-from tasks.validate.validation import ValidationThresholds, report_summary
+from tasks.validate.thresholds import ValidationThresholds
 
 
 class SnapshotFailed(RuntimeError):

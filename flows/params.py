@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models_src.params import GatBprParams, RatingParams, search_space
 from tasks.registry.retention import RetentionPolicy
-from tasks.validate.validation import ValidationThresholds
+from tasks.validate.thresholds import ValidationThresholds
 
 ModelKind = Literal["gat-bpr", "rating"]
 # The models' parameters are defined once, in models_src/params.py (the trainers, the benchmark

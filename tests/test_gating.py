@@ -25,7 +25,8 @@ from tasks.refit.refit import publish_serving_refit
 from tasks.registry.publish import build_scorer, publish_run
 from tasks.registry.registry import champion, serving_version, version_row
 from tasks.train.export import export_interactions
-from tasks.validate.validation import ValidationThresholds, validate_snapshot
+from tasks.validate.thresholds import ValidationThresholds
+from tasks.validate.validation import validate_snapshot
 
 
 def planted_listens(con, write_file) -> Path:

@@ -23,7 +23,8 @@ from tasks.registry.publish import build_model, publish_baseline, publish_run
 from tasks.registry.registry import record_gate_decision, version_row
 from tasks.score.predict import predict_pairs
 from tasks.train.export import export_interactions
-from tasks.validate.validation import ValidationThresholds, validate_snapshot
+from tasks.validate.thresholds import ValidationThresholds
+from tasks.validate.validation import validate_snapshot
 
 
 def test_pair_graph_matches_torch_and_falls_back_on_unknown_ids(tmp_path):

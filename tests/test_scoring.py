@@ -20,7 +20,8 @@ from tasks.registry.publish import publish_run
 from tasks.registry.registry import RegistryError, record_gate_decision, version_row
 from tasks.score.scoring import score_dataset
 from tasks.train.export import export_interactions
-from tasks.validate.validation import ValidationThresholds, validate_snapshot
+from tasks.validate.thresholds import ValidationThresholds
+from tasks.validate.validation import validate_snapshot
 
 LOOSE = ValidationThresholds(min_users=1, min_items=1, min_interactions=1, max_growth=100)
 

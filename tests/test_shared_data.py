@@ -10,7 +10,8 @@ from conftest import SHARED_DATA, spec_for
 
 from tasks.ingest.load import ingest_file
 from tasks.ingest.snapshots import open_snapshot, register_dataset
-from tasks.validate.validation import ValidationThresholds, validate_snapshot
+from tasks.validate.thresholds import ValidationThresholds
+from tasks.validate.validation import validate_snapshot
 
 pytestmark = pytest.mark.integration
 

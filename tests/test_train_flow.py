@@ -11,7 +11,8 @@ from tasks.ingest.load import ingest_file
 from tasks.ingest.snapshots import open_snapshot, register_dataset
 from tasks.ingest.sources import SourceFormat
 from tasks.train.export import export_interactions
-from tasks.validate.validation import ValidationThresholds, validate_snapshot
+from tasks.validate.thresholds import ValidationThresholds
+from tasks.validate.validation import validate_snapshot
 
 LOOSE = ValidationThresholds(
     min_users=1, min_items=1, min_interactions=1, max_quarantine_fraction=1.0

@@ -10,7 +10,9 @@ from conftest import spec_for
 
 from tasks.ingest.load import ingest_file
 from tasks.ingest.snapshots import open_snapshot, register_dataset
-from tasks.validate.validation import ValidationThresholds, report_markdown, validate_snapshot
+from tasks.validate.report import report_markdown
+from tasks.validate.thresholds import ValidationThresholds
+from tasks.validate.validation import validate_snapshot
 
 HEADER = "userId,movieId,rating,timestamp\n"
 NOW = datetime(2026, 11, 22, 12, 0, 0)

@@ -19,7 +19,7 @@ from tasks.ingest.snapshots import open_snapshot
 from tasks.ingest.sources import DatasetSpec
 from tasks.ingest.sources_file import load_datasets
 from tasks.retries import IO_RETRIES
-from tasks.validate.validation import report_markdown
+from tasks.validate.report import report_markdown
 from tasks.warehouse.schema import warehouse
 
 

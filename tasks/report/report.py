@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tasks.validate.validation import report_summary
+from tasks.validate.report import report_summary
 
 SPLITS = ("val", "test")
 # (stage, start, end) in time.time() seconds of the stages this process has timed lately: what

@@ -29,7 +29,8 @@ import duckdb
 import pandas as pd
 
 if TYPE_CHECKING:  # validation.py calls this module; these are only its types
-    from tasks.validate.validation import DatasetInfo, ValidationThresholds
+    from tasks.validate.info import DatasetInfo
+    from tasks.validate.thresholds import ValidationThresholds
 
 SAMPLE_SIZE = 5
 MALFORMED_IDS = "_malformed_ids"

@@ -14,7 +14,9 @@ from prefect.states import Failed, State
 from tasks.report.report import significant
 from tasks.retries import artifact_key
 from tasks.validate.alerts import emit_validation_failed
-from tasks.validate.validation import ValidationThresholds, report_markdown, validate_snapshot
+from tasks.validate.report import report_markdown
+from tasks.validate.thresholds import ValidationThresholds
+from tasks.validate.validation import validate_snapshot
 from tasks.warehouse.schema import warehouse
 
 

@@ -16,22 +16,27 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.faults import crash_point
 from tasks.files import write_text_atomically
 from tasks.ingest.dedupe import CONFLICT_EXPECTATION
-from tasks.ingest.errors import AccountingError
 from tasks.ingest.snapshots import refresh_snapshot_totals
+from tasks.validate.info import (
+    ROW_LEVEL,
+    TABLE_LEVEL,
+    DatasetInfo,
+    ExpectationOutcome,
+    _dataset_info,
+    _jsonable,
+)
+from tasks.validate.profile import _profile
+from tasks.validate.report import _report
 from tasks.validate.row_checks import (
     SAMPLE_SIZE,
     RowRule,
@@ -41,143 +46,8 @@ from tasks.validate.row_checks import (
     quarantine_failing_rows,
     row_rules,
 )
+from tasks.validate.thresholds import ValidationThresholds
 from tasks.warehouse.schema import transaction
-
-ROW_LEVEL, TABLE_LEVEL = "row", "table"
-
-
-class ValidationThresholds(BaseModel):
-    """Bounds the suites check. A pydantic model, so Prefect's run form shows each with its help."""
-
-    model_config = ConfigDict(frozen=True)
-
-    min_users: int = Field(10, ge=0, description="Fewest distinct users the dataset may have.")
-    min_items: int = Field(10, ge=0, description="Fewest distinct items the dataset may have.")
-    min_interactions: int = Field(
-        100, ge=0, description="Fewest interactions the dataset may have."
-    )
-    max_quarantine_fraction: float = Field(
-        0.05,
-        ge=0,
-        le=1,
-        description="Largest share of tonight's rows that may be quarantined; more means the "
-        "delivery itself is broken and the snapshot fails.",
-    )
-    max_reject_fraction: float = Field(
-        0.05,
-        ge=0,
-        le=1,
-        description="Largest share of tonight's rows that may be malformed (rejected): 200 good "
-        "lines in 10,000 broken ones are a broken delivery, not 200 rows of data.",
-    )
-    max_file_reject_fraction: float = Field(
-        0.2,
-        ge=0,
-        le=1,
-        description="Largest share of any one file's rows that may be malformed.",
-    )
-    max_growth: float = Field(
-        2.0,
-        ge=1,
-        description="Largest ratio of rows after / before one snapshot: a night that more than "
-        "doubles the history is more likely a replayed export than real traffic.",
-    )
-    max_volume_ratio: float = Field(
-        10.0,
-        ge=1,
-        description="Tonight's rows may be at most this many times the median of the last "
-        "snapshots' (and at least 1/this): a day 10x larger or 90 % smaller is a broken "
-        "export. Checked once the dataset has 3 passed snapshots.",
-    )
-    max_new_id_share: float = Field(
-        0.9,
-        ge=0,
-        le=1,
-        description="Largest share of tonight's rows whose user (or item) was never seen "
-        "before, counted only when the ids seen before went silent (under 2 % of tonight's ids "
-        "were seen before): mostly-new ids with the old ones gone mean the ids were remapped "
-        "upstream; a sign-up wave brings returning users too. Checked once the dataset has 3 "
-        "passed snapshots.",
-    )
-    max_single_user_share: float = Field(
-        0.2,
-        ge=0,
-        le=1,
-        description="Largest share of tonight's rows one user may have (a bot or a replay "
-        "loop). Checked when tonight has at least 100 users.",
-    )
-    max_single_item_share: float = Field(
-        0.5,
-        ge=0,
-        le=1,
-        description="Largest share of tonight's rows one item may have. Checked when tonight "
-        "has at least 100 items.",
-    )
-    max_backdated_share: float = Field(
-        0.5,
-        ge=0,
-        le=1,
-        description="Largest share of tonight's rows older than the newest event already "
-        "loaded: a day mostly older than yesterday is a replayed or re-dated export (events "
-        "from offline devices arrive late, but few). Raise it for a deliberate backfill.",
-    )
-    max_mean_rating_shift: float = Field(
-        0.15,
-        ge=0,
-        description="Largest |tonight's mean rating - the history's|, as a share of the scale.",
-    )
-    oldest_timestamp: datetime = Field(
-        datetime(1995, 1, 1), description="Events before this are absurdly old."
-    )
-    future_tolerance: timedelta = Field(
-        timedelta(hours=24), description="How far past 'now' an event time may be (clock skew)."
-    )
-    id_pattern: str = Field(
-        r"^[^\s\x00-\x1f]{1,128}$",
-        description="Regex every user and item id must match (default: 1-128 characters, no "
-        "whitespace or control characters).",
-    )
-
-
-@dataclass
-class ExpectationOutcome:
-    expectation: str
-    level: str
-    column: str | None
-    success: bool
-    description: str
-    unexpected_count: int = 0
-    observed: Any = None
-    sample: list = field(default_factory=list)
-
-
-@dataclass
-class DatasetInfo:
-    name: str
-    kind: str
-    rating_low: float | None
-    rating_high: float | None
-    rating_step: float | None
-    columns: dict[str, str]
-
-    @property
-    def has_timestamps(self) -> bool:
-        return "ts" in self.columns
-
-    @property
-    def natural_key(self) -> list[str]:
-        return ["user_id", "item_id", "ts"] if self.has_timestamps else ["user_id", "item_id"]
-
-
-def _dataset_info(con: duckdb.DuckDBPyConnection, snapshot_id: int) -> DatasetInfo:
-    row = con.execute(
-        """SELECT d.name, d.kind, d.rating_low, d.rating_high, d.rating_step, d.format_json
-           FROM snapshots s JOIN datasets d ON d.name = s.dataset WHERE s.snapshot_id = ?""",
-        [snapshot_id],
-    ).fetchone()
-    if row is None:
-        raise ValueError(f"snapshot {snapshot_id} does not exist")
-    return DatasetInfo(*row[:5], columns=json.loads(row[5])["columns"])
 
 
 def _run_suite(name: str, frame: pd.DataFrame, rules: list) -> list[tuple[Any, Any]]:
@@ -207,16 +77,6 @@ def _run_suite(name: str, frame: pd.DataFrame, rules: list) -> list[tuple[Any, A
     # GX returns results in suite order; match them back by the expectation's id.
     by_id = {r.expectation_config.id: r for r in result.results}
     return [(rule, by_id[expectation.id]) for rule in rules for expectation in [rule[0]]]
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and math.isnan(value):
-        return "NaN"
-    if isinstance(value, datetime | pd.Timestamp):
-        return value.isoformat()
-    if isinstance(value, dict | list | tuple):
-        return json.loads(json.dumps(value, default=str))
-    return value if isinstance(value, str | int | float | bool | type(None)) else str(value)
 
 
 def _outcome(rule, result, level: str) -> ExpectationOutcome:
@@ -254,153 +114,6 @@ def _conflicts_outcome(
         count,
         sample=sample or [],
     )
-
-
-def _profile(con: duckdb.DuckDBPyConnection, info: DatasetInfo, snapshot_id: int) -> dict:
-    """Dataset-wide figures for the table-level suite: as training would see it after tonight."""
-    history = (
-        "i.snapshot_id IN "
-        "(SELECT snapshot_id FROM snapshots WHERE dataset = ? AND status = 'passed')"
-    )
-    tonight = "i.snapshot_id = ?"
-    both = f"({history} OR {tonight})"
-    users, items, rows = con.execute(
-        f"""SELECT count(DISTINCT user_idx), count(DISTINCT item_idx), count(*)
-            FROM interactions i WHERE i.dataset = ? AND {both}""",
-        [info.name, info.name, snapshot_id],
-    ).fetchone()
-    before, history_mean = con.execute(
-        f"SELECT count(*), avg(rating) FROM interactions i WHERE i.dataset = ? AND {history}",
-        [info.name, info.name],
-    ).fetchone()
-    tonight_rows, tonight_mean = con.execute(
-        f"SELECT count(*), avg(rating) FROM interactions i WHERE {tonight}", [snapshot_id]
-    ).fetchone()
-    read, quarantined, errors, rejected, worst_file = con.execute(
-        """SELECT coalesce(sum(rows_read), 0), coalesce(sum(quarantined), 0),
-                  count(*) FILTER (WHERE status = 'error'),
-                  coalesce(sum(rejected) FILTER (WHERE status = 'loaded'), 0),
-                  coalesce(max(rejected / rows_read) FILTER (WHERE status = 'loaded'
-                                                           AND rows_read > 0), 0)
-           FROM source_files WHERE snapshot_id = ?""",
-        [snapshot_id],
-    ).fetchone()
-    # Rows of a file refused whole count under `unreadable_files`, not as malformed lines.
-    readable = con.execute(
-        "SELECT coalesce(sum(rows_read), 0) FROM source_files"
-        " WHERE snapshot_id = ? AND status = 'loaded'",
-        [snapshot_id],
-    ).fetchone()[0]
-    volume_ratio, new_users, new_items = _against_recent(con, info.name, snapshot_id, tonight_rows)
-    top_user, top_item = (
-        _top_share(con, snapshot_id, column) for column in ("user_idx", "item_idx")
-    )
-    backdated = _backdated_share(con, info, snapshot_id) if before and tonight_rows else None
-    shift = None
-    if info.kind == "explicit" and before and tonight_rows:
-        span = (info.rating_high - info.rating_low) or 1.0
-        shift = abs(tonight_mean - history_mean) / span
-    return {
-        "n_users": users,
-        "n_items": items,
-        "n_interactions": rows,
-        "new_interactions": tonight_rows,
-        "growth": (rows / before) if before else None,
-        "mean_rating_shift": shift,
-        "top_user_share": top_user,
-        "top_item_share": top_item,
-        "volume_ratio": volume_ratio,
-        "backdated_share": backdated,
-        "new_user_share": new_users,
-        "new_item_share": new_items,
-        "quarantine_fraction": (quarantined / read) if read else 0.0,
-        "reject_fraction": (rejected / readable) if readable else 0.0,
-        "worst_file_reject_fraction": float(worst_file),
-        "unreadable_files": errors,
-    }
-
-
-def _backdated_share(
-    con: duckdb.DuckDBPyConnection, info: DatasetInfo, snapshot_id: int
-) -> float | None:
-    """The share of tonight's rows older than the newest event of the passed history (None
-    without timestamps): time going backwards."""
-    if not info.has_timestamps:
-        return None
-    return con.execute(
-        """SELECT avg((i.ts < h.newest)::INTEGER)
-           FROM interactions i,
-                (SELECT max(ts) AS newest FROM interactions WHERE dataset = ? AND snapshot_id IN
-                    (SELECT snapshot_id FROM snapshots WHERE dataset = ? AND status = 'passed')) h
-           WHERE i.snapshot_id = ? AND i.ts IS NOT NULL AND h.newest IS NOT NULL""",
-        [info.name, info.name, snapshot_id],
-    ).fetchone()[0]
-
-
-# One user's (item's) share of tonight is only checked among at least this many users (items).
-TOP_SHARE_MIN_DISTINCT = 100
-
-
-def _top_share(con: duckdb.DuckDBPyConnection, snapshot_id: int, column: str) -> float | None:
-    """The largest share of tonight's rows held by one user (or item), or None when tonight
-    has too few of them for a share to mean anything."""
-    distinct, top, total = con.execute(
-        f"""SELECT count(*), max(n), sum(n) FROM
-               (SELECT count(*) AS n FROM interactions WHERE snapshot_id = ? GROUP BY {column})""",
-        [snapshot_id],
-    ).fetchone()
-    if not distinct or distinct < TOP_SHARE_MIN_DISTINCT:
-        return None
-    return top / total
-
-
-# The volume and new-id checks compare tonight with this many of the latest passed snapshots,
-# and only once there are at least RECENT_MIN of them (the first nights set the baseline).
-RECENT, RECENT_MIN = 7, 3
-
-
-def _against_recent(
-    con: duckdb.DuckDBPyConnection, dataset: str, snapshot_id: int, tonight_rows: int
-) -> tuple[float | None, float | None, float | None]:
-    """Tonight's rows / the recent snapshots' median, and the shares of tonight's rows whose
-    user, or item, looks remapped: new tonight while the ids seen before went silent (see
-    `_remapped_share`); None while the dataset has too little history."""
-    recent = con.execute(
-        "SELECT snapshot_id, loaded FROM snapshots WHERE dataset = ? AND status = 'passed'"
-        " AND snapshot_id < ? ORDER BY snapshot_id DESC LIMIT ?",
-        [dataset, snapshot_id, RECENT],
-    ).fetchall()
-    if len(recent) < RECENT_MIN or not tonight_rows:
-        return None, None, None
-    median = float(np.median([loaded for _, loaded in recent]))
-    shares = [
-        _remapped_share(con, snapshot_id, column, table)
-        for column, table in (("user_idx", "user_ids"), ("item_idx", "item_ids"))
-    ]
-    return (tonight_rows / median if median else None), shares[0], shares[1]
-
-
-# An id remap upstream makes every id new at once: the ids seen before all go silent. A real wave
-# of sign-ups (MovieLens 100K's week of 1998-03-21: 91.7 % of its rows from new users) still
-# brings users seen before back. Tonight's new ids are judged a remap only when fewer than this
-# share of tonight's distinct ids (and fewer than RETURNING_MIN) were seen before.
-RETURNING_SHARE, RETURNING_MIN = 0.02, 3
-
-
-def _remapped_share(con: duckdb.DuckDBPyConnection, snapshot_id: int, column: str, table: str):
-    """The share of tonight's rows whose id is new tonight, when almost none of tonight's ids
-    were seen before; 0 when enough were (growth, not a remap)."""
-    new_share, returning, distinct = con.execute(
-        f"""SELECT avg((m.first_snapshot = i.snapshot_id)::INTEGER),
-                   count(DISTINCT i.{column}) FILTER (WHERE m.first_snapshot < i.snapshot_id),
-                   count(DISTINCT i.{column})
-            FROM interactions i
-            JOIN {table} m ON m.dataset = i.dataset AND m.idx = i.{column}
-            WHERE i.snapshot_id = ?""",
-        [snapshot_id],
-    ).fetchone()
-    came_back = returning >= max(RETURNING_MIN, RETURNING_SHARE * distinct)
-    return 0.0 if came_back else float(new_share or 0.0)
 
 
 def _table_rules(info: DatasetInfo, t: ValidationThresholds, profile: dict) -> list:
@@ -504,36 +217,6 @@ def _table_rules(info: DatasetInfo, t: ValidationThresholds, profile: dict) -> l
     return rules
 
 
-def _check_accounting(con: duckdb.DuckDBPyConnection, snapshot_id: int) -> list[dict]:
-    """Recount every file of the snapshot from the tables themselves; any gap is a bug."""
-    rows = con.execute(
-        """SELECT f.file_id, f.path, f.status, f.rows_read,
-                  (SELECT count(*) FROM interactions i WHERE i.file_id = f.file_id),
-                  f.duplicates,
-                  CASE WHEN f.status = 'error' THEN f.rejected ELSE
-                      (SELECT count(DISTINCT line) FROM rejects r WHERE r.file_id = f.file_id) END,
-                  (SELECT count(*) FROM quarantine q WHERE q.file_id = f.file_id)
-           FROM source_files f WHERE f.snapshot_id = ? ORDER BY f.file_id""",
-        [snapshot_id],
-    ).fetchall()
-    accounts = []
-    for file_id, path, status, read, loaded, dups, rejected, quarantined in rows:
-        account = {
-            "file_id": file_id,
-            "path": path,
-            "status": status,
-            "rows_read": read,
-            "loaded": loaded,
-            "duplicates": dups,
-            "rejected": rejected,
-            "quarantined": quarantined,
-        }
-        if read != loaded + dups + rejected + quarantined:
-            raise AccountingError(f"{path}: accounting broken: {account}")
-        accounts.append(account)
-    return accounts
-
-
 def validate_snapshot(
     con: duckdb.DuckDBPyConnection,
     snapshot_id: int,
@@ -604,95 +287,3 @@ def _row_outcomes(
         )
         for rule, count, sample in zip(rules, failures.counts, failures.samples, strict=True)
     ]
-
-
-def _report(con, info: DatasetInfo, snapshot_id: int, status: str, outcomes, profile, now) -> dict:
-    files = _check_accounting(con, snapshot_id)
-    totals = {
-        k: sum(f[k] for f in files)
-        for k in ("rows_read", "loaded", "duplicates", "rejected", "quarantined")
-    }
-    errors = con.execute(
-        "SELECT path, error FROM source_files WHERE snapshot_id = ? AND status = 'error'",
-        [snapshot_id],
-    ).fetchall()
-    return {
-        "snapshot_id": snapshot_id,
-        "dataset": info.name,
-        "kind": info.kind,
-        "status": status,
-        "validated_at": now.isoformat(timespec="seconds"),
-        "accounting": {"totals": totals, "files": files},
-        "file_errors": [{"path": p, "error": e} for p, e in errors],
-        "profile": {k: _jsonable(v) for k, v in profile.items()},
-        "expectations": [asdict(o) for o in outcomes],
-        "failed": [asdict(o) for o in outcomes if not o.success],
-    }
-
-
-def report_summary(report: dict) -> str:
-    """A few lines for a terminal: the verdict, the accounting and what failed."""
-    t = report["accounting"]["totals"]
-    verdict = "passed" if report["status"] == "passed" else "FAILED"
-    lines = [
-        f"snapshot {report['snapshot_id']} of {report['dataset']}: {verdict} "
-        f"({len(report['accounting']['files'])} file(s)); rows read {t['rows_read']:,} = loaded "
-        f"{t['loaded']:,} + duplicates {t['duplicates']:,} + rejected {t['rejected']:,} + "
-        f"quarantined {t['quarantined']:,}"
-    ]
-    for error in report["file_errors"]:
-        lines.append(f"  unreadable: {error['error']}")
-    for o in report["failed"]:
-        if o["level"] == "table" and o["observed"] is not None:  # one figure, not rows
-            observed = o["observed"]
-            shown = f"{observed:.4g}" if isinstance(observed, float) else str(observed)
-            lines.append(f"  failed [table] {o['description']}: observed {shown}")
-            continue
-        sample = ", ".join(map(str, o["sample"]))
-        lines.append(
-            f"  failed [{o['level']}] {o['description']}: {o['unexpected_count']:,} rows"
-            f" failing, e.g. {sample}"
-        )
-    if "report_path" in report:
-        lines.append(f"  report: {report['report_path']}")
-    return "\n".join(lines)
-
-
-def report_markdown(report: dict) -> str:
-    """The report as markdown: printed by the CLI and published as a Prefect artifact."""
-    t = report["accounting"]["totals"]
-    verdict = "PASSED" if report["status"] == "passed" else "FAILED"
-    lines = [
-        f"## Snapshot {report['snapshot_id']} of `{report['dataset']}` "
-        f"({report['kind']}): {verdict}",
-        "",
-        f"rows read {t['rows_read']:,} = loaded {t['loaded']:,} + duplicates {t['duplicates']:,}"
-        f" + rejected {t['rejected']:,} + quarantined {t['quarantined']:,}",
-        "",
-        "| file | read | loaded | duplicates | rejected | quarantined |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for f in report["accounting"]["files"]:
-        name = Path(f["path"]).name + (" (unreadable)" if f["status"] == "error" else "")
-        lines.append(
-            f"| {name} | {f['rows_read']:,} | {f['loaded']:,} | {f['duplicates']:,} |"
-            f" {f['rejected']:,} | {f['quarantined']:,} |"
-        )
-    for error in report["file_errors"]:
-        lines += ["", f"- unreadable: {error['error']}"]
-    lines += [
-        "",
-        "| expectation | level | column | result | failing | observed / sample |",
-        "|---|---|---|---|---:|---|",
-    ]
-    for o in report["expectations"]:
-        observed = o["observed"]
-        if isinstance(observed, float):
-            observed = f"{observed:.4g}"
-        shown = observed if observed is not None else ", ".join(map(str, o["sample"]))
-        mark = "ok" if o["success"] else "**FAILED**"
-        lines.append(
-            f"| {o['description']} | {o['level']} | {o['column'] or ''} | {mark} |"
-            f" {o['unexpected_count']:,} | {shown} |"
-        )
-    return "\n".join(lines)
