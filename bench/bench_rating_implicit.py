@@ -26,7 +26,7 @@ from bench.bench_train import TEST_RATIO, VAL_RATIO
 from bench.datasets import available, load_dataset
 from models_src.config import TrainConfig, tuned_defaults
 from models_src.data import split_interactions
-from models_src.learners import RatingLearner
+from models_src.rating_learner import RatingLearner
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATASETS = ("sample-ratings", "ml-100k-ratings", "ml-latest-small-ratings")

@@ -90,8 +90,9 @@ def blend_item_item(
     embeddings' own kept under `embeddings_only`) and the score function of the model as it will
     serve (users -> item scores; None for a rating model). `final` is unchanged when the config
     turns both off (or the catalogue is too large for the blend and the prior does not help)."""
+    from models_src.bpr_learner import BPRLearner
     from models_src.item_item import blend, choose_blend, fits, history_matrix, item_item_scores
-    from models_src.learners import BPRLearner, training_positives
+    from models_src.learner_base import training_positives
 
     if not isinstance(learner, BPRLearner):
         return final, None
@@ -219,7 +220,8 @@ def fit_baselines_run(
     from models_src.baselines import bias_on_val, fit_ranking_baselines
     from models_src.config import like_threshold
     from models_src.datasets import load_source
-    from models_src.learners import split_for_training, training_positives
+    from models_src.learner_base import training_positives
+    from models_src.learners import split_for_training
 
     train_config = TrainConfig.from_dict(config)
     source = load_source(data) if isinstance(data, str) else data

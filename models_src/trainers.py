@@ -18,7 +18,7 @@ import torch
 
 from models_src.checkpoint import load_checkpoint, save_checkpoint
 from models_src.config import TrainConfig
-from models_src.learners import Learner
+from models_src.learner_base import Learner
 from models_src.plots import plot_history
 
 Log = Callable[[str], None]

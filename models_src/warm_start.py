@@ -25,8 +25,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from models_src.bpr_learner import BPRLearner
 from models_src.checkpoint import load_checkpoint
-from models_src.learners import BPRLearner, Learner, RatingLearner
+from models_src.learner_base import Learner
+from models_src.rating_learner import RatingLearner
 
 # Constructor arguments that must match for the champion's weights to fit tonight's model.
 SHAPE_ARGS = {

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from models_src import learners as learners_module
+from models_src import bpr_learner as learners_module
 from models_src import train_improved
+from models_src.bpr_learner import BPRLearner
 from models_src.checkpoint import load_checkpoint
 from models_src.config import TrainConfig
 from models_src.data import (
@@ -28,8 +29,10 @@ from models_src.data import (
     time_cuts,
     time_split,
 )
-from models_src.learners import BPRLearner, Learner, RatingLearner, make_learner
+from models_src.learner_base import Learner
+from models_src.learners import make_learner
 from models_src.models import GATBPR
+from models_src.rating_learner import RatingLearner
 from models_src.trainers import AdvancedTrainer, improved
 
 

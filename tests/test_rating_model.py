@@ -10,7 +10,7 @@ import torch
 from models_src.baselines import bias_on_val, predict_ratings
 from models_src.config import TrainConfig
 from models_src.data import Interactions, split_interactions
-from models_src.learners import RatingLearner
+from models_src.rating_learner import RatingLearner
 from models_src.trainers import AdvancedTrainer
 
 

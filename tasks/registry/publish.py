@@ -24,7 +24,8 @@ from models_src.checkpoint import load_checkpoint, save_checkpoint
 from models_src.config import TrainConfig, like_threshold
 from models_src.data import Interactions, bipartite_edge_index
 from models_src.item_item import ease_weights
-from models_src.learners import split_for_training, training_positives
+from models_src.learner_base import training_positives
+from models_src.learners import split_for_training
 from models_src.models import GATBPR, RatingModel
 from models_src.onnx_export import (
     PairScorer,
