@@ -6,7 +6,7 @@ ENCORE := $(VENV)/bin/encore
 STAMP  := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv run server deploy deploy-docker deploy-kubernetes worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly bench-warm-start bench-allocator bench-retention bench-scale bench-gate bench-served bench-replay bench-ablation bench-tune bench-blend bench-gpu gpu-wheels clean-data
+.PHONY: venv run docs docs-serve server deploy deploy-docker deploy-kubernetes worker serve test test-fast lint train train-improved bench-ingest bench-train bench-score bench-nightly bench-warm-start bench-allocator bench-retention bench-scale bench-gate bench-served bench-replay bench-ablation bench-tune bench-blend bench-gpu gpu-wheels clean-data
 
 # The venv is rebuilt when pyproject.toml changes. torch goes first and pinned so that no other
 # package can pull a multi-GB CUDA build.
@@ -103,7 +103,16 @@ serve: venv
 TEST_WORKERS ?= 2
 test: venv
 	$(VENV)/bin/ruff check flows tasks models_src tests bench
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir $(VENV)/docs-site
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+## The docs site into site/ (dead links, missing pages and broken anchors fail the build).
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+## The docs site served with live reload while you edit (http://127.0.0.1:8000).
+docs-serve: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 test-fast: venv
 	$(PY) -m pytest -m "not slow and not integration and not e2e"

@@ -281,8 +281,8 @@ def comparison(ranking: list[dict]) -> list[str]:
 
 
 def readme_table(results: list[dict]) -> str:
-    """The README's quality table: per dataset, GAT-BPR's test metrics next to the best peer's
-    and MostPopular's, from bench/results/train.json."""
+    """The docs' quality table (docs/quality.md): per dataset, GAT-BPR's test metrics next to
+    the best peer's and MostPopular's, from bench/results/train.json."""
     ranking = [r for r in results if "error" not in r and "rmse" not in r.get("test", {})]
     lines = [
         "| dataset | Encore GAT-BPR Recall@10 / NDCG@10 | best peer (Recall@10) |"
@@ -303,7 +303,7 @@ def readme_table(results: list[dict]) -> str:
 
 
 def rewrite_readme(path: Path, results: list[dict]) -> None:
-    """Replace the README's quality table between its markers with the generated one."""
+    """Replace a page's quality table between its markers with the generated one."""
     from models_src.params import replace_marked_section
 
     path.write_text(replace_marked_section(path.read_text(), "quality", readme_table(results)))
@@ -391,7 +391,9 @@ def main() -> None:
     )
     parser.add_argument("--child", nargs=2, metavar=("DATASET", "MODEL"), help=argparse.SUPPRESS)
     parser.add_argument(
-        "--readme", type=Path, help="only rewrite this README's quality table from train.json"
+        "--readme",
+        type=Path,
+        help="only rewrite this page's quality table from train.json (docs/quality.md)",
     )
     args = parser.parse_args()
     if args.readme:

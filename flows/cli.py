@@ -19,7 +19,7 @@ from tasks.home import EncoreHome, configure_environment
 app = typer.Typer(help="Encore: nightly retraining of recommenders.", no_args_is_help=True)
 
 SAMPLE_SOURCES = """\
-# Datasets Encore ingests. One table per dataset; see README "Sources" for the keys.
+# Datasets Encore ingests. One table per dataset; see docs/sources.md for the keys.
 [datasets.sample-listens]
 format = "encore-listens"
 landing = "landing/sample-listens"
@@ -195,7 +195,7 @@ def nightly(
         typer.Option(
             "--set",
             help="Any run parameter, dotted (repeatable): --set gat_bpr.lr=0.01 --set "
-            "gate.min_gain=0.05 (README, Parameters).",
+            "gate.min_gain=0.05 (docs/reference/parameters.md).",
         ),
     ] = None,
 ) -> None:
@@ -235,7 +235,7 @@ def nightly(
     if "removed" in cleaned:
         typer.echo(
             f"cleaned: {len(cleaned['removed'])} folders the retention policy no longer keeps"
-            f" ({cleaned['bytes'] / 1e6:,.1f} MB; README, Operating it)"
+            f" ({cleaned['bytes'] / 1e6:,.1f} MB; docs/operating.md)"
         )
     typer.echo(f"run report: {night['report_path']}")
     if fail_on_warning and night.get("warnings"):

@@ -107,7 +107,7 @@ def gc(
     ] = 1,
     wait: Annotated[float, typer.Option(help=WAIT_HELP)] = 0.0,
 ) -> None:
-    """Remove model files and training folders no one can need (README, "Operating it")."""
+    """Remove model files and training folders no one can need (docs/operating.md)."""
     from tasks.registry.retention import RetentionPolicy, apply_removals, plan_removals
 
     home = EncoreHome.from_env().ensure()

@@ -83,7 +83,8 @@ class Interactions:
 
     @classmethod
     def from_parquet(cls, path: Path) -> Interactions:
-        """Read an export: columns user_idx, item_idx[, rating][, ts]; sizes in the metadata."""
+        """Read an export: columns user_idx and item_idx, then rating and ts when present; sizes in
+        the metadata."""
         table = pq.read_table(path)
         meta = json.loads((table.schema.metadata or {}).get(b"encore", b"{}"))
         user = table.column("user_idx").to_numpy()

@@ -3,7 +3,8 @@
 Everything else is derived from these classes: the nightly defaults (`models_src.config.
 tuned_defaults`), the Prefect run form (flows/params.py nests them), the `encore nightly --set`
 option, the tuning job's search space (the "tune" entry of a field's JSON schema) and the
-README's parameter table (`python -m models_src.params`, checked by tests/test_params.py).
+docs' parameter table (`python -m models_src.params --readme docs/reference/parameters.md`,
+checked by tests/test_params.py).
 """
 
 from __future__ import annotations
@@ -196,7 +197,7 @@ def _searched(spec: dict | None) -> str:
 
 
 def parameter_table() -> str:
-    """The README's parameter table: every model parameter, its default, what it does and the
+    """The docs' parameter table: every model parameter, its default, what it does and the
     tuning job's range."""
     lines = [
         "| parameter | default | what it does | tuned over |",
@@ -225,7 +226,7 @@ def replace_marked_section(text: str, name: str, body: str) -> str:
 
 
 def rewrite_readme(path: Path) -> None:
-    """Replace the README's parameter table between its markers with the generated one."""
+    """Replace a page's parameter table between its markers with the generated one."""
     path.write_text(replace_marked_section(path.read_text(), "parameters", parameter_table()))
 
 

@@ -1,4 +1,4 @@
-"""The night's stages as Prefect tasks, one package per stage (README "Layout"), over the
+"""The night's stages as Prefect tasks, one package per stage (README, Layout), over the
 shared DuckDB warehouse (`tasks/warehouse/`). Each stage package holds its Prefect tasks
 (`tasks.py`) beside the Prefect-free code they wrap."""
 

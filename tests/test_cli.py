@@ -96,7 +96,7 @@ def test_a_missing_sources_file_or_a_misspelt_dataset_is_one_line_before_anythin
     (line,) = missing.stderr.strip().splitlines()
     assert line == (
         f"{home / 'sources.toml'}: no sources file; run `encore generate-sample` or write one"
-        " (see README: 'Sources')"
+        " (see docs/sources.md)"
     )
     assert encore(home, "generate-sample", "--days", "1").returncode == 0
     typo = encore(home, "ingest", "--dataset", "sample-listen")

@@ -14,6 +14,8 @@ from flows.params import NightlyParams
 from models_src.config import TrainConfig, tuned_defaults
 from models_src.params import MODEL_PARAMS, SECTIONS, GatBprParams, parameter_table
 
+PARAMETERS_PAGE = "docs/reference/parameters.md"
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -46,11 +48,11 @@ def test_the_run_form_shows_each_parameter_with_its_default_and_description():
             assert form[name]["description"] == field.description, name
 
 
-def test_the_readme_parameter_table_is_the_generated_one():
-    readme = (ROOT / "README.md").read_text()
-    found = re.search(r"<!-- parameters:start -->\n(.*?)\n<!-- parameters:end -->", readme, re.S)
-    assert found, "README.md lacks the parameters table markers"
-    regenerate = "regenerate: python -m models_src.params --readme README.md"
+def test_the_docs_parameter_table_is_the_generated_one():
+    page = (ROOT / PARAMETERS_PAGE).read_text()
+    found = re.search(r"<!-- parameters:start -->\n(.*?)\n<!-- parameters:end -->", page, re.S)
+    assert found, f"{PARAMETERS_PAGE} lacks the parameters table markers"
+    regenerate = f"regenerate: python -m models_src.params --readme {PARAMETERS_PAGE}"
     assert found.group(1) == parameter_table(), regenerate
     for kind in MODEL_PARAMS:
         for name in MODEL_PARAMS[kind].model_fields:

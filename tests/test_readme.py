@@ -1,5 +1,7 @@
-"""The README's commands are the commands that exist: every `encore` and `make` invocation it shows
-names a real subcommand or target, and every option it passes is one that subcommand takes."""
+"""The README's and the docs site's commands are the commands that exist: every `encore` and
+`make` invocation they show names a real subcommand or target, and every option it passes is one
+that subcommand takes; the README stays a front page (150 lines at most); its layout table
+matches the tree."""
 
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ from flows.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+# The pages people read: the README and the docs site's markdown (not the generated reference).
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+TEXT = "\n".join(page.read_text() for page in PAGES)
 # `encore ...` as a user types it: in a shell block (.venv/bin/encore ...) or in backticks.
 ENCORE_CALL = re.compile(r"(?:\.venv/bin/)?\bencore ((?:[a-z-]+)(?: [^`\n|#]*)?)")
 
@@ -40,11 +45,16 @@ def options_of(command) -> set[str]:
     return names
 
 
-def test_the_readme_shows_encore_commands_at_all():
-    assert len(encore_calls(README)) >= 20
+def test_the_readme_and_the_docs_show_encore_commands_at_all():
+    assert len(encore_calls(README)) >= 5
+    assert len(encore_calls(TEXT)) >= 20
 
 
-@pytest.mark.parametrize("argv", encore_calls(README), ids=lambda argv: " ".join(argv)[:60])
+def test_the_readme_is_a_front_page_of_150_lines_at_most():
+    assert len(README.splitlines()) <= 150
+
+
+@pytest.mark.parametrize("argv", encore_calls(TEXT), ids=lambda argv: " ".join(argv)[:60])
 def test_every_encore_command_in_the_readme_exists_with_its_options(argv):
     group = typer.main.get_command(app)
     while argv and argv[0].startswith("--"):  # the group's own options (--home DIR)
@@ -54,7 +64,7 @@ def test_every_encore_command_in_the_readme_exists_with_its_options(argv):
         return
     subcommand = group.commands.get(argv[0])
     assert subcommand is not None, (
-        f"README shows `encore {argv[0]}`; commands: {list(group.commands)}"
+        f"README or docs show `encore {argv[0]}`; commands: {list(group.commands)}"
     )
     options = {word.split("=", 1)[0] for word in argv[1:] if word.startswith("--")}
     unknown = options - options_of(subcommand)
@@ -66,11 +76,11 @@ def test_every_make_target_in_the_readme_exists():
     targets = set(re.findall(r"(?m)^([a-z][a-z-]*):", makefile))
     shown = {
         word
-        for block in shell_blocks(README)
+        for block in shell_blocks(TEXT)
         for match in re.finditer(r"(?m)^\s*make ([a-z-]+)", block)
         for word in [match.group(1)]
     }
-    shown |= set(re.findall(r"`make ([a-z][a-z-]*)", README))
+    shown |= set(re.findall(r"`make ([a-z][a-z-]*)", TEXT))
     assert shown and shown <= targets, sorted(shown - targets)
 
 

@@ -27,7 +27,7 @@ from tasks.ingest.sources import (
 
 
 class DatasetTable(BaseModel):
-    """One `[datasets.NAME]` table of sources.toml (README, Sources). Format keys left out come
+    """One `[datasets.NAME]` table of sources.toml (docs/sources.md). Format keys left out come
     from the preset named by `format`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -81,7 +81,7 @@ def load_datasets(sources_file: Path) -> list[DatasetSpec]:
     if not sources_file.exists():
         raise SourceConfigError(
             f"{sources_file}: no sources file; run `encore generate-sample` or write one "
-            "(see README: 'Sources')"
+            "(see docs/sources.md)"
         )
     with sources_file.open("rb") as handle:
         try:

@@ -37,7 +37,7 @@ NIGHT_FOLDER = re.compile(r"\d{8}T\d{6}")
 
 
 class RetentionPolicy(BaseModel):
-    """How much history the data home keeps (README, "Operating it")."""
+    """How much history the data home keeps (docs/operating.md)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
