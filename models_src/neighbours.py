@@ -1,0 +1,128 @@
+"""Sparse item-item weights for any catalogue size: each item keeps its top-k neighbours.
+
+Issue 35: the blend's EASE^R weights are a dense items x items matrix (items² x 4 bytes: 1.2 GB
+at Last.fm's 17.6k artists, 39 GB at 99k items), so past 20k items the blend is off and GAT-BPR
+alone loses to ALS. Here every item keeps only its `k` strongest neighbours, as two items x k
+tables (indices and weights): memory O(items x k), built block by block of source items, so
+the dense block never exceeds `BLOCK_CELLS` cells whatever the catalogue.
+
+Two candidates, both measured on val before either is served (bench/bench_blend.py):
+
+- RP3beta (Paudel et al. 2016; among the strongest simple models in Dacrema et al. 2019):
+  the two-step random walk item -> user -> item, each transition probability raised to `alpha`,
+  the target divided by its popularity to the `beta`;
+- cosine ItemKNN with shrinkage: co-occurrence / (|i| |j| + shrink), |i| the root of i's count.
+
+A user's scores are their 0/1 history row times the sparse matrix: the items they took up vote
+for each item's neighbours. `NeighbourLists.to_csr` gives that matrix to scipy; the ONNX scorer
+will gather the same lists (indices + weights), never a dense matrix.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models_src.data import Interactions
+
+# Cells of one dense block of (source items x all items) similarities: 32M float32s, 128 MB.
+BLOCK_CELLS = 1 << 25
+
+
+@dataclass
+class NeighbourLists:
+    """Each item's top-k neighbours: `indices[i]` the neighbour items, `weights[i]` their weights
+    (0 where an item has fewer than k neighbours with a positive weight)."""
+
+    indices: Tensor  # (items, k) int64
+    weights: Tensor  # (items, k) float32
+
+    @property
+    def num_items(self) -> int:
+        return len(self.indices)
+
+    @property
+    def k(self) -> int:
+        return self.indices.shape[1]
+
+    def to_csr(self):
+        """The items x items scipy CSR matrix W (row i: item i's neighbours), zeros dropped."""
+        from scipy.sparse import csr_matrix
+
+        rows = np.repeat(np.arange(self.num_items), self.k)
+        values = self.weights.numpy().ravel()
+        keep = values != 0
+        return csr_matrix(
+            (values[keep], (rows[keep], self.indices.numpy().ravel()[keep])),
+            shape=(self.num_items, self.num_items),
+        )
+
+    def scores(self, history) -> Tensor:
+        """history (users x items scipy CSR, 0/1) times W: each user's item scores."""
+        return torch.from_numpy(np.asarray((history @ self.to_csr()).todense(), dtype=np.float32))
+
+
+def _history(positives: Interactions):
+    from models_src.item_item import history_matrix
+
+    return history_matrix(positives, positives.num_users, positives.num_items)
+
+
+def _top_k(
+    similarity_rows: Callable[[slice], np.ndarray], num_items: int, k: int
+) -> NeighbourLists:
+    """Top-k per row of an items x items similarity given block by block (`similarity_rows`
+    maps a slice of source items to their dense rows); the diagonal never counts."""
+    k = max(1, min(k, num_items - 1)) if num_items > 1 else 1
+    block = max(1, BLOCK_CELLS // max(1, num_items))
+    indices = torch.zeros(num_items, k, dtype=torch.long)
+    weights = torch.zeros(num_items, k, dtype=torch.float32)
+    for start in range(0, num_items, block):
+        rows = slice(start, min(num_items, start + block))
+        dense = torch.from_numpy(np.ascontiguousarray(similarity_rows(rows), dtype=np.float32))
+        own = torch.arange(rows.start, rows.stop)
+        dense[torch.arange(len(own)), own] = 0.0
+        top = torch.topk(dense, k, dim=1)
+        indices[rows], weights[rows] = top.indices, top.values.clamp(min=0.0)
+    return NeighbourLists(indices, weights)
+
+
+def rp3beta_neighbours(
+    positives: Interactions, alpha: float = 1.0, beta: float = 0.5, k: int = 200
+) -> NeighbourLists:
+    """RP3beta's top-k neighbour lists:
+    W[i, j] = sum over users u of P(u | i)^alpha P(j | u)^alpha, divided by pop_j^beta."""
+    from scipy.sparse import diags
+
+    history = _history(positives)
+    user_degree = np.asarray(history.sum(1)).ravel()
+    item_degree = np.asarray(history.sum(0)).ravel()
+    user_to_item = (diags(1.0 / np.maximum(user_degree, 1)) @ history).tocsr()
+    item_to_user = (diags(1.0 / np.maximum(item_degree, 1)) @ history.T).tocsr()
+    user_to_item.data **= alpha
+    item_to_user.data **= alpha
+    penalty = 1.0 / np.maximum(item_degree, 1.0) ** beta
+
+    def rows(block: slice) -> np.ndarray:
+        return (item_to_user[block] @ user_to_item).toarray() * penalty[np.newaxis, :]
+
+    return _top_k(rows, positives.num_items, k)
+
+
+def cosine_neighbours(
+    positives: Interactions, k: int = 200, shrink: float = 10.0
+) -> NeighbourLists:
+    """Cosine ItemKNN's top-k neighbour lists: co-occurrence / (|i| |j| + shrink)."""
+    history = _history(positives)
+    by_item = history.T.tocsr()
+    norms = np.sqrt(np.asarray(history.sum(0)).ravel())
+
+    def rows(block: slice) -> np.ndarray:
+        together = (by_item[block] @ history).toarray()
+        return together / (norms[block, np.newaxis] * norms[np.newaxis, :] + shrink)
+
+    return _top_k(rows, positives.num_items, k)
