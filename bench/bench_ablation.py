@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from bench import bench_train
+from bench.harness import RESULTS, run_child, save_results
 from models_src.config import tuned_defaults
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DATASETS = ["ml-100k-implicit", "lastfm"]
 REFERENCE = "implicit ALS"  # the strongest peer of bench-train on both datasets
 
@@ -122,14 +120,8 @@ def run_variant(dataset: str, variant: str, seed: int) -> dict[str, Any]:
 
 
 def in_child(dataset: str, variant: str, seed: int) -> dict[str, Any]:
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "2"}
-    command = [sys.executable, "-m", "bench.bench_ablation", "--child", dataset, variant]
-    done = subprocess.run(
-        [*command, "--seed", str(seed)], capture_output=True, text=True, env=env, check=False
-    )
-    if done.returncode != 0:
-        return {"dataset": dataset, "variant": variant, "error": done.stderr[-2000:]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    args = ["--child", dataset, variant, "--seed", str(seed)]
+    return run_child("bench.bench_ablation", args, {"dataset": dataset, "variant": variant})
 
 
 def markdown(rows: list[dict], references: list[dict]) -> str:
@@ -239,8 +231,7 @@ def main() -> None:
     ran = {r["dataset"] for r in references}
     references += [r for r in stored["references"] if r["dataset"] not in ran]
     results = {"rows": rows, "references": references}
-    (RESULTS / "ablation.json").write_text(json.dumps(results, indent=1, default=float))
-    (RESULTS / "ablation.md").write_text(markdown(rows, references))
+    save_results("ablation", results, markdown(rows, references))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.harness import RESULTS, save_results
+
 # Epochs per configuration: the nightly defaults train an epoch in about a second on the sample.
 EPOCHS = {"nightly defaults": 20, "attention (CLI defaults)": 2}
 SETTINGS = {
@@ -126,8 +127,7 @@ def main() -> None:
             rows[name] = json.loads(done.stdout.strip().splitlines()[-1])
             print(config_name, name, rows[name], flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "allocator.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / "allocator.md").write_text(markdown(results))
+    save_results("allocator", results, markdown(results))
     print(markdown(results))
 
 

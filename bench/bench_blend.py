@@ -13,14 +13,14 @@ only. Writes bench/results/blend.json and blend.md.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.harness import save_results
+
 DATASETS = ("ml-100k-implicit", "lastfm", "ml-latest-small-implicit")
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # weight of the filter; the filter alone is a row too
 # EASE^R's lambda as bench-train chose it on val (bench/results/train.json).
@@ -84,6 +84,85 @@ def _blend_rows(name: str, gnn, other, split, protocol) -> dict:
     return rows
 
 
+# Sparse neighbour lists (models_src/neighbours.py, issue 35): each setting is tried alone on
+# val, and the best of each kind is blended with GAT-BPR like EASE^R.
+SPARSE_SETTINGS = {
+    "RP3beta": [
+        {"alpha": alpha, "beta": beta, "k": k}
+        for alpha in (0.5, 1.0)
+        for beta in (0.3, 0.5)
+        for k in (50, 200)
+    ],
+    "ItemKNN": [{"k": k, "shrink": shrink} for k in (50, 200) for shrink in (10.0, 100.0)],
+}
+
+
+def sparse_rows(split, protocol, gnn) -> tuple[dict, dict]:
+    """Each sparse kind: its settings alone on val, then the best blended with GAT-BPR; also
+    what each best one cost to build. Returns (rows, {kind: setting and seconds})."""
+    import time
+
+    from bench.peers import ranking_eval
+    from models_src.item_item import history_matrix
+    from models_src.neighbours import cosine_neighbours, rp3beta_neighbours
+
+    train = split["train"]
+    history = history_matrix(train, train.num_users, train.num_items)
+    build = {"RP3beta": rp3beta_neighbours, "ItemKNN": cosine_neighbours}
+    rows, chosen = {}, {}
+    for kind, settings in SPARSE_SETTINGS.items():
+        best = None
+        for setting in settings:
+            started = time.perf_counter()
+            lists = build[kind](train, **setting)
+            seconds = time.perf_counter() - started
+            scores = lists.scores(history)
+            val = ranking_eval(lambda users, s=scores: s[users], split, protocol=protocol)
+            if best is None or val["val"]["recall@10"] > best[0]["val"]["recall@10"]:
+                best = (val, setting, scores, seconds)
+        metrics, setting, scores, seconds = best
+        label = f"{kind} ({', '.join(f'{k}={v:g}' for k, v in setting.items())})"
+        chosen[kind] = {"setting": setting, "build_seconds": seconds, "label": label}
+        rows |= _blend_rows(label, gnn, _standardised(scores), split, protocol)
+    return rows, chosen
+
+
+def large_catalogue_build(
+    items: int = 99_000, users: int = 7_400, interactions: int = 280_000, k: int = 200
+) -> dict:
+    """RP3beta's neighbour lists on a synthetic catalogue of issue 35's shape (about 7.4k users,
+    99k items, 280k interactions, Zipf popularity): build seconds and the process's peak RSS,
+    which a dense items x items matrix (items² x 4 bytes) would put at tens of GB."""
+    import resource
+    import time
+
+    from models_src.data import Interactions
+    from models_src.neighbours import rp3beta_neighbours
+
+    rng = np.random.default_rng(0)
+    popularity = 1.0 / np.arange(1, items + 1) ** 0.8
+    data = Interactions(
+        rng.integers(0, users, interactions),
+        rng.choice(items, interactions, p=popularity / popularity.sum()),
+        users,
+        items,
+    )
+    started = time.perf_counter()
+    lists = rp3beta_neighbours(data, alpha=1.0, beta=0.5, k=k)
+    seconds = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "items": items,
+        "users": users,
+        "interactions": interactions,
+        "k": k,
+        "build_seconds": seconds,
+        "lists_mb": (lists.indices.numel() * 8 + lists.weights.numel() * 4) / 1e6,
+        "dense_matrix_gb": items * items * 4 / 1e9,
+        "peak_rss_mb": peak_mb,
+    }
+
+
 def run(dataset: str) -> dict:
     from bench.datasets import load_dataset
     from bench.peers import ranking_eval
@@ -99,6 +178,8 @@ def run(dataset: str) -> dict:
     lam = EASE_LAMBDA.get(dataset, 200.0)
     rows |= _blend_rows("EASE^R", gnn, _standardised(ease_scores(split["train"], lam)), split,
                         protocol)  # fmt: skip
+    sparse, built = sparse_rows(split, protocol, gnn)
+    rows |= sparse
     chosen = max(
         (name for name in rows if not name.endswith(" alone")),
         key=lambda name: rows[name]["val"]["recall@10"],
@@ -108,12 +189,13 @@ def run(dataset: str) -> dict:
                       if m in ("recall@10", "ndcg@10")} for part in ("val", "test")}
         for name, metrics in rows.items()
     }  # fmt: skip
-    return {"dataset": dataset, "rows": table, "chosen": chosen}
+    return {"dataset": dataset, "rows": table, "chosen": chosen, "sparse": built}
 
 
 def markdown(results: list[dict]) -> str:
     lines = [
-        "# GAT-BPR blended with item-item scores: GF-CF's linear filter, and EASE^R",
+        "# GAT-BPR blended with item-item scores: GF-CF's linear filter, EASE^R, and sparse"
+        " neighbour lists (RP3beta, ItemKNN)",
         "",
         "Per-user standardised scores, GAT-BPR (nightly defaults) + w × item-item scores; the"
         " blend with the best **val** Recall@10 in bold. Test for reading against bench-train"
@@ -130,6 +212,12 @@ def markdown(results: list[dict]) -> str:
                 f" {parts['val']['ndcg@10']:.4f} | {parts['test']['recall@10']:.4f} |"
                 f" {parts['test']['ndcg@10']:.4f} |"
             )
+    lines += ["", "Sparse neighbour lists chosen alone on val, and what building them took:", ""]
+    for result in results:
+        for built in result.get("sparse", {}).values():
+            lines.append(
+                f"- {result['dataset']}: {built['label']}, built in {built['build_seconds']:.1f} s"
+            )
     return "\n".join(lines)
 
 
@@ -139,10 +227,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
     args = parser.parse_args()
+    large = large_catalogue_build()  # first: the peak RSS is then this build's
     results = [run(d) for d in args.datasets if available(d)]
-    (RESULTS / "blend.json").write_text(json.dumps(results, indent=2, default=float))
-    text = markdown(results)
-    (RESULTS / "blend.md").write_text(text + "\n")
+    text = markdown(results) + (
+        f"\n\nRP3beta's lists on a synthetic catalogue of {large['items']:,} items,"
+        f" {large['users']:,} users, {large['interactions']:,} interactions (k={large['k']}):"
+        f" built in {large['build_seconds']:.0f} s, {large['lists_mb']:.0f} MB of lists (a dense"
+        f" matrix: {large['dense_matrix_gb']:.0f} GB), peak RSS {large['peak_rss_mb']:,.0f} MB."
+    )
+    save_results("blend", {"datasets": results, "large_catalogue": large}, text)
     print(text)
 
 

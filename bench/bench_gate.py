@@ -23,14 +23,13 @@ Writes bench/results/gate.json and gate.md.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 from bench import user_data
+from bench.harness import RESULTS, save_results
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PRIMARY, SECONDARY = "recall@10", "ndcg@10"
 OLD_TOLERANCE = 0.005
 
@@ -213,10 +212,8 @@ def main() -> None:
         noise = [noise_scenario(name, args.nights, work) for name in names]
         better = [better_scenario(name, work) for name in names]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "gate.json").write_text(
-        json.dumps({"noise": noise, "better": better}, indent=2, default=float)
-    )
     text = markdown(noise, better)
+    save_results("gate", {"noise": noise, "better": better}, text)
     (RESULTS / "gate.md").write_text(text)
     print(text)
 

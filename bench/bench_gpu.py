@@ -33,7 +33,8 @@ from typing import Any
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.harness import RESULTS, save_results
+
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -270,8 +271,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def write(result: dict, stem: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2, default=float))
-    (RESULTS / f"{stem}.md").write_text(markdown(result) + "\n")
+    save_results(stem, result, markdown(result))
 
 
 if __name__ == "__main__":

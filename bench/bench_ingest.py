@@ -17,13 +17,12 @@ import argparse
 import json
 import platform
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.harness import RESULTS, run_child, save_results
+
 BARE_COLUMNS = (
     "{'user_id': 'VARCHAR', 'track_id': 'VARCHAR', 'artist_id': 'VARCHAR', "
     "'played_at': 'TIMESTAMP', 'ms_played': 'DOUBLE'}"
@@ -108,15 +107,7 @@ def run_validate(workdir: Path, snapshot_id: int, memory_limit: str) -> dict:
 
 def in_child(step: str, *args: str) -> dict:
     """Run one step in a fresh interpreter, so its peak RSS is not mixed with another's."""
-    completed = subprocess.run(
-        [sys.executable, "-m", "bench.bench_ingest", "--step", step, *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if completed.returncode != 0:
-        raise RuntimeError(f"step {step} failed:\n{completed.stderr}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])
+    return run_child("bench.bench_ingest", ["--step", step, *args], env={})
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -206,8 +197,7 @@ def main() -> None:
         },
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ingest.json").write_text(json.dumps(result, indent=2))
-    (RESULTS / "ingest.md").write_text(markdown(result) + "\n")
+    save_results("ingest", result, markdown(result))
     print(markdown(result))
 
 

@@ -30,7 +30,8 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.harness import RESULTS
+
 # Pairs of runs per workload: the sample night's Prefect share swings by more than its target
 # between pairs on this machine (nightly.md lists each pair), so it takes the median of five;
 # the ml-100k + Last.fm night's share is a few seconds in ten minutes, and one pair of it

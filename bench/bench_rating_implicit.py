@@ -14,9 +14,7 @@ Writes bench/results/rating_implicit.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,11 +22,11 @@ from torch import nn
 
 from bench.bench_train import TEST_RATIO, VAL_RATIO
 from bench.datasets import available, load_dataset
+from bench.harness import RESULTS, save_results
 from models_src.config import TrainConfig, tuned_defaults
 from models_src.data import split_interactions
 from models_src.rating_learner import RatingLearner
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DATASETS = ("sample-ratings", "ml-100k-ratings", "ml-latest-small-ratings")
 MAX_EPOCHS, PATIENCE = 40, 5
 
@@ -143,8 +141,7 @@ def main() -> None:
         for implicit in (False, True)
     ]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "rating_implicit.json").write_text(json.dumps(rows, indent=2))
-    (RESULTS / "rating_implicit.md").write_text(markdown(rows))
+    save_results("rating_implicit", rows, markdown(rows))
     print(markdown(rows))
 
 

@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 from bench.datasets import SHARED_DATA
+from bench.harness import RESULTS
 
-RESULTS = Path(__file__).resolve().parent / "results"
 ENCORE = Path(sys.executable).parent / "encore"
 ENCORE_NAME = "Encore (served)"
 FROZEN = "frozen (night 0's model)"

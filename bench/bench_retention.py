@@ -29,7 +29,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.harness import RESULTS, save_results
+
 ENCORE = Path(sys.executable).with_name("encore")
 # Folders that hold the user's data (they grow with it); the rest is what Encore keeps.
 DATA_FOLDERS = ("landing", "warehouse.duckdb", "exports")
@@ -169,10 +170,9 @@ def main() -> None:
     else:
         with tempfile.TemporaryDirectory(prefix="encore-retention-") as scratch:
             records = run(args.nights, args.epochs, Path(scratch))
-        (RESULTS / "retention.json").write_text(
-            json.dumps({"epochs": args.epochs, "nights": records}, indent=2)
-        )
-    (RESULTS / "retention.md").write_text(markdown(records, args.epochs))
+    save_results(
+        "retention", {"epochs": args.epochs, "nights": records}, markdown(records, args.epochs)
+    )
     print((RESULTS / "retention.md").read_text())
 
 

@@ -34,7 +34,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.harness import RESULTS, save_results
+
 DAYS = 10
 SIZES = (1_000_000, 3_000_000, 10_000_000)
 GROWTH_TARGET = 1.1
@@ -384,8 +385,7 @@ def main() -> None:
     text = growth_markdown(result) + "\n" + markdown(runs[-1])
     RESULTS.mkdir(exist_ok=True)
     name = "scale" if sizes == list(SIZES) else "scale_" + "_".join(map(str, sizes))
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
-    (RESULTS / f"{name}.md").write_text(text)
+    save_results(name, result, text)
     print(text)
 
 

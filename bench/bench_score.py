@@ -23,15 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.harness import RESULTS, run_child, save_results
+
 CATALOGS = {
     "generated 100k x 50k": (100_000, 50_000, 64),
     "ml-100k sizes": (943, 1_682, 32),
@@ -190,15 +189,8 @@ def _score_all(users: int, score) -> float:
 
 
 def in_child(*args: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.bench_score", *args],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    # Threads as the scorer chooses them: the engines are timed at their own settings.
+    return run_child("bench.bench_score", list(args), env={})
 
 
 def markdown(results: list[dict], limits: dict[str, float]) -> str:
@@ -288,12 +280,8 @@ def main() -> None:
             for engine in ENGINES:
                 print(f"{catalog}: {engine} ...", flush=True)
                 results.append(in_child("--engine", engine, "--catalog", catalog))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "score.json").write_text(
-        json.dumps({"results": results, "gemm_flops": limits, "export": exports}, indent=2)
-    )
     text = markdown(results, limits) + "\n\n" + export_markdown(exports)
-    (RESULTS / "score.md").write_text(text + "\n")
+    save_results("score", {"results": results, "gemm_flops": limits, "export": exports}, text)
     print(text)
 
 

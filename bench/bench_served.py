@@ -24,7 +24,6 @@ Writes bench/results/served.json and served.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -35,8 +34,8 @@ import numpy as np
 import pandas as pd
 
 from bench import user_data
+from bench.harness import RESULTS, save_results
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SEED = 2026
 K = 10
 
@@ -274,9 +273,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="encore-bench-served-") as tmp:
         results = [run(name, Path(tmp)) for name in names]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "served.json").write_text(json.dumps(results, indent=2, default=float))
     text = markdown(results)
-    (RESULTS / "served.md").write_text(text)
+    save_results("served", results, text)
     print(text)
 
 

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.harness import RESULTS, run_child, save_results
+
 VAL_RATIO = TEST_RATIO = 0.1  # 80/10/10, as the peers were measured in DESIGN.md
 RANKING_DATASETS = {
     "ml-100k-implicit": "sample-implicit",
@@ -162,13 +161,10 @@ def device_memory(device: str) -> dict[str, Any]:
 def in_child(
     dataset: str, model: str, seed: int, device: str = "cpu", precision: str = "fp32"
 ) -> dict[str, Any]:
-    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "2"}
-    command = [sys.executable, "-m", "bench.bench_train", "--child", dataset, model]
-    command += ["--seed", str(seed), "--device", device, "--precision", precision]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    if done.returncode != 0:
-        return {"model": model, "dataset": dataset, "error": done.stderr[-2000:]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    args = ["--child", dataset, model, "--seed", str(seed), "--device", device]
+    return run_child(
+        "bench.bench_train", [*args, "--precision", precision], {"model": model, "dataset": dataset}
+    )
 
 
 def plan(datasets: list[str] | None, models: list[str] | None) -> list[tuple[str, str]]:
@@ -438,8 +434,7 @@ def in_plan_order(rows: list[dict]) -> list[dict]:
 
 def write(results: list[dict], stem: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=2, default=float))
-    (RESULTS / f"{stem}.md").write_text(markdown(results) + "\n")
+    save_results(stem, results, markdown(results))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.harness import RESULTS
+
 DATASETS = ("ml-100k-implicit", "lastfm", "ml-latest-small-implicit", "lastfm-sparse")
 RUN = {"epochs": 100, "patience": 5, "val_ratio": 0.1, "test_ratio": 0.1, "seed": 0}
 

@@ -23,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.harness import RESULTS
+
 MODELS = {"listens": "gat-bpr", "ratings": "rating"}
 METRICS = ("recall@10", "ndcg@10", "rmse")
 

@@ -9,12 +9,13 @@ import math
 import numpy as np
 import pytest
 
-from bench import bench_gpu, bench_train, peers
+from bench import bench_gpu, bench_train, harness, peers
 from models_src.data import Interactions, split_interactions
 
 
 def test_bench_gpu_runs_end_to_end_and_writes_its_table(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_gpu, "RESULTS", tmp_path)
+    monkeypatch.setattr(harness, "RESULTS", tmp_path)  # where save_results writes
     argv = ["--device", "cpu", "--listens", "3000", "--users", "300", "--items", "400"]
     argv += ["--groups", "10", "--epochs", "2", "--output", "smoke"]
     assert bench_gpu.main(argv) == 0
@@ -56,6 +57,7 @@ def test_a_failed_precision_is_recorded_and_the_table_still_written():
 
 def test_bench_train_names_its_device_and_writes_under_out(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_train, "RESULTS", tmp_path)
+    monkeypatch.setattr(harness, "RESULTS", tmp_path)  # where save_results writes
     argv = ["bench_train", "--out", "train_cuda", "--models", "none", "--device", "cuda"]
     monkeypatch.setattr("sys.argv", argv)
     bench_train.main()  # no model matches: nothing trains, the files are still written
