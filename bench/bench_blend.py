@@ -94,21 +94,27 @@ SPARSE_SETTINGS = {
         for k in (50, 200)
     ],
     "ItemKNN": [{"k": k, "shrink": shrink} for k in (50, 200) for shrink in (10.0, 100.0)],
+    # EASE^R pruned to the top k per item, at the dataset's dense lambda (set in `run`).
+    "EASE^R top-k": [{"k": k} for k in (50, 200, 500)],
 }
 
 
-def sparse_rows(split, protocol, gnn) -> tuple[dict, dict]:
+def sparse_rows(split, protocol, gnn, lam: float) -> tuple[dict, dict]:
     """Each sparse kind: its settings alone on val, then the best blended with GAT-BPR; also
     what each best one cost to build. Returns (rows, {kind: setting and seconds})."""
     import time
 
     from bench.peers import ranking_eval
     from models_src.item_item import history_matrix
-    from models_src.neighbours import cosine_neighbours, rp3beta_neighbours
+    from models_src.neighbours import cosine_neighbours, ease_neighbours, rp3beta_neighbours
 
     train = split["train"]
     history = history_matrix(train, train.num_users, train.num_items)
-    build = {"RP3beta": rp3beta_neighbours, "ItemKNN": cosine_neighbours}
+    build = {
+        "RP3beta": rp3beta_neighbours,
+        "ItemKNN": cosine_neighbours,
+        "EASE^R top-k": lambda train, **setting: ease_neighbours(train, lam=lam, **setting),
+    }
     rows, chosen = {}, {}
     for kind, settings in SPARSE_SETTINGS.items():
         best = None
@@ -137,7 +143,7 @@ def large_catalogue_build(
     import time
 
     from models_src.data import Interactions
-    from models_src.neighbours import rp3beta_neighbours
+    from models_src.neighbours import ease_neighbours, rp3beta_neighbours
 
     rng = np.random.default_rng(0)
     popularity = 1.0 / np.arange(1, items + 1) ** 0.8
@@ -151,7 +157,13 @@ def large_catalogue_build(
     lists = rp3beta_neighbours(data, alpha=1.0, beta=0.5, k=k)
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    started = time.perf_counter()
+    ease_neighbours(data, lam=200.0, k=k)
+    ease_seconds = time.perf_counter() - started
+    ease_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
+        "ease_build_seconds": ease_seconds,
+        "ease_peak_rss_mb": ease_peak_mb,
         "items": items,
         "users": users,
         "interactions": interactions,
@@ -178,7 +190,7 @@ def run(dataset: str) -> dict:
     lam = EASE_LAMBDA.get(dataset, 200.0)
     rows |= _blend_rows("EASE^R", gnn, _standardised(ease_scores(split["train"], lam)), split,
                         protocol)  # fmt: skip
-    sparse, built = sparse_rows(split, protocol, gnn)
+    sparse, built = sparse_rows(split, protocol, gnn, lam)
     rows |= sparse
     chosen = max(
         (name for name in rows if not name.endswith(" alone")),
@@ -233,7 +245,9 @@ def main() -> None:
         f"\n\nRP3beta's lists on a synthetic catalogue of {large['items']:,} items,"
         f" {large['users']:,} users, {large['interactions']:,} interactions (k={large['k']}):"
         f" built in {large['build_seconds']:.0f} s, {large['lists_mb']:.0f} MB of lists (a dense"
-        f" matrix: {large['dense_matrix_gb']:.0f} GB), peak RSS {large['peak_rss_mb']:,.0f} MB."
+        f" matrix: {large['dense_matrix_gb']:.0f} GB), peak RSS {large['peak_rss_mb']:,.0f} MB;"
+        f" EASE^R's top-k lists through its users x users form in"
+        f" {large['ease_build_seconds']:.0f} s, peak RSS {large['ease_peak_rss_mb']:,.0f} MB."
     )
     save_results("blend", {"datasets": results, "large_catalogue": large}, text)
     print(text)

@@ -4,11 +4,12 @@ computation they replace, O(items x k) in memory, and scoring a history as the m
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from models_src import neighbours
 from models_src.data import Interactions
-from models_src.neighbours import cosine_neighbours, rp3beta_neighbours
+from models_src.neighbours import cosine_neighbours, ease_neighbours, rp3beta_neighbours
 
 
 def _clicks(n_users: int = 80, n_items: int = 60, per_user: int = 8, seed: int = 0):
@@ -56,3 +57,21 @@ def test_a_history_scores_as_its_row_times_the_pruned_matrix():
     history = history_matrix(data, data.num_users, data.num_items)
     expected = history.toarray() @ matrix
     torch.testing.assert_close(lists.scores(history), torch.from_numpy(expected).float())
+
+
+def _dense_ease(data: Interactions, lam: float) -> np.ndarray:
+    from models_src.item_item import ease_weights
+
+    return ease_weights(data, lam).double().numpy()
+
+
+@pytest.mark.parametrize("n_users, n_items", [(40, 90), (120, 50)], ids=["woodbury", "gram"])
+def test_ease_lists_are_the_dense_weights_top_k_in_either_form(monkeypatch, n_users, n_items):
+    """Fewer users than items: the users x users (Woodbury) form; else the items x items one."""
+    data = _clicks(n_users=n_users, n_items=n_items, per_user=10, seed=3)
+    monkeypatch.setattr(neighbours, "BLOCK_CELLS", 11 * max(n_users, n_items))  # several blocks
+    lists = ease_neighbours(data, lam=20.0, k=6)
+    dense = _dense_ease(data, 20.0)
+    for item in range(n_items):
+        expected = np.clip(np.sort(dense[item])[::-1][:6], 0, None)
+        np.testing.assert_allclose(lists.weights[item].numpy(), expected, rtol=2e-3, atol=2e-5)
