@@ -65,7 +65,8 @@ def _problem(error: dict) -> str:
     return f"{key}: {error['msg']} (got {error['input']!r})"
 
 
-def parse_table(name: str, table: dict, where: str) -> DatasetTable:
+def parse_table(table: dict, where: str) -> DatasetTable:
+    """One dataset table, validated; every problem in one line that starts with `where`."""
     try:
         return DatasetTable.model_validate(table)
     except ValidationError as err:
@@ -103,7 +104,7 @@ def _dataset(sources_file: Path, name: str, table: object) -> DatasetSpec:
     where = f"{sources_file} [datasets.{name}]"
     if not isinstance(table, dict):
         raise SourceConfigError(f"{where}: expected a table of keys, got {table!r}")
-    parsed = parse_table(name, table, where)
+    parsed = parse_table(table, where)
     names_path = None
     if parsed.item_names:
         names_path = Path(parsed.item_names)
