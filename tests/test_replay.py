@@ -97,14 +97,17 @@ def test_paired_difference_and_its_standard_error():
 
 @pytest.mark.slow
 @pytest.mark.integration
-def test_a_replay_runs_the_nightly_per_period_judges_the_next_one_and_resumes(tmp_path):
+def test_a_replay_runs_the_nightly_per_period_judges_the_next_one_and_resumes(
+    tmp_path, prefect_api
+):
     source = tmp_path / "source"
     assert encore(source, "generate-sample", "--days", "12").returncode == 0
     sources = source / "sources.toml"
     home = tmp_path / "replay-home"
     quick = ("--set", "gat_bpr.epochs=2", "--set", "rating.epochs=2")
     args = ("replay", "sample-listens", "--sources", str(sources), "--period", "day")
-    first = encore(home, *args, "--start", "0.75", "--nights", "2", *quick)
+    # The session's Prefect server, as under a deployment: no temporary server per command.
+    first = encore(home, *args, "--start", "0.75", "--nights", "2", *quick, api=prefect_api)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "sample-listens: 2 nights" in first.stdout
     assert "every active user had a list: True" in first.stdout
@@ -124,7 +127,7 @@ def test_a_replay_runs_the_nightly_per_period_judges_the_next_one_and_resumes(tm
     for name in ("recall", "wall"):
         assert (folder / f"replay_sample-listens_{name}.png").stat().st_size > 1000
     # Resumed with one more night: the two judged nights are kept, only the third runs.
-    again = encore(home, *args, "--start", "0.75", "--nights", "3", *quick)
+    again = encore(home, *args, "--start", "0.75", "--nights", "3", *quick, api=prefect_api)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "sample-listens: 3 nights" in again.stdout
     assert len(list((home / "reports").glob("nightly-*.md"))) == 3
