@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from bench.datasets import SHARED_DATA
-from bench.harness import RESULTS
+from bench.harness import RESULTS, save_results
 
 ENCORE = Path(sys.executable).parent / "encore"
 ENCORE_NAME = "Encore (served)"
@@ -203,6 +203,15 @@ def markdown(summaries: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def ceiling(datasets: list[str]) -> None:
+    from bench.replay_ceiling import markdown as ceiling_markdown
+    from bench.replay_ceiling import replay_ceiling
+
+    results = [replay_ceiling(d, *REPLAYS[d][1:]) for d in datasets]
+    save_results("replay_ceiling", results, ceiling_markdown(results))
+    print(ceiling_markdown(results))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", action="append", choices=sorted(REPLAYS))
@@ -213,9 +222,18 @@ def main() -> None:
     parser.add_argument(
         "--work", type=Path, help="Folder of the replays' homes (kept on failure: resumable)."
     )
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="Only the ceiling study: the best any recency + EASE^R list reaches on the replay's"
+        " periods, settings chosen on them (bench/replay_ceiling.py).",
+    )
     args = parser.parse_args()
     if not SHARED_DATA.exists():
         sys.exit(f"{SHARED_DATA} is missing: the replay bench needs the shared datasets")
+    if args.ceiling:
+        ceiling(args.dataset or list(REPLAYS))
+        return
     work = args.work or Path(tempfile.mkdtemp(prefix="encore-replay-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
