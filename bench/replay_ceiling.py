@@ -36,7 +36,10 @@ from models_src.replay import PEER_WINDOWS, NextPeriod, most_popular_peer, perio
 Scorer = Callable[[np.ndarray], np.ndarray]
 # dataset of bench.datasets -> the replay it mirrors and EASE^R's lambda (bench_replay's choice
 # on the holdout before the start: results/replay_<dataset>.json).
-CEILING_REPLAYS = {"ml-100k": ("ml-100k-implicit", 2000.0), "ml-latest-small": ("ml-latest-small-implicit", 200.0)}  # fmt: skip
+CEILING_REPLAYS = {
+    "ml-100k": ("ml-100k-implicit", 2000.0),
+    "ml-latest-small": ("ml-latest-small-implicit", 200.0),
+}
 HALF_LIVES = (7.0, 28.0)
 PRIOR_WEIGHTS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 CANDIDATES = (15, 20, 30, 50)
@@ -48,7 +51,9 @@ def _standardised(rows: np.ndarray) -> np.ndarray:
     return centred / np.maximum(centred.std(axis=-1, keepdims=True), 1e-12)
 
 
-def anchored_popularity(history: Interactions, half_life_days: float) -> tuple[np.ndarray, np.ndarray]:
+def anchored_popularity(
+    history: Interactions, half_life_days: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Per user a row index into a (days, items) table of log1p popularity decayed both ways
     from that day: each user's row is the day of their last event (tonight for users without)."""
     last = np.full(history.num_users, -1, dtype=np.int64)
@@ -80,8 +85,8 @@ def contenders(history: Interactions, lam: float) -> dict[str, Scorer]:
         order = np.argsort(-prior, kind="stable")
         for weight in PRIOR_WEIGHTS:
             setting = f"half-life {half_life:g} days, weight {weight:g}"
-            found[f"EASE^R + recency prior | {setting}"] = (
-                lambda u, w=weight, p=prior: ease(u) + w * spread * p
+            found[f"EASE^R + recency prior | {setting}"] = lambda u, w=weight, p=prior: (
+                ease(u) + w * spread * p
             )
             found[f"EASE^R + prior at the user's last event | {setting}"] = (
                 lambda u, w=weight, t=table, r=row_of_user: ease(u) + w * spread * t[r[u]]
@@ -114,7 +119,9 @@ def replay_ceiling(dataset: str, start: float, period: str) -> dict:
     per_contender: dict[str, dict[str, list[np.ndarray]]] = {}
     for night in range(len(cuts) - 1):
         history = data.subset(data.ts < cuts[night])
-        judged = NextPeriod.build(history, data.subset((data.ts >= cuts[night]) & (data.ts < cuts[night + 1])))  # fmt: skip
+        judged = NextPeriod.build(
+            history, data.subset((data.ts >= cuts[night]) & (data.ts < cuts[night + 1]))
+        )
         cold_list = most_popular_peer(history, COLD_WINDOW_DAYS)
         for label, scorer in contenders(history, lam).items():
             scores = judged.score(top_k_lists(_served(scorer, history, cold_list), judged))
@@ -149,11 +156,17 @@ def markdown(results: list[dict]) -> str:
     for result in results:
         best = best_per_family(result)
         reference = best["recent MostPopular"][1]
-        lines += ["", f"## {result['dataset']}: {result['nights']} nights, one {result['period']} each", ""]  # fmt: skip
+        lines += [
+            "",
+            f"## {result['dataset']}: {result['nights']} nights, one {result['period']} each",
+            "",
+        ]
         lines += ["| family | best setting | Recall@10 | NDCG@10 | x recent MostPopular (R / N) |"]
         lines += ["|---|---|---:|---:|---:|"]
         for family, (setting, figures) in sorted(best.items(), key=lambda f: -f[1][1]["recall@10"]):
-            ratio = " / ".join(f"{figures[m] / reference[m]:.2f}x" for m in ("recall@10", "ndcg@10"))
+            ratio = " / ".join(
+                f"{figures[m] / reference[m]:.2f}x" for m in ("recall@10", "ndcg@10")
+            )
             lines.append(
                 f"| {family} | {setting} | {figures['recall@10']:.4f} | {figures['ndcg@10']:.4f}"
                 f" | {ratio} |"
