@@ -434,6 +434,15 @@ def chromium_dom(url: str, scratch: Path, screenshot: Path | None = None) -> str
     return done.stdout
 
 
+def keep_screenshot(rendered: Path, name: str) -> None:
+    """With ENCORE_SCREENSHOTS=<folder> (docs/images when refreshing the docs' pictures), the
+    test's screenshot is copied there: the docs show the UI this test checked."""
+    folder = os.environ.get("ENCORE_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(rendered, Path(folder) / name)
+
+
 @pytest.mark.e2e
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (.ci/run installs it)")
 def test_the_prefect_ui_shows_the_completed_run_and_its_report(deployed, tmp_path):
@@ -443,6 +452,7 @@ def test_the_prefect_ui_shows_the_completed_run_and_its_report(deployed, tmp_pat
     assert ">Completed<" in run_page  # the state badge's text
     assert re.search(r"<title>Flow Run: nightly \d{4}-\d\d-\d\d", run_page)
     assert (tmp_path / "flow-run.png").stat().st_size > 10_000
+    keep_screenshot(tmp_path / "flow-run.png", "prefect-ui-night.png")
 
     (report,) = deployed.post(
         "/artifacts/filter",
@@ -484,6 +494,7 @@ def test_the_prefect_ui_shows_the_failed_stage_failed_where_it_happened(
     assert ">Failed<" in ingest_page
     assert re.search(r"<title>Flow Run: ingest all datasets", ingest_page)
     assert (tmp_path / "ingest.png").stat().st_size > 10_000  # the graph, with the red tasks
+    keep_screenshot(tmp_path / "ingest.png", "prefect-ui-failed-ingest.png")
     # The graph is a canvas: which tasks it draws red is read from the API it draws from.
     task_runs = deployed.post("/task_runs/filter", {"flow_runs": {"id": {"any_": [subflow["id"]]}}})
     states = {t["name"]: t["state"]["type"] for t in task_runs}
