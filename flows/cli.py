@@ -150,6 +150,37 @@ def _nothing_new_to_ingest(
     return True
 
 
+def _nothing_due_tonight(params, home: EncoreHome) -> bool:
+    """No landing file can be new, no snapshot waits for validation and no model is due (nor a
+    champion's lists missing): say what the night would say and return True, before Prefect and
+    torch are imported (20 s of a temporary server and a report that changes nothing)."""
+    from tasks.ingest.plan import quiet_datasets
+    from tasks.train.due import assess_all
+    from tasks.warehouse.schema import warehouse
+
+    if params.retrain_without_new_data:
+        return False
+    sources = str(Path(params.sources_file or home.sources_file).resolve())
+    idle = quiet_datasets(sources, str(home.warehouse), params.datasets, True)
+    if idle is None:
+        return False
+    with warehouse(home.warehouse) as con:
+        tables = {
+            name for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+        }
+        if not {"model_versions", "promotions", "datasets"} <= tables:
+            return False
+        plan = assess_all(con, list(idle), params.models, False, home.root / "exports")
+    if any(item["status"] != "skipped" for item in plan):
+        return False
+    typer.echo("nothing new tonight: no file to ingest, no model due (--retrain trains anyway)")
+    for name, why in idle.items():
+        typer.echo(f"{name}: {why}")
+    for item in plan:
+        typer.echo(f"{item['model']} on {item['dataset']}: SKIPPED: {item['reason']}")
+    return True
+
+
 def _request_retries(paths: list[Path]) -> None:
     """`--retry FILE`: the next ingest reads these refused files again."""
     from tasks.ingest.snapshots import request_retry
@@ -212,6 +243,8 @@ def nightly(
     # Locked before the flow starts: a second `encore nightly` is refused here, in one line,
     # before it imports the models or starts a temporary Prefect server on the same database.
     with data_home_writer("nightly", wait):
+        if _nothing_due_tonight(params, home):
+            return
         from flows.nightly import NightlyRunFailed, nightly_retrain
 
         try:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
+if TYPE_CHECKING:  # torch is imported where used: the CLI reads configs without it
+    import torch
 
 ModelKind = Literal["gat-bpr", "rating"]
 Precision = Literal["fp32", "bf16"]
@@ -119,6 +120,8 @@ def unknown_keys_message(unknown: list[str], known: set[str]) -> str:
 
 def resolve_device(name: str) -> torch.device:
     """`auto` picks CUDA when present."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -131,6 +134,8 @@ def resolve_device(name: str) -> torch.device:
 def training_autocast(device: torch.device, precision: Precision) -> torch.autocast:
     """The autocast context of a training step: bf16 where asked, a no-op for fp32 (so the
     default arithmetic is exactly what it was before the option existed)."""
+    import torch
+
     return torch.autocast(
         device_type=device.type, dtype=torch.bfloat16, enabled=precision == "bf16"
     )

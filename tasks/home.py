@@ -53,6 +53,11 @@ class EncoreHome:
         return self
 
 
+def recommendations_file(exports_dir: Path, dataset: str) -> Path:
+    """The Parquet export of a dataset's ranked lists (what consumers read)."""
+    return exports_dir / f"recommendations_{dataset}_ranking.parquet"
+
+
 def configure_environment(home: EncoreHome | None = None) -> EncoreHome:
     """Point Prefect and library caches into the data home; call before importing prefect.
 

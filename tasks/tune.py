@@ -92,7 +92,7 @@ def tunable_datasets(
     """(dataset, model) pairs to tune: the asked datasets (default: all) that have a passed
     snapshot, with the asked models (default: the nightly's for the dataset's kind). An asked
     dataset the warehouse does not know is an error naming the known ones."""
-    from tasks.train.plan import DEFAULT_MODELS
+    from tasks.train.due import DEFAULT_MODELS
 
     with warehouse(Path(warehouse_path)) as con:
         kinds = dict(

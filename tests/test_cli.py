@@ -82,9 +82,22 @@ def test_nightly_runs_end_to_end_and_says_where_things_are(tmp_path, prefect_api
     # Everything stayed inside the data home, the temporary server's database included.
     assert list((home / "prefect").glob("*.db"))
     assert (home / "warehouse.duckdb").is_file()
-    quiet = encore(home, "nightly", "--epochs", "2", api=prefect_api)
-    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    # Nothing new: answered from the warehouse before Prefect or torch is imported (no API to
+    # report to, so a flow would start a temporary server and say so on stderr).
+    quiet = encore(home, "nightly", "--epochs", "2")
+    assert (quiet.returncode, quiet.stderr) == (0, "")
+    assert quiet.stdout.splitlines()[:3] == [
+        "nothing new tonight: no file to ingest, no model due (--retrain trains anyway)",
+        "sample-listens: no new files in the landing folder",
+        "sample-ratings: no new files in the landing folder",
+    ]
     assert quiet.stdout.count("SKIPPED: no new data") == 3
+    # A champion whose Parquet lists went missing is due for scoring: the flow runs.
+    (home / "exports" / "recommendations_sample-listens_ranking.parquet").unlink()
+    rescored = encore(home, "nightly", "--epochs", "2", api=prefect_api)
+    assert rescored.returncode == 0, rescored.stderr[-3000:]
+    assert "nothing new tonight" not in rescored.stdout
+    assert (home / "exports" / "recommendations_sample-listens_ranking.parquet").exists()
 
 
 def test_a_missing_sources_file_or_a_misspelt_dataset_is_one_line_before_anything_starts(

@@ -23,9 +23,10 @@ from models_src.replay import (
     as_interactions,
     top_k_lists,
 )
+from tasks.home import recommendations_file
 from tasks.replay.events import Events
 from tasks.score.cold_start import cold_start_file
-from tasks.score.scoring import open_session, recommendations_file
+from tasks.score.scoring import open_session
 from tasks.warehouse.schema import warehouse as open_warehouse
 
 

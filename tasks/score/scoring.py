@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from tasks.faults import crash_point
 from tasks.files import write_atomically
+from tasks.home import recommendations_file
 from tasks.registry.registry import RegistryError, champion, serving_version, verify_artifacts
 from tasks.score.cold_start import (
     COLD_START_SCHEMA,
@@ -59,10 +60,6 @@ CREATE TABLE IF NOT EXISTS recommendations (
 # models_src.baselines.BASELINE_FAMILIES, written again: importing it would load torch into
 # scoring workers, which run onnxruntime only.
 BASELINE_FAMILIES = ("most-popular", "recent-popular", "als")
-
-
-def recommendations_file(exports_dir: Path, dataset: str) -> Path:
-    return exports_dir / f"recommendations_{dataset}_ranking.parquet"
 
 
 def open_session(path: Path, threads: int | None = None) -> ort.InferenceSession:

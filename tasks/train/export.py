@@ -9,13 +9,7 @@ import numpy as np
 
 from models_src.data import Interactions
 from tasks.files import write_atomically
-
-
-def latest_passed_snapshot(con: duckdb.DuckDBPyConnection, dataset: str) -> int | None:
-    row = con.execute(
-        "SELECT max(snapshot_id) FROM snapshots WHERE dataset = ? AND status = 'passed'", [dataset]
-    ).fetchone()
-    return row[0]
+from tasks.train.due import latest_passed_snapshot
 
 
 def export_interactions(

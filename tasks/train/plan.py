@@ -1,120 +1,16 @@
-"""What is due tonight: which models to train on which snapshot, and why the others are not."""
+"""What is due tonight: which models to train on which snapshot, and why the others are not
+(the questions are in tasks/train/due.py; this task also heals what a killed night left)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
 from prefect import task
 
-from tasks.registry.registry import (
-    abandon_candidate,
-    champion,
-    ensure_registry,
-    serving_version,
-    slot_of,
-)
+from tasks.registry.registry import abandon_candidate, ensure_registry
 from tasks.retries import IO_RETRIES
-from tasks.train.export import latest_passed_snapshot
+from tasks.train.due import INTERRUPTED, assess_all
 from tasks.warehouse.schema import warehouse
-
-# Lists for every dataset (GAT-BPR, judged on liked items for ratings); predicted stars too for
-# explicit ones.
-DEFAULT_MODELS = {"implicit": ["gat-bpr"], "explicit": ["gat-bpr", "rating"]}
-
-
-def _due(con, dataset: str, model: str, retrain: bool, exports_dir: Path | None = None) -> dict:
-    """Is `model` on `dataset` due tonight? A work item, or a skip with its reason."""
-    item = {"dataset": dataset, "model": model}
-    snapshot = latest_passed_snapshot(con, dataset)
-    newest, status = con.execute(
-        "SELECT snapshot_id, status FROM snapshots WHERE dataset = ?"
-        " ORDER BY snapshot_id DESC LIMIT 1",
-        [dataset],
-    ).fetchone() or (None, None)
-    current = champion(con, slot_of(model), dataset)
-    serving = (
-        f"champion v{current['version']} ({current['kind']}) keeps serving"
-        if current
-        else "no champion yet"
-    )
-    if snapshot is None:
-        return {**item, "status": "skipped", "reason": f"no passed snapshot yet; {serving}"}
-    if newest != snapshot and status != "passed":
-        return {
-            **item,
-            "status": "skipped",
-            "snapshot_id": newest,
-            "reason": f"snapshot {newest} is {status} (see Data); {serving}",
-        }
-    # A version abandoned as interrupted does not count as trained (so a retried plan still
-    # trains its snapshot again).
-    trained = con.execute(
-        "SELECT version, status FROM model_versions WHERE kind = ? AND dataset = ?"
-        " AND snapshot_id = ? AND role = 'evaluated' AND version NOT IN"
-        " (SELECT challenger FROM promotions WHERE action = 'interrupted')"
-        " ORDER BY version DESC LIMIT 1",
-        [model, dataset, snapshot],
-    ).fetchone()
-    item["lists_missing"] = _lists_missing(con, current, exports_dir)
-    if trained and trained[1] == "candidate":  # published, then the night was killed
-        abandon_candidate(con, trained[0], INTERRUPTED)
-        healed = f"v{trained[0]} was {INTERRUPTED}"
-        return {**item, "status": "due", "snapshot_id": snapshot, "healed": healed}
-    if trained and not retrain:
-        reason = (
-            f"no new data: snapshot {snapshot} already trained v{trained[0]}"
-            f" ({trained[1]}); {serving}"
-        )
-        if item["lists_missing"]:  # a champion whose scoring was killed
-            return {**item, "status": "score", "snapshot_id": snapshot, "reason": reason}
-        return {**item, "status": "skipped", "snapshot_id": snapshot, "reason": reason}
-    return {**item, "status": "due", "snapshot_id": snapshot}
-
-
-INTERRUPTED = "published, but its night ended before the gate: its snapshot is trained again"
-
-
-def _lists_missing(con, current: dict | None, exports_dir: Path | None = None) -> bool:
-    """A ranking champion with none of its serving version's lists in `recommendations` (the
-    night that crowned it was killed before its lists were loaded), or, given `exports_dir`,
-    without them in its Parquet export."""
-    if current is None or current["slot"] != "ranking":
-        return False
-    serving = serving_version(con, current)
-    exists = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'recommendations'"
-    ).fetchone()[0]
-    if not exists:
-        return True
-    found = con.execute(
-        "SELECT count(*) FROM recommendations WHERE dataset = ? AND model_version = ?",
-        [current["dataset"], serving["version"]],
-    ).fetchone()[0]
-    if found == 0:
-        return True
-    return exports_dir is not None and not _export_holds(
-        con, exports_dir, current["dataset"], serving["version"], found
-    )
-
-
-def _export_holds(con, exports_dir: Path, dataset: str, version: int, rows: int) -> bool:
-    """The Parquet export holds the serving version's lists, as many rows as DuckDB: a night
-    killed between the lists' commit and the export's rename leaves the old file, or none, and
-    is then scored again (issue 37)."""
-    from tasks.score.scoring import recommendations_file
-
-    path = recommendations_file(exports_dir, dataset)
-    if not path.exists():
-        return False
-    try:
-        exported = con.execute(
-            "SELECT count(*) FILTER (WHERE model_version = ?), count(*) FROM read_parquet(?)",
-            [version, str(path)],
-        ).fetchone()
-    except duckdb.Error:
-        return False  # unreadable: written again
-    return exported == (rows, rows)
 
 
 @task(
@@ -130,16 +26,15 @@ def plan_training(
     exports_dir: str | None = None,
 ) -> list[dict]:
     """Per dataset and model: due (with the snapshot to train on) or skipped (with why); a
-    champion whose lists are missing from the warehouse or from `exports_dir` is scored."""
-    plan = []
+    champion whose lists are missing from the warehouse or from `exports_dir` is scored. A
+    version a killed night published but never gated is marked interrupted and trained again."""
+    exports = Path(exports_dir) if exports_dir else None
     with warehouse(Path(warehouse_path)) as con:
         ensure_registry(con)
-        kinds = dict(con.execute("SELECT name, kind FROM datasets").fetchall())
-        for dataset in datasets:
-            if dataset not in kinds:
-                continue  # never ingested: the ingest section of the report says why
-            chosen = models[dataset] if dataset in models else DEFAULT_MODELS[kinds[dataset]]
-            for model in chosen:
-                exports = Path(exports_dir) if exports_dir else None
-                plan.append(_due(con, dataset, model, retrain_without_new_data, exports))
+        plan = assess_all(con, datasets, models, retrain_without_new_data, exports)
+        for item in plan:
+            if "interrupted" in item:
+                version = item.pop("interrupted")
+                abandon_candidate(con, version, INTERRUPTED)
+                item["healed"] = f"v{version} was {INTERRUPTED}"
     return plan
