@@ -124,19 +124,23 @@ def in_child(dataset: str, variant: str, seed: int) -> dict[str, Any]:
     return run_child("bench.bench_ablation", args, {"dataset": dataset, "variant": variant})
 
 
+ABLATION_INTRO = """\
+# GAT-BPR ablation
+
+Each row: the nightly default as it stood before this ablation (GATConv attention, 4
+heads, dim 32, 1 layer, L2 1e-3, lr 0.05, 32768-pair batches, 8 negatives) with the
+named knobs changed; AdvancedTrainer with early stopping on val Recall@10 (patience 5,
+LR schedule); fixed 80/10/10 hash split as in bench-train; 2-core CPU, one process per
+row. Chosen on **val**; test shown only to read against bench-train. Δ val: relative to
+the dataset's `previous default` row. **bold**: the nightly default when the table was
+made (today's: bench/results/tune.md). Single runs:
+repeated runs of one row moved val Recall@10 by about 1 % (PyG's scatter sums are not
+order-deterministic on CPU threads), so differences under ~2 % are noise."""
+
+
 def markdown(rows: list[dict], references: list[dict]) -> str:
     lines = [
-        "# GAT-BPR ablation",
-        "",
-        "Each row: the nightly default as it stood before this ablation (GATConv attention, 4",
-        "heads, dim 32, 1 layer, L2 1e-3, lr 0.05, 32768-pair batches, 8 negatives) with the",
-        "named knobs changed; AdvancedTrainer with early stopping on val Recall@10 (patience 5,",
-        "LR schedule); fixed 80/10/10 hash split as in bench-train; 2-core CPU, one process per",
-        "row. Chosen on **val**; test shown only to read against bench-train. Δ val: relative to",
-        "the dataset's `previous default` row. **bold**: the nightly default when the table was",
-        "made (today's: bench/results/tune.md). Single runs:",
-        "repeated runs of one row moved val Recall@10 by about 1 % (PyG's scatter sums are not",
-        "order-deterministic on CPU threads), so differences under ~2 % are noise.",
+        *ABLATION_INTRO.splitlines(),
         "",
         "| dataset | variant | val R@10 | Δ val | val N@10 | test R@10 | test N@10 | s/epoch"
         " | time to best (s) | best epoch |",

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from bench import user_data
-from bench.harness import RESULTS, save_results
+from bench.harness import RESULTS, save_results, table_row
 
 PRIMARY, SECONDARY = "recall@10", "ndcg@10"
 OLD_TOLERANCE = 0.005
@@ -191,10 +191,17 @@ def markdown(noise: list[dict], better: list[dict]) -> str:
     for scenario in better:
         for r in scenario["nights"]:
             lines.append(
-                f"| {scenario['dataset']} | {r['night']} | {r['epochs']} | {r['serve']}"
-                f" ({r['family']}) | {r['rule']} | {_fmt((r['challenger'] or {}).get('val'))} |"
-                f" {_fmt((r['champion'] or {}).get('val'))} | {_check(r)} |"
-                f" {'yes' if r['changed'] else 'no'} |"
+                table_row(
+                    scenario["dataset"],
+                    r["night"],
+                    r["epochs"],
+                    f"{r['serve']} ({r['family']})",
+                    r["rule"],
+                    _fmt((r["challenger"] or {}).get("val")),
+                    _fmt((r["champion"] or {}).get("val")),
+                    _check(r),
+                    "yes" if r["changed"] else "no",
+                )
             )
     return "\n".join(lines) + "\n"
 

@@ -107,8 +107,8 @@ def direct_night(home, params) -> tuple[dict[str, float], list[dict]]:
     from tasks.registry.publish import publish_run
     from tasks.report.report import stage_clock
     from tasks.score.scoring import score_dataset
-    from tasks.train.export import export_interactions
     from tasks.train.due import DEFAULT_MODELS
+    from tasks.train.export import export_interactions
     from tasks.warehouse.schema import warehouse
 
     timings: dict[str, float] = {}

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.harness import RESULTS
+from bench.harness import RESULTS, table_row
 
 MODELS = {"listens": "gat-bpr", "ratings": "rating"}
 METRICS = ("recall@10", "ndcg@10", "rmse")
@@ -198,10 +198,15 @@ def markdown(rows: list[dict], totals: dict, settings: dict) -> str:
     ]
     for model, modes in totals.items():
         for mode, t in modes.items():
+            figures = (t["test_recall@10"], t["test_ndcg@10"], t.get("test_rmse", float("nan")))
             lines.append(
-                f"| {model} | {mode} | {t['seconds']:.1f} | {t['epochs']:.1f} |"
-                f" {t['test_recall@10']:.4f} | {t['test_ndcg@10']:.4f} |"
-                f" {t.get('test_rmse', float('nan')):.4f} |"
+                table_row(
+                    model,
+                    mode,
+                    f"{t['seconds']:.1f}",
+                    f"{t['epochs']:.1f}",
+                    *(f"{value:.4f}" for value in figures),
+                )
             )
     return "\n".join(lines) + "\n"
 

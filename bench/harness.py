@@ -50,3 +50,8 @@ def run_child(
             raise RuntimeError(f"{module} {' '.join(args)} failed:\n{done.stderr[-3000:]}")
         return {**on_failure, "error": done.stderr[-2000:]}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def table_row(*cells: object) -> str:
+    """One row of a markdown table: `| a | b | c |`."""
+    return "| " + " | ".join(str(cell) for cell in cells) + " |"
