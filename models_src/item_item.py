@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from models_src.data import Interactions, distinct_sorted
+from models_src.neighbours import NeighbourLists, ease_fits, neighbours_from_choice
 
 LAMBDAS = (50.0, 200.0, 800.0)  # EASE^R's L2 weight; brackets what bench-train chose on val
 WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # the item-item share; 0 = the embeddings alone
@@ -102,10 +103,23 @@ def blend(embedding_scores: Tensor, item_item_scores: Tensor, weight: float) -> 
     return standardised(embedding_scores) + weight * standardised(item_item_scores)
 
 
-def item_item_scores(history, users: Tensor, weights: Tensor) -> Tensor:
-    """history_u · B for a batch of users (`history`: scipy CSR, sparse times dense)."""
+def item_item_scores(history, users: Tensor, weights: Tensor | NeighbourLists) -> Tensor:
+    """history_u · B for a batch of users (`history`: scipy CSR; B dense, or the sparse
+    matrix of neighbour lists)."""
     rows = history[users.cpu().numpy()]
+    if isinstance(weights, NeighbourLists):
+        return weights.scores(rows)
     return torch.from_numpy(np.asarray(rows @ weights.numpy(), dtype=np.float32))
+
+
+def item_item_component(buffers: dict[str, Tensor]) -> Tensor | NeighbourLists | None:
+    """A scorer's item-item weights from its tables: EASE^R's dense `item_item`, the
+    `neighbour_items` / `neighbour_weights` lists, or None (no blend)."""
+    if buffers.get("item_item") is not None:
+        return buffers["item_item"]
+    if buffers.get("neighbour_items") is not None:
+        return NeighbourLists(buffers["neighbour_items"].long(), buffers["neighbour_weights"])
+    return None
 
 
 @dataclass
@@ -120,6 +134,10 @@ class BlendChoice:
     def to_dict(self) -> dict:
         return {"lambda": self.lam, "weight": self.weight, "val": self.val,
                 "seconds": self.seconds}  # fmt: skip
+
+    def recorded(self) -> dict:
+        """What the checkpoint keeps: enough for publish to rebuild the same weights."""
+        return {"lambda": self.lam, "weight": self.weight}
 
 
 def choose_blend(
@@ -152,3 +170,75 @@ def choose_blend(
         del b
     best.seconds = time.perf_counter() - started
     return best, best_weights
+
+
+# Past the dense cap (`fits`), the blend's candidates: neighbour lists, each chosen on val with
+# the same weights. EASE^R pruned to its top 500 came closest to the dense blend on val and
+# RP3beta is the cheapest to build (bench/results/blend.md); EASE^R only where its inverse fits.
+SPARSE_CANDIDATES: tuple[dict, ...] = (
+    *({"method": "ease", "params": {"lam": lam, "k": 500}} for lam in LAMBDAS),
+    {"method": "rp3beta", "params": {"alpha": 1.0, "beta": 0.5, "k": 200}},
+)
+
+
+@dataclass
+class SparseBlendChoice:
+    """The neighbour lists (method and parameters) and weight chosen on val."""
+
+    method: str | None
+    params: dict
+    weight: float
+    val: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "params": self.params, "weight": self.weight,
+                "val": self.val, "seconds": self.seconds}  # fmt: skip
+
+    def recorded(self) -> dict:
+        """What the checkpoint keeps: enough for publish to rebuild the same lists."""
+        return {"method": self.method, "params": self.params, "weight": self.weight}
+
+
+def candidate_label(candidate: dict) -> str:
+    params = ", ".join(f"{key}={value:g}" for key, value in candidate["params"].items())
+    return f"{candidate['method']} ({params})"
+
+
+def choose_sparse_blend(
+    embedding_scores: Callable[[Tensor], Tensor],
+    positives: Interactions,
+    history,
+    evaluate_val: Callable[[Callable[[Tensor], Tensor]], float],
+    candidates: tuple[dict, ...] = SPARSE_CANDIDATES,
+    weights: tuple[float, ...] = WEIGHTS,
+) -> tuple[SparseBlendChoice, NeighbourLists | None]:
+    """Every candidate's lists x every weight on val, as `choose_blend` does for the dense
+    EASE^R; returns the best and its lists (None when the embeddings alone won)."""
+    started = time.perf_counter()
+    alone = evaluate_val(embedding_scores)
+    best = SparseBlendChoice(None, {}, 0.0, {"embeddings alone": alone})
+    best_value, best_lists = alone, None
+    for candidate in candidates:
+        if candidate["method"] == "ease" and not ease_fits(*history.shape):
+            continue
+        lists = neighbours_from_choice(positives, candidate)
+        for weight in weights:
+            if weight == 0.0:
+                continue
+
+            def scores(users: Tensor, lists=lists, weight: float = weight) -> Tensor:
+                learned = item_item_scores(history, users, lists)
+                return blend(embedding_scores(users), learned, weight)
+
+            value = evaluate_val(scores)
+            best.val[f"{candidate_label(candidate)}, weight={weight:g}"] = value
+            if value > best_value:
+                best_value, best_lists = value, lists
+                best.method, best.params, best.weight = (
+                    candidate["method"],
+                    dict(candidate["params"]),
+                    weight,
+                )
+    best.seconds = time.perf_counter() - started
+    return best, best_lists

@@ -24,6 +24,7 @@ will gather the same lists (indices + weights), never a dense matrix.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,6 +54,11 @@ class NeighbourLists:
     def k(self) -> int:
         return self.indices.shape[1]
 
+    @functools.cached_property
+    def csr(self):
+        """`to_csr()`, built once: every batch of users is scored against it."""
+        return self.to_csr()
+
     def to_csr(self):
         """The items x items scipy CSR matrix W (row i: item i's neighbours), zeros dropped."""
         from scipy.sparse import csr_matrix
@@ -67,7 +73,20 @@ class NeighbourLists:
 
     def scores(self, history) -> Tensor:
         """history (users x items scipy CSR, 0/1) times W: each user's item scores."""
-        return torch.from_numpy(np.asarray((history @ self.to_csr()).todense(), dtype=np.float32))
+        return torch.from_numpy(np.asarray((history @ self.csr).todense(), dtype=np.float32))
+
+
+def gathered_scores(history: Tensor, indices: Tensor, weights: Tensor) -> Tensor:
+    """history (users x items, bool or 0/1) times the neighbour lists' W, by gathering: each
+    (user, seen item) pair adds the item's k neighbour weights into the user's row. What the
+    ONNX scorer does (NonZero, Gather, ScatterElements with add), in the same order; memory
+    O(pairs x k), never items x items."""
+    users, seen = history.nonzero(as_tuple=True)
+    num_items = history.shape[1]
+    targets = (users.unsqueeze(1) * num_items + indices[seen]).reshape(-1)
+    flat = torch.zeros(history.shape[0] * num_items, dtype=torch.float32)
+    flat.index_add_(0, targets, weights[seen].reshape(-1).float())
+    return flat.view(history.shape[0], num_items)
 
 
 def _history(positives: Interactions):
@@ -190,3 +209,22 @@ def _woodbury_rows(history, lam: float) -> tuple[Callable[[slice], np.ndarray], 
         quadratic = np.asarray(by_item[cols].multiply(left).sum(1)).ravel()
         diagonal[cols] = (1.0 - quadratic) / lam
     return rows, diagonal
+
+
+# How each method's lists are rebuilt from a recorded choice (publish, the serving refit).
+METHODS: dict[str, Callable[..., NeighbourLists]] = {
+    "rp3beta": rp3beta_neighbours,
+    "cosine": cosine_neighbours,
+    "ease": ease_neighbours,
+}
+
+
+def neighbours_from_choice(positives: Interactions, choice: dict) -> NeighbourLists:
+    """The lists a recorded blend choice names ({"method": ..., "params": {...}}), rebuilt on
+    `positives`: training records the choice, not the lists."""
+    return METHODS[choice["method"]](positives, **choice["params"])
+
+
+def ease_fits(num_users: int, num_items: int) -> bool:
+    """Whether `ease_neighbours` takes this catalogue (its inverse within MAX_INVERSE_CELLS)."""
+    return min(num_users, num_items) ** 2 <= MAX_INVERSE_CELLS

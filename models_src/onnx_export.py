@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from models_src.item_item import STD_FLOOR, blend
 from models_src.models import GATBPR, RatingModel
+from models_src.neighbours import NeighbourLists, gathered_scores
 
 
 class TopKScorer(nn.Module):
@@ -39,7 +40,9 @@ class TopKScorer(nn.Module):
 
     With `item_item` (EASE^R's items x items weights, models_src/item_item.py) the score is the
     blend standardised(that) + blend_weight · standardised(history_u · item_item), where the
-    user's history is the `exclude` row: the items they have already seen."""
+    user's history is the `exclude` row: the items they have already seen. With `neighbours`
+    (each item's top-k neighbour lists, models_src/neighbours.py, for catalogues past the dense
+    cap) history_u · W is gathered from the lists instead: no items x items table."""
 
     def __init__(
         self,
@@ -51,6 +54,7 @@ class TopKScorer(nn.Module):
         offset: float = 0.0,
         item_item: Tensor | None = None,
         blend_weight: float = 0.0,
+        neighbours: NeighbourLists | None = None,
     ) -> None:
         super().__init__()
         self.k = k
@@ -63,22 +67,34 @@ class TopKScorer(nn.Module):
         self.register_buffer("item_bias", item_bias.float().contiguous())
         self.register_buffer("offset", torch.tensor(float(offset)))
         # None buffers stay out of the state dict: a scorer without a blend has none.
-        blended = item_item is not None
+        dense, sparse = item_item is not None, neighbours is not None
         self.register_buffer(
-            "item_item", item_item.detach().float().contiguous() if blended else None
+            "item_item", item_item.detach().float().contiguous() if dense else None
         )
+        lists = (neighbours.indices.long(), neighbours.weights.float()) if sparse else (None, None)
+        self.register_buffer("neighbour_items", lists[0])
+        self.register_buffer("neighbour_weights", lists[1])
+        blended = dense or sparse
         self.register_buffer("blend_weight", torch.tensor(float(blend_weight)) if blended else None)
+
+    @property
+    def blended(self) -> bool:
+        return self.item_item is not None or self.neighbour_items is not None
 
     def scores(self, users: Tensor, history: Tensor | None = None) -> Tensor:
         """(users, items) scores; `history` (users x items 0/1) is needed by a blend."""
         dot = self.user_emb[users] @ self.item_emb.T
         scores = dot + self.user_bias[users].unsqueeze(1) + self.item_bias.unsqueeze(0)
         scores = scores + self.offset
-        if self.item_item is None:
+        if not self.blended:
             return scores
         if history is None:
             raise ValueError("a blended scorer needs the users' history")
-        return blend(scores, history.float() @ self.item_item, float(self.blend_weight))
+        if self.item_item is not None:
+            learned = history.float() @ self.item_item
+        else:
+            learned = gathered_scores(history, self.neighbour_items, self.neighbour_weights)
+        return blend(scores, learned, float(self.blend_weight))
 
     def forward(self, users: Tensor, exclude: Tensor) -> tuple[Tensor, Tensor]:
         scores = self.scores(users, exclude).masked_fill(exclude, float("-inf"))
@@ -93,10 +109,13 @@ def gat_bpr_scorer(
     k: int,
     item_item: Tensor | None = None,
     blend_weight: float = 0.0,
+    neighbours: NeighbourLists | None = None,
 ) -> TopKScorer:
     model.eval()
     users, items = model.split_embedding(model.get_embedding(edge_index))
-    return TopKScorer(users, items, k, item_item=item_item, blend_weight=blend_weight)
+    return TopKScorer(
+        users, items, k, item_item=item_item, blend_weight=blend_weight, neighbours=neighbours
+    )
 
 
 @torch.no_grad()
@@ -226,10 +245,11 @@ def export_scorer(scorer: TopKScorer, path: Path, metadata: dict[str, str]) -> P
         helper.make_node("Add", ["with_user_bias", "item_bias"], ["with_item_bias"]),
         helper.make_node("Add", ["with_item_bias", "offset"], ["embedding_scores"]),
     ]
-    if scorer.item_item is None:
+    if not scorer.blended:
         nodes.append(helper.make_node("Identity", ["embedding_scores"], ["scores_all"]))
     else:
-        nodes += _blend_nodes()
+        learned = _dense_item_item_nodes() if scorer.item_item is not None else _gather_nodes()
+        nodes += learned + _blend_nodes()
     nodes += [
         helper.make_node("Where", ["exclude", "minus_infinity", "scores_all"], ["masked"]),
         helper.make_node("TopK", ["masked", "k"], ["scores", "items"], axis=1),
@@ -249,6 +269,14 @@ def export_scorer(scorer: TopKScorer, path: Path, metadata: dict[str, str]) -> P
     tables.constant("k", [scorer.k], np.int64)
     if scorer.item_item is not None:
         tables.table("item_item", scorer.item_item)
+    if scorer.neighbour_items is not None:
+        # int32 indices: half the file of int64, cast back once per batch in the graph.
+        tables.array("neighbour_items", scorer.neighbour_items.numpy().astype(np.int32))
+        tables.table("neighbour_weights", scorer.neighbour_weights)
+        for name, value in (("row", [0]), ("column", [1])):
+            tables.constant(f"{name}_index", value, np.int64)
+        tables.constant("flat", [-1], np.int64)
+    if scorer.blended:
         tables.table("blend_weight", scorer.blend_weight)
         tables.constant("std_floor", STD_FLOOR, np.float32)
     items = len(scorer.item_emb)
@@ -285,14 +313,62 @@ def _standardise_nodes(name: str) -> list:
     ]
 
 
-def _blend_nodes() -> list:
-    """embedding_scores, exclude (the users' history) -> scores_all, the blend of
-    models_src/item_item.py: standardised(embedding) + weight · standardised(history · B)."""
+def _dense_item_item_nodes() -> list:
+    """exclude (the users' history) -> item_item_scores = history · B, B dense."""
     from onnx import TensorProto, helper
 
     return [
         helper.make_node("Cast", ["exclude"], ["history"], to=TensorProto.FLOAT),
         helper.make_node("MatMul", ["history", "item_item"], ["item_item_scores"]),
+    ]
+
+
+def _gather_nodes() -> list:
+    """exclude (the users' history) -> item_item_scores = history · W from the neighbour lists,
+    as models_src/neighbours.py's `gathered_scores`: each (user, seen item) pair scatter-adds
+    the item's k neighbour weights into the user's row of a flat (batch x items) buffer."""
+    from onnx import TensorProto, helper
+
+    return [
+        helper.make_node("NonZero", ["exclude"], ["pairs"]),  # (2, pairs): user row, seen item
+        helper.make_node("Gather", ["pairs", "row_index"], ["pair_users_2d"], axis=0),
+        helper.make_node("Gather", ["pairs", "column_index"], ["pair_items_2d"], axis=0),
+        helper.make_node("Reshape", ["pair_users_2d", "flat"], ["pair_users"]),
+        helper.make_node("Reshape", ["pair_items_2d", "flat"], ["pair_items"]),
+        helper.make_node("Gather", ["neighbour_items", "pair_items"], ["targets_32"], axis=0),
+        helper.make_node("Cast", ["targets_32"], ["targets"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["neighbour_weights", "pair_items"], ["votes"], axis=0),
+        helper.make_node("Shape", ["exclude"], ["batch_items"]),
+        helper.make_node("Gather", ["batch_items", "column_index"], ["num_items"], axis=0),
+        helper.make_node("Mul", ["pair_users", "num_items"], ["row_starts"]),
+        helper.make_node("Unsqueeze", ["row_starts", "axis_1"], ["row_starts_column"]),
+        helper.make_node("Add", ["row_starts_column", "targets"], ["flat_targets_2d"]),
+        helper.make_node("Reshape", ["flat_targets_2d", "flat"], ["flat_targets"]),
+        helper.make_node("Reshape", ["votes", "flat"], ["flat_votes"]),
+        helper.make_node("ReduceProd", ["batch_items"], ["cells"], keepdims=1),
+        helper.make_node(
+            "ConstantOfShape",
+            ["cells"],
+            ["empty"],
+            value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]),
+        ),
+        helper.make_node(
+            "ScatterElements",
+            ["empty", "flat_targets", "flat_votes"],
+            ["summed"],
+            axis=0,
+            reduction="add",
+        ),
+        helper.make_node("Reshape", ["summed", "batch_items"], ["item_item_scores"]),
+    ]
+
+
+def _blend_nodes() -> list:
+    """embedding_scores, item_item_scores -> scores_all, the blend of models_src/item_item.py:
+    standardised(embedding) + weight · standardised(history · B)."""
+    from onnx import helper
+
+    return [
         *_standardise_nodes("embedding_scores"),
         *_standardise_nodes("item_item_scores"),
         helper.make_node("Mul", ["item_item_scores_standardised", "blend_weight"], ["weighted"]),

@@ -89,9 +89,11 @@ def blend_item_item(
     same scorer from them) and return `final` with the served model's val and test metrics (the
     embeddings' own kept under `embeddings_only`) and the score function of the model as it will
     serve (users -> item scores; None for a rating model). `final` is unchanged when the config
-    turns both off (or the catalogue is too large for the blend and the prior does not help)."""
+    turns both off (or neither the blend nor the prior helps). Past `item_item_max_items` the
+    blend's weights are neighbour lists (models_src/neighbours.py) instead of EASE^R's dense
+    matrix, chosen on val the same way."""
     from models_src.bpr_learner import BPRLearner
-    from models_src.item_item import blend, choose_blend, fits, history_matrix, item_item_scores
+    from models_src.item_item import blend, history_matrix, item_item_scores
     from models_src.learner_base import training_positives
 
     if not isinstance(learner, BPRLearner):
@@ -118,17 +120,13 @@ def blend_item_item(
     served = _Served(learner, config, out_dir, final, summary, positives, log)
     if not config.item_item:
         return served.with_recency_prior(plain, embedding_scores)
-    if not fits(learner.num_users, learner.num_items, config.item_item_max_items):
-        log(f"item-item blend skipped: {learner.num_items} items is past what it is built for")
-        served.result["item_item"] = {"skipped": "catalogue too large"}
-        return served.with_recency_prior(plain, embedding_scores)
     history = history_matrix(train, learner.num_users, learner.num_items)
-    choice, weights = choose_blend(
-        embedding_scores, positives, history, lambda s: summary(s, "val")[config.monitor]
-    )
-    log(
-        f"item-item blend: EASE^R lambda {choice.lam:g}, weight {choice.weight:g}"
-        f" ({choice.seconds:.0f} s)"
+    choice, weights = _choose_item_item(
+        learner.num_users,
+        learner.num_items,
+        config,
+        (embedding_scores, positives, history, lambda s: summary(s, "val")[config.monitor]),
+        log,
     )
     served.result["item_item"] = choice.to_dict()
     if weights is None:
@@ -142,8 +140,28 @@ def blend_item_item(
         return scores
 
     served.record({"val": final["val"], "test": final["test"]}, blended(None))
-    served.save_choice("item_item", {"lambda": choice.lam, "weight": choice.weight})
+    served.save_choice("item_item", choice.recorded())
     return served.with_recency_prior(blended, embedding_scores)
+
+
+def _choose_item_item(num_users: int, num_items: int, config: TrainConfig, inputs: tuple, log):
+    """EASE^R's dense weights where they fit (`item_item.fits`), else neighbour lists, chosen on
+    val; `inputs`: (embedding scores, positives, history, val metric of a score function)."""
+    from models_src.item_item import choose_blend, choose_sparse_blend, fits
+
+    if fits(num_users, num_items, config.item_item_max_items):
+        choice, weights = choose_blend(*inputs)
+        log(
+            f"item-item blend: EASE^R lambda {choice.lam:g}, weight {choice.weight:g}"
+            f" ({choice.seconds:.0f} s)"
+        )
+        return choice, weights
+    choice, weights = choose_sparse_blend(*inputs)
+    log(
+        f"item-item blend ({num_items} items, neighbour lists): {choice.method}"
+        f" {choice.params}, weight {choice.weight:g} ({choice.seconds:.0f} s)"
+    )
+    return choice, weights
 
 
 class _Served:

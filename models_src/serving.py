@@ -10,8 +10,10 @@ popularity when none is given. The rating model predicts an unknown pair from wh
 of the pair (global mean + known biases), as its pair scorer does.
 
 A GAT-BPR blended with EASE^R's item-item weights (models_src/item_item.py) carries them as the
-`item_item` and `blend_weight` buffers; it also needs each user's history, which it gets as the
-scorer does: the user's 0/1 row of the interactions it may not recommend again (here, train).
+`item_item` and `blend_weight` buffers (past the dense cap, as the `neighbour_items` and
+`neighbour_weights` lists of models_src/neighbours.py); it also needs each user's history,
+which it gets as the scorer does: the user's 0/1 row of the interactions it may not recommend
+again (here, train).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from torch import Tensor
 
 from models_src.data import Interactions
 from models_src.evaluation import Protocol, SplitResult
-from models_src.item_item import blend, history_matrix, item_item_scores
+from models_src.item_item import blend, history_matrix, item_item_component, item_item_scores
 from models_src.recency import choose_half_life, popularity_scores
 
 # Fewer val users than this with no train history: the cold-start half-life is chosen on the cold
@@ -88,7 +90,7 @@ class ServedModel:
         self.popularity = popularity.float()
         self.cold_start = cold_start
         self.rating_range = rating_range
-        self.item_item = buffers.get("item_item")
+        self.item_item = item_item_component(buffers)  # dense B, neighbour lists, or None
         self.blend_weight = float(buffers.get("blend_weight", 0.0))
         self.history = None
         if self.item_item is not None:

@@ -51,7 +51,11 @@ def planted_listens(con, write_file) -> Path:
     return Path(export_interactions(con, "listens", path.parent / "export.parquet")["path"])
 
 
-def train_version(con, home, export: Path, name: str, lr: float, epochs: int) -> int:
+def train_version(
+    con, home, export: Path, name: str, lr: float, epochs: int, item_item: dict | None = None
+) -> int:
+    """A GAT-BPR trained and published; `item_item`: a blend choice written into its checkpoint
+    first, as training's choice on val would be."""
     data = Interactions.from_parquet(export)
     config = TrainConfig(
         epochs=epochs,
@@ -74,6 +78,9 @@ def train_version(con, home, export: Path, name: str, lr: float, epochs: int) ->
     }
     run = home.root / "runs" / name
     final = AdvancedTrainer(learner, config, run, artifacts=artifacts, log=lambda _: None).fit()
+    if item_item is not None:
+        best = load_checkpoint(run / "best_model.pt")
+        save_checkpoint(run / "best_model.pt", {**best, "item_item": item_item})
     return publish_run(con, run, "listens", final, home.root / "models")
 
 
@@ -382,3 +389,48 @@ def test_the_champion_ranked_beside_training_is_not_ranked_again_by_the_gate(
     ahead.write_bytes(other_tables.read_bytes())
     gate_version(con, third, export, home.root / "models", GateThresholds(), files, ahead)
     assert rankings == [("val", "test"), ("val", "test")]  # challenger and champion, both here
+
+
+def test_a_blend_of_neighbour_lists_is_published_gated_and_refitted_without_a_dense_table(
+    con, home, write_file
+):
+    """Past the dense cap the blend's weights are neighbour lists: the published ONNX file holds
+    them (items x k, never items x items), the gate's served model reads them back from it and
+    scores as the file does, and the serving refit rebuilds them from the recorded choice."""
+    import onnx
+    import onnxruntime as ort
+
+    from tasks.registry.publish import load_version_tables
+
+    export = planted_listens(con, write_file)
+    files = baselines(home, export)
+    choice = {"method": "rp3beta", "params": {"alpha": 1.0, "beta": 0.5, "k": 6}, "weight": 0.5}
+    version = train_version(con, home, export, "lists", lr=0.05, epochs=8, item_item=choice)
+    folder = Path(version_row(con, version)["artifact_dir"])
+    graph = onnx.load(folder / "scorer.onnx", load_external_data=False).graph
+    shapes = {t.name: list(t.dims) for t in graph.initializer}
+    num_items = shapes["item_emb_t"][1]
+    assert shapes["neighbour_items"] == shapes["neighbour_weights"] == [num_items, 6]
+    assert [num_items, num_items] not in shapes.values()
+    buffers = load_version_tables(folder)["buffers"]
+    assert buffers["neighbour_items"].dtype == torch.int64
+    night = Night.load(export, load_checkpoint(folder / "embeddings.pt")["config"], 10)
+    served = night.served(buffers, None)
+    users = torch.arange(len(buffers["user_emb"]))
+    history = night.splits["train"]
+    exclude = torch.zeros(len(users), num_items, dtype=torch.bool)
+    exclude[history.user, history.item] = True
+    session = ort.InferenceSession(str(folder / "scorer.onnx"))
+    items, scores = session.run(None, {"users": users.numpy(), "exclude": exclude.numpy()})
+    expected = served.score_users(users).masked_fill(exclude, float("-inf"))
+    np.testing.assert_allclose(scores, expected.topk(10).values.numpy(), atol=1e-4)
+    verdict, _ = gate(con, home, version, export, files)
+    assert verdict.serve == f"challenger v{version}" and verdict.promote, verdict.reasons
+    refit = refit_run(home.root / "runs" / "lists", str(export), home.root / "runs" / "all")
+    assert load_checkpoint(Path(refit["run_dir"]) / "best_model.pt")["item_item"] == choice
+    done = publish_serving_refit(
+        con, version, {"run_dir": refit["run_dir"]}, export, home.root / "models", GateThresholds()
+    )
+    refitted = Path(version_row(con, done["version"])["artifact_dir"]) / "scorer.onnx"
+    names = {t.name for t in onnx.load(refitted, load_external_data=False).graph.initializer}
+    assert {"neighbour_items", "neighbour_weights"} <= names and "item_item" not in names

@@ -12,13 +12,17 @@ from models_src.data import Interactions
 from models_src.evaluation import Protocol
 from models_src.item_item import (
     blend,
+    candidate_label,
     choose_blend,
+    choose_sparse_blend,
     ease_weights,
     fits,
     history_matrix,
+    item_item_component,
     item_item_scores,
     standardised,
 )
+from models_src.neighbours import neighbours_from_choice, rp3beta_neighbours
 from models_src.onnx_export import TopKScorer, export_scorer
 from models_src.serving import ServedModel
 
@@ -101,18 +105,47 @@ def test_choice_on_val_blends_when_item_item_helps():
     assert best > choice.val["embeddings alone"]
 
 
-@pytest.fixture
-def blended_scorer() -> tuple[TopKScorer, Interactions]:
+def test_sparse_choice_on_val_blends_the_best_lists_when_they_help():
+    data = clustered()
+    splits = {"train": data.subset(np.arange(len(data.user)) % 4 != 0)}
+    splits["val"] = data.subset(np.arange(len(data.user)) % 4 == 0)
+    splits["test"] = splits["val"].subset(np.zeros(len(splits["val"].user), dtype=bool))
+    protocol = Protocol(splits)
+    history = history_matrix(splits["train"], data.num_users, data.num_items)
+    noise = torch.randn(data.num_users, data.num_items, generator=torch.Generator().manual_seed(0))
+    candidates = (
+        {"method": "rp3beta", "params": {"alpha": 1.0, "beta": 0.5, "k": 5}},
+        {"method": "ease", "params": {"lam": 5.0, "k": 5}},
+    )
+    choice, lists = choose_sparse_blend(
+        lambda users: noise[users],
+        splits["train"],
+        history,
+        lambda scores: protocol.evaluate(scores, "val", 5).summary["recall@5"],
+        candidates,
+    )
+    assert choice.weight > 0 and lists is not None and lists.k == 5
+    assert choice.method in ("rp3beta", "ease")
+    best = max(value for key, value in choice.val.items() if key != "embeddings alone")
+    assert choice.val[f"{candidate_label(choice.recorded())}, weight={choice.weight:g}"] == best
+    assert best > choice.val["embeddings alone"]
+    # What the checkpoint keeps rebuilds the same lists.
+    rebuilt = neighbours_from_choice(splits["train"], choice.recorded())
+    assert torch.equal(rebuilt.indices, lists.indices)
+
+
+@pytest.fixture(params=["dense EASE^R", "neighbour lists"])
+def blended_scorer(request) -> tuple[TopKScorer, Interactions]:
+    """A blend with EASE^R's dense B, or with RP3beta's top-5 neighbour lists (the form past the
+    dense cap)."""
     data = clustered()
     torch.manual_seed(0)
-    scorer = TopKScorer(
-        torch.randn(data.num_users, 4),
-        torch.randn(data.num_items, 4),
-        k=5,
-        item_item=ease_weights(data, 10.0),
-        blend_weight=0.5,
-    )
-    return scorer, data
+    user_emb, item_emb = torch.randn(data.num_users, 4), torch.randn(data.num_items, 4)
+    if request.param == "dense EASE^R":
+        weights = {"item_item": ease_weights(data, 10.0)}
+    else:
+        weights = {"neighbours": rp3beta_neighbours(data, alpha=1.0, beta=0.5, k=5)}
+    return TopKScorer(user_emb, item_emb, k=5, blend_weight=0.5, **weights), data
 
 
 def test_blended_scorer_onnx_parity(tmp_path, blended_scorer):
@@ -124,6 +157,12 @@ def test_blended_scorer_onnx_parity(tmp_path, blended_scorer):
     _, scores_ort = session.run(None, {"users": users.numpy(), "exclude": exclude.numpy()})
     _, scores_torch = scorer(users, exclude)
     np.testing.assert_allclose(scores_ort, scores_torch.numpy(), atol=1e-4)
+    if scorer.neighbour_items is not None:  # lists of k per item, never an items x items table
+        import onnx
+
+        shapes = [list(t.dims) for t in onnx.load(path, load_external_data=False).graph.initializer]
+        assert [data.num_items, data.num_items] not in shapes
+        assert [data.num_items, 5] in shapes
     # The blend is not the embeddings alone: the history changes the scores.
     plain = TopKScorer(scorer.user_emb, scorer.item_emb, k=5)
     assert not torch.allclose(plain(users, exclude)[1], scores_torch)
@@ -143,7 +182,7 @@ def test_served_model_scores_as_the_scorer(blended_scorer):
     direct = blend(
         scorer.user_emb @ scorer.item_emb.T,
         item_item_scores(history_matrix(data, data.num_users, data.num_items), users,
-                         scorer.item_item),
+                         item_item_component(buffers)),
         0.5,
     )  # fmt: skip
     assert torch.allclose(got[:, : data.num_items], direct, atol=1e-5)
@@ -165,4 +204,8 @@ def test_the_run_report_says_what_the_blend_chose():
     kept = {**chosen, "weight": 0.0, "val": {"embeddings alone": 0.3, "lambda=50, weight=1": 0.2}}
     assert "embeddings alone ranked best" in _blend_line({"item_item": kept})
     assert "not built" in _blend_line({"item_item": {"skipped": "catalogue too large"}})
+    lists = {**chosen, "method": "rp3beta", "params": {"alpha": 1.0, "beta": 0.5, "k": 200}}
+    del lists["lambda"]
+    line = _blend_line({"item_item": lists})
+    assert "rp3beta neighbour lists (alpha 1, beta 0.5, k 200), weight 0.5" in line
     assert _blend_line({}) == ""

@@ -27,6 +27,7 @@ from models_src.item_item import ease_weights
 from models_src.learner_base import training_positives
 from models_src.learners import split_for_training
 from models_src.models import GATBPR, RatingModel
+from models_src.neighbours import NeighbourLists, neighbours_from_choice
 from models_src.onnx_export import (
     PairScorer,
     TopKScorer,
@@ -48,6 +49,9 @@ META_FILE = "scorer_meta.json"
 # checkpoint's scorer tables, which publish exports instead of propagating the graph again, and
 # their ranking on val and test, which the gate reuses.
 SERVED_TABLES_FILE = "served_tables.pt"
+# A blend's item-item tables (EASE^R's dense B, or neighbour lists): stored in the ONNX file
+# only, read back from it by `load_version_tables`.
+ITEM_ITEM_TABLES = ("item_item", "neighbour_items", "neighbour_weights")
 RANKED_AHEAD_FILE = "served.evaluation.npz"
 # What a version keeps of its run directory: what serving, the gate, rollback and warm start read
 # (the best checkpoint, the scorers and their tables) and what a person looks at (metrics,
@@ -104,6 +108,9 @@ def build_scorer(state: dict, k: int) -> TopKScorer:
     blend = state.get("item_item") or {}
     if not blend.get("weight"):
         scorer = gat_bpr_scorer(model, graph, k)
+    elif blend.get("method"):  # neighbour lists, past the dense cap
+        lists = neighbours_from_choice(positives, blend)
+        scorer = gat_bpr_scorer(model, graph, k, neighbours=lists, blend_weight=blend["weight"])
     else:
         weights = ease_weights(positives, blend["lambda"])
         scorer = gat_bpr_scorer(model, graph, k, item_item=weights, blend_weight=blend["weight"])
@@ -132,6 +139,7 @@ def run_scorer(run_dir: Path, state: dict, k: int) -> TopKScorer:
         return build_scorer(state, k)
     t = load_checkpoint(path)
     blend_weight = t.get("blend_weight")
+    lists = t.get("neighbour_items")
     return TopKScorer(
         t["user_emb"],
         t["item_emb"],
@@ -141,6 +149,7 @@ def run_scorer(run_dir: Path, state: dict, k: int) -> TopKScorer:
         float(t["offset"]),
         t.get("item_item"),
         0.0 if blend_weight is None else float(blend_weight),
+        None if lists is None else NeighbourLists(lists, t["neighbour_weights"]),
     )
 
 
@@ -154,8 +163,11 @@ def load_version_tables(artifact_dir: Path) -> dict:
         from onnx import numpy_helper
 
         graph = onnx.load(artifact_dir / source).graph
-        table = next(t for t in graph.initializer if t.name == "item_item")
-        state["buffers"]["item_item"] = torch.from_numpy(numpy_helper.to_array(table).copy())
+        for table in graph.initializer:
+            if table.name in ITEM_ITEM_TABLES:
+                array = numpy_helper.to_array(table)
+                as_torch = array.astype(np.int64) if array.dtype == np.int32 else array.copy()
+                state["buffers"][table.name] = torch.from_numpy(as_torch)
     return state
 
 
@@ -185,7 +197,8 @@ def _register(
     meta = {"num_users": len(scorer.user_emb), "num_items": len(scorer.item_emb), "k": scorer.k}
     (run_dir / META_FILE).write_text(json.dumps(meta))
     buffers = dict(scorer.state_dict())
-    blended = buffers.pop("item_item", None) is not None  # kept once, in the ONNX file
+    # The item-item tables are kept once, in the ONNX file.
+    blended = [buffers.pop(name) for name in ITEM_ITEM_TABLES if name in buffers] != []
     save_checkpoint(
         run_dir / EMBEDDINGS_FILE,
         {

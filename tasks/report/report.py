@@ -229,9 +229,14 @@ def _blend_line(training: dict) -> str:
     if not blend["weight"]:
         return f"Item-item blend: the embeddings alone ranked best on val ({alone:.4f})."
     best = max(v for name, v in blend["val"].items() if name != "embeddings alone")
+    if blend.get("method"):  # neighbour lists, past the dense cap
+        params = ", ".join(f"{key} {value:g}" for key, value in blend["params"].items())
+        weights = f"{blend['method']} neighbour lists ({params})"
+    else:
+        weights = f"EASE^R λ {blend['lambda']:g}"
     return (
-        f"Item-item blend: EASE^R λ {blend['lambda']:g}, weight {blend['weight']:g}, chosen on"
-        f" val (its monitored metric {best:.4f} against {alone:.4f} for the embeddings alone;"
+        f"Item-item blend: {weights}, weight {blend['weight']:g}, chosen on val (its monitored"
+        f" metric {best:.4f} against {alone:.4f} for the embeddings alone;"
         f" {blend['seconds']:.0f} s)."
     )
 
