@@ -40,8 +40,8 @@ BLOCK_CELLS = 1 << 25
 
 @dataclass
 class NeighbourLists:
-    """Each item's top-k neighbours: `indices[i]` the neighbour items, `weights[i]` their weights
-    (0 where an item has fewer than k neighbours with a positive weight)."""
+    """Each item's top-k neighbours: `indices[i]` the neighbour items, `weights[i]` their weights,
+    the k largest in magnitude (0 where an item has fewer than k neighbours with a weight)."""
 
     indices: Tensor  # (items, k) int64
     weights: Tensor  # (items, k) float32
@@ -109,8 +109,11 @@ def _top_k(
         dense = torch.from_numpy(np.ascontiguousarray(similarity_rows(rows), dtype=np.float32))
         own = torch.arange(rows.start, rows.stop)
         dense[torch.arange(len(own)), own] = 0.0
-        top = torch.topk(dense, k, dim=1)
-        indices[rows], weights[rows] = top.indices, top.values.clamp(min=0.0)
+        # The k largest in magnitude, sign kept: EASE^R's negative weights (items that rarely go
+        # together) carry as much as its positive ones (val Recall@10 of EASE^R alone pruned to
+        # 500 on ml-100k: 0.2273 signed, 0.2246 positive only, 0.2292 dense; one hash split).
+        top = torch.topk(dense.abs(), k, dim=1).indices
+        indices[rows], weights[rows] = top, dense.gather(1, top)
     return NeighbourLists(indices, weights)
 
 

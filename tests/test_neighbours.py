@@ -72,6 +72,11 @@ def test_ease_lists_are_the_dense_weights_top_k_in_either_form(monkeypatch, n_us
     monkeypatch.setattr(neighbours, "BLOCK_CELLS", 11 * max(n_users, n_items))  # several blocks
     lists = ease_neighbours(data, lam=20.0, k=6)
     dense = _dense_ease(data, 20.0)
+    assert (lists.weights < 0).any()  # EASE^R's negative weights are kept, signed
     for item in range(n_items):
-        expected = np.clip(np.sort(dense[item])[::-1][:6], 0, None)
+        # The six largest in magnitude, negative weights kept with their sign.
+        expected = dense[item][np.argsort(-np.abs(dense[item]), kind="stable")[:6]]
         np.testing.assert_allclose(lists.weights[item].numpy(), expected, rtol=2e-3, atol=2e-5)
+        np.testing.assert_allclose(
+            dense[item, lists.indices[item].numpy()], expected, rtol=2e-3, atol=2e-5
+        )
