@@ -77,10 +77,12 @@ class TrainConfig:
     cl_eps: float = 0.1
     cl_temperature: float = 0.2
     cl_layer: int = 1
-    # GAT-BPR's scores blended with EASE^R's item-item weights, λ and weight chosen on val after
-    # training (models_src/item_item.py), on catalogues of at most this many items.
+    # GAT-BPR's scores blended with item-item weights chosen on val after training
+    # (models_src/item_item.py): each item's top-k neighbour lists, or with `item_item_dense`
+    # EASE^R's dense matrix; no items x items array past `item_item_max_items` items.
     item_item: bool = False
     item_item_max_items: int = 20_000
+    item_item_dense: bool = False
     # After the blend: recent popularity added to the served scores as an item bias, window and
     # weight chosen on val (models_src/recency.py); weight 0 when it does not help.
     recency_prior: bool = False

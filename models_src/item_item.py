@@ -15,7 +15,9 @@ each user's row (the two scores live on unrelated scales). λ and the weight are
 EASE^R's matrix is dense: it is built only where it fits (`fits`): at most `max_items` items
 (20k items is 1.6 GB of float32), and a dense history × B product for every user within
 `MAX_SCORING_MULTIPLY_ADDS`, since batch scoring multiplies the users' dense history rows by B.
-Larger catalogues serve the embeddings alone.
+Larger catalogues blend neighbour lists instead (models_src/neighbours.py: each item's top-k
+weights of EASE^R where its inverse fits, or of RP3beta), chosen on val the same way
+(`choose_sparse_blend`); their history · W is a sparse product, and O(items x k) to store.
 """
 
 from __future__ import annotations
@@ -212,15 +214,17 @@ def choose_sparse_blend(
     evaluate_val: Callable[[Callable[[Tensor], Tensor]], float],
     candidates: tuple[dict, ...] = SPARSE_CANDIDATES,
     weights: tuple[float, ...] = WEIGHTS,
+    max_items: int = 20_000,
 ) -> tuple[SparseBlendChoice, NeighbourLists | None]:
     """Every candidate's lists x every weight on val, as `choose_blend` does for the dense
-    EASE^R; returns the best and its lists (None when the embeddings alone won)."""
+    EASE^R; returns the best and its lists (None when the embeddings alone won). EASE^R is a
+    candidate only where `ease_fits` (no items x items inverse past `max_items` items)."""
     started = time.perf_counter()
     alone = evaluate_val(embedding_scores)
     best = SparseBlendChoice(None, {}, 0.0, {"embeddings alone": alone})
     best_value, best_lists = alone, None
     for candidate in candidates:
-        if candidate["method"] == "ease" and not ease_fits(*history.shape):
+        if candidate["method"] == "ease" and not ease_fits(*history.shape, max_items):
             continue
         lists = neighbours_from_choice(positives, candidate)
         for weight in weights:

@@ -228,6 +228,9 @@ def neighbours_from_choice(positives: Interactions, choice: dict) -> NeighbourLi
     return METHODS[choice["method"]](positives, **choice["params"])
 
 
-def ease_fits(num_users: int, num_items: int) -> bool:
-    """Whether `ease_neighbours` takes this catalogue (its inverse within MAX_INVERSE_CELLS)."""
-    return min(num_users, num_items) ** 2 <= MAX_INVERSE_CELLS
+def ease_fits(num_users: int, num_items: int, max_items: int) -> bool:
+    """Whether `ease_neighbours` takes this catalogue: its inverse within MAX_INVERSE_CELLS, and
+    an items x items one (users at least as many as items) only up to `max_items` items."""
+    if min(num_users, num_items) ** 2 > MAX_INVERSE_CELLS:
+        return False
+    return num_users < num_items or num_items <= max_items

@@ -112,13 +112,22 @@ class GatBprParams(_Params):
     )
     item_item: bool = Field(
         True,
-        description="Blend the scores with EASE^R's item-item weights, lambda and weight "
-        "chosen on val after training (bench/results/blend.md).",
+        description="Blend the scores with item-item weights (each item's top-k neighbours of "
+        "EASE^R or RP3beta), which ones and their weight chosen on val after training "
+        "(bench/results/blend.md).",
     )
     item_item_max_items: int = Field(
         20_000,
         ge=0,
-        description="Largest catalogue the blend is built for (its matrix is items x items).",
+        description="Largest catalogue for which the blend may hold an items x items matrix: "
+        "EASE^R's inverse while its neighbour lists are built (when users outnumber items), or "
+        "its dense weights with item_item_dense.",
+    )
+    item_item_dense: bool = Field(
+        False,
+        description="Serve EASE^R's dense items x items weights (up to item_item_max_items) "
+        "instead of neighbour lists: the lists served as well on ml-100k and Last.fm "
+        "(served_quality.py) at a fraction of the size.",
     )
     recency_prior: bool = Field(
         True,

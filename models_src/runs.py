@@ -89,9 +89,9 @@ def blend_item_item(
     same scorer from them) and return `final` with the served model's val and test metrics (the
     embeddings' own kept under `embeddings_only`) and the score function of the model as it will
     serve (users -> item scores; None for a rating model). `final` is unchanged when the config
-    turns both off (or neither the blend nor the prior helps). Past `item_item_max_items` the
-    blend's weights are neighbour lists (models_src/neighbours.py) instead of EASE^R's dense
-    matrix, chosen on val the same way."""
+    turns both off (or neither the blend nor the prior helps). The blend's weights are
+    neighbour lists (models_src/neighbours.py), or EASE^R's dense matrix with
+    `item_item_dense`."""
     from models_src.bpr_learner import BPRLearner
     from models_src.item_item import blend, history_matrix, item_item_scores
     from models_src.learner_base import training_positives
@@ -145,18 +145,18 @@ def blend_item_item(
 
 
 def _choose_item_item(num_users: int, num_items: int, config: TrainConfig, inputs: tuple, log):
-    """EASE^R's dense weights where they fit (`item_item.fits`), else neighbour lists, chosen on
-    val; `inputs`: (embedding scores, positives, history, val metric of a score function)."""
+    """Neighbour lists (or, asked for, EASE^R's dense weights where they fit), chosen on val;
+    `inputs`: (embedding scores, positives, history, val metric of a score function)."""
     from models_src.item_item import choose_blend, choose_sparse_blend, fits
 
-    if fits(num_users, num_items, config.item_item_max_items):
+    if config.item_item_dense and fits(num_users, num_items, config.item_item_max_items):
         choice, weights = choose_blend(*inputs)
         log(
             f"item-item blend: EASE^R lambda {choice.lam:g}, weight {choice.weight:g}"
             f" ({choice.seconds:.0f} s)"
         )
         return choice, weights
-    choice, weights = choose_sparse_blend(*inputs)
+    choice, weights = choose_sparse_blend(*inputs, max_items=config.item_item_max_items)
     log(
         f"item-item blend ({num_items} items, neighbour lists): {choice.method}"
         f" {choice.params}, weight {choice.weight:g} ({choice.seconds:.0f} s)"

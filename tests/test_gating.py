@@ -434,3 +434,36 @@ def test_a_blend_of_neighbour_lists_is_published_gated_and_refitted_without_a_de
     refitted = Path(version_row(con, done["version"])["artifact_dir"]) / "scorer.onnx"
     names = {t.name for t in onnx.load(refitted, load_external_data=False).graph.initializer}
     assert {"neighbour_items", "neighbour_weights"} <= names and "item_item" not in names
+
+
+def test_the_nightly_blend_serves_lists_and_holds_no_items_by_items_matrix_past_the_cap(
+    con, home, write_file, monkeypatch
+):
+    """With the nightly's defaults the blend's candidates are neighbour lists: EASE^R's dense
+    weights (items² floats) are never computed; past `item_item_max_items` not even EASE^R's
+    items x items inverse is (the planted data has more users than items), only RP3beta's
+    lists, built block by block."""
+    import models_src.item_item as item_item
+    from models_src.params import GatBprParams
+
+    def dense(*_args, **_kwargs):
+        raise AssertionError("EASE^R's dense items x items matrix was built")
+
+    monkeypatch.setattr(item_item, "ease_weights", dense)
+    monkeypatch.setattr(item_item, "_symmetric_inverse_in_place", dense)
+    export = planted_listens(con, write_file)
+    defaults = GatBprParams()
+    assert defaults.item_item and not defaults.item_item_dense
+    config = {
+        **TrainConfig(epochs=2, embedding_dim=16, heads=2, num_layers=1, batch_size=512).to_dict(),
+        "model": "gat-bpr",
+        "item_item": True,
+        "recency_prior": False,
+    }
+    tried = {}
+    for cap in (defaults.item_item_max_items, 10):  # the planted catalogue has 40 items
+        run = home.root / "runs" / f"cap-{cap}"
+        _, final = train_run({**config, "item_item_max_items": cap}, str(export), run, log=print)
+        tried[cap] = {name.split(" (")[0] for name in final["item_item"]["val"]}
+    assert tried[defaults.item_item_max_items] == {"embeddings alone", "ease", "rp3beta"}
+    assert tried[10] == {"embeddings alone", "rp3beta"}
