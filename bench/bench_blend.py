@@ -238,7 +238,26 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="Only the lists at 100k-1M items (bench/lists_scale.py).",
+    )
+    parser.add_argument("--items", nargs="*", type=int, help="--scale: the catalogue sizes.")
+    parser.add_argument("--scale-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.scale_child:
+        import json
+
+        from bench.lists_scale import measure
+
+        print(json.dumps(measure(args.scale_child), default=float))
+        return
+    if args.scale:
+        from bench.lists_scale import SIZES, run_scale
+
+        print(run_scale(tuple(args.items or SIZES)))
+        return
     large = large_catalogue_build()  # first: the peak RSS is then this build's
     results = [run(d) for d in args.datasets if available(d)]
     text = markdown(results) + (

@@ -36,6 +36,11 @@ from models_src.data import Interactions
 
 # Cells of one dense block of (source items x all items) similarities: 32M float32s, 128 MB.
 BLOCK_CELLS = 1 << 25
+# Entries of one sparse block of similarities (about 40 bytes each while they are sorted).
+SPARSE_BLOCK_ENTRIES = 1 << 23
+# The lists' cells (items x k) at most: 100M, 800 MB in the ONNX file (int32 + float32), so a
+# million-item catalogue keeps 100 neighbours per item and the published version stays < 1 GB.
+MAX_LIST_CELLS = 100_000_000
 
 
 @dataclass
@@ -95,12 +100,17 @@ def _history(positives: Interactions):
     return history_matrix(positives, positives.num_users, positives.num_items)
 
 
+def list_length(k: int, num_items: int) -> int:
+    """The k a catalogue keeps: at most `k`, fewer than its items, within MAX_LIST_CELLS."""
+    return max(1, min(k, num_items - 1, MAX_LIST_CELLS // max(1, num_items)))
+
+
 def _top_k(
     similarity_rows: Callable[[slice], np.ndarray], num_items: int, k: int
 ) -> NeighbourLists:
     """Top-k per row of an items x items similarity given block by block (`similarity_rows`
     maps a slice of source items to their dense rows); the diagonal never counts."""
-    k = max(1, min(k, num_items - 1)) if num_items > 1 else 1
+    k = list_length(k, num_items)
     block = max(1, BLOCK_CELLS // max(1, num_items))
     indices = torch.zeros(num_items, k, dtype=torch.long)
     weights = torch.zeros(num_items, k, dtype=torch.float32)
@@ -115,6 +125,47 @@ def _top_k(
         top = torch.topk(dense.abs(), k, dim=1).indices
         indices[rows], weights[rows] = top, dense.gather(1, top)
     return NeighbourLists(indices, weights)
+
+
+def _sparse_top_k(
+    similarity_rows: Callable[[slice], object], work: np.ndarray, num_items: int, k: int
+) -> NeighbourLists:
+    """Top-k in magnitude per row of an items x items similarity given block by block as
+    scipy sparse rows (`similarity_rows`), without densifying a row: each block's entries are
+    sorted by (row, -|weight|) and the first k of each row kept. `work[i]`: an upper bound on
+    row i's entries, so a block holds at most SPARSE_BLOCK_ENTRIES of them; the cost follows the product's
+    entries, not items², and a million-item catalogue costs what its co-occurrences cost."""
+    k = list_length(k, num_items)
+    indices = np.zeros((num_items, k), dtype=np.int64)
+    weights = np.zeros((num_items, k), dtype=np.float32)
+    for start, stop in _blocks(work, SPARSE_BLOCK_ENTRIES):
+        block = similarity_rows(slice(start, stop)).tocsr()
+        rows = np.repeat(np.arange(start, stop), np.diff(block.indptr))
+        cols, values = block.indices, block.data.astype(np.float32)
+        keep = (cols != rows) & (values != 0)  # an item is never its own neighbour
+        rows, cols, values = rows[keep], cols[keep], values[keep]
+        order = np.lexsort((-np.abs(values), rows))
+        rows, cols, values = rows[order], cols[order], values[order]
+        counts = np.bincount(rows - start, minlength=stop - start)
+        rank = np.arange(len(rows)) - (np.cumsum(counts) - counts)[rows - start]
+        top = rank < k
+        indices[rows[top], rank[top]] = cols[top]
+        weights[rows[top], rank[top]] = values[top]
+    return NeighbourLists(torch.from_numpy(indices), torch.from_numpy(weights))
+
+
+def _blocks(work: np.ndarray, budget: int) -> list[tuple[int, int]]:
+    """Consecutive row ranges whose summed `work` stays near `budget`: a range passes it by at
+    most one row's work (a heavy row cannot be split)."""
+    ends = np.searchsorted(np.cumsum(work), np.arange(budget, work.sum(), budget), side="right")
+    edges = np.unique(np.concatenate([[0], ends, [len(work)]]))
+    return list(zip(edges[:-1].tolist(), edges[1:].tolist(), strict=True))
+
+
+def _co_occurrence_work(history) -> np.ndarray:
+    """Per item, an upper bound on its co-occurring items: the summed degrees of its users."""
+    user_degree = np.asarray(history.sum(1)).ravel()
+    return np.asarray(history.T @ user_degree).ravel() + 1
 
 
 def rp3beta_neighbours(
@@ -133,25 +184,28 @@ def rp3beta_neighbours(
     item_to_user.data **= alpha
     penalty = 1.0 / np.maximum(item_degree, 1.0) ** beta
 
-    def rows(block: slice) -> np.ndarray:
-        return (item_to_user[block] @ user_to_item).toarray() * penalty[np.newaxis, :]
+    def rows(block: slice):
+        return (item_to_user[block] @ user_to_item) @ diags(penalty)
 
-    return _top_k(rows, positives.num_items, k)
+    return _sparse_top_k(rows, _co_occurrence_work(history), positives.num_items, k)
 
 
 def cosine_neighbours(
     positives: Interactions, k: int = 200, shrink: float = 10.0
 ) -> NeighbourLists:
     """Cosine ItemKNN's top-k neighbour lists: co-occurrence / (|i| |j| + shrink)."""
+    from scipy.sparse import csr_matrix
+
     history = _history(positives)
     by_item = history.T.tocsr()
     norms = np.sqrt(np.asarray(history.sum(0)).ravel())
 
-    def rows(block: slice) -> np.ndarray:
-        together = (by_item[block] @ history).toarray()
-        return together / (norms[block, np.newaxis] * norms[np.newaxis, :] + shrink)
+    def rows(block: slice):
+        together = (by_item[block] @ history).tocoo()
+        scale = norms[block][together.row] * norms[together.col] + shrink
+        return csr_matrix((together.data / scale, (together.row, together.col)), together.shape)
 
-    return _top_k(rows, positives.num_items, k)
+    return _sparse_top_k(rows, _co_occurrence_work(history), positives.num_items, k)
 
 
 # The largest inverse `ease_neighbours` takes: min(users, items)² float64 cells (4 GB).

@@ -35,7 +35,7 @@ def _dense_rp3beta(data: Interactions, alpha: float, beta: float) -> np.ndarray:
 
 def test_rp3beta_lists_built_in_blocks_are_the_dense_matrix_top_k(monkeypatch):
     data = _clicks()
-    monkeypatch.setattr(neighbours, "BLOCK_CELLS", 7 * data.num_items)  # 9 blocks of 7 items
+    monkeypatch.setattr(neighbours, "SPARSE_BLOCK_ENTRIES", 400)  # about a dozen blocks
     lists = rp3beta_neighbours(data, alpha=0.8, beta=0.4, k=5)
     dense = _dense_rp3beta(data, 0.8, 0.4)
     assert lists.indices.shape == (data.num_items, 5) == lists.weights.shape
@@ -80,3 +80,20 @@ def test_ease_lists_are_the_dense_weights_top_k_in_either_form(monkeypatch, n_us
         np.testing.assert_allclose(
             dense[item, lists.indices[item].numpy()], expected, rtol=2e-3, atol=2e-5
         )
+
+
+def test_sparse_blocks_cover_every_row_once_and_the_lists_stay_within_their_cell_budget(
+    monkeypatch,
+):
+    work = np.array([5, 1, 1, 50, 2, 2, 2, 9])
+    blocks = neighbours._blocks(work, 6)
+    assert blocks[0][0] == 0 and blocks[-1][1] == len(work)
+    assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:], strict=False))  # no gap, no overlap
+    # A range passes the budget by at most one row's work (a heavy row cannot be split).
+    assert all(work[a:b].sum() <= 6 + work[a:b].max() for a, b in blocks)
+    assert neighbours.list_length(200, 1_000) == 200
+    assert neighbours.list_length(200, 1_000_000) == neighbours.MAX_LIST_CELLS // 1_000_000
+    assert neighbours.list_length(200, 50) == 49  # never more than the other items
+    monkeypatch.setattr(neighbours, "MAX_LIST_CELLS", 60 * 3)
+    lists = rp3beta_neighbours(_clicks(), k=10)
+    assert lists.k == 3 and lists.indices.numel() <= neighbours.MAX_LIST_CELLS
