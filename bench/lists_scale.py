@@ -1,7 +1,7 @@
 """The blend's neighbour lists at 100k to 1M items (issue 35): what building, shipping and
-scoring them costs as the catalogue grows, on a synthetic catalogue of the issue's shape (about
-13 users per 100 items... scaled from its 7.4k users x 99k items x 280k interactions, Zipf
-popularity with exponent 0.8).
+scoring them costs as the catalogue grows, on a synthetic catalogue of the issue's shape (its
+7.4k users x 99k items x 280k interactions scaled with the items; Zipf popularity, exponent
+0.8).
 
 Per size, in a child process of its own (so its peak RSS is its own):
 - RP3beta's lists built (the candidate at every size; EASE^R's only where its inverse fits);

@@ -133,8 +133,9 @@ def _sparse_top_k(
     """Top-k in magnitude per row of an items x items similarity given block by block as
     scipy sparse rows (`similarity_rows`), without densifying a row: each block's entries are
     sorted by (row, -|weight|) and the first k of each row kept. `work[i]`: an upper bound on
-    row i's entries, so a block holds at most SPARSE_BLOCK_ENTRIES of them; the cost follows the product's
-    entries, not items², and a million-item catalogue costs what its co-occurrences cost."""
+    row i's entries, so a block holds about SPARSE_BLOCK_ENTRIES of them; the cost follows the
+    product's entries, not items², and a million-item catalogue costs what its co-occurrences
+    cost (bench/results/blend_scale.md)."""
     k = list_length(k, num_items)
     indices = np.zeros((num_items, k), dtype=np.int64)
     weights = np.zeros((num_items, k), dtype=np.float32)

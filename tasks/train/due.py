@@ -19,9 +19,7 @@ from tasks.registry.registry import champion, serving_version, slot_of
 DEFAULT_MODELS = {"implicit": ["gat-bpr"], "explicit": ["gat-bpr", "rating"]}
 
 
-def assess(
-    con, dataset: str, model: str, retrain: bool, exports_dir: Path | None = None
-) -> dict:
+def assess(con, dataset: str, model: str, retrain: bool, exports_dir: Path | None = None) -> dict:
     """Is `model` on `dataset` due tonight? A work item, or a skip with its reason. A version
     published by a night killed before its gate is due again, under "interrupted"; nothing is
     written here (the plan task marks it)."""
@@ -111,8 +109,6 @@ def _export_holds(con, exports_dir: Path, dataset: str, version: int, rows: int)
     except duckdb.Error:
         return False  # unreadable: written again
     return exported == (rows, rows)
-
-
 
 
 def latest_passed_snapshot(con: duckdb.DuckDBPyConnection, dataset: str) -> int | None:
