@@ -35,6 +35,8 @@ RANKING_DATASETS = {
     "ml-100k-implicit": "sample-implicit",
     "lastfm": "sample-implicit",
     "ml-latest-small-implicit": "sample-implicit",
+    # Issue 35's sparse shape: Last.fm with 7 artists per user (bench/datasets.py).
+    "lastfm-sparse": "sample-implicit",
 }
 RATING_DATASETS = {
     "ml-100k-ratings": "sample-ratings",
