@@ -84,7 +84,9 @@ def test_choice_on_val_keeps_the_embeddings_when_they_rank_best():
     assert choice.val["embeddings alone"] == 1.0 and len(choice.val) > 1
 
 
-def test_choice_on_val_blends_when_item_item_helps():
+def planted_choice_inputs() -> tuple:
+    """(random embedding scores, train, train history, val Recall@5 of a score function) on
+    the two taste groups, a quarter of each user's items held out for val."""
     data = clustered()
     splits = {"train": data.subset(np.arange(len(data.user)) % 4 != 0)}
     splits["val"] = data.subset(np.arange(len(data.user)) % 4 == 0)
@@ -96,9 +98,11 @@ def test_choice_on_val_blends_when_item_item_helps():
     def evaluate_val(scores):
         return protocol.evaluate(scores, "val", 5).summary["recall@5"]
 
-    choice, weights = choose_blend(
-        lambda users: noise[users], splits["train"], history, evaluate_val, lambdas=(5.0,)
-    )
+    return (lambda users: noise[users]), splits["train"], history, evaluate_val
+
+
+def test_choice_on_val_blends_when_item_item_helps():
+    choice, weights = choose_blend(*planted_choice_inputs(), lambdas=(5.0,))
     # Random embeddings against the planted groups: the item-item side must carry the blend.
     assert choice.weight > 0 and weights is not None
     best = max(value for key, value in choice.val.items() if key != "embeddings alone")
@@ -106,31 +110,19 @@ def test_choice_on_val_blends_when_item_item_helps():
 
 
 def test_sparse_choice_on_val_blends_the_best_lists_when_they_help():
-    data = clustered()
-    splits = {"train": data.subset(np.arange(len(data.user)) % 4 != 0)}
-    splits["val"] = data.subset(np.arange(len(data.user)) % 4 == 0)
-    splits["test"] = splits["val"].subset(np.zeros(len(splits["val"].user), dtype=bool))
-    protocol = Protocol(splits)
-    history = history_matrix(splits["train"], data.num_users, data.num_items)
-    noise = torch.randn(data.num_users, data.num_items, generator=torch.Generator().manual_seed(0))
+    inputs = planted_choice_inputs()
     candidates = (
         {"method": "rp3beta", "params": {"alpha": 1.0, "beta": 0.5, "k": 5}},
         {"method": "ease", "params": {"lam": 5.0, "k": 5}},
     )
-    choice, lists = choose_sparse_blend(
-        lambda users: noise[users],
-        splits["train"],
-        history,
-        lambda scores: protocol.evaluate(scores, "val", 5).summary["recall@5"],
-        candidates,
-    )
+    choice, lists = choose_sparse_blend(*inputs, candidates)
     assert choice.weight > 0 and lists is not None and lists.k == 5
     assert choice.method in ("rp3beta", "ease")
     best = max(value for key, value in choice.val.items() if key != "embeddings alone")
     assert choice.val[f"{candidate_label(choice.recorded())}, weight={choice.weight:g}"] == best
     assert best > choice.val["embeddings alone"]
     # What the checkpoint keeps rebuilds the same lists.
-    rebuilt = neighbours_from_choice(splits["train"], choice.recorded())
+    rebuilt = neighbours_from_choice(inputs[1], choice.recorded())
     assert torch.equal(rebuilt.indices, lists.indices)
 
 
