@@ -6,7 +6,7 @@ alone loses to ALS. Here every item keeps only its `k` strongest neighbours, as 
 tables (indices and weights): memory O(items x k), built block by block of source items, so
 the dense block never exceeds `BLOCK_CELLS` cells whatever the catalogue.
 
-Three candidates, measured on val before any is served (bench/bench_blend.py):
+Three kinds, measured on val in bench/bench_blend.py:
 
 - RP3beta (Paudel et al. 2016; among the strongest simple models in Dacrema et al. 2019):
   the two-step random walk item -> user -> item, each transition probability raised to `alpha`,
@@ -18,8 +18,10 @@ Three candidates, measured on val before any is served (bench/bench_blend.py):
   catalogue has 7.4k users: 220 MB instead of 39 GB), and rows of it come block by block.
 
 A user's scores are their 0/1 history row times the sparse matrix: the items they took up vote
-for each item's neighbours. `NeighbourLists.to_csr` gives that matrix to scipy; the ONNX scorer
-will gather the same lists (indices + weights), never a dense matrix.
+for each item's neighbours. `NeighbourLists.to_csr` gives that matrix to scipy (training's
+choice, the gate); the ONNX scorer gathers the same lists (`gathered_scores`), never a dense
+matrix. The nightly blend chooses on val among EASE^R's and RP3beta's lists
+(models_src/item_item.py, `SPARSE_CANDIDATES`); ItemKNN's ranked below both (blend.md).
 """
 
 from __future__ import annotations

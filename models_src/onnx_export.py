@@ -41,8 +41,8 @@ class TopKScorer(nn.Module):
     With `item_item` (EASE^R's items x items weights, models_src/item_item.py) the score is the
     blend standardised(that) + blend_weight · standardised(history_u · item_item), where the
     user's history is the `exclude` row: the items they have already seen. With `neighbours`
-    (each item's top-k neighbour lists, models_src/neighbours.py, for catalogues past the dense
-    cap) history_u · W is gathered from the lists instead: no items x items table."""
+    (each item's top-k neighbour lists, models_src/neighbours.py: what the nightly serves)
+    history_u · W is gathered from the lists instead: no items x items table."""
 
     def __init__(
         self,
